@@ -1,0 +1,14 @@
+//! Serde types only: ids, the plan document, task and project states, the
+//! worker ⇄ supervisor messages and the OpenAI-compatible chat wire format.
+//!
+//! This crate depends on nothing of ours; every other crate may depend on it.
+
+pub mod chat;
+pub mod ids;
+pub mod plan;
+pub mod state;
+pub mod worker;
+
+pub use ids::{ProjectId, TaskId};
+pub use plan::{Plan, PlanTask, TaskKind};
+pub use state::{AttemptOutcome, ProjectState, TaskState};

@@ -1,0 +1,134 @@
+//! Task and project states (docs/architecture.md, "State").
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(format!(concat!("unknown ", stringify!($name), " {:?}"), other)),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// `pending` → `ready` → `running` → `merging` → `done`; `running` →
+    /// `failed` only when no attempt is left (otherwise back to `ready`);
+    /// `blocked` when a dependency failed for good; `cancelled`.
+    TaskState {
+        Pending => "pending",
+        Ready => "ready",
+        Running => "running",
+        Merging => "merging",
+        Done => "done",
+        Failed => "failed",
+        Blocked => "blocked",
+        Cancelled => "cancelled",
+    }
+);
+
+impl TaskState {
+    /// No further transition happens from this state in this run.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            TaskState::Done | TaskState::Failed | TaskState::Blocked | TaskState::Cancelled => true,
+            TaskState::Pending | TaskState::Ready | TaskState::Running | TaskState::Merging => {
+                false
+            }
+        }
+    }
+}
+
+string_enum!(
+    /// A project's lifecycle. `interrupted` means the supervisor stopped
+    /// (Ctrl-C) and `agentswarm resume` can carry it on.
+    ProjectState {
+        Queued => "queued",
+        Planning => "planning",
+        Running => "running",
+        Verifying => "verifying",
+        Done => "done",
+        Failed => "failed",
+        Interrupted => "interrupted",
+        Cancelled => "cancelled",
+    }
+);
+
+impl ProjectState {
+    pub fn is_terminal(self) -> bool {
+        match self {
+            ProjectState::Done | ProjectState::Failed | ProjectState::Cancelled => true,
+            ProjectState::Queued
+            | ProjectState::Planning
+            | ProjectState::Running
+            | ProjectState::Verifying
+            | ProjectState::Interrupted => false,
+        }
+    }
+}
+
+string_enum!(
+    /// How one attempt of a task ended.
+    AttemptOutcome {
+        Running => "running",
+        Merged => "merged",
+        /// The agent gave up, ran out of turns, or a tool/model error ended it.
+        Failed => "failed",
+        /// The merge into `main` conflicted; the task runs again on the new `main`.
+        Conflict => "conflict",
+        /// The worker process died (exit code or signal in the reason).
+        Crashed => "crashed",
+        Timeout => "timeout",
+        MemoryLimit => "memory_limit",
+        /// The supervisor stopped; not counted against `max_attempts`.
+        Interrupted => "interrupted",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_strings() {
+        for s in TaskState::ALL {
+            assert_eq!(s.as_str().parse::<TaskState>().unwrap(), *s);
+            assert_eq!(
+                serde_json::to_string(s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        for s in ProjectState::ALL {
+            assert_eq!(s.as_str().parse::<ProjectState>().unwrap(), *s);
+        }
+        for s in AttemptOutcome::ALL {
+            assert_eq!(s.as_str().parse::<AttemptOutcome>().unwrap(), *s);
+        }
+        assert!("bogus".parse::<TaskState>().is_err());
+    }
+}

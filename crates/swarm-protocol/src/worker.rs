@@ -1,0 +1,118 @@
+//! Worker ⇄ supervisor messages: one JSON object per line, on the worker's
+//! stdin (supervisor → worker) and stdout (worker → supervisor). The worker
+//! writes nothing else to stdout; its diagnostics go to stderr.
+//!
+//! Sequence: `Start` → (`ModelRequest` → `ModelReply`)* interleaved with
+//! `Progress` → `Finished` | `Failed`. The supervisor answers every
+//! `ModelRequest` with exactly one `ModelReply` carrying the same `seq`.
+
+use crate::chat::{ChatMessage, ToolSpec, Usage};
+use crate::ids::{ProjectId, TaskId};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ToWorker {
+    Start(WorkerStart),
+    ModelReply {
+        seq: u64,
+        #[serde(flatten)]
+        result: ModelResult,
+    },
+}
+
+/// Everything a worker needs for one attempt of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStart {
+    pub project_id: ProjectId,
+    pub task_id: TaskId,
+    pub attempt: u32,
+    /// The attempt's git worktree; every tool path resolves inside it.
+    pub worktree: PathBuf,
+    /// The system prompt of the worker role.
+    pub system_prompt: String,
+    /// The first user message; begins with `Task <id>: <title>`.
+    pub prompt: String,
+    pub max_turns: u32,
+    /// Default timeout of one `run_command`, in seconds.
+    pub command_timeout_secs: u64,
+    /// Bytes of command output kept (head and tail) in a tool result.
+    pub output_cap_bytes: usize,
+    /// The commit message's subject line; the worker appends the
+    /// `Swarm-Project`, `Swarm-Task` and `Swarm-Attempt` trailers.
+    pub commit_subject: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ModelResult {
+    Ok {
+        message: ChatMessage,
+        #[serde(default)]
+        usage: Usage,
+    },
+    /// The call failed for good (after the gateway's retries); the attempt ends.
+    Error { error: String },
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FromWorker {
+    /// Ask the supervisor's model gateway for the next assistant message.
+    ModelRequest {
+        seq: u64,
+        /// 1-based turn number.
+        turn: u32,
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+    },
+    /// A tool call is about to run (for live progress and the event log).
+    Progress {
+        turn: u32,
+        tool: String,
+        detail: String,
+    },
+    /// The agent called `finish` and the work is committed on the task branch.
+    Finished {
+        summary: String,
+        /// Full sha of the task commit (always made, empty if nothing changed).
+        commit: String,
+        turns: u32,
+    },
+    /// The attempt failed; `reason` says why in one line.
+    Failed { reason: String, turns: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_lines() {
+        let m = FromWorker::Failed {
+            reason: "max_turns (40) reached".into(),
+            turns: 40,
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(s.starts_with(r#"{"type":"failed""#), "{s}");
+        assert_eq!(serde_json::from_str::<FromWorker>(&s).unwrap(), m);
+
+        let r = ToWorker::ModelReply {
+            seq: 3,
+            result: ModelResult::Error {
+                error: "boom".into(),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"model_reply","seq":3,"status":"error","error":"boom"}"#
+        );
+        assert_eq!(serde_json::from_str::<ToWorker>(&s).unwrap(), r);
+    }
+}
