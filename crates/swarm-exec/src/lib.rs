@@ -1,0 +1,571 @@
+//! The one place AgentSwarm spawns processes.
+//!
+//! Every child gets `env_clear()` plus an allow-list ([`allowed_env`]), its
+//! own process group, and stdin closed unless it is the IPC pipe. Three entry
+//! points:
+//!
+//! - [`run`]: short helper commands (git). No `pre_exec` hook, so the standard
+//!   library can use `posix_spawn`, which is much cheaper than fork+exec in a
+//!   large process; an optional timeout kills the group.
+//! - [`run_shell`]: model-written or plan-written shell commands. Output
+//!   (stdout and stderr merged) is capped, the whole group is killed on
+//!   timeout and after the command exits (no stray background jobs), and the
+//!   child gets `PR_SET_PDEATHSIG` with a `getppid()` re-check.
+//! - [`spawn_child`]: the long-lived `agentswarm worker` processes (tokio,
+//!   stdin/stdout pipes for the JSON-lines protocol, `PR_SET_PDEATHSIG`).
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
+//! [`spawn_child`] is called from tokio worker threads, which live as long as
+//! the runtime; [`run_shell`] is called from a blocking thread that waits for
+//! the command, so the thread outlives the command it started.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{program}` failed while running: {source}")]
+    Io {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{program}` timed out after {secs} s and was killed")]
+    Timeout { program: String, secs: u64 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Environment variables a child may inherit. Nothing else passes: no API
+/// keys, tokens or cloud credentials reach a worker or the commands it runs.
+pub const ENV_ALLOW_LIST: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ",
+    "TMPDIR",
+];
+
+static SPAWNED: AtomicU64 = AtomicU64::new(0);
+
+/// Processes this process has spawned through this module (the benchmark
+/// reports it: most orchestration cost is process creation).
+pub fn spawned_count() -> u64 {
+    SPAWNED.load(Ordering::Relaxed)
+}
+
+/// The allow-listed variables of this process's environment.
+pub fn allowed_env() -> Vec<(OsString, OsString)> {
+    ENV_ALLOW_LIST
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
+        .collect()
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(s: ExitStatus) -> Self {
+        Exit {
+            code: s.code(),
+            signal: s.signal(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => match Signal::try_from(s) {
+                Ok(sig) => write!(f, "killed by signal {s} ({})", sig.as_str()),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            (None, None) => write!(f, "unknown exit status"),
+        }
+    }
+}
+
+fn base_command(program: &OsStr, cwd: Option<&Path>, env: &[(OsString, OsString)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .envs(allowed_env())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub cwd: Option<PathBuf>,
+    /// Added to the allow-listed environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Written to the child's stdin, which is closed otherwise.
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+}
+
+/// What [`run`] captured.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs a helper program to completion and captures its output.
+pub fn run(
+    program: impl AsRef<OsStr>,
+    args: &[impl AsRef<OsStr>],
+    opts: &RunOptions,
+) -> Result<Captured> {
+    let program = program.as_ref();
+    let name = program.to_string_lossy().into_owned();
+    let mut cmd = base_command(program, opts.cwd.as_deref(), &opts.env);
+    cmd.args(args)
+        .stdin(if opts.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: name.clone(),
+        source,
+    })?;
+    SPAWNED.fetch_add(1, Ordering::Relaxed);
+    if let (Some(input), Some(mut stdin)) = (opts.stdin.clone(), child.stdin.take()) {
+        // A separate thread: a large input must not deadlock against a full stdout pipe.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let Some(timeout) = opts.timeout else {
+        let out = child.wait_with_output().map_err(|source| Error::Io {
+            program: name,
+            source,
+        })?;
+        return Ok(Captured {
+            exit: out.status.into(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        });
+    };
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out.map_err(|source| Error::Io {
+                program: name,
+                source,
+            })?;
+            Ok(Captured {
+                exit: out.status.into(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+        Err(_) => {
+            let _ = signal_group(pid, Signal::SIGKILL);
+            let _ = rx.recv();
+            Err(Error::Timeout {
+                program: name,
+                secs: timeout.as_secs(),
+            })
+        }
+    }
+}
+
+/// Options of [`run_shell`].
+#[derive(Debug, Clone)]
+pub struct ShellOptions {
+    pub cwd: PathBuf,
+    /// Added to the allow-listed environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub timeout: Duration,
+    /// Bytes of output kept: the head and the tail, with a marker between.
+    pub output_cap: usize,
+}
+
+/// What [`run_shell`] saw.
+#[derive(Debug, Clone)]
+pub struct ShellOutput {
+    pub exit: Exit,
+    /// stdout and stderr interleaved as written, lossily decoded, capped.
+    pub output: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+    pub duration: Duration,
+}
+
+/// Runs `sh -c command` in its own process group with a timeout and capped,
+/// merged output. On timeout the group gets SIGTERM, then SIGKILL after one
+/// second; after the shell exits, whatever it left running in its group is
+/// killed.
+pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
+    let started = Instant::now();
+    let (reader, writer) = std::io::pipe().map_err(|source| Error::Spawn {
+        program: "sh".into(),
+        source,
+    })?;
+    let writer2 = writer.try_clone().map_err(|source| Error::Spawn {
+        program: "sh".into(),
+        source,
+    })?;
+    let mut cmd = base_command(OsStr::new("/bin/sh"), Some(&opts.cwd), &opts.env);
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2);
+    set_parent_death_signal(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: "sh".into(),
+        source,
+    })?;
+    SPAWNED.fetch_add(1, Ordering::Relaxed);
+    // The parent's copies of the write end must go, or the reader never sees EOF.
+    drop(cmd);
+    let pid = child.id();
+
+    let cap = opts.output_cap;
+    let (out_tx, out_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = out_tx.send(read_capped(reader, cap));
+    });
+    let (wait_tx, wait_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = wait_tx.send(child.wait());
+    });
+
+    let mut timed_out = false;
+    let status = match wait_rx.recv_timeout(opts.timeout) {
+        Ok(s) => s,
+        Err(_) => {
+            timed_out = true;
+            let _ = signal_group(pid, Signal::SIGTERM);
+            match wait_rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = signal_group(pid, Signal::SIGKILL);
+                    wait_rx
+                        .recv()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("waiter thread lost")))
+                }
+            }
+        }
+    };
+    let status = status.map_err(|source| Error::Io {
+        program: "sh".into(),
+        source,
+    })?;
+    // Background jobs the command left behind share its group: end them so the
+    // pipe closes and nothing outlives the command.
+    let _ = signal_group(pid, Signal::SIGKILL);
+    let (output, truncated) = out_rx
+        .recv_timeout(Duration::from_millis(500))
+        .unwrap_or_else(|_| {
+            (
+                "[output unavailable: a process kept the pipe open]".into(),
+                false,
+            )
+        });
+    Ok(ShellOutput {
+        exit: status.into(),
+        output,
+        truncated,
+        timed_out,
+        duration: started.elapsed(),
+    })
+}
+
+/// Keeps the first and last `cap / 2` bytes; returns the text and whether
+/// anything was cut.
+fn read_capped(mut r: impl Read, cap: usize) -> (String, bool) {
+    let half = cap / 2;
+    let mut head: Vec<u8> = Vec::new();
+    let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut omitted: u64 = 0;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        if head.len() < half {
+            let take = (half - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+        }
+        tail.extend(chunk);
+        while tail.len() > cap - half {
+            tail.pop_front();
+            omitted += 1;
+        }
+    }
+    let mut out = String::from_utf8_lossy(&head).into_owned();
+    if omitted > 0 {
+        out.push_str(&format!("\n[… {omitted} bytes omitted …]\n"));
+    }
+    out.push_str(&String::from_utf8_lossy(tail.make_contiguous()));
+    (out, omitted > 0)
+}
+
+/// `PR_SET_PDEATHSIG(SIGKILL)` in the child, then a `getppid()` re-check in
+/// case the parent died before the call.
+fn set_parent_death_signal(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the parent exited before the child started",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where a spawned child's stderr goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChildStderr {
+    /// Into this process's stderr.
+    #[default]
+    Inherit,
+    Piped,
+    Null,
+}
+
+/// Options of [`spawn_child`].
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    pub cwd: Option<PathBuf>,
+    /// Added to the allow-listed environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub stderr: ChildStderr,
+}
+
+/// Spawns a long-lived child with piped stdin and stdout (the IPC channel),
+/// in its own process group, with the parent-death signal. The child is
+/// killed if the handle is dropped.
+pub fn spawn_child(
+    program: &Path,
+    args: &[OsString],
+    opts: &SpawnOptions,
+) -> Result<tokio::process::Child> {
+    let mut std_cmd = base_command(program.as_os_str(), opts.cwd.as_deref(), &opts.env);
+    std_cmd.args(args);
+    set_parent_death_signal(&mut std_cmd);
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.stderr(match opts.stderr {
+        ChildStderr::Inherit => Stdio::inherit(),
+        ChildStderr::Piped => Stdio::piped(),
+        ChildStderr::Null => Stdio::null(),
+    });
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
+    SPAWNED.fetch_add(1, Ordering::Relaxed);
+    Ok(child)
+}
+
+/// Sends `signal` to the process group led by `pid`. `Ok(false)` when there
+/// is no such group (already gone) or `pid` is 0.
+pub fn signal_group(pid: u32, signal: Signal) -> std::io::Result<bool> {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Ok(false);
+    }
+    match killpg(Pid::from_raw(pid as i32), signal) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::ESRCH) => Ok(false),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(cmd: &str, timeout: Duration, cap: usize) -> ShellOutput {
+        let dir = tempfile::tempdir().unwrap();
+        run_shell(
+            cmd,
+            &ShellOptions {
+                cwd: dir.path().to_owned(),
+                env: vec![],
+                timeout,
+                output_cap: cap,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shell_reports_exit_code_and_merged_output() {
+        let out = shell(
+            "echo out; echo err >&2; exit 3",
+            Duration::from_secs(10),
+            4096,
+        );
+        assert_eq!(out.exit.code, Some(3));
+        assert_eq!(out.exit.to_string(), "exit code 3");
+        assert!(
+            out.output.contains("out") && out.output.contains("err"),
+            "{}",
+            out.output
+        );
+        assert!(!out.timed_out && !out.truncated);
+    }
+
+    #[test]
+    fn shell_timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let cmd = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let out = run_shell(
+            &cmd,
+            &ShellOptions {
+                cwd: dir.path().to_owned(),
+                env: vec![],
+                timeout: Duration::from_millis(300),
+                output_cap: 1024,
+            },
+        )
+        .unwrap();
+        assert!(out.timed_out);
+        assert!(!out.exit.success());
+        assert!(out.duration < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            !marker.exists(),
+            "a background job of the timed-out command survived"
+        );
+    }
+
+    #[test]
+    fn background_jobs_do_not_outlive_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let cmd = format!("(sleep 1; touch {}) & echo started", marker.display());
+        let out = run_shell(
+            &cmd,
+            &ShellOptions {
+                cwd: dir.path().to_owned(),
+                env: vec![],
+                timeout: Duration::from_secs(10),
+                output_cap: 1024,
+            },
+        )
+        .unwrap();
+        assert!(out.exit.success());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn output_is_capped_head_and_tail() {
+        let out = shell("seq 1 100000", Duration::from_secs(10), 1000);
+        assert!(out.truncated);
+        assert!(out.output.starts_with("1\n2\n"), "{}", &out.output[..20]);
+        assert!(out.output.trim_end().ends_with("100000"));
+        assert!(out.output.contains("bytes omitted"));
+        assert!(out.output.len() < 1200);
+    }
+
+    #[test]
+    fn secrets_are_not_inherited() {
+        // The test process may have any environment; the child only sees the allow-list.
+        let out = shell("env", Duration::from_secs(10), 1 << 16);
+        for line in out.output.lines() {
+            let key = line.split('=').next().unwrap_or("");
+            assert!(
+                ENV_ALLOW_LIST.contains(&key)
+                    || key == "PWD"
+                    || key == "SHLVL"
+                    || key == "_"
+                    || key.is_empty(),
+                "leaked variable {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_captures_and_times_out() {
+        let out = run(
+            "sh",
+            &["-c", "cat; echo done >&2"],
+            &RunOptions {
+                stdin: Some(b"hello".to_vec()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(out.exit.success());
+        assert_eq!(out.stdout, b"hello");
+        assert_eq!(out.stderr, b"done\n");
+        let err = run(
+            "sleep",
+            &["10"],
+            &RunOptions {
+                timeout: Some(Duration::from_millis(100)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn signal_group_of_nothing_is_false() {
+        assert!(!signal_group(0, Signal::SIGTERM).unwrap());
+    }
+}

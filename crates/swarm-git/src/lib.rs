@@ -1,0 +1,634 @@
+//! Git through the `git` binary: the project repository, one worktree per
+//! attempt, commits carrying the `Swarm-*` trailers, `--no-ff` merges into
+//! `main` that never leave it half-merged, and file listings for packaging.
+//!
+//! Shelling out is what mature tools do for worktrees and merges (libgit2 and
+//! gitoxide lack parts of both). Each operation spawns as few `git`
+//! processes as it can: process creation is most of the per-task cost.
+//!
+//! Every invocation runs with the user's and the system's git configuration
+//! ignored, hooks disabled and a fixed identity, so a run behaves the same on
+//! every machine.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("git {command} failed ({exit}): {stderr}")]
+    Command {
+        command: String,
+        exit: String,
+        stderr: String,
+    },
+    #[error(transparent)]
+    Exec(#[from] swarm_exec::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected git output: {0}")]
+    Parse(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The identity of every commit AgentSwarm makes.
+pub const AUTHOR_NAME: &str = "AgentSwarm";
+pub const AUTHOR_EMAIL: &str = "agentswarm@localhost";
+/// The integration branch.
+pub const MAIN: &str = "main";
+
+/// Written to `.git/info/exclude` (shared by every worktree): what a worker
+/// commit must never pick up — build output, caches and secrets. A project's
+/// own `.gitignore` adds to it.
+pub const DEFAULT_EXCLUDES: &str = "\
+# written by agentswarm: never committed by a worker
+__pycache__/
+*.py[co]
+.pytest_cache/
+.mypy_cache/
+.ruff_cache/
+.tox/
+.venv/
+node_modules/
+target/
+.env
+.env.*
+*.pem
+*.key
+id_rsa
+id_ed25519
+";
+
+/// The trailers every task commit carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailers {
+    pub project: String,
+    pub task: String,
+    pub attempt: u32,
+}
+
+impl Trailers {
+    fn render(&self) -> String {
+        format!(
+            "Swarm-Project: {}\nSwarm-Task: {}\nSwarm-Attempt: {}\n",
+            self.project, self.task, self.attempt
+        )
+    }
+}
+
+fn git_env() -> Vec<(OsString, OsString)> {
+    [
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GIT_AUTHOR_NAME", AUTHOR_NAME),
+        ("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL),
+        ("GIT_COMMITTER_NAME", AUTHOR_NAME),
+        ("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL),
+    ]
+    .into_iter()
+    .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+    .collect()
+}
+
+/// Runs git in `dir`; fails on a non-zero exit.
+fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Captured> {
+    let out = git_status(dir, args, stdin)?;
+    if !out.exit.success() {
+        return Err(command_error(args, &out));
+    }
+    Ok(out)
+}
+
+/// Runs git in `dir` and returns whatever it did.
+fn git_status(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Captured> {
+    let mut full: Vec<&str> = vec![
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.quotepath=false",
+    ];
+    full.extend_from_slice(args);
+    let opts = swarm_exec::RunOptions {
+        cwd: Some(dir.to_owned()),
+        env: git_env(),
+        stdin: stdin.map(<[u8]>::to_vec),
+        timeout: Some(Duration::from_secs(600)),
+    };
+    Ok(swarm_exec::run("git", &full, &opts)?)
+}
+
+fn command_error(args: &[&str], out: &swarm_exec::Captured) -> Error {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    Error::Command {
+        command: args.first().copied().unwrap_or("").to_owned(),
+        exit: out.exit.to_string(),
+        stderr: text.trim().chars().take(2000).collect(),
+    }
+}
+
+fn nul_split(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Stages everything in `dir` (a worktree) and commits it, even when nothing
+/// changed, with `subject` and the trailers. Returns the full commit sha.
+/// Two git processes.
+pub fn commit_all(dir: &Path, subject: &str, body: &str, trailers: &Trailers) -> Result<String> {
+    git(dir, &["add", "-A"], None)?;
+    let mut message = subject.trim().to_owned();
+    if !body.trim().is_empty() {
+        message.push_str("\n\n");
+        message.push_str(body.trim());
+    }
+    message.push_str("\n\n");
+    message.push_str(&trailers.render());
+    let out = git(
+        dir,
+        &[
+            "-c",
+            "core.abbrev=40",
+            "commit",
+            "--allow-empty",
+            "--no-verify",
+            "-F",
+            "-",
+        ],
+        Some(message.as_bytes()),
+    )?;
+    // First line: `[branch sha] subject` or `[branch (root-commit) sha] subject`.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    let inside = first
+        .strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .unwrap_or_default();
+    let sha = inside.split_whitespace().last().unwrap_or_default();
+    if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha.to_owned())
+    } else {
+        Err(Error::Parse(format!(
+            "commit did not print its sha: {first}"
+        )))
+    }
+}
+
+/// The version of the git binary, e.g. `git version 2.47.3`.
+pub fn version() -> Result<String> {
+    let out = git(Path::new("/"), &["--version"], None)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// How a merge ended. `main` is never left half-merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    Merged {
+        commit: String,
+    },
+    /// The merge was aborted; these paths conflicted.
+    Conflict {
+        paths: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+    Other,
+}
+
+/// A path a commit changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// A task commit reachable from `main`, found by its trailers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskCommit {
+    pub sha: String,
+    pub task: String,
+    pub attempt: u32,
+}
+
+/// A project repository: `main` is checked out at [`Repo::root`], which is
+/// the integration worktree (only merges write to it).
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    /// An existing repository.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !root.join(".git").is_dir() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not a git repository", root.display()),
+            )));
+        }
+        Ok(Self { root })
+    }
+
+    /// Opens the repository at `root`, creating it (branch `main`, one empty
+    /// commit carrying the project trailer) if it does not exist yet.
+    pub fn init(root: impl Into<PathBuf>, project: &str) -> Result<Self> {
+        let root = root.into();
+        if root.join(".git").is_dir() {
+            let repo = Self { root };
+            repo.write_excludes()?;
+            if repo.head().is_ok() {
+                return Ok(repo);
+            }
+            // Created but never committed (a crash during init): commit now.
+            repo.initial_commit(project)?;
+            return Ok(repo);
+        }
+        std::fs::create_dir_all(&root)?;
+        git(&root, &["init", "-q", "-b", MAIN], None)?;
+        let repo = Self { root };
+        repo.write_excludes()?;
+        repo.initial_commit(project)?;
+        Ok(repo)
+    }
+
+    fn write_excludes(&self) -> Result<()> {
+        let info = self.root.join(".git/info");
+        std::fs::create_dir_all(&info)?;
+        std::fs::write(info.join("exclude"), DEFAULT_EXCLUDES)?;
+        Ok(())
+    }
+
+    fn initial_commit(&self, project: &str) -> Result<()> {
+        let message = format!("Start project {project}\n\nSwarm-Project: {project}\n");
+        git(
+            &self.root,
+            &["commit", "-q", "--allow-empty", "--no-verify", "-F", "-"],
+            Some(message.as_bytes()),
+        )?;
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The commit `main` points at. Reads the loose ref when there is one
+    /// (no process), else asks git.
+    pub fn head(&self) -> Result<String> {
+        if let Ok(s) = std::fs::read_to_string(self.root.join(".git/refs/heads").join(MAIN)) {
+            let s = s.trim();
+            if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(s.to_owned());
+            }
+        }
+        let out = git(
+            &self.root,
+            &["rev-parse", "--verify", "refs/heads/main"],
+            None,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A new worktree at `path` on a new branch `branch` starting at the
+    /// current `main` (an existing branch of that name is reset).
+    pub fn add_worktree(&self, path: &Path, branch: &str) -> Result<()> {
+        let p = path.to_string_lossy();
+        git(
+            &self.root,
+            &["worktree", "add", "-q", "-B", branch, &p, MAIN],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// A detached checkout of the current `main` at `path` (for verify).
+    pub fn add_detached_worktree(&self, path: &Path) -> Result<()> {
+        let p = path.to_string_lossy();
+        git(
+            &self.root,
+            &["worktree", "add", "-q", "--detach", &p, MAIN],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Removes a worktree and its directory, whatever state it is in.
+    pub fn remove_worktree(&self, path: &Path) -> Result<()> {
+        let p = path.to_string_lossy();
+        let out = git_status(
+            &self.root,
+            &["worktree", "remove", "--force", "--force", &p],
+            None,
+        )?;
+        if out.exit.success() {
+            return Ok(());
+        }
+        // Not a registered worktree (or half-created): remove the directory
+        // and let git forget it.
+        if path.exists() {
+            std::fs::remove_dir_all(path)?;
+        }
+        self.prune_worktrees()
+    }
+
+    pub fn prune_worktrees(&self) -> Result<()> {
+        git(&self.root, &["worktree", "prune"], None)?;
+        Ok(())
+    }
+
+    /// Deletes every local branch whose name starts with `prefix`.
+    pub fn delete_branches(&self, prefix: &str) -> Result<usize> {
+        let pattern = format!("refs/heads/{prefix}");
+        let out = git(
+            &self.root,
+            &["for-each-ref", "--format=%(refname:short)", &pattern],
+            None,
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let branches: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        if branches.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec!["branch", "-q", "-D"];
+        args.extend(branches.iter().copied());
+        if git(&self.root, &args, None).is_ok() {
+            return Ok(branches.len());
+        }
+        // Some branch is still checked out in a worktree: delete the others one by one.
+        Ok(branches
+            .iter()
+            .filter(|b| git(&self.root, &["branch", "-q", "-D", b], None).is_ok())
+            .count())
+    }
+
+    /// Merges `branch` into `main` with `--no-ff`. On a conflict the merge is
+    /// aborted and the conflicting paths returned; on any other failure `main`
+    /// is reset to where it was.
+    pub fn merge(&self, branch: &str, message: &str) -> Result<MergeOutcome> {
+        let before = self.head()?;
+        let out = git_status(
+            &self.root,
+            &["merge", "--no-ff", "--no-edit", "-q", "-m", message, branch],
+            None,
+        )?;
+        if out.exit.success() {
+            return Ok(MergeOutcome::Merged {
+                commit: self.head()?,
+            });
+        }
+        let conflicted = git_status(
+            &self.root,
+            &["diff", "--name-only", "--diff-filter=U", "-z"],
+            None,
+        )?;
+        let paths = nul_split(&conflicted.stdout);
+        let _ = git_status(&self.root, &["merge", "--abort"], None);
+        // Whatever happened, main ends where it began, with a clean tree.
+        let _ = git_status(&self.root, &["reset", "-q", "--hard", &before], None);
+        if paths.is_empty() {
+            Err(command_error(&["merge"], &out))
+        } else {
+            Ok(MergeOutcome::Conflict { paths })
+        }
+    }
+
+    /// Paths `commit` changed relative to its first parent.
+    pub fn changed_files(&self, commit: &str) -> Result<Vec<Change>> {
+        let out = git(
+            &self.root,
+            &[
+                "diff-tree",
+                "-r",
+                "-z",
+                "--no-commit-id",
+                "--name-status",
+                "--root",
+                commit,
+            ],
+            None,
+        )?;
+        let fields = nul_split(&out.stdout);
+        let mut changes = Vec::new();
+        let mut it = fields.into_iter();
+        while let Some(status) = it.next() {
+            let kind = match status.chars().next() {
+                Some('A') => ChangeKind::Added,
+                Some('M') => ChangeKind::Modified,
+                Some('D') => ChangeKind::Deleted,
+                _ => ChangeKind::Other,
+            };
+            // Renames and copies (R/C) carry two paths; -r without -M does not emit them.
+            if matches!(status.chars().next(), Some('R') | Some('C')) {
+                let _ = it.next();
+            }
+            let Some(path) = it.next() else {
+                return Err(Error::Parse(format!(
+                    "diff-tree: status {status} without a path"
+                )));
+            };
+            changes.push(Change { path, kind });
+        }
+        Ok(changes)
+    }
+
+    /// Every path `main` tracks (from the integration worktree's index).
+    pub fn tracked_files(&self) -> Result<Vec<String>> {
+        let out = git(&self.root, &["ls-files", "-z"], None)?;
+        Ok(nul_split(&out.stdout))
+    }
+
+    /// Task commits reachable from `main` (found by their trailers).
+    pub fn task_commits(&self) -> Result<Vec<TaskCommit>> {
+        let format = "--format=%H%x00%(trailers:key=Swarm-Task,valueonly,separator=)%x00%(trailers:key=Swarm-Attempt,valueonly,separator=)%x00";
+        let out = git(&self.root, &["log", "--no-merges", format, MAIN], None)?;
+        let fields: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).trim().to_owned())
+            .collect();
+        let mut commits = Vec::new();
+        for chunk in fields.chunks(3) {
+            let [sha, task, attempt] = chunk else {
+                continue;
+            };
+            if task.is_empty() {
+                continue;
+            }
+            if let Ok(attempt) = attempt.parse() {
+                commits.push(TaskCommit {
+                    sha: sha.clone(),
+                    task: task.clone(),
+                    attempt,
+                });
+            }
+        }
+        Ok(commits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trailers(task: &str, attempt: u32) -> Trailers {
+        Trailers {
+            project: "p1".into(),
+            task: task.into(),
+            attempt,
+        }
+    }
+
+    fn task_commit(
+        repo: &Repo,
+        dir: &Path,
+        task: &str,
+        attempt: u32,
+        files: &[(&str, &str)],
+    ) -> String {
+        let wt = dir.join(format!("{task}-{attempt}"));
+        repo.add_worktree(&wt, &format!("task/{task}/{attempt}"))
+            .unwrap();
+        for (path, content) in files {
+            let p = wt.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        commit_all(&wt, &format!("{task}: work"), "", &trailers(task, attempt)).unwrap()
+    }
+
+    #[test]
+    fn init_is_idempotent_and_main_has_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let head = repo.head().unwrap();
+        assert_eq!(head.len(), 40);
+        let again = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        assert_eq!(again.head().unwrap(), head);
+        assert!(repo.tracked_files().unwrap().is_empty());
+    }
+
+    #[test]
+    fn task_commit_merges_with_trailers() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let sha = task_commit(&repo, dir.path(), "a", 1, &[("src/a.py", "print(1)\n")]);
+        let MergeOutcome::Merged { commit } = repo.merge("task/a/1", "Merge task a").unwrap()
+        else {
+            panic!("conflict")
+        };
+        assert_eq!(repo.head().unwrap(), commit);
+        assert_eq!(repo.tracked_files().unwrap(), vec!["src/a.py".to_owned()]);
+        assert_eq!(
+            repo.task_commits().unwrap(),
+            vec![TaskCommit {
+                sha: sha.clone(),
+                task: "a".into(),
+                attempt: 1
+            }]
+        );
+        assert_eq!(
+            repo.changed_files(&sha).unwrap(),
+            vec![Change {
+                path: "src/a.py".into(),
+                kind: ChangeKind::Added
+            }]
+        );
+        // Build output and secrets in a worktree are never committed.
+        let wt = dir.path().join("c-1");
+        repo.add_worktree(&wt, "task/c/1").unwrap();
+        std::fs::create_dir_all(wt.join("pkg/__pycache__")).unwrap();
+        std::fs::write(wt.join("pkg/__pycache__/m.cpython-311.pyc"), "x").unwrap();
+        std::fs::write(wt.join(".env"), "KEY=not-real").unwrap();
+        std::fs::write(wt.join("pkg/m.py"), "").unwrap();
+        let c = commit_all(&wt, "c", "", &trailers("c", 1)).unwrap();
+        assert_eq!(
+            repo.changed_files(&c)
+                .unwrap()
+                .iter()
+                .map(|c| c.path.as_str())
+                .collect::<Vec<_>>(),
+            ["pkg/m.py"]
+        );
+        repo.remove_worktree(&dir.path().join("a-1")).unwrap();
+        repo.remove_worktree(&wt).unwrap();
+        assert!(!dir.path().join("a-1").exists());
+        assert_eq!(repo.delete_branches("task/").unwrap(), 2);
+    }
+
+    #[test]
+    fn conflict_is_aborted_and_main_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        task_commit(&repo, dir.path(), "a", 1, &[("f.txt", "one\n")]);
+        task_commit(&repo, dir.path(), "b", 1, &[("f.txt", "two\n")]);
+        assert!(matches!(
+            repo.merge("task/a/1", "m").unwrap(),
+            MergeOutcome::Merged { .. }
+        ));
+        let head = repo.head().unwrap();
+        let outcome = repo.merge("task/b/1", "m").unwrap();
+        assert_eq!(
+            outcome,
+            MergeOutcome::Conflict {
+                paths: vec!["f.txt".into()]
+            }
+        );
+        assert_eq!(repo.head().unwrap(), head);
+        assert_eq!(
+            std::fs::read_to_string(repo.root().join("f.txt")).unwrap(),
+            "one\n"
+        );
+        let status = git(repo.root(), &["status", "--porcelain"], None).unwrap();
+        assert!(
+            status.stdout.is_empty(),
+            "main's worktree is dirty: {}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+    }
+
+    #[test]
+    fn deletions_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        task_commit(&repo, dir.path(), "a", 1, &[("x", "1"), ("y", "2")]);
+        repo.merge("task/a/1", "m").unwrap();
+        let wt = dir.path().join("b-1");
+        repo.add_worktree(&wt, "task/b/1").unwrap();
+        std::fs::remove_file(wt.join("x")).unwrap();
+        let sha = commit_all(&wt, "b", "body", &trailers("b", 1)).unwrap();
+        assert_eq!(
+            repo.changed_files(&sha).unwrap(),
+            vec![Change {
+                path: "x".into(),
+                kind: ChangeKind::Deleted
+            }]
+        );
+    }
+
+    #[test]
+    fn removing_a_stray_directory_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let stray = dir.path().join("stray");
+        std::fs::create_dir_all(stray.join("sub")).unwrap();
+        repo.remove_worktree(&stray).unwrap();
+        assert!(!stray.exists());
+        assert!(version().unwrap().starts_with("git version"));
+    }
+}
