@@ -1,0 +1,285 @@
+//! Durable state: projects, tasks and their dependencies, attempts, an
+//! append-only event log and model-call accounting.
+//!
+//! [`Store`] is the interface the engine uses; [`SqliteStore`] is the
+//! embedded implementation (one file, WAL, `synchronous=FULL`,
+//! `busy_timeout`, writes in `BEGIN IMMEDIATE`). A PostgreSQL backend can be
+//! added behind the same trait.
+//!
+//! Every task state change is one conditional
+//! `UPDATE … WHERE project_id = ? AND id = ? AND state = ?` that reports
+//! whether it happened, and appends a `task_state` event in the same
+//! transaction.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use serde::{Deserialize, Serialize};
+use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ProjectState, TaskId, TaskKind, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("store data error: {0}")]
+    Data(String),
+    #[error(
+        "project {0} not found; `agentswarm status` lists the projects in this data directory"
+    )]
+    ProjectNotFound(ProjectId),
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+impl Error {
+    /// A busy or locked database may succeed on a later try; nothing else will.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Db(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewProject {
+    pub id: ProjectId,
+    pub goal: String,
+    /// Run options as given (max_tasks, max_attempts, …), stored as JSON so
+    /// `resume` runs with the same ones.
+    pub options: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub id: ProjectId,
+    pub goal: String,
+    /// The plan's name once planned, else empty.
+    pub name: String,
+    pub state: ProjectState,
+    pub plan: Option<Plan>,
+    pub options: serde_json::Value,
+    /// Fix rounds started so far.
+    pub fix_round: u32,
+    /// How many times the planner model was asked (initial plan and re-asks).
+    pub planner_calls: u32,
+    pub error: Option<String>,
+    pub final_commit: Option<String>,
+    /// Path of the delivery archive once written.
+    pub delivery: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A task as the planner (or a fix round) gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub title: String,
+    pub description: String,
+    pub kind: TaskKind,
+    pub depends_on: Vec<TaskId>,
+    pub files: Vec<String>,
+    pub commands: Vec<String>,
+    /// 0 for the initial plan, N for tasks added by fix round N.
+    pub fix_round: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub project_id: ProjectId,
+    pub id: TaskId,
+    pub title: String,
+    pub description: String,
+    pub kind: TaskKind,
+    pub depends_on: Vec<TaskId>,
+    pub files: Vec<String>,
+    pub commands: Vec<String>,
+    pub fix_round: u32,
+    /// Insertion order within the project (plan order, then fix rounds).
+    pub seq: i64,
+    pub state: TaskState,
+    /// Number of the current (or last) attempt; 0 before the first.
+    pub attempt: u32,
+    /// Attempts that count against `max_attempts` (interrupted ones do not).
+    pub attempts_counted: u32,
+    pub last_error: Option<String>,
+    /// Paths whose merge conflicted on the last attempt (named in the next prompt).
+    pub conflict_paths: Vec<String>,
+    /// The task commit (on `task/<id>/<attempt>`) that was merged.
+    pub commit: Option<String>,
+    /// The merge commit on `main`.
+    pub merge_commit: Option<String>,
+    pub summary: Option<String>,
+    /// Paths the merged commit changed.
+    pub changed_files: Vec<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// One conditional task state change. `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskUpdate {
+    /// The change happens only if the task is in one of these states.
+    pub from: Vec<TaskState>,
+    pub to: Option<TaskState>,
+    /// …and only if its current attempt is this one.
+    pub expect_attempt: Option<u32>,
+    pub attempt: Option<u32>,
+    pub attempts_counted: Option<u32>,
+    /// `Some(None)` clears it.
+    pub last_error: Option<Option<String>>,
+    pub conflict_paths: Option<Vec<String>>,
+    pub commit: Option<String>,
+    pub merge_commit: Option<String>,
+    pub summary: Option<String>,
+    pub changed_files: Option<Vec<String>>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub project_id: ProjectId,
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// Why it ended (exit code, signal, error text); `None` while running or when merged.
+    pub reason: Option<String>,
+    pub turns: u32,
+    pub commit: Option<String>,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub project_id: ProjectId,
+    pub task_id: Option<TaskId>,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCallRecord {
+    pub project_id: ProjectId,
+    pub task_id: Option<TaskId>,
+    pub attempt: Option<u32>,
+    /// `planner`, `worker` or `fixer`.
+    pub role: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub latency_ms: u64,
+    pub retries: u32,
+    /// `ok` or an error kind such as `http_429`, `timeout`, `invalid_response`.
+    pub outcome: String,
+    pub ts_ms: i64,
+}
+
+/// Totals of model calls for one role and model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub role: String,
+    pub model: String,
+    pub calls: u64,
+    pub failed_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The store interface. Implementations are synchronous and fast (one local
+/// transaction a call); async callers may call them directly for single
+/// statements.
+pub trait Store: Send + Sync {
+    fn create_project(&self, project: &NewProject) -> Result<()>;
+    fn project(&self, id: &ProjectId) -> Result<ProjectRecord>;
+    /// Newest first.
+    fn list_projects(&self) -> Result<Vec<ProjectRecord>>;
+    /// Conditional: happens only when the state is one of `from`. Appends a
+    /// `project_state` event. `error` replaces the stored error (None clears it).
+    fn set_project_state(
+        &self,
+        id: &ProjectId,
+        from: &[ProjectState],
+        to: ProjectState,
+        error: Option<&str>,
+    ) -> Result<bool>;
+    fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()>;
+    fn set_final(
+        &self,
+        id: &ProjectId,
+        final_commit: Option<&str>,
+        delivery: Option<&str>,
+    ) -> Result<()>;
+
+    /// Stores the validated plan, its name and its tasks (state `pending`) in one
+    /// transaction. Fails if the project already has a plan.
+    fn save_plan(&self, id: &ProjectId, plan: &Plan, tasks: &[NewTask]) -> Result<()>;
+    /// Adds the tasks of fix round `round` (state `pending`), makes
+    /// `verify_task` depend on each of them, puts it back to `pending` and sets
+    /// the project's `fix_round` — one transaction.
+    fn add_fix_tasks(
+        &self,
+        id: &ProjectId,
+        round: u32,
+        tasks: &[NewTask],
+        verify_task: &TaskId,
+    ) -> Result<()>;
+
+    /// In plan order (`seq`).
+    fn tasks(&self, id: &ProjectId) -> Result<Vec<TaskRecord>>;
+    fn task(&self, id: &ProjectId, task: &TaskId) -> Result<Option<TaskRecord>>;
+    /// One conditional UPDATE; `Ok(true)` if it happened. When `to` is set a
+    /// `task_state` event (`{"from","to","attempt","error"}`) is appended in the
+    /// same transaction.
+    fn update_task(&self, id: &ProjectId, task: &TaskId, update: &TaskUpdate) -> Result<bool>;
+
+    fn start_attempt(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+        started_ms: i64,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn finish_attempt(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        reason: Option<&str>,
+        turns: u32,
+        commit: Option<&str>,
+    ) -> Result<()>;
+    fn attempts(&self, id: &ProjectId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
+
+    /// Returns the new event's id.
+    fn append_event(
+        &self,
+        id: &ProjectId,
+        task: Option<&TaskId>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<i64>;
+    /// Events with `id > after`, oldest first, at most `limit`.
+    fn events(&self, id: &ProjectId, after: i64, limit: usize) -> Result<Vec<EventRecord>>;
+
+    fn record_model_call(&self, call: &ModelCallRecord) -> Result<()>;
+    fn usage(&self, id: &ProjectId) -> Result<Vec<UsageTotals>>;
+}
