@@ -1,0 +1,312 @@
+//! The worker: the agent loop that runs inside `agentswarm worker`.
+//!
+//! It reads a `Start` message on stdin, then loops: ask the supervisor for
+//! the next assistant message (a `ModelRequest`; the supervisor holds the API
+//! keys), run the tool calls in order in the worktree, send the results back
+//! in the next request. `finish` ends the loop: everything in the worktree is
+//! committed on the task branch with the `Swarm-*` trailers and the worker
+//! reports `Finished`. After `max_turns` model turns without `finish` the
+//! attempt fails. The protocol is in `swarm_protocol::worker`.
+//!
+//! Synchronous on purpose: one conversation, one tool at a time, and no
+//! async runtime keeps the worker process small.
+
+pub mod paths;
+pub mod tools;
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+use swarm_protocol::chat::{ChatMessage, Role};
+use swarm_protocol::worker::{FromWorker, ModelResult, ToWorker, WorkerStart};
+pub use tools::{tool_specs, ToolResult, Tools};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the supervisor closed the connection")]
+    Closed,
+    #[error("invalid message from the supervisor: {0}")]
+    Protocol(String),
+    #[error("cannot talk to the supervisor: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Sent when the model answers without calling a tool.
+pub const NUDGE: &str =
+    "Use the tools to do your task. When it is done and checked, call finish with a short summary.";
+
+struct Channel<R, W> {
+    input: R,
+    output: W,
+}
+
+impl<R: BufRead, W: Write> Channel<R, W> {
+    fn send(&mut self, msg: &FromWorker) -> Result<()> {
+        let mut line = serde_json::to_vec(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.output.write_all(&line)?;
+        self.output.flush()?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<ToWorker> {
+        let mut line = String::new();
+        if self.input.read_line(&mut line)? == 0 {
+            return Err(Error::Closed);
+        }
+        serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
+
+/// Runs one attempt: returns once `Finished` or `Failed` has been sent.
+pub fn run_worker(input: impl BufRead, output: impl Write) -> Result<()> {
+    let mut ch = Channel { input, output };
+    let start = match ch.recv()? {
+        ToWorker::Start(s) => s,
+        other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
+    };
+    let result = agent_loop(&mut ch, &start)?;
+    ch.send(&result)
+}
+
+fn agent_loop<R: BufRead, W: Write>(
+    ch: &mut Channel<R, W>,
+    start: &WorkerStart,
+) -> Result<FromWorker> {
+    let tools = Tools::new(
+        &start.worktree,
+        Duration::from_secs(start.command_timeout_secs),
+        start.output_cap_bytes,
+    );
+    let specs = tool_specs();
+    let mut messages = vec![
+        ChatMessage::system(&start.system_prompt),
+        ChatMessage::user(&start.prompt),
+    ];
+    let mut seq = 0u64;
+    for turn in 1..=start.max_turns {
+        seq += 1;
+        ch.send(&FromWorker::ModelRequest {
+            seq,
+            turn,
+            messages: messages.clone(),
+            tools: specs.clone(),
+        })?;
+        let reply = loop {
+            match ch.recv()? {
+                ToWorker::ModelReply { seq: s, result } if s == seq => break result,
+                ToWorker::ModelReply { .. } => continue, // a stale reply: not ours
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "expected model_reply, got {other:?}"
+                    )))
+                }
+            }
+        };
+        let message = match reply {
+            ModelResult::Ok { message, .. } => message,
+            ModelResult::Error { error } => {
+                return Ok(FromWorker::Failed {
+                    reason: format!("model call failed: {error}"),
+                    turns: turn,
+                });
+            }
+        };
+        let mut message = message;
+        message.role = Role::Assistant;
+        let calls = message.tool_calls.clone();
+        messages.push(message);
+        if calls.is_empty() {
+            messages.push(ChatMessage::user(NUDGE));
+            continue;
+        }
+        let mut finished: Option<String> = None;
+        for call in &calls {
+            let name = call.function.name.as_str();
+            let text = if finished.is_some() {
+                "error: finish was already called in this reply; this call was not run".to_owned()
+            } else {
+                ch.send(&FromWorker::Progress {
+                    turn,
+                    tool: name.to_owned(),
+                    detail: Tools::describe(name, &call.function.arguments),
+                })?;
+                let r: ToolResult = tools.execute(name, &call.function.arguments);
+                if let Some(summary) = r.finished {
+                    finished = Some(summary);
+                }
+                r.text
+            };
+            messages.push(ChatMessage::tool_result(&call.id, text));
+        }
+        if let Some(summary) = finished {
+            let trailers = swarm_git::Trailers {
+                project: start.project_id.to_string(),
+                task: start.task_id.to_string(),
+                attempt: start.attempt,
+            };
+            return Ok(
+                match swarm_git::commit_all(
+                    &start.worktree,
+                    &start.commit_subject,
+                    &summary,
+                    &trailers,
+                ) {
+                    Ok(commit) => FromWorker::Finished {
+                        summary,
+                        commit,
+                        turns: turn,
+                    },
+                    Err(e) => FromWorker::Failed {
+                        reason: format!("cannot commit the work: {e}"),
+                        turns: turn,
+                    },
+                },
+            );
+        }
+    }
+    Ok(FromWorker::Failed {
+        reason: format!("max_turns ({}) reached without finish", start.max_turns),
+        turns: start.max_turns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use swarm_protocol::chat::{FunctionCall, ToolCall};
+
+    fn call(id: &str, name: &str, args: serde_json::Value) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: name.into(),
+                arguments: args.to_string(),
+            },
+        }
+    }
+
+    fn reply(seq: u64, calls: Vec<ToolCall>) -> String {
+        let message = ChatMessage {
+            role: Role::Assistant,
+            content: None,
+            tool_calls: calls,
+            tool_call_id: None,
+        };
+        serde_json::to_string(&ToWorker::ModelReply {
+            seq,
+            result: ModelResult::Ok {
+                message,
+                usage: Default::default(),
+            },
+        })
+        .unwrap()
+    }
+
+    fn start(worktree: &std::path::Path, max_turns: u32) -> String {
+        serde_json::to_string(&ToWorker::Start(WorkerStart {
+            project_id: "p1".into(),
+            task_id: "t1".into(),
+            attempt: 1,
+            worktree: worktree.to_owned(),
+            system_prompt: "sys".into(),
+            prompt: "Task t1: test".into(),
+            max_turns,
+            command_timeout_secs: 10,
+            output_cap_bytes: 4096,
+            commit_subject: "t1: test".into(),
+        }))
+        .unwrap()
+    }
+
+    fn run(lines: &[String]) -> Vec<FromWorker> {
+        let input = lines.join("\n") + "\n";
+        let mut out = Vec::new();
+        run_worker(Cursor::new(input), &mut out).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn writes_then_finishes_with_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = swarm_git::Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let wt = dir.path().join("wt");
+        repo.add_worktree(&wt, "task/t1/1").unwrap();
+        let out = run(&[
+            start(&wt, 5),
+            reply(
+                1,
+                vec![
+                    call(
+                        "c1",
+                        "write_file",
+                        serde_json::json!({"path": "a.txt", "content": "hi"}),
+                    ),
+                    call("c2", "finish", serde_json::json!({"summary": "wrote a"})),
+                ],
+            ),
+        ]);
+        let FromWorker::Finished {
+            summary,
+            commit,
+            turns,
+        } = out.last().unwrap()
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((summary.as_str(), *turns), ("wrote a", 1));
+        assert_eq!(repo.task_commits().unwrap().len(), 0, "not merged yet");
+        assert_eq!(repo.changed_files(commit).unwrap()[0].path, "a.txt");
+        assert!(matches!(
+            &out[0],
+            FromWorker::ModelRequest {
+                seq: 1,
+                turn: 1,
+                ..
+            }
+        ));
+        assert!(out
+            .iter()
+            .any(|m| matches!(m, FromWorker::Progress { tool, .. } if tool == "write_file")));
+    }
+
+    #[test]
+    fn fails_after_max_turns_and_answers_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&[
+            start(dir.path(), 2),
+            reply(1, vec![call("c1", "list_files", serde_json::json!({}))]),
+            reply(2, vec![]),
+        ]);
+        assert!(
+            matches!(out.last().unwrap(), FromWorker::Failed { turns: 2, reason } if reason.contains("max_turns (2)"))
+        );
+        let FromWorker::ModelRequest { messages, .. } = &out[2] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(messages.last().unwrap().tool_call_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_model_error_fails_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = serde_json::to_string(&ToWorker::ModelReply {
+            seq: 1,
+            result: ModelResult::Error {
+                error: "http 500".into(),
+            },
+        })
+        .unwrap();
+        let out = run(&[start(dir.path(), 3), err]);
+        assert!(
+            matches!(out.last().unwrap(), FromWorker::Failed { reason, .. } if reason.contains("http 500"))
+        );
+    }
+}
