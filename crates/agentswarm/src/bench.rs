@@ -1,0 +1,258 @@
+//! `agentswarm bench`: measures the orchestration against the scripted model
+//! server, running the real binary as a child process exactly as a user does.
+//!
+//! 1. Overhead: N independent one-turn tasks with a zero-latency model; the
+//!    cost per task is the span from the first task starting to the last one
+//!    merged, divided by N (at cap 1 and at the cap).
+//! 2. Makespan: N independent tasks of T turns with a fixed model latency L
+//!    at cap K; the lower bound is ceil(N/K)·T·L.
+//! 3. Memory: the peak RSS of the supervisor and of every worker process,
+//!    sampled every 10 ms from /proc during the makespan run.
+
+use crate::cli::{BenchArgs, Cli};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use swarm_protocol::{ProjectId, TaskState};
+use swarm_store::{SqliteStore, Store};
+
+pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
+    if args.tasks == 0 || args.workers == 0 || args.turns == 0 {
+        bail!("--tasks, --workers and --turns must be positive");
+    }
+    let exe = std::env::current_exe().context("cannot find the agentswarm executable")?;
+    let home = tempfile::tempdir().context("cannot make a temp dir")?;
+    println!(
+        "agentswarm bench — scripted model on loopback, data in {}",
+        home.path().display()
+    );
+
+    let n = args.tasks;
+    let seq = run_case(&exe, home.path(), "overhead-cap1", n.min(30), 1, 1, 0).await?;
+    let par = run_case(&exe, home.path(), "overhead-cap", n, args.workers, 1, 0).await?;
+    let wide = run_case(
+        &exe,
+        home.path(),
+        "makespan",
+        n,
+        args.workers,
+        args.turns,
+        args.latency_ms,
+    )
+    .await?;
+
+    let waves = n.div_ceil(args.workers) as f64;
+    let lower_ms = waves * args.turns as f64 * args.latency_ms as f64;
+    let ratio = wide.span_ms / lower_ms;
+    let result = json!({
+        "overhead_cap1_ms_per_task": seq.span_ms / seq.tasks as f64,
+        "overhead_ms_per_task": par.span_ms / par.tasks as f64,
+        "overhead_cap": args.workers,
+        "supervisor_processes_per_task": par.spawned_per_task,
+        "makespan_ms": wide.span_ms,
+        "makespan_lower_bound_ms": lower_ms,
+        "makespan_ratio": ratio,
+        "makespan": {"tasks": n, "cap": args.workers, "turns": args.turns, "latency_ms": args.latency_ms},
+        "max_in_flight": wide.max_in_flight,
+        "supervisor_peak_rss_mb": wide.supervisor_rss_kb as f64 / 1024.0,
+        "worker_peak_rss_mb": wide.worker_rss_kb as f64 / 1024.0,
+        "run_wall_ms": {"overhead_cap1": seq.wall_ms, "overhead_cap": par.wall_ms, "makespan": wide.wall_ms},
+    });
+    println!();
+    println!("orchestration per task, zero-latency model, commit+merge included:");
+    println!(
+        "  cap 1 ({} tasks):   {:7.2} ms/task",
+        seq.tasks,
+        seq.span_ms / seq.tasks as f64
+    );
+    println!("  cap {} ({} tasks):  {:7.2} ms/task   ({:.1} processes spawned by the supervisor per task)", args.workers, par.tasks, par.span_ms / par.tasks as f64, par.spawned_per_task);
+    println!(
+        "makespan, {n} independent tasks × {} turns × {} ms at cap {}:",
+        args.turns, args.latency_ms, args.workers
+    );
+    println!(
+        "  {:.0} ms vs lower bound {:.0} ms → ratio {:.3}  (max {} requests in flight)",
+        wide.span_ms, lower_ms, ratio, wide.max_in_flight
+    );
+    println!(
+        "memory (peak RSS): supervisor {:.1} MB, worker {:.1} MB",
+        wide.supervisor_rss_kb as f64 / 1024.0,
+        wide.worker_rss_kb as f64 / 1024.0
+    );
+    if args.json {
+        println!("{result}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct CaseResult {
+    tasks: u32,
+    span_ms: f64,
+    wall_ms: f64,
+    spawned_per_task: f64,
+    max_in_flight: usize,
+    supervisor_rss_kb: u64,
+    worker_rss_kb: u64,
+}
+
+async fn run_case(
+    exe: &Path,
+    home: &Path,
+    name: &str,
+    n: u32,
+    cap: u32,
+    turns: u32,
+    latency_ms: u64,
+) -> Result<CaseResult> {
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
+    let mut tasks: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"id": id, "title": format!("Write {id}"), "depends_on": []}))
+        .collect();
+    tasks.push(json!({"id": "verify", "title": "Verify", "kind": "verify", "depends_on": ids, "commands": ["true"]}));
+    let plan = json!({"name": name, "summary": "bench", "tasks": tasks});
+    let mut scripts = serde_json::Map::new();
+    for id in &ids {
+        let mut script = Vec::new();
+        for k in 0..turns.saturating_sub(1) {
+            script.push(json!({"calls": [{"name": "write_file", "arguments": {"path": format!("{id}-{k}.txt"), "content": id}}]}));
+        }
+        script.push(json!({"calls": [
+            {"name": "write_file", "arguments": {"path": format!("{id}.txt"), "content": id}},
+            {"name": "finish", "arguments": {"summary": "done"}}
+        ]}));
+        scripts.insert(id.clone(), json!({"turns": script}));
+    }
+    let scenario = swarm_testkit::Scenario::from_json_str(
+        &json!({"latency_ms": latency_ms, "tasks": scripts}).to_string(),
+    )?;
+    let server = swarm_testkit::ScriptedServer::start(scenario).await?;
+    let dir = home.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let plan_path = dir.join("plan.json");
+    std::fs::write(&plan_path, plan.to_string())?;
+    let data = dir.join("data");
+
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["run", "--json", "--max-workers", &cap.to_string(), "--plan"])
+        .arg(&plan_path)
+        .arg("bench goal")
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &dir)
+        .env("AGENTSWARM_HOME", &data)
+        .env("OPENAI_BASE_URL", server.base_url())
+        .env("AGENTSWARM_MODEL", "scripted-bench")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start agentswarm run")?;
+    let pid = child.id().unwrap_or(0);
+    let mut sup_peak = 0u64;
+    let mut worker_peak = 0u64;
+    let output = loop {
+        sup_peak = sup_peak.max(rss_kb(pid));
+        for c in children_of(pid) {
+            worker_peak = worker_peak.max(rss_kb(c));
+        }
+        tokio::select! {
+            out = child.wait() => break out?,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    };
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut stdout = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use tokio::io::AsyncReadExt;
+        s.read_to_string(&mut stdout).await?;
+    }
+    if !output.success() {
+        let mut stderr = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            s.read_to_string(&mut stderr).await?;
+        }
+        bail!("bench case {name} failed ({output}):\n{stdout}\n{stderr}");
+    }
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
+    let project = ProjectId::new(report["project_id"].as_str().unwrap_or_default());
+    let max_in_flight = server.max_in_flight();
+    server.shutdown().await;
+
+    let store = SqliteStore::open(&data.join("agentswarm.db"))?;
+    let span_ms = task_span_ms(&store, &project)?;
+    let spawned = store
+        .events(&project, 0, 1_000_000)?
+        .iter()
+        .rev()
+        .find(|e| e.kind == "run_stats")
+        .and_then(|e| e.data["spawned"].as_u64())
+        .unwrap_or(0);
+    Ok(CaseResult {
+        tasks: n,
+        span_ms,
+        wall_ms,
+        spawned_per_task: spawned as f64 / n as f64,
+        max_in_flight,
+        supervisor_rss_kb: sup_peak,
+        worker_rss_kb: worker_peak,
+    })
+}
+
+/// From the first code task entering `running` to the last one `done`.
+fn task_span_ms(store: &dyn Store, project: &ProjectId) -> Result<f64> {
+    let verify: Vec<_> = store
+        .tasks(project)?
+        .into_iter()
+        .filter(|t| t.kind == swarm_protocol::TaskKind::Verify)
+        .map(|t| t.id)
+        .collect();
+    let mut first = i64::MAX;
+    let mut last = 0i64;
+    for e in store.events(project, 0, 1_000_000)? {
+        if e.kind != "task_state" || e.task_id.as_ref().is_some_and(|t| verify.contains(t)) {
+            continue;
+        }
+        match e.data["to"].as_str() {
+            Some(s) if s == TaskState::Running.as_str() => first = first.min(e.ts_ms),
+            Some(s) if s == TaskState::Done.as_str() => last = last.max(e.ts_ms),
+            _ => {}
+        }
+    }
+    if first == i64::MAX || last == 0 {
+        bail!("no task ran in project {project}");
+    }
+    Ok((last - first) as f64)
+}
+
+/// VmRSS of a process in kB (0 if gone).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Direct children of `pid` (workers of the supervisor).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}

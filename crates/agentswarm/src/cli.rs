@@ -1,0 +1,130 @@
+//! Command-line flags.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentswarm",
+    version,
+    about = "A self-hosted swarm of LLM coding agents: goal → plan → parallel workers → merged, verified delivery."
+)]
+pub struct Cli {
+    /// Config file (default: $AGENTSWARM_CONFIG, ./agentswarm.toml, the user config dir, /etc/agentswarm/).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory: store, repositories, worktrees (default: $AGENTSWARM_HOME or ~/.local/share/agentswarm).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where archives and manifests go (default: $OUTPUTS_DIR or <data dir>/outputs).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub outputs_dir: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); AGENTSWARM_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan, run and deliver one goal in the foreground.
+    Run(RunArgs),
+    /// Carry on a project whose run was stopped; finished tasks are not run again.
+    Resume {
+        project: String,
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Show projects, or one project's tasks.
+    Status {
+        project: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a real goal offline against the built-in scripted model (no key needed).
+    Demo {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Measure orchestration overhead and makespan against the scripted model.
+    Bench(BenchArgs),
+    /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The software goal.
+    pub goal: Option<String>,
+    /// Read the goal from a file.
+    #[arg(long, value_name = "FILE", conflicts_with = "goal")]
+    pub goal_file: Option<PathBuf>,
+    /// Run this plan document instead of asking the planner.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Model name (over AGENTSWARM_MODEL).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Model endpoint (over OPENAI_BASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct OutputArgs {
+    /// Print one JSON object as the last line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print every tool call of every worker.
+    #[arg(long)]
+    pub show_tools: bool,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct LimitArgs {
+    /// Workers running at once (over MAX_CONCURRENT_WORKERS).
+    #[arg(long, value_name = "N")]
+    pub max_workers: Option<u32>,
+    /// Most tasks a plan may have.
+    #[arg(long, value_name = "N")]
+    pub max_tasks: Option<u32>,
+    /// Attempts per task before it fails for good.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Model turns per attempt.
+    #[arg(long, value_name = "N")]
+    pub max_turns: Option<u32>,
+    /// Fix rounds after a failed verify.
+    #[arg(long, value_name = "N")]
+    pub max_fix_rounds: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Tasks in the wide DAG (plus one verify task).
+    #[arg(long, default_value_t = 40)]
+    pub tasks: u32,
+    /// Worker cap for the makespan run.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Fixed model latency for the makespan run, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub latency_ms: u64,
+    /// Model turns per task in the makespan run.
+    #[arg(long, default_value_t = 2)]
+    pub turns: u32,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

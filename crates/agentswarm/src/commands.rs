@@ -1,0 +1,261 @@
+//! The commands. Each builds the config and the engine, then calls into it.
+
+use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs};
+use crate::output;
+use anyhow::{bail, Context, Result};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_config::{Config, FileConfig, ModelConfig, Overrides};
+use swarm_engine::{Engine, EngineSettings, RunReport};
+use swarm_protocol::{Plan, ProjectId, ProjectState};
+use swarm_store::{SqliteStore, Store};
+use tokio_util::sync::CancellationToken;
+
+pub fn worker() -> ExitCode {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    match swarm_agent::run_worker(stdin.lock(), stdout.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentswarm worker: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(ref args) => run(&cli, args).await,
+        Command::Resume {
+            ref project,
+            ref out,
+            ref limits,
+        } => resume(&cli, project, out, limits).await,
+        Command::Status { ref project, json } => status(&cli, project.as_deref(), json),
+        Command::Demo {
+            ref out,
+            ref limits,
+        } => demo(&cli, out, limits).await,
+        Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
+        Command::Worker => Ok(worker()),
+    }
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub fn load_config(
+    cli: &Cli,
+    limits: &LimitArgs,
+    model: Option<String>,
+    base_url: Option<String>,
+) -> Result<Config> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let file = match swarm_config::find_config_file(cli.config.as_deref(), &env_lookup, &cwd) {
+        Some(path) => Some((FileConfig::load(&path)?, path)),
+        None => None,
+    };
+    let flags = Overrides {
+        data_dir: cli.data_dir.clone(),
+        outputs_dir: cli.outputs_dir.clone(),
+        max_concurrent_workers: limits.max_workers,
+        max_tasks: limits.max_tasks,
+        max_attempts: limits.max_attempts,
+        max_turns: limits.max_turns,
+        max_fix_rounds: limits.max_fix_rounds,
+        model,
+        base_url,
+    };
+    Ok(Config::resolve(file, &env_lookup, &flags)?)
+}
+
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let path = config.store_path();
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub fn build_engine(config: Config, store: Arc<dyn Store>) -> Result<Engine> {
+    let m = config.model()?.clone();
+    let client = swarm_llm::OpenAiClient::new(swarm_llm::OpenAiSettings {
+        base_url: m.base_url.clone(),
+        api_key: m.api_key.clone(),
+        key_env: m.api_key_env.clone(),
+        model: m.model.clone(),
+        max_tokens: m.max_tokens,
+        temperature: m.temperature,
+        timeout: Duration::from_secs(m.request_timeout_secs),
+        retry: swarm_llm::RetryPolicy::default(),
+    })?;
+    let settings = EngineSettings {
+        worker_program: std::env::current_exe().context("cannot find the agentswarm executable")?,
+        worker_args: vec!["worker".into()],
+        shutdown_grace: Duration::from_secs(10),
+    };
+    Ok(Engine::new(config, store, Arc::new(client), settings))
+}
+
+/// Runs `project` with live progress and Ctrl-C handling; prints the report.
+async fn drive(engine: &Engine, project: &ProjectId, out: &OutputArgs) -> Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    let printer = output::spawn_progress(engine.subscribe(), out.show_tools);
+    let signals = spawn_signal_handler(cancel.clone());
+    let report = engine.run(project, cancel).await;
+    signals.abort();
+    // Let the printer drain what is queued.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    printer.abort();
+    let report = report?;
+    output::print_report(&report, out.json);
+    Ok(exit_code(&report))
+}
+
+fn exit_code(r: &RunReport) -> ExitCode {
+    match r.status {
+        ProjectState::Done => ExitCode::SUCCESS,
+        ProjectState::Interrupted => ExitCode::from(130),
+        ProjectState::Failed
+        | ProjectState::Cancelled
+        | ProjectState::Queued
+        | ProjectState::Planning
+        | ProjectState::Running
+        | ProjectState::Verifying => ExitCode::from(1),
+    }
+}
+
+/// First SIGINT/SIGTERM: stop starting work, stop workers, record the state.
+/// Second SIGINT: exit at once (workers die with us: parent-death signal).
+fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("agentswarm: stopping — workers get SIGTERM; state is saved. Press Ctrl-C again to exit at once.");
+        cancel.cancel();
+        int.recv().await;
+        eprintln!("agentswarm: exiting now");
+        std::process::exit(130);
+    })
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+    let goal = match (&args.goal, &args.goal_file) {
+        (Some(g), _) => g.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read the goal file {}", f.display()))?,
+        (None, None) => bail!("give a goal: `agentswarm run \"Build …\"` or `--goal-file FILE` (or try `agentswarm demo`)"),
+    };
+    if goal.trim().is_empty() {
+        bail!("the goal is empty; describe the software to build");
+    }
+    let plan: Option<Plan> = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the plan {}", path.display()))?;
+            let plan = swarm_engine::plan::extract_plan(&text).map_err(|p| {
+                anyhow::anyhow!(
+                    "the plan {} is invalid:\n  - {}",
+                    path.display(),
+                    p.join("\n  - ")
+                )
+            })?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let config = load_config(cli, &args.limits, args.model.clone(), args.base_url.clone())?;
+    let store = open_store(&config)?;
+    let engine = build_engine(config, store)?;
+    let project = engine.create_project(goal.trim(), plan)?;
+    println!("project {project}");
+    drive(&engine, &project, &args.out).await
+}
+
+async fn resume(
+    cli: &Cli,
+    project: &str,
+    out: &OutputArgs,
+    limits: &LimitArgs,
+) -> Result<ExitCode> {
+    let config = load_config(cli, limits, None, None)?;
+    let store = open_store(&config)?;
+    let id = ProjectId::new(project);
+    let p = store.project(&id)?;
+    if p.state == ProjectState::Done {
+        println!(
+            "project {id} is already done; delivery: {}",
+            p.delivery.as_deref().unwrap_or("-")
+        );
+    }
+    let engine = build_engine(config, store)?;
+    drive(&engine, &id, out).await
+}
+
+fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    let path = config.store_path();
+    if !path.exists() {
+        if json {
+            println!("[]");
+        } else {
+            println!(
+                "no projects yet in {} (run `agentswarm demo` or `agentswarm run \"goal\"`)",
+                config.data_dir.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = open_store(&config)?;
+    match project {
+        Some(id) => output::print_project_status(store.as_ref(), &ProjectId::new(id), json)?,
+        None => output::print_projects(store.as_ref(), json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCode> {
+    let scenario =
+        swarm_testkit::Scenario::from_json_str(&swarm_testkit::demo_scenario().to_string())?;
+    let server = swarm_testkit::ScriptedServer::start(scenario).await?;
+    let mut config = load_config(cli, limits, None, None)?;
+    config.set_model(ModelConfig {
+        base_url: server.base_url(),
+        api_key: None,
+        api_key_env: "OPENAI_API_KEY".into(),
+        model: "scripted-demo".into(),
+        request_timeout_secs: 60,
+        max_tokens: None,
+        temperature: None,
+    });
+    println!(
+        "AgentSwarm demo — the model is SCRIPTED: a built-in fake model server on {} answers every",
+        server.base_url()
+    );
+    println!("request from a script. No API key is used and nothing leaves this machine; the workers, git");
+    println!("worktrees, merges, verify (the project's real unit tests) and the delivery archive are real.");
+    println!(
+        "data: {}   outputs: {}",
+        config.data_dir.display(),
+        config.outputs_dir.display()
+    );
+    let store = open_store(&config)?;
+    let engine = build_engine(config, store)?;
+    let project = engine.create_project(swarm_testkit::DEMO_GOAL, None)?;
+    println!("goal: {}", swarm_testkit::DEMO_GOAL);
+    println!("project {project}");
+    let code = drive(&engine, &project, out).await;
+    server.shutdown().await;
+    code
+}
+
+pub use crate::bench::bench;

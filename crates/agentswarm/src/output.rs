@@ -1,0 +1,182 @@
+//! What the commands print: live progress lines, the final report, status tables.
+
+use anyhow::Result;
+use std::io::Write;
+use swarm_engine::{Progress, RunReport};
+use swarm_protocol::{ProjectId, TaskState};
+use swarm_store::Store;
+use tokio::sync::broadcast;
+
+/// Prints one line per progress event (tool calls only with `show_tools`).
+pub fn spawn_progress(
+    mut rx: broadcast::Receiver<Progress>,
+    show_tools: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            match rx.recv().await {
+                Ok(p) => {
+                    if p.kind == "tool" && !show_tools {
+                        continue;
+                    }
+                    let secs = started.elapsed().as_secs_f64();
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{secs:7.2}s  {}", p.message);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    println!("          … {n} progress lines skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+}
+
+pub fn print_report(r: &RunReport, json: bool) {
+    println!();
+    println!(
+        "project {}: {} — {}/{} tasks done",
+        r.project_id, r.status, r.tasks_done, r.tasks_total
+    );
+    if let Some(e) = &r.error {
+        println!("why: {e}");
+    }
+    if let Some(d) = &r.delivery {
+        println!("delivery: {}", d.display());
+    }
+    if let Some(m) = &r.manifest {
+        println!("manifest: {}", m.display());
+    }
+    if r.status == swarm_protocol::ProjectState::Interrupted {
+        println!("resume with: agentswarm resume {}", r.project_id);
+    }
+    if json {
+        let v = serde_json::json!({
+            "project_id": r.project_id,
+            "status": r.status,
+            "delivery": r.delivery,
+            "manifest": r.manifest,
+            "tasks_total": r.tasks_total,
+            "tasks_done": r.tasks_done,
+            "error": r.error,
+        });
+        println!("{v}");
+    }
+}
+
+pub fn print_projects(store: &dyn Store, json: bool) -> Result<()> {
+    let projects = store.list_projects()?;
+    let mut rows = Vec::new();
+    for p in &projects {
+        let tasks = store.tasks(&p.id)?;
+        let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
+        rows.push((p, done, tasks.len()));
+    }
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(p, done, total)| serde_json::json!({
+                "project_id": p.id, "name": p.name, "state": p.state, "goal": p.goal,
+                "tasks_done": done, "tasks_total": total, "delivery": p.delivery, "error": p.error,
+            }))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no projects yet");
+        return Ok(());
+    }
+    println!(
+        "{:<22} {:<12} {:>7}  {:<16} GOAL",
+        "PROJECT", "STATE", "TASKS", "NAME"
+    );
+    for (p, done, total) in rows {
+        println!(
+            "{:<22} {:<12} {:>7}  {:<16} {}",
+            p.id,
+            p.state.as_str(),
+            format!("{done}/{total}"),
+            p.name,
+            one_line(&p.goal, 60)
+        );
+    }
+    Ok(())
+}
+
+pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Result<()> {
+    let p = store.project(id)?;
+    let tasks = store.tasks(id)?;
+    let usage = store.usage(id)?;
+    let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
+    if json {
+        let v = serde_json::json!({
+            "project_id": p.id, "name": p.name, "state": p.state, "goal": p.goal, "error": p.error,
+            "tasks_total": tasks.len(), "tasks_done": done, "fix_rounds": p.fix_round,
+            "planner_calls": p.planner_calls, "delivery": p.delivery, "final_commit": p.final_commit,
+            "usage": usage,
+            "tasks": tasks.iter().map(|t| serde_json::json!({
+                "id": t.id, "title": t.title, "kind": t.kind.as_str(), "state": t.state,
+                "attempts": t.attempt, "attempts_counted": t.attempts_counted,
+                "last_error": t.last_error, "depends_on": t.depends_on, "commit": t.commit,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "project {}  {}  state: {}  tasks: {done}/{} done",
+        p.id,
+        p.name,
+        p.state,
+        tasks.len()
+    );
+    println!("goal: {}", one_line(&p.goal, 100));
+    if let Some(e) = &p.error {
+        println!("error: {e}");
+    }
+    if let Some(d) = &p.delivery {
+        println!("delivery: {d}");
+    }
+    let (calls, tin, tout) = usage.iter().fold((0, 0, 0), |a, u| {
+        (a.0 + u.calls, a.1 + u.input_tokens, a.2 + u.output_tokens)
+    });
+    println!(
+        "model: {calls} calls, {tin} input + {tout} output tokens (planner asked {} time(s))",
+        p.planner_calls
+    );
+    println!();
+    println!(
+        "{:<24} {:<9} {:>8}  {:<36} LAST ERROR",
+        "TASK", "STATE", "ATTEMPTS", "TITLE"
+    );
+    for t in &tasks {
+        let err = t
+            .last_error
+            .as_deref()
+            .filter(|_| t.state != TaskState::Done)
+            .unwrap_or("");
+        println!(
+            "{:<24} {:<9} {:>8}  {:<36} {}",
+            t.id.as_str(),
+            t.state.as_str(),
+            t.attempt,
+            one_line(&t.title, 36),
+            one_line(err, 80)
+        );
+    }
+    Ok(())
+}
+
+fn one_line(s: &str, n: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > n {
+        format!(
+            "{}…",
+            flat.chars().take(n.saturating_sub(1)).collect::<String>()
+        )
+    } else {
+        flat
+    }
+}

@@ -1,0 +1,403 @@
+//! Runs one attempt of one code task in an `agentswarm worker` process:
+//! creates the worktree, spawns the worker, relays its model requests to the
+//! gateway, enforces the wall-time limit, and reports how the attempt ended.
+
+use crate::gateway::{Caller, Gateway};
+use crate::Progress;
+use nix::sys::signal::Signal;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_protocol::chat::ChatMessage;
+use swarm_protocol::worker::{FromWorker, ModelResult, ToWorker, WorkerStart};
+use swarm_protocol::{AttemptOutcome, ProjectId, TaskId};
+use swarm_store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// What the driver needs, shared by all attempts of a run.
+pub struct DriverContext {
+    pub project: ProjectId,
+    pub repo: swarm_git::Repo,
+    pub worktrees_dir: PathBuf,
+    pub transcripts_dir: PathBuf,
+    pub worker_program: PathBuf,
+    pub worker_args: Vec<OsString>,
+    pub worker_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub gateway: Gateway,
+    pub store: Arc<dyn Store>,
+    pub progress: broadcast::Sender<Progress>,
+}
+
+impl DriverContext {
+    pub fn worktree(&self, task: &TaskId, attempt: u32) -> PathBuf {
+        self.worktrees_dir.join(format!("{task}-{attempt}"))
+    }
+}
+
+pub fn branch_name(task: &TaskId, attempt: u32) -> String {
+    format!("task/{task}/{attempt}")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerOutcome {
+    Finished {
+        summary: String,
+        commit: String,
+        turns: u32,
+    },
+    Ended {
+        outcome: AttemptOutcome,
+        reason: String,
+        turns: u32,
+    },
+}
+
+pub struct Job {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub start: WorkerStart,
+}
+
+pub async fn drive(ctx: Arc<DriverContext>, job: Job, cancel: CancellationToken) -> WorkerOutcome {
+    let worktree = ctx.worktree(&job.task, job.attempt);
+    let branch = branch_name(&job.task, job.attempt);
+    let repo = ctx.repo.clone();
+    let wt = worktree.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        // A stale directory from an earlier crash would make `worktree add` fail.
+        if wt.exists() {
+            let _ = repo.remove_worktree(&wt);
+        }
+        repo.add_worktree(&wt, &branch)
+    })
+    .await;
+    match made {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return ended(
+                AttemptOutcome::Failed,
+                format!("cannot create the worktree: {e}"),
+                0,
+            )
+        }
+        Err(e) => {
+            return ended(
+                AttemptOutcome::Failed,
+                format!("worktree task panicked: {e}"),
+                0,
+            )
+        }
+    }
+    let mut start = job.start;
+    start.worktree = worktree.clone();
+    let mut transcript: Vec<ChatMessage> = Vec::new();
+    let outcome = run_process(
+        &ctx,
+        &job.task,
+        job.attempt,
+        start,
+        &cancel,
+        &mut transcript,
+    )
+    .await;
+    write_transcript(&ctx, &job.task, job.attempt, &transcript, &outcome);
+    outcome
+}
+
+fn ended(outcome: AttemptOutcome, reason: String, turns: u32) -> WorkerOutcome {
+    WorkerOutcome::Ended {
+        outcome,
+        reason,
+        turns,
+    }
+}
+
+async fn run_process(
+    ctx: &DriverContext,
+    task: &TaskId,
+    attempt: u32,
+    start: WorkerStart,
+    cancel: &CancellationToken,
+    transcript: &mut Vec<ChatMessage>,
+) -> WorkerOutcome {
+    let opts = swarm_exec::SpawnOptions {
+        cwd: Some(start.worktree.clone()),
+        env: Vec::new(),
+        stderr: swarm_exec::ChildStderr::Piped,
+    };
+    let mut child = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
+        Ok(c) => c,
+        Err(e) => {
+            return ended(
+                AttemptOutcome::Failed,
+                format!("cannot start the worker process: {e}"),
+                0,
+            )
+        }
+    };
+    let Some(pid) = child.id() else {
+        return ended(
+            AttemptOutcome::Crashed,
+            "worker process exited at once".into(),
+            0,
+        );
+    };
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return ended(
+            AttemptOutcome::Failed,
+            "worker process has no stdio pipes".into(),
+            0,
+        );
+    };
+    let stderr_tail = child.stderr.take().map(|err| {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(target: "worker", "{l}");
+                if tail.len() == 10 {
+                    tail.pop_front();
+                }
+                tail.push_back(l);
+            }
+            tail.into_iter().collect::<Vec<_>>().join(" | ")
+        })
+    });
+    let mut lines = BufReader::new(stdout).lines();
+
+    let mut turns = 0;
+    let mut result: Option<WorkerOutcome> = None;
+    if let Err(e) = send(&mut stdin, &ToWorker::Start(start)).await {
+        result = Some(ended(
+            AttemptOutcome::Crashed,
+            format!("cannot talk to the worker: {e}"),
+            0,
+        ));
+    }
+    let deadline = tokio::time::sleep(ctx.worker_timeout);
+    tokio::pin!(deadline);
+    let caller = Caller {
+        project: &ctx.project,
+        task: Some(task),
+        attempt: Some(attempt),
+        role: "worker",
+    };
+
+    while result.is_none() {
+        let line = tokio::select! {
+            l = lines.next_line() => l,
+            _ = &mut deadline => {
+                result = Some(ended(AttemptOutcome::Timeout, format!("timeout: the attempt ran longer than {} s (WORKER_TIMEOUT_SECONDS)", ctx.worker_timeout.as_secs()), turns));
+                break;
+            }
+            _ = cancel.cancelled() => {
+                result = Some(ended(AttemptOutcome::Interrupted, "interrupted: the supervisor is shutting down".into(), turns));
+                break;
+            }
+        };
+        let line = match line {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => break, // EOF: the process ended; its exit status says how
+        };
+        let msg: FromWorker = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                result = Some(ended(
+                    AttemptOutcome::Crashed,
+                    format!(
+                        "worker sent an invalid message ({e}): {}",
+                        truncate(&line, 200)
+                    ),
+                    turns,
+                ));
+                break;
+            }
+        };
+        match msg {
+            FromWorker::ModelRequest {
+                seq,
+                turn,
+                messages,
+                tools,
+            } => {
+                turns = turn;
+                *transcript = messages.clone();
+                let call = ctx.gateway.complete(caller, messages, tools);
+                let reply = tokio::select! {
+                    r = call => r,
+                    _ = &mut deadline => {
+                        result = Some(ended(AttemptOutcome::Timeout, format!("timeout: the attempt ran longer than {} s (WORKER_TIMEOUT_SECONDS)", ctx.worker_timeout.as_secs()), turns));
+                        break;
+                    }
+                    _ = cancel.cancelled() => {
+                        result = Some(ended(AttemptOutcome::Interrupted, "interrupted: the supervisor is shutting down".into(), turns));
+                        break;
+                    }
+                };
+                let result_msg = match reply {
+                    Ok(c) => {
+                        transcript.push(c.message.clone());
+                        ModelResult::Ok {
+                            message: c.message,
+                            usage: c.usage,
+                        }
+                    }
+                    Err(e) => ModelResult::Error {
+                        error: e.to_string(),
+                    },
+                };
+                if let Err(e) = send(
+                    &mut stdin,
+                    &ToWorker::ModelReply {
+                        seq,
+                        result: result_msg,
+                    },
+                )
+                .await
+                {
+                    result = Some(ended(
+                        AttemptOutcome::Crashed,
+                        format!("cannot talk to the worker: {e}"),
+                        turns,
+                    ));
+                }
+            }
+            FromWorker::Progress { turn, tool, detail } => {
+                turns = turn;
+                let data = serde_json::json!({"attempt": attempt, "turn": turn, "tool": tool, "detail": detail});
+                let _ = ctx
+                    .store
+                    .append_event(&ctx.project, Some(task), "tool", &data);
+                let _ = ctx.progress.send(Progress::tool(
+                    &ctx.project,
+                    task,
+                    attempt,
+                    turn,
+                    &tool,
+                    &detail,
+                ));
+            }
+            FromWorker::Finished {
+                summary,
+                commit,
+                turns,
+            } => {
+                result = Some(WorkerOutcome::Finished {
+                    summary,
+                    commit,
+                    turns,
+                });
+            }
+            FromWorker::Failed { reason, turns } => {
+                result = Some(ended(AttemptOutcome::Failed, reason, turns));
+            }
+            other => {
+                tracing::warn!(?other, "unexpected worker message");
+            }
+        }
+    }
+    drop(stdin);
+
+    // Reap: a finished worker exits at once; anything else gets SIGTERM, then SIGKILL.
+    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            let _ = swarm_exec::signal_group(pid, Signal::SIGTERM);
+            match tokio::time::timeout(ctx.shutdown_grace, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+                    child.wait().await.ok()
+                }
+            }
+        }
+    };
+    // Commands the worker started live in its process group; take them down too.
+    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+    let tail = match stderr_tail {
+        Some(h) => tokio::time::timeout(Duration::from_millis(500), h)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    match result {
+        Some(r) => r,
+        None => {
+            let how = match status {
+                Some(s) => describe_status(s),
+                None => "unknown exit status".into(),
+            };
+            let mut reason = format!("worker process ended without a result ({how})");
+            if !tail.is_empty() {
+                reason.push_str(": ");
+                reason.push_str(&truncate(&tail, 500));
+            }
+            ended(AttemptOutcome::Crashed, reason, turns)
+        }
+    }
+}
+
+fn describe_status(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "unknown exit status".into(),
+    }
+}
+
+async fn send(stdin: &mut tokio::process::ChildStdin, msg: &ToWorker) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stdin.write_all(&line).await?;
+    stdin.flush().await
+}
+
+pub fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The attempt's conversation, for debugging: `<project>/transcripts/<task>-<attempt>.json`.
+fn write_transcript(
+    ctx: &DriverContext,
+    task: &TaskId,
+    attempt: u32,
+    messages: &[ChatMessage],
+    outcome: &WorkerOutcome,
+) {
+    let path = ctx.transcripts_dir.join(format!("{task}-{attempt}.json"));
+    let outcome = match outcome {
+        WorkerOutcome::Finished {
+            summary,
+            commit,
+            turns,
+        } => {
+            serde_json::json!({"result": "finished", "summary": summary, "commit": commit, "turns": turns})
+        }
+        WorkerOutcome::Ended {
+            outcome,
+            reason,
+            turns,
+        } => serde_json::json!({"result": outcome.as_str(), "reason": reason, "turns": turns}),
+    };
+    let doc = serde_json::json!({"task": task, "attempt": attempt, "outcome": outcome, "messages": messages});
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&ctx.transcripts_dir)?;
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?,
+        )
+    };
+    if let Err(e) = write() {
+        tracing::warn!(error = %e, path = %path.display(), "could not write the transcript");
+    }
+}

@@ -1,0 +1,58 @@
+//! The verify step: the plan's commands, run by the engine itself in a
+//! clean (detached) checkout of `main`, each with a timeout. It passes when
+//! every command exits 0.
+
+use crate::prompts::CommandResult;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs blocking: call it through `spawn_blocking`.
+pub fn run_verify(
+    repo: &swarm_git::Repo,
+    checkout: &Path,
+    commands: &[String],
+    timeout: Duration,
+    output_cap: usize,
+) -> Result<Vec<CommandResult>, String> {
+    if checkout.exists() {
+        let _ = repo.remove_worktree(checkout);
+    }
+    repo.add_detached_worktree(checkout)
+        .map_err(|e| format!("cannot check out main for verify: {e}"))?;
+    let mut results = Vec::with_capacity(commands.len());
+    for command in commands {
+        let opts = swarm_exec::ShellOptions {
+            cwd: checkout.to_owned(),
+            env: Vec::new(),
+            timeout,
+            output_cap,
+        };
+        let r = match swarm_exec::run_shell(command, &opts) {
+            Ok(out) => CommandResult {
+                command: command.clone(),
+                exit: if out.timed_out {
+                    format!("timed out after {} s", timeout.as_secs())
+                } else {
+                    out.exit.to_string()
+                },
+                passed: out.exit.success() && !out.timed_out,
+                timed_out: out.timed_out,
+                duration_ms: out.duration.as_millis() as u64,
+                output: out.output,
+            },
+            Err(e) => CommandResult {
+                command: command.clone(),
+                exit: format!("could not run: {e}"),
+                passed: false,
+                timed_out: false,
+                duration_ms: 0,
+                output: String::new(),
+            },
+        };
+        results.push(r);
+    }
+    if let Err(e) = repo.remove_worktree(checkout) {
+        tracing::warn!(error = %e, "could not remove the verify checkout");
+    }
+    Ok(results)
+}
