@@ -17,7 +17,9 @@ pub mod tools;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 use swarm_protocol::chat::{ChatMessage, Role};
-use swarm_protocol::worker::{FromWorker, ModelResult, ToWorker, WorkerStart};
+use swarm_protocol::worker::{
+    FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
+};
 pub use tools::{tool_specs, ToolResult, Tools};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +68,22 @@ pub fn run_worker(input: impl BufRead, output: impl Write) -> Result<()> {
         ToWorker::Start(s) => s,
         other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
     };
-    let result = agent_loop(&mut ch, &start)?;
-    ch.send(&result)
+    // The worktree is prepared while the first model call is in flight.
+    let mut setup = Some(start_setup(&start));
+    let result = agent_loop(&mut ch, &start, &mut setup);
+    if let Some(handle) = setup.take() {
+        // Never leave a git process running behind the attempt.
+        let _ = handle.join();
+    }
+    ch.send(&result?)
 }
+
+type Setup = std::thread::JoinHandle<std::result::Result<(), String>>;
 
 fn agent_loop<R: BufRead, W: Write>(
     ch: &mut Channel<R, W>,
     start: &WorkerStart,
+    setup: &mut Option<Setup>,
 ) -> Result<FromWorker> {
     let tools = Tools::new(
         &start.worktree,
@@ -120,6 +131,17 @@ fn agent_loop<R: BufRead, W: Write>(
         if calls.is_empty() {
             messages.push(ChatMessage::user(NUDGE));
             continue;
+        }
+        if let Some(handle) = setup.take() {
+            let result = handle
+                .join()
+                .unwrap_or_else(|_| Err("the setup thread panicked".into()));
+            if let Err(e) = result {
+                return Ok(FromWorker::Failed {
+                    reason: format!("{SETUP_FAILED}: {e}"),
+                    turns: turn,
+                });
+            }
         }
         let mut finished: Option<String> = None;
         for call in &calls {
@@ -172,6 +194,24 @@ fn agent_loop<R: BufRead, W: Write>(
     })
 }
 
+/// Runs the start message's worktree setup on a thread.
+fn start_setup(start: &WorkerStart) -> Setup {
+    let setup = start.setup.clone();
+    let worktree = start.worktree.clone();
+    std::thread::spawn(move || match setup {
+        WorktreeSetup::Ready => Ok(()),
+        WorktreeSetup::Create { repo, branch, base } => swarm_git::Repo::open(repo)
+            .and_then(|r| r.add_worktree_at(&worktree, &branch, &base))
+            .map_err(|e| e.to_string()),
+        WorktreeSetup::Reset {
+            branch,
+            base,
+            clean,
+        } => swarm_git::reset_worktree_at(&worktree, &branch, &base, clean)
+            .map_err(|e| e.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +247,10 @@ mod tests {
     }
 
     fn start(worktree: &std::path::Path, max_turns: u32) -> String {
+        start_with(worktree, max_turns, WorktreeSetup::Ready)
+    }
+
+    fn start_with(worktree: &std::path::Path, max_turns: u32, setup: WorktreeSetup) -> String {
         serde_json::to_string(&ToWorker::Start(WorkerStart {
             project_id: "p1".into(),
             task_id: "t1".into(),
@@ -218,6 +262,7 @@ mod tests {
             command_timeout_secs: 10,
             output_cap_bytes: 4096,
             commit_subject: "t1: test".into(),
+            setup,
         }))
         .unwrap()
     }
@@ -238,9 +283,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = swarm_git::Repo::init(dir.path().join("repo"), "p1").unwrap();
         let wt = dir.path().join("wt");
-        repo.add_worktree(&wt, "task/t1/1").unwrap();
+        let setup = WorktreeSetup::Create {
+            repo: repo.root().to_owned(),
+            branch: "task/t1/1".into(),
+            base: repo.head().unwrap(),
+        };
         let out = run(&[
-            start(&wt, 5),
+            start_with(&wt, 5, setup),
             reply(
                 1,
                 vec![

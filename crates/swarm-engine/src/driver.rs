@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_protocol::chat::ChatMessage;
-use swarm_protocol::worker::{FromWorker, ModelResult, ToWorker, WorkerStart};
+use swarm_protocol::worker::{
+    FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
+};
 use swarm_protocol::{AttemptOutcome, ProjectId, TaskId};
 use swarm_store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -20,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// What the driver needs, shared by all attempts of a run.
 pub struct DriverContext {
     pub project: ProjectId,
-    pub repo: swarm_git::Repo,
+    /// Where worktrees live: the pool's and the verify checkout.
     pub worktrees_dir: PathBuf,
+    pub pool: Arc<swarm_git::WorktreePool>,
     pub transcripts_dir: PathBuf,
     pub worker_program: PathBuf,
     pub worker_args: Vec<OsString>,
@@ -30,12 +33,6 @@ pub struct DriverContext {
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
-}
-
-impl DriverContext {
-    pub fn worktree(&self, task: &TaskId, attempt: u32) -> PathBuf {
-        self.worktrees_dir.join(format!("{task}-{attempt}"))
-    }
 }
 
 pub fn branch_name(task: &TaskId, attempt: u32) -> String {
@@ -62,38 +59,55 @@ pub struct Job {
     pub start: WorkerStart,
 }
 
-pub async fn drive(ctx: Arc<DriverContext>, job: Job, cancel: CancellationToken) -> WorkerOutcome {
-    let worktree = ctx.worktree(&job.task, job.attempt);
+/// Runs the attempt; returns how it ended and the worktree it used (to be
+/// released to the pool by the caller once it is done with it).
+pub async fn drive(
+    ctx: Arc<DriverContext>,
+    job: Job,
+    cancel: CancellationToken,
+) -> (WorkerOutcome, Option<PathBuf>) {
     let branch = branch_name(&job.task, job.attempt);
-    let repo = ctx.repo.clone();
-    let wt = worktree.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        // A stale directory from an earlier crash would make `worktree add` fail.
-        if wt.exists() {
-            let _ = repo.remove_worktree(&wt);
-        }
-        repo.add_worktree(&wt, &branch)
-    })
-    .await;
-    match made {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return ended(
-                AttemptOutcome::Failed,
-                format!("cannot create the worktree: {e}"),
-                0,
-            )
-        }
+    // The worker prepares the worktree itself, while its first model call
+    // is in flight; here it only gets a path and what to do with it.
+    let lease = ctx.pool.lease();
+    let base = match ctx.pool.repo().head() {
+        Ok(b) => b,
         Err(e) => {
-            return ended(
-                AttemptOutcome::Failed,
-                format!("worktree task panicked: {e}"),
-                0,
-            )
+            let reason = format!("cannot read main: {e}");
+            return (ended(AttemptOutcome::Failed, reason, 0), None);
         }
-    }
+    };
+    let setup = match lease.reuse {
+        Some(dirty) => WorktreeSetup::Reset {
+            branch,
+            base,
+            clean: dirty,
+        },
+        None => {
+            let (pool, path) = (ctx.pool.clone(), lease.path.clone());
+            // A stale directory from an earlier crash would make `worktree add` fail.
+            let cleared = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                if path.exists() {
+                    pool.discard(&path).map_err(std::io::Error::other)?;
+                }
+                std::fs::create_dir_all(path.parent().unwrap_or(&path))
+            })
+            .await;
+            if let Ok(Err(e)) | Err(e) = cleared.map_err(std::io::Error::other) {
+                let reason = format!("{SETUP_FAILED}: {e}");
+                return (ended(AttemptOutcome::Failed, reason, 0), None);
+            }
+            WorktreeSetup::Create {
+                repo: ctx.pool.repo().root().to_owned(),
+                branch,
+                base,
+            }
+        }
+    };
+    let worktree = lease.path;
     let mut start = job.start;
     start.worktree = worktree.clone();
+    start.setup = setup;
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(
         &ctx,
@@ -105,7 +119,14 @@ pub async fn drive(ctx: Arc<DriverContext>, job: Job, cancel: CancellationToken)
     )
     .await;
     write_transcript(&ctx, &job.task, job.attempt, &transcript, &outcome);
-    outcome
+    if matches!(&outcome, WorkerOutcome::Ended { reason, .. } if reason.starts_with(SETUP_FAILED)) {
+        // Whatever state that worktree is in, it is not handed out again.
+        let pool = ctx.pool.clone();
+        let path = worktree.clone();
+        let _ = tokio::task::spawn_blocking(move || pool.discard(&path)).await;
+        return (outcome, None);
+    }
+    (outcome, Some(worktree))
 }
 
 fn ended(outcome: AttemptOutcome, reason: String, turns: u32) -> WorkerOutcome {
@@ -125,7 +146,8 @@ async fn run_process(
     transcript: &mut Vec<ChatMessage>,
 ) -> WorkerOutcome {
     let opts = swarm_exec::SpawnOptions {
-        cwd: Some(start.worktree.clone()),
+        // Not the worktree: a new one does not exist until the worker makes it.
+        cwd: Some(ctx.worktrees_dir.clone()),
         env: Vec::new(),
         stderr: swarm_exec::ChildStderr::Piped,
     };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use swarm_config::RunLimits;
 use swarm_git::{MergeOutcome, Repo};
-use swarm_protocol::worker::WorkerStart;
+use swarm_protocol::worker::{WorkerStart, WorktreeSetup};
 use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ProjectState, TaskId, TaskKind, TaskState};
 use swarm_store::{now_ms, TaskRecord, TaskUpdate};
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ enum Msg {
     Worker {
         task: TaskId,
         attempt: u32,
+        worktree: Option<PathBuf>,
         outcome: WorkerOutcome,
     },
     Merged {
@@ -123,8 +124,11 @@ pub(crate) async fn run_project(
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(DriverContext {
         project: id.clone(),
-        repo: repo.clone(),
         worktrees_dir: project_dir.join("worktrees"),
+        pool: Arc::new(swarm_git::WorktreePool::new(
+            repo.clone(),
+            project_dir.join("worktrees"),
+        )),
         transcripts_dir: project_dir.join("transcripts"),
         worker_program: engine.settings.worker_program.clone(),
         worker_args: engine.settings.worker_args.clone(),
@@ -157,6 +161,7 @@ pub(crate) async fn run_project(
         background: JoinSet::new(),
         last_verify: None,
         turns: Default::default(),
+        worktrees: Default::default(),
         cancel,
     };
     run.reload()?;
@@ -293,6 +298,8 @@ struct Run<'e> {
     /// Per-task archives and worktree clean-up, off the critical path.
     background: JoinSet<()>,
     last_verify: Option<Vec<CommandResult>>,
+    /// Worktrees of attempts whose worker ended, until they go back to the pool.
+    worktrees: std::collections::HashMap<(TaskId, u32), PathBuf>,
     /// Model turns of attempts that finished and wait for their merge.
     turns: std::collections::HashMap<(TaskId, u32), u32>,
     cancel: CancellationToken,
@@ -548,13 +555,15 @@ impl Run<'_> {
                         command_timeout_secs: self.limits.command_timeout_secs,
                         output_cap_bytes: self.limits.output_cap_bytes,
                         commit_subject: format!("{}: {}", id, t.title),
+                        // Filled in by the driver.
+                        setup: WorktreeSetup::Ready,
                     };
                     let ctx = self.ctx.clone();
                     let tx = self.tx.clone();
                     let cancel = self.cancel.child_token();
                     self.workers += 1;
                     tokio::spawn(async move {
-                        let outcome = driver::drive(
+                        let (outcome, worktree) = driver::drive(
                             ctx,
                             Job {
                                 task: id.clone(),
@@ -568,6 +577,7 @@ impl Run<'_> {
                         let _ = tx.send(Msg::Worker {
                             task: id,
                             attempt,
+                            worktree,
                             outcome,
                         });
                     });
@@ -629,9 +639,13 @@ impl Run<'_> {
                 Msg::Worker {
                     task,
                     attempt,
+                    worktree,
                     outcome,
                 } => {
                     self.workers -= 1;
+                    if let Some(path) = worktree {
+                        self.worktrees.insert((task.clone(), attempt), path);
+                    }
                     self.on_worker(task, attempt, outcome)?;
                 }
                 Msg::Merged {
@@ -724,6 +738,9 @@ impl Run<'_> {
                         self.merging -= 1;
                         return Err(Error::Other("the merge queue stopped".into()));
                     }
+                } else {
+                    // A result for an attempt that is no longer current.
+                    self.release_worktree(&task, attempt, false);
                 }
             }
             WorkerOutcome::Ended {
@@ -749,7 +766,7 @@ impl Run<'_> {
                     reason,
                     Vec::new(),
                 )?;
-                self.cleanup_worktree(&task, attempt);
+                self.release_worktree(&task, attempt, true);
             }
         }
         Ok(())
@@ -846,7 +863,7 @@ impl Run<'_> {
                     None,
                 )?;
                 self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, paths)?;
-                self.cleanup_worktree(&task, attempt);
+                self.release_worktree(&task, attempt, false);
             }
             Err(e) => {
                 let reason = format!("merge failed: {e}");
@@ -860,7 +877,7 @@ impl Run<'_> {
                     None,
                 )?;
                 self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, Vec::new())?;
-                self.cleanup_worktree(&task, attempt);
+                self.release_worktree(&task, attempt, false);
             }
         }
         Ok(())
@@ -872,8 +889,11 @@ impl Run<'_> {
         let Some(record) = self.tasks.get(task).cloned() else {
             return;
         };
+        let Some(worktree) = self.worktrees.remove(&(task.clone(), attempt)) else {
+            return;
+        };
         let repo = self.repo.clone();
-        let worktree = self.ctx.worktree(task, attempt);
+        let pool = self.ctx.pool.clone();
         let outputs = self.outputs.clone();
         let store = self.engine.store.clone();
         let id = self.id.clone();
@@ -893,20 +913,17 @@ impl Run<'_> {
             if let Err(e) = packager::task_archive(&outputs, &id, &record, &worktree, &files) {
                 tracing::warn!(task = %record.id, error = %e, "cannot write the task archive");
             }
-            if let Err(e) = repo.remove_worktree(&worktree) {
-                tracing::warn!(task = %record.id, error = %e, "cannot remove the task worktree");
-            }
+            // Everything was committed: the worktree is clean for the next attempt.
+            pool.release(&worktree, false);
         });
     }
 
-    fn cleanup_worktree(&mut self, task: &TaskId, attempt: u32) {
-        let repo = self.repo.clone();
-        let worktree = self.ctx.worktree(task, attempt);
-        self.background.spawn_blocking(move || {
-            if let Err(e) = repo.remove_worktree(&worktree) {
-                tracing::warn!(error = %e, "cannot remove a worktree");
-            }
-        });
+    /// Gives an attempt's worktree back to the pool. `dirty`: the attempt did
+    /// not end in a commit, so it may have left files behind.
+    fn release_worktree(&mut self, task: &TaskId, attempt: u32, dirty: bool) {
+        if let Some(path) = self.worktrees.remove(&(task.clone(), attempt)) {
+            self.ctx.pool.release(&path, dirty);
+        }
     }
 
     async fn on_verified(
@@ -1147,12 +1164,16 @@ impl Run<'_> {
         } else {
             self.plan.name.clone()
         };
+        let pool = self.ctx.pool.clone();
         let delivery = tokio::task::spawn_blocking(
             move || -> std::result::Result<swarm_package::Delivery, String> {
                 let tracked = repo.tracked_files().map_err(|e| e.to_string())?;
                 let d =
                     swarm_package::write_delivery(&outputs, &name, repo.root(), &tracked, manifest)
                         .map_err(|e| e.to_string())?;
+                if let Err(e) = pool.drain() {
+                    tracing::warn!(error = %e, "cannot remove the idle worktrees");
+                }
                 let _ = repo.delete_branches("task/");
                 let _ = repo.prune_worktrees();
                 Ok(d)

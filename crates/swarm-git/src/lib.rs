@@ -10,6 +10,10 @@
 //! ignored, hooks disabled and a fixed identity, so a run behaves the same on
 //! every machine.
 
+mod pool;
+
+pub use pool::{Lease, WorktreePool};
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,11 +107,20 @@ fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Ca
 
 /// Runs git in `dir` and returns whatever it did.
 fn git_status(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Captured> {
+    // No hooks; no automatic gc/maintenance child process after commits and
+    // merges; no reflogs (a file created per task branch): creating files and
+    // processes is most of what git costs here.
     let mut full: Vec<&str> = vec![
         "-c",
         "core.hooksPath=/dev/null",
         "-c",
         "core.quotepath=false",
+        "-c",
+        "gc.auto=0",
+        "-c",
+        "maintenance.auto=false",
+        "-c",
+        "core.logAllRefUpdates=false",
     ];
     full.extend_from_slice(args);
     let opts = swarm_exec::RunOptions {
@@ -182,6 +195,17 @@ pub fn commit_all(dir: &Path, subject: &str, body: &str, trailers: &Trailers) ->
             "commit did not print its sha: {first}"
         )))
     }
+}
+
+/// Switches the existing worktree at `path` to a new branch `branch` at
+/// commit `start`, overwriting tracked files (only those that differ are
+/// written). With `clean`, untracked and ignored files go too.
+pub fn reset_worktree_at(path: &Path, branch: &str, start: &str, clean: bool) -> Result<()> {
+    git(path, &["checkout", "-q", "-f", "-B", branch, start], None)?;
+    if clean {
+        git(path, &["clean", "-q", "-ffdx"], None)?;
+    }
+    Ok(())
 }
 
 /// The version of the git binary, e.g. `git version 2.47.3`.
@@ -308,10 +332,16 @@ impl Repo {
     /// A new worktree at `path` on a new branch `branch` starting at the
     /// current `main` (an existing branch of that name is reset).
     pub fn add_worktree(&self, path: &Path, branch: &str) -> Result<()> {
+        let start = self.head()?;
+        self.add_worktree_at(path, branch, &start)
+    }
+
+    /// A new worktree at `path` on a new branch `branch` at commit `start`.
+    pub fn add_worktree_at(&self, path: &Path, branch: &str, start: &str) -> Result<()> {
         let p = path.to_string_lossy();
         git(
             &self.root,
-            &["worktree", "add", "-q", "-B", branch, &p, MAIN],
+            &["worktree", "add", "-q", "-B", branch, &p, start],
             None,
         )?;
         Ok(())
@@ -320,12 +350,24 @@ impl Repo {
     /// A detached checkout of the current `main` at `path` (for verify).
     pub fn add_detached_worktree(&self, path: &Path) -> Result<()> {
         let p = path.to_string_lossy();
+        let start = self.head()?;
         git(
             &self.root,
-            &["worktree", "add", "-q", "--detach", &p, MAIN],
+            &["worktree", "add", "-q", "--detach", &p, &start],
             None,
         )?;
         Ok(())
+    }
+
+    /// Points an existing worktree at a new branch `branch` starting at the
+    /// current `main`, overwriting tracked files (only those that differ are
+    /// written). With `clean`, untracked and ignored files go too.
+    pub fn reset_worktree(&self, path: &Path, branch: &str, clean: bool) -> Result<()> {
+        // Resolve main first: `checkout -B <branch> main` resolves the name
+        // twice (for the files, then for the branch), so a merge landing in
+        // between would leave the branch ahead of the files it checked out.
+        let start = self.head()?;
+        reset_worktree_at(path, branch, &start, clean)
     }
 
     /// Removes a worktree and its directory, whatever state it is in.

@@ -44,7 +44,38 @@ pub struct WorkerStart {
     /// The commit message's subject line; the worker appends the
     /// `Swarm-Project`, `Swarm-Task` and `Swarm-Attempt` trailers.
     pub commit_subject: String,
+    /// What the worker does to get `worktree` ready. It does this while its
+    /// first model call is in flight, and before it runs any tool.
+    #[serde(default)]
+    pub setup: WorktreeSetup,
 }
+
+/// Preparing the attempt's worktree (see [`WorkerStart::setup`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorktreeSetup {
+    /// The worktree is ready as it is.
+    #[default]
+    Ready,
+    /// A new worktree of the repository at `repo`, on a new branch `branch`
+    /// at commit `base`.
+    Create {
+        repo: PathBuf,
+        branch: String,
+        base: String,
+    },
+    /// An idle worktree reused: switch it to a new branch `branch` at commit
+    /// `base`; `clean` also removes untracked and ignored files.
+    Reset {
+        branch: String,
+        base: String,
+        clean: bool,
+    },
+}
+
+/// How a `Failed` reason starts when the worktree could not be prepared
+/// (the supervisor then discards that worktree).
+pub const SETUP_FAILED: &str = "cannot prepare the worktree";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
