@@ -103,10 +103,14 @@ pub fn worker_prompt(task: &TaskRecord, goal: &str, deps: &[&TaskRecord], attemp
             "\nWhat the tasks this one depends on produced (already merged in your worktree):\n",
         );
         for d in deps {
-            let files = if d.changed_files.is_empty() {
-                "none".to_owned()
-            } else {
+            // The changed files are listed in the background after a merge; a
+            // dependent dispatched at once may see only the planned ones.
+            let files = if !d.changed_files.is_empty() {
                 d.changed_files.join(", ")
+            } else if !d.files.is_empty() {
+                format!("planned: {}", d.files.join(", "))
+            } else {
+                "see list_files".to_owned()
             };
             s.push_str(&format!(
                 "- {} ({}): {} [files: {}]\n",
