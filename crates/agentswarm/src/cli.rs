@@ -118,8 +118,9 @@ pub struct BenchArgs {
     /// Worker cap for the makespan run.
     #[arg(long, default_value_t = 4)]
     pub workers: u32,
-    /// Fixed model latency for the makespan run, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// Fixed model latency for the makespan run, in milliseconds (real models
+    /// take 1–10 s a turn; see docs/benchmarks.md for 200 ms).
+    #[arg(long, default_value_t = 500)]
     pub latency_ms: u64,
     /// Model turns per task in the makespan run.
     #[arg(long, default_value_t = 2)]
