@@ -547,3 +547,59 @@ impl Harness {
         self.run(&["run", "--plan", path.to_str().unwrap(), "goal"])
     }
 }
+
+#[test]
+fn a_model_that_answers_429_or_garbage_is_retried() {
+    let p = plan("retry", &[("one", &[])], &["test -f one.txt"]);
+    let h = Harness::new(json!({
+        "tasks": {"one": {"turns": [write_turn("one.txt", "1\n"), finish_turn("one")]}},
+        "errors": [
+            {"kind": "worker", "task": "one", "turn": 0, "status": 429, "retry_after_secs": 0, "times": 2},
+            {"kind": "worker", "task": "one", "turn": 1, "malformed": true}
+        ]
+    }));
+    let (out, report) = h.run_plan(&p, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["status"], "done");
+    let statuses: Vec<u16> = h.server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        h.server.requests().len(),
+        5,
+        "2 × 429, 1 ok, 1 malformed, 1 ok: {statuses:?}"
+    );
+    // One attempt: the retries happened inside the gateway, not as new attempts.
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    assert_eq!(status["tasks"][0]["attempts"], 1);
+    // The key never reaches anything the run wrote: store, transcripts, repo, archives.
+    for dir in [h.data_dir(), h.outputs_dir()] {
+        for file in files_under(&dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            let found = bytes
+                .windows(b"test-key-not-a-real-secret".len())
+                .any(|w| w == b"test-key-not-a-real-secret");
+            assert!(!found, "the API key was written to {}", file.display());
+        }
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("test-key-not-a-real-secret"));
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

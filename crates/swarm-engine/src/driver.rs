@@ -129,6 +129,17 @@ pub async fn drive(
     (outcome, Some(worktree))
 }
 
+fn timed_out(ctx: &DriverContext, turns: u32) -> WorkerOutcome {
+    let secs = ctx.worker_timeout.as_secs();
+    let reason = format!("timeout: the attempt ran longer than {secs} s (WORKER_TIMEOUT_SECONDS)");
+    ended(AttemptOutcome::Timeout, reason, turns)
+}
+
+fn interrupted(turns: u32) -> WorkerOutcome {
+    let reason = "interrupted: the supervisor is shutting down".to_owned();
+    ended(AttemptOutcome::Interrupted, reason, turns)
+}
+
 fn ended(outcome: AttemptOutcome, reason: String, turns: u32) -> WorkerOutcome {
     WorkerOutcome::Ended {
         outcome,
@@ -213,11 +224,11 @@ async fn run_process(
         let line = tokio::select! {
             l = lines.next_line() => l,
             _ = &mut deadline => {
-                result = Some(ended(AttemptOutcome::Timeout, format!("timeout: the attempt ran longer than {} s (WORKER_TIMEOUT_SECONDS)", ctx.worker_timeout.as_secs()), turns));
+                result = Some(timed_out(ctx, turns));
                 break;
             }
             _ = cancel.cancelled() => {
-                result = Some(ended(AttemptOutcome::Interrupted, "interrupted: the supervisor is shutting down".into(), turns));
+                result = Some(interrupted(turns));
                 break;
             }
         };
@@ -252,11 +263,11 @@ async fn run_process(
                 let reply = tokio::select! {
                     r = call => r,
                     _ = &mut deadline => {
-                        result = Some(ended(AttemptOutcome::Timeout, format!("timeout: the attempt ran longer than {} s (WORKER_TIMEOUT_SECONDS)", ctx.worker_timeout.as_secs()), turns));
+                        result = Some(timed_out(ctx, turns));
                         break;
                     }
                     _ = cancel.cancelled() => {
-                        result = Some(ended(AttemptOutcome::Interrupted, "interrupted: the supervisor is shutting down".into(), turns));
+                        result = Some(interrupted(turns));
                         break;
                     }
                 };
