@@ -38,6 +38,26 @@ pub enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// The daemon: run every queued or unfinished project of the store,
+    /// sharing one worker pool; speaks the systemd notify protocol.
+    Serve {
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Queue a project for `agentswarm serve` (same options as `run`); prints its id.
+    Submit(RunArgs),
+    /// Stop a project for good: the daemon stops its workers; it cannot be resumed.
+    Cancel { project: String },
+    /// Show the resolved configuration and where each value came from, the
+    /// memory-limit mechanism, the resource gate's readings, git and the store.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install AgentSwarm as a systemd service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Show projects, or one project's tasks.
     Status {
         project: Option<String>,
@@ -57,6 +77,34 @@ pub enum Command {
     /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the systemd unit for `agentswarm serve` with this machine's
+    /// paths and print the commands that enable it.
+    Install {
+        /// Where the unit goes.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/systemd/system/agentswarm.service"
+        )]
+        output: PathBuf,
+        /// The dedicated user the service runs as.
+        #[arg(long, default_value = "agentswarm")]
+        user: String,
+        /// Data directory of the service (default: /var/lib/agentswarm, or --data-dir).
+        #[arg(long, value_name = "DIR")]
+        service_data_dir: Option<PathBuf>,
+        /// Environment file with the model settings and limits.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/agentswarm/agentswarm.env"
+        )]
+        env_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

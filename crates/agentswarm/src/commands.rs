@@ -1,13 +1,13 @@
 //! The commands. Each builds the config and the engine, then calls into it.
 
-use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs};
+use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs, ServiceCommand};
 use crate::output;
 use anyhow::{bail, Context, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_config::{Config, FileConfig, ModelConfig, Overrides};
-use swarm_engine::{Engine, EngineSettings, RunReport};
+use swarm_engine::{Engine, EngineSettings, ProjectLock, RunReport};
 use swarm_protocol::{Plan, ProjectId, ProjectState};
 use swarm_store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,16 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ref limits,
         } => demo(&cli, out, limits).await,
         Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
+        Command::Serve { ref limits } => crate::daemon::serve(&cli, limits).await,
+        Command::Submit(ref args) => crate::daemon::submit(&cli, args),
+        Command::Cancel { ref project } => crate::daemon::cancel(&cli, project),
+        Command::Doctor { json } => crate::doctor::doctor(&cli, json),
+        Command::Service(ServiceCommand::Install {
+            ref output,
+            ref user,
+            ref service_data_dir,
+            ref env_file,
+        }) => crate::service::install(&cli, output, user, service_data_dir.as_deref(), env_file),
         Command::Worker => Ok(worker()),
     }
 }
@@ -90,21 +100,31 @@ pub fn build_engine(config: Config, store: Arc<dyn Store>) -> Result<Engine> {
         timeout: Duration::from_secs(m.request_timeout_secs),
         retry: swarm_llm::RetryPolicy::default(),
     })?;
-    let settings = EngineSettings {
-        worker_program: std::env::current_exe().context("cannot find the agentswarm executable")?,
-        worker_args: vec!["worker".into()],
-        shutdown_grace: Duration::from_secs(10),
-    };
+    let exe = std::env::current_exe().context("cannot find the agentswarm executable")?;
+    let settings = EngineSettings::for_executable(exe, &config);
     Ok(Engine::new(config, store, Arc::new(client), settings))
 }
 
+/// A supervisor (run, resume, demo, serve) adopts the orphans of its
+/// workers' commands, so that nothing they double-fork escapes it.
+pub fn become_supervisor() {
+    if let Err(e) = swarm_exec::tree::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans of commands may outlive a worker");
+    }
+}
+
 /// Runs `project` with live progress and Ctrl-C handling; prints the report.
-async fn drive(engine: &Engine, project: &ProjectId, out: &OutputArgs) -> Result<ExitCode> {
+async fn drive(engine: &Engine, project: &ProjectLock, out: &OutputArgs) -> Result<ExitCode> {
+    become_supervisor();
     let cancel = CancellationToken::new();
     let printer = output::spawn_progress(engine.subscribe(), out.show_tools);
     let signals = spawn_signal_handler(cancel.clone());
     let report = engine.run(project, cancel).await;
     signals.abort();
+    let orphans = swarm_exec::reap_orphans();
+    if orphans > 0 {
+        tracing::info!(orphans, "killed and reaped processes left by workers");
+    }
     // Let the printer drain what is queued.
     tokio::time::sleep(Duration::from_millis(20)).await;
     printer.abort();
@@ -127,8 +147,8 @@ fn exit_code(r: &RunReport) -> ExitCode {
 }
 
 /// First SIGINT/SIGTERM: stop starting work, stop workers, record the state.
-/// Second SIGINT: exit at once (workers die with us: parent-death signal).
-fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Second SIGINT: kill every process of every worker and exit at once.
+pub fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
@@ -141,15 +161,17 @@ fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandle<()
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("agentswarm: stopping — workers get SIGTERM; state is saved. Press Ctrl-C again to exit at once.");
+        eprintln!("agentswarm: stopping — no new workers; running ones get SIGTERM, then SIGKILL after the grace; state is saved. Press Ctrl-C again to exit at once.");
         cancel.cancel();
         int.recv().await;
-        eprintln!("agentswarm: exiting now");
+        let killed = swarm_exec::limit::kill_everything();
+        eprintln!("agentswarm: killed {killed} process(es); exiting now");
         std::process::exit(130);
     })
 }
 
-async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+/// The goal and the optional plan document of `run` and `submit`.
+pub fn goal_and_plan(args: &RunArgs) -> Result<(String, Option<Plan>)> {
     let goal = match (&args.goal, &args.goal_file) {
         (Some(g), _) => g.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read the goal file {}", f.display()))?,
@@ -173,11 +195,16 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    Ok((goal.trim().to_owned(), plan))
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+    let (goal, plan) = goal_and_plan(args)?;
     let config = load_config(cli, &args.limits, args.model.clone(), args.base_url.clone())?;
     let store = open_store(&config)?;
     let engine = build_engine(config, store)?;
-    let project = engine.create_project(goal.trim(), plan)?;
-    println!("project {project}");
+    let project = engine.create_project(&goal, plan)?;
+    println!("project {}", project.id());
     drive(&engine, &project, &args.out).await
 }
 
@@ -198,7 +225,8 @@ async fn resume(
         );
     }
     let engine = build_engine(config, store)?;
-    drive(&engine, &id, out).await
+    let lock = engine.lock(&id)?;
+    drive(&engine, &lock, out).await
 }
 
 fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
@@ -228,6 +256,11 @@ async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCod
         swarm_testkit::Scenario::from_json_str(&swarm_testkit::demo_scenario().to_string())?;
     let server = swarm_testkit::ScriptedServer::start(scenario).await?;
     let mut config = load_config(cli, limits, None, None)?;
+    if config.sources.get("max_load_average") == Some(&swarm_config::Source::Default) {
+        // Right after `cargo build` the load average is high for a minute;
+        // the demo should not sit behind the gate for that.
+        config.max_load_average = 0.0;
+    }
     config.set_model(ModelConfig {
         base_url: server.base_url(),
         api_key: None,
@@ -252,7 +285,7 @@ async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCod
     let engine = build_engine(config, store)?;
     let project = engine.create_project(swarm_testkit::DEMO_GOAL, None)?;
     println!("goal: {}", swarm_testkit::DEMO_GOAL);
-    println!("project {project}");
+    println!("project {}", project.id());
     let code = drive(&engine, &project, out).await;
     server.shutdown().await;
     code

@@ -5,7 +5,10 @@
 mod bench;
 mod cli;
 mod commands;
+mod daemon;
+mod doctor;
 mod output;
+mod service;
 
 use clap::Parser;
 
@@ -14,7 +17,12 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, cli::Command::Worker) {
         return commands::worker();
     }
-    init_tracing(cli.verbose);
+    // The daemon logs what it does (to the journal under systemd).
+    let verbose = match cli.command {
+        cli::Command::Serve { .. } => cli.verbose.max(1),
+        _ => cli.verbose,
+    };
+    init_tracing(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

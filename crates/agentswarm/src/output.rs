@@ -110,16 +110,26 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
     let tasks = store.tasks(id)?;
     let usage = store.usage(id)?;
     let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
+    // Every attempt with how it ended: exit code or signal, memory_limit,
+    // timeout, interrupted, conflict…
+    let mut attempts = Vec::new();
+    for t in &tasks {
+        attempts.push(store.attempts(id, &t.id)?);
+    }
     if json {
         let v = serde_json::json!({
             "project_id": p.id, "name": p.name, "state": p.state, "goal": p.goal, "error": p.error,
             "tasks_total": tasks.len(), "tasks_done": done, "fix_rounds": p.fix_round,
             "planner_calls": p.planner_calls, "delivery": p.delivery, "final_commit": p.final_commit,
+            "waiting": p.waiting,
             "usage": usage,
-            "tasks": tasks.iter().map(|t| serde_json::json!({
+            "tasks": tasks.iter().zip(&attempts).map(|(t, a)| serde_json::json!({
                 "id": t.id, "title": t.title, "kind": t.kind.as_str(), "state": t.state,
                 "attempts": t.attempt, "attempts_counted": t.attempts_counted,
                 "last_error": t.last_error, "depends_on": t.depends_on, "commit": t.commit,
+                "attempt_history": a.iter().map(|a| serde_json::json!({
+                    "attempt": a.attempt, "outcome": a.outcome, "reason": a.reason, "turns": a.turns,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -135,6 +145,9 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
     println!("goal: {}", one_line(&p.goal, 100));
     if let Some(e) = &p.error {
         println!("error: {e}");
+    }
+    if let Some(w) = p.waiting.as_ref().filter(|_| !p.state.is_terminal()) {
+        println!("{w}");
     }
     if let Some(d) = &p.delivery {
         println!("delivery: {d}");
@@ -165,6 +178,29 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
             one_line(&t.title, 36),
             one_line(err, 80)
         );
+    }
+    let ended: Vec<_> = attempts
+        .iter()
+        .flatten()
+        .filter(|a| {
+            !matches!(
+                a.outcome,
+                swarm_protocol::AttemptOutcome::Merged | swarm_protocol::AttemptOutcome::Running
+            )
+        })
+        .collect();
+    if !ended.is_empty() {
+        println!();
+        println!("attempts that did not land:");
+        for a in ended {
+            println!(
+                "  {} #{}: {} — {}",
+                a.task_id,
+                a.attempt,
+                a.outcome,
+                one_line(a.reason.as_deref().unwrap_or(""), 100)
+            );
+        }
     }
     Ok(())
 }

@@ -63,6 +63,12 @@ impl<R: BufRead, W: Write> Channel<R, W> {
 
 /// Runs one attempt: returns once `Finished` or `Failed` has been sent.
 pub fn run_worker(input: impl BufRead, output: impl Write) -> Result<()> {
+    // Orphans of the commands this worker runs (a double-forked `setsid`
+    // daemon) stay below it, where the supervisor's watchdog finds and kills
+    // them. Under a cgroup this only adds to what the cgroup already does.
+    if let Err(e) = swarm_exec::tree::become_subreaper() {
+        eprintln!("agentswarm worker: cannot become a child subreaper: {e}");
+    }
     let mut ch = Channel { input, output };
     let start = match ch.recv()? {
         ToWorker::Start(s) => s,

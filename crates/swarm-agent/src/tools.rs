@@ -268,6 +268,8 @@ impl Tools {
             env: Vec::new(),
             timeout,
             output_cap: self.output_cap,
+            // The whole worker already runs inside its enclosure.
+            enclosure: None,
         };
         match swarm_exec::run_shell(command, &opts) {
             Ok(out) if out.timed_out => format!(

@@ -70,6 +70,14 @@ pub struct FileConfig {
     pub outputs_dir: Option<PathBuf>,
     pub max_concurrent_workers: Option<u32>,
     pub worker_timeout_seconds: Option<u64>,
+    pub worker_memory_limit_mb: Option<u64>,
+    pub min_free_memory_mb: Option<u64>,
+    pub max_load_average: Option<f64>,
+    pub shutdown_grace_seconds: Option<u64>,
+    /// `auto`, `cgroup` or `watchdog`.
+    pub memory_limiter: Option<String>,
+    /// Workers start as `<wrapper…> <agentswarm> worker` (e.g. `["nice", "-n", "10"]`).
+    pub worker_wrapper: Option<Vec<String>>,
     pub model: Option<FileModel>,
     pub run: Option<FileRun>,
 }
@@ -180,6 +188,20 @@ pub struct Config {
     pub outputs_dir: PathBuf,
     pub max_concurrent_workers: u32,
     pub worker_timeout_secs: u64,
+    /// Per worker, its whole process tree.
+    pub worker_memory_limit_mb: u64,
+    /// No worker starts while available memory is below this (0: no bound).
+    pub min_free_memory_mb: u64,
+    /// No worker starts while the 1-minute load average is above this (0: no bound).
+    pub max_load_average: f64,
+    /// SIGTERM to workers, then SIGKILL after this.
+    pub shutdown_grace_secs: u64,
+    /// `auto`, `cgroup` or `watchdog`.
+    pub memory_limiter: String,
+    pub worker_wrapper: Vec<String>,
+    /// Read the resource gate's readings from this JSON file instead of
+    /// /proc (`{"available_mb": 512, "load1": 0.5}`); for tests and drills.
+    pub gate_stats_file: Option<PathBuf>,
     pub run: RunLimits,
     /// `Err` keeps why no model is configured until a command needs one.
     model: std::result::Result<ModelConfig, ModelMissing>,
@@ -356,6 +378,90 @@ impl Config {
             worker_timeout_secs,
             r.sources.get("worker_timeout_seconds"),
         )?;
+        let worker_memory_limit_mb: u64 = r.pick(
+            "worker_memory_limit_mb",
+            None,
+            Some("WORKER_MEMORY_LIMIT_MB"),
+            file.worker_memory_limit_mb,
+            2048,
+            "a positive number of megabytes",
+        )?;
+        positive(
+            "WORKER_MEMORY_LIMIT_MB",
+            worker_memory_limit_mb,
+            r.sources.get("worker_memory_limit_mb"),
+        )?;
+        let min_free_memory_mb: u64 = r.pick(
+            "min_free_memory_mb",
+            None,
+            Some("MIN_FREE_MEMORY_MB"),
+            file.min_free_memory_mb,
+            1024,
+            "a number of megabytes (0: no bound)",
+        )?;
+        let max_load_average: f64 = r.pick(
+            "max_load_average",
+            None,
+            Some("MAX_LOAD_AVERAGE"),
+            file.max_load_average,
+            3.0,
+            "a number (0: no bound)",
+        )?;
+        if !(max_load_average.is_finite() && max_load_average >= 0.0) {
+            return Err(Error::Invalid {
+                name: "MAX_LOAD_AVERAGE",
+                expected: "a number of 0 or more (0: no bound)",
+                value: max_load_average.to_string(),
+                origin: r
+                    .sources
+                    .get("max_load_average")
+                    .cloned()
+                    .unwrap_or(Source::Default),
+            });
+        }
+        let shutdown_grace_secs: u64 = r.pick(
+            "shutdown_grace_seconds",
+            None,
+            Some("SHUTDOWN_GRACE_SECONDS"),
+            file.shutdown_grace_seconds,
+            10,
+            "a number of seconds",
+        )?;
+        let memory_limiter: String = r.pick(
+            "memory_limiter",
+            None,
+            Some("AGENTSWARM_MEMORY_LIMITER"),
+            file.memory_limiter.clone(),
+            "auto".to_owned(),
+            "auto, cgroup or watchdog",
+        )?;
+        if !matches!(memory_limiter.as_str(), "auto" | "cgroup" | "watchdog") {
+            return Err(Error::Invalid {
+                name: "AGENTSWARM_MEMORY_LIMITER",
+                expected: "auto, cgroup or watchdog",
+                value: memory_limiter,
+                origin: r
+                    .sources
+                    .get("memory_limiter")
+                    .cloned()
+                    .unwrap_or(Source::Default),
+            });
+        }
+        let worker_wrapper: Vec<String> = file.worker_wrapper.clone().unwrap_or_default();
+        r.sources.insert(
+            "worker_wrapper",
+            match (&file.worker_wrapper, &file_path) {
+                (Some(_), Some(p)) => Source::File(p.clone()),
+                _ => Source::Default,
+            },
+        );
+        let gate_stats_file = env("AGENTSWARM_GATE_STATS_FILE")
+            .filter(|s| !s.trim().is_empty())
+            .map(PathBuf::from);
+        if gate_stats_file.is_some() {
+            r.sources
+                .insert("gate_stats_file", Source::Env("AGENTSWARM_GATE_STATS_FILE"));
+        }
 
         let fr = file.run.clone().unwrap_or_default();
         let d = RunLimits::default();
@@ -505,6 +611,13 @@ impl Config {
             outputs_dir,
             max_concurrent_workers,
             worker_timeout_secs,
+            worker_memory_limit_mb,
+            min_free_memory_mb,
+            max_load_average,
+            shutdown_grace_secs,
+            memory_limiter,
+            worker_wrapper,
+            gate_stats_file,
             run,
             model,
             sources: r.sources,
@@ -564,6 +677,11 @@ mod tests {
         let c = Config::resolve(None, &env_of(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.max_concurrent_workers, 10);
         assert_eq!(c.worker_timeout_secs, 1800);
+        assert_eq!(c.worker_memory_limit_mb, 2048);
+        assert_eq!(c.min_free_memory_mb, 1024);
+        assert_eq!(c.max_load_average, 3.0);
+        assert_eq!(c.shutdown_grace_secs, 10);
+        assert_eq!(c.memory_limiter, "auto");
         assert_eq!(c.run, RunLimits::default());
         assert_eq!(c.outputs_dir, c.data_dir.join("outputs"));
         let err = c.model().unwrap_err().to_string();
@@ -643,6 +761,37 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("positive"), "{err}");
+    }
+
+    #[test]
+    fn limits_come_from_the_deployment_names() {
+        let env = env_of(&[
+            ("WORKER_MEMORY_LIMIT_MB", "512"),
+            ("MIN_FREE_MEMORY_MB", "0"),
+            ("MAX_LOAD_AVERAGE", "1.5"),
+            ("SHUTDOWN_GRACE_SECONDS", "3"),
+            ("AGENTSWARM_MEMORY_LIMITER", "watchdog"),
+        ]);
+        let c = Config::resolve(None, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.worker_memory_limit_mb, 512);
+        assert_eq!(c.min_free_memory_mb, 0);
+        assert_eq!(c.max_load_average, 1.5);
+        assert_eq!(c.shutdown_grace_secs, 3);
+        assert_eq!(c.memory_limiter, "watchdog");
+        assert_eq!(
+            c.sources["worker_memory_limit_mb"],
+            Source::Env("WORKER_MEMORY_LIMIT_MB")
+        );
+        for (k, v) in [
+            ("WORKER_MEMORY_LIMIT_MB", "0"),
+            ("MAX_LOAD_AVERAGE", "-1"),
+            ("AGENTSWARM_MEMORY_LIMITER", "rlimit"),
+        ] {
+            let err = Config::resolve(None, &env_of(&[(k, v)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(k), "{err}");
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct DriverContext {
     pub worker_args: Vec<OsString>,
     pub worker_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Makes each worker's enclosure (its memory limit and kill handle).
+    pub limiter: Arc<swarm_exec::MemoryLimiter>,
+    /// `WORKER_MEMORY_LIMIT_MB`, in bytes, for a worker's whole tree.
+    pub memory_limit: u64,
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
@@ -135,6 +139,22 @@ fn timed_out(ctx: &DriverContext, turns: u32) -> WorkerOutcome {
     ended(AttemptOutcome::Timeout, reason, turns)
 }
 
+fn over_memory(reason: String, turns: u32) -> WorkerOutcome {
+    ended(AttemptOutcome::MemoryLimit, reason, turns)
+}
+
+/// Resolves when the enclosure's tree went over its memory limit.
+async fn memory_watch(enclosure: &swarm_exec::Enclosure) -> String {
+    let mut tick = tokio::time::interval(enclosure.poll_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(reason) = enclosure.over_limit() {
+            return reason;
+        }
+    }
+}
+
 fn interrupted(turns: u32) -> WorkerOutcome {
     let reason = "interrupted: the supervisor is shutting down".to_owned();
     ended(AttemptOutcome::Interrupted, reason, turns)
@@ -156,29 +176,59 @@ async fn run_process(
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
 ) -> WorkerOutcome {
+    let enclosure = match ctx.limiter.enclose(ctx.memory_limit) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            return ended(
+                AttemptOutcome::Failed,
+                format!(
+                    "cannot set up the memory limit ({}): {e}",
+                    ctx.limiter.mechanism().as_str()
+                ),
+                0,
+            )
+        }
+    };
     let opts = swarm_exec::SpawnOptions {
         // Not the worktree: a new one does not exist until the worker makes it.
         cwd: Some(ctx.worktrees_dir.clone()),
         env: Vec::new(),
         stderr: swarm_exec::ChildStderr::Piped,
+        enclosure: Some(enclosure.clone()),
     };
-    let mut child = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
-        Ok(c) => c,
-        Err(e) => {
-            return ended(
-                AttemptOutcome::Failed,
-                format!("cannot start the worker process: {e}"),
-                0,
+    let outcome = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
+        Ok(child) => {
+            talk(
+                ctx, task, attempt, start, cancel, transcript, child, &enclosure,
             )
+            .await
         }
-    };
-    let Some(pid) = child.id() else {
-        return ended(
-            AttemptOutcome::Crashed,
-            "worker process exited at once".into(),
+        Err(e) => ended(
+            AttemptOutcome::Failed,
+            format!("cannot start the worker process: {e}"),
             0,
-        );
+        ),
     };
+    // Whatever is left of the tree goes, and so does its cgroup.
+    let e = enclosure.clone();
+    let _ = tokio::task::spawn_blocking(move || e.release()).await;
+    outcome
+}
+
+/// Talks to a running worker until it reports, dies, runs out of time, goes
+/// over its memory limit or the run is cancelled; then ends its whole tree.
+#[allow(clippy::too_many_arguments)]
+async fn talk(
+    ctx: &DriverContext,
+    task: &TaskId,
+    attempt: u32,
+    start: WorkerStart,
+    cancel: &CancellationToken,
+    transcript: &mut Vec<ChatMessage>,
+    mut child: swarm_exec::ChildProcess,
+    enclosure: &swarm_exec::Enclosure,
+) -> WorkerOutcome {
+    let pid = child.pid();
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ended(
             AttemptOutcome::Failed,
@@ -213,6 +263,8 @@ async fn run_process(
     }
     let deadline = tokio::time::sleep(ctx.worker_timeout);
     tokio::pin!(deadline);
+    let memory = memory_watch(enclosure);
+    tokio::pin!(memory);
     let caller = Caller {
         project: &ctx.project,
         task: Some(task),
@@ -227,6 +279,10 @@ async fn run_process(
                 result = Some(timed_out(ctx, turns));
                 break;
             }
+            reason = &mut memory => {
+                result = Some(over_memory(reason, turns));
+                break;
+            }
             _ = cancel.cancelled() => {
                 result = Some(interrupted(turns));
                 break;
@@ -236,6 +292,12 @@ async fn run_process(
             Ok(Some(l)) => l,
             Ok(None) | Err(_) => break, // EOF: the process ended; its exit status says how
         };
+        // The kernel may have OOM-killed a command between two polls: the
+        // attempt ends here, before the worker takes another turn.
+        if let Some(reason) = enclosure.over_limit() {
+            result = Some(over_memory(reason, turns));
+            break;
+        }
         let msg: FromWorker = match serde_json::from_str(&line) {
             Ok(m) => m,
             Err(e) => {
@@ -264,6 +326,10 @@ async fn run_process(
                     r = call => r,
                     _ = &mut deadline => {
                         result = Some(timed_out(ctx, turns));
+                        break;
+                    }
+                    reason = &mut memory => {
+                        result = Some(over_memory(reason, turns));
                         break;
                     }
                     _ = cancel.cancelled() => {
@@ -335,22 +401,7 @@ async fn run_process(
     }
     drop(stdin);
 
-    // Reap: a finished worker exits at once; anything else gets SIGTERM, then SIGKILL.
-    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-        Ok(s) => s.ok(),
-        Err(_) => {
-            let _ = swarm_exec::signal_group(pid, Signal::SIGTERM);
-            match tokio::time::timeout(ctx.shutdown_grace, child.wait()).await {
-                Ok(s) => s.ok(),
-                Err(_) => {
-                    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
-                    child.wait().await.ok()
-                }
-            }
-        }
-    };
-    // Commands the worker started live in its process group; take them down too.
-    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+    let status = stop(ctx, &mut child, pid, enclosure, result.as_ref()).await;
     let tail = match stderr_tail {
         Some(h) => tokio::time::timeout(Duration::from_millis(500), h)
             .await
@@ -361,6 +412,10 @@ async fn run_process(
     };
     match result {
         Some(r) => r,
+        // The kernel's OOM killer took the worker or a command of it.
+        None if enclosure.over_limit().is_some() => {
+            over_memory(enclosure.over_limit().unwrap_or_default(), turns)
+        }
         None => {
             let how = match status {
                 Some(s) => describe_status(s),
@@ -374,6 +429,64 @@ async fn run_process(
             ended(AttemptOutcome::Crashed, reason, turns)
         }
     }
+}
+
+/// Ends the worker and its whole tree. A worker that reported its result
+/// exits by itself (up to 2 s); otherwise, and after a timeout or a stop,
+/// the tree gets SIGTERM, then SIGKILL after the shutdown grace. Over the
+/// memory limit there is no grace.
+async fn stop(
+    ctx: &DriverContext,
+    child: &mut swarm_exec::ChildProcess,
+    pid: u32,
+    enclosure: &swarm_exec::Enclosure,
+    result: Option<&WorkerOutcome>,
+) -> Option<std::process::ExitStatus> {
+    let reported = matches!(
+        result,
+        Some(WorkerOutcome::Finished { .. })
+            | Some(WorkerOutcome::Ended {
+                outcome: AttemptOutcome::Failed,
+                ..
+            })
+    );
+    let over_memory = matches!(
+        result,
+        Some(WorkerOutcome::Ended {
+            outcome: AttemptOutcome::MemoryLimit,
+            ..
+        })
+    );
+    if reported || result.is_none() {
+        if let Ok(s) = tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            return s.ok();
+        }
+    }
+    let grace = if over_memory {
+        Duration::ZERO
+    } else {
+        ctx.shutdown_grace
+    };
+    if !grace.is_zero() {
+        let _ = swarm_exec::signal_group(pid, Signal::SIGTERM);
+        enclosure.signal_all(Signal::SIGTERM);
+        tracing::info!(%pid, "worker: SIGTERM sent to its process tree");
+        let until = tokio::time::Instant::now() + grace;
+        // The grace ends early once every process of the tree is gone.
+        while tokio::time::Instant::now() < until {
+            if let Ok(status) = tokio::time::timeout(Duration::from_millis(50), child.wait()).await
+            {
+                if enclosure.pids().is_empty() {
+                    return status.ok();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+    let killed = enclosure.signal_all(Signal::SIGKILL);
+    tracing::info!(%pid, killed, "worker: SIGKILL sent to what was left of its tree");
+    child.wait().await.ok()
 }
 
 fn describe_status(s: std::process::ExitStatus) -> String {

@@ -3,12 +3,14 @@
 //! others. See docs/architecture.md.
 
 mod driver;
+pub mod gate;
 mod gateway;
 pub mod packager;
 pub mod plan;
 mod planner;
 pub mod prompts;
 mod run;
+pub mod serve;
 mod verify;
 
 pub use gateway::Gateway;
@@ -37,6 +39,11 @@ pub enum Error {
     InvalidPlan(Vec<String>),
     #[error("project {0} was cancelled; it cannot be resumed")]
     Cancelled(ProjectId),
+    #[error(
+        "project {0} is being run by another agentswarm process (the `serve` daemon or another \
+         `run`/`resume`); `agentswarm status {0}` shows its progress, `agentswarm cancel {0}` stops it"
+    )]
+    Busy(ProjectId),
     #[error("{0}")]
     Other(String),
 }
@@ -51,6 +58,22 @@ pub struct EngineSettings {
     pub worker_args: Vec<OsString>,
     /// SIGTERM to a worker, then SIGKILL after this.
     pub shutdown_grace: Duration,
+}
+
+impl EngineSettings {
+    /// Workers are this executable's `worker` command, behind the configured
+    /// wrapper (`worker_wrapper`), if any.
+    pub fn for_executable(exe: PathBuf, config: &Config) -> Self {
+        let mut argv: Vec<OsString> = config.worker_wrapper.iter().map(OsString::from).collect();
+        argv.push(exe.into_os_string());
+        argv.push("worker".into());
+        let program = PathBuf::from(argv.remove(0));
+        Self {
+            worker_program: program,
+            worker_args: argv,
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        }
+    }
 }
 
 /// One line of live progress (also stored as an event where it matters).
@@ -102,6 +125,8 @@ pub struct Engine {
     /// Worker slots over all projects (`MAX_CONCURRENT_WORKERS`).
     slots: Arc<Semaphore>,
     progress: broadcast::Sender<Progress>,
+    limiter: Arc<swarm_exec::MemoryLimiter>,
+    gate: Arc<gate::Gate>,
 }
 
 impl Engine {
@@ -114,6 +139,17 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_workers as usize));
         let (progress, _) = broadcast::channel(4096);
         let gateway = Gateway::new(model, store.clone());
+        let choice = config
+            .memory_limiter
+            .parse::<swarm_exec::LimiterChoice>()
+            .unwrap_or_default();
+        let limiter = Arc::new(swarm_exec::MemoryLimiter::detect(choice));
+        tracing::info!(
+            mechanism = limiter.mechanism().as_str(),
+            reason = limiter.reason(),
+            "memory limit"
+        );
+        let gate = Arc::new(gate::Gate::from_config(&config));
         Self {
             config,
             store,
@@ -121,7 +157,29 @@ impl Engine {
             settings,
             slots,
             progress,
+            limiter,
+            gate,
         }
+    }
+
+    /// The memory-limit mechanism in use and why.
+    pub fn limiter(&self) -> &swarm_exec::MemoryLimiter {
+        &self.limiter
+    }
+
+    /// Replaces the resource gate's readings (tests, drills).
+    pub fn set_gate(&mut self, gate: gate::Gate) {
+        self.gate = Arc::new(gate);
+    }
+
+    /// Workers running now over all projects of this engine.
+    pub fn running_workers(&self) -> usize {
+        self.config.max_concurrent_workers as usize - self.slots.available_permits()
+    }
+
+    /// Why no new worker may start now, if so.
+    pub fn gate_closed(&self) -> Option<String> {
+        self.gate.check().err()
     }
 
     pub fn config(&self) -> &Config {
@@ -137,41 +195,36 @@ impl Engine {
         self.progress.subscribe()
     }
 
-    /// Creates a project for `goal`. With `plan`, the planner is skipped: the
-    /// plan is validated (an invalid one is an error listing every problem)
-    /// and stored at once.
-    pub fn create_project(&self, goal: &str, plan: Option<Plan>) -> Result<ProjectId> {
-        let limits = self.config.run.clone();
-        if let Some(p) = &plan {
-            let problems = plan::validate_plan(p, limits.max_tasks);
-            if !problems.is_empty() {
-                return Err(Error::InvalidPlan(problems));
-            }
-        }
-        let id = new_project_id();
-        let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
-        self.store.create_project(&NewProject {
-            id: id.clone(),
-            goal: goal.to_owned(),
-            options,
-        })?;
-        if let Some(p) = plan {
-            self.store.save_plan(&id, &p, &new_tasks(&p, 0))?;
-            self.store.append_event(
-                &id,
-                None,
-                "plan",
-                &serde_json::json!({"source": "user", "tasks": p.tasks.len()}),
-            )?;
-        }
-        Ok(id)
+    /// Takes the lock that makes one process the only runner of `project`;
+    /// see [`lock_project`].
+    pub fn lock(&self, project: &ProjectId) -> Result<ProjectLock> {
+        lock_project(&self.config, project)
     }
 
-    /// Plans (if needed), runs and delivers `project` until it ends or
-    /// `cancel` fires. Safe to call again on a stopped project (`resume`):
+    /// See [`create_project`].
+    pub fn create_project(&self, goal: &str, plan: Option<Plan>) -> Result<ProjectLock> {
+        create_project(&self.config, self.store.as_ref(), goal, plan)
+    }
+
+    /// Plans (if needed), runs and delivers the locked project until it ends
+    /// or `cancel` fires. Safe to call again on a stopped project (`resume`):
     /// finished tasks are never run again.
-    pub async fn run(&self, project: &ProjectId, cancel: CancellationToken) -> Result<RunReport> {
-        run::run_project(self, project, cancel).await
+    pub async fn run(&self, project: &ProjectLock, cancel: CancellationToken) -> Result<RunReport> {
+        run::run_project(self, &project.id, cancel, run::Mode::Run).await
+    }
+
+    /// Crash recovery only: reconciles the project's `running` and `merging`
+    /// tasks with git, repairs `main` and removes stale worktrees and task
+    /// branches, without starting anything.
+    pub async fn recover(&self, project: &ProjectLock) -> Result<()> {
+        run::run_project(
+            self,
+            &project.id,
+            CancellationToken::new(),
+            run::Mode::RecoverOnly,
+        )
+        .await
+        .map(|_| ())
     }
 
     fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
@@ -191,6 +244,80 @@ impl Engine {
             kind,
             message,
         });
+    }
+}
+
+/// Takes the lock that makes one process the only runner of `project` (a
+/// `flock` on `<data dir>/locks/<project>.lock`, released when the holder
+/// exits, however it exits).
+pub fn lock_project(config: &Config, project: &ProjectId) -> Result<ProjectLock> {
+    let dir = config.data_dir.join("locks");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!("{project}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Other(format!("cannot open {}: {e}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(flock) => Ok(ProjectLock {
+            id: project.clone(),
+            _flock: flock,
+        }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Busy(project.clone())),
+        Err((_, e)) => Err(Error::Other(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// Creates a project for `goal` and holds its lock (drop the lock to leave
+/// the project to `agentswarm serve`). With `plan`, the planner is skipped:
+/// the plan is validated (an invalid one is an error listing every problem)
+/// and stored at once. Needs no model: `submit` uses it.
+pub fn create_project(
+    config: &Config,
+    store: &dyn Store,
+    goal: &str,
+    plan: Option<Plan>,
+) -> Result<ProjectLock> {
+    let limits = config.run.clone();
+    if let Some(p) = &plan {
+        let problems = plan::validate_plan(p, limits.max_tasks);
+        if !problems.is_empty() {
+            return Err(Error::InvalidPlan(problems));
+        }
+    }
+    let id = new_project_id();
+    let lock = lock_project(config, &id)?;
+    let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
+    store.create_project(&NewProject {
+        id: id.clone(),
+        goal: goal.to_owned(),
+        options,
+    })?;
+    if let Some(p) = plan {
+        store.save_plan(&id, &p, &new_tasks(&p, 0))?;
+        store.append_event(
+            &id,
+            None,
+            "plan",
+            &serde_json::json!({"source": "user", "tasks": p.tasks.len()}),
+        )?;
+    }
+    Ok(lock)
+}
+
+/// Held while a process runs a project; see [`lock_project`].
+#[derive(Debug)]
+pub struct ProjectLock {
+    id: ProjectId,
+    _flock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl ProjectLock {
+    pub fn id(&self) -> &ProjectId {
+        &self.id
     }
 }
 

@@ -49,14 +49,26 @@ struct MergeJob {
     message: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Run,
+    /// Reconcile with git after a crash, then stop (`serve` does this for
+    /// every project before it reports ready).
+    RecoverOnly,
+}
+
 pub(crate) async fn run_project(
     engine: &Engine,
     id: &ProjectId,
     cancel: CancellationToken,
+    mode: Mode,
 ) -> Result<RunReport> {
     let store = engine.store.clone();
     let mut project = store.project(id)?;
     let limits = engine.limits_of(&project.options);
+    if mode == Mode::RecoverOnly && (project.plan.is_none() || project.state.is_terminal()) {
+        return report(engine, id, None);
+    }
     match project.state {
         ProjectState::Cancelled => return Err(Error::Cancelled(id.clone())),
         ProjectState::Done => return report(engine, id, None),
@@ -134,6 +146,8 @@ pub(crate) async fn run_project(
         worker_args: engine.settings.worker_args.clone(),
         worker_timeout: Duration::from_secs(engine.config.worker_timeout_secs),
         shutdown_grace: engine.settings.shutdown_grace,
+        limiter: engine.limiter.clone(),
+        memory_limit: engine.config.worker_memory_limit_mb << 20,
         gateway: engine.gateway.clone(),
         store: store.clone(),
         progress: engine.progress.clone(),
@@ -158,6 +172,10 @@ pub(crate) async fn run_project(
         workers: 0,
         merging: 0,
         verifying: None,
+        spare: None,
+        needs_slot: false,
+        gated: false,
+        waiting: None,
         background: JoinSet::new(),
         last_verify: None,
         turns: Default::default(),
@@ -166,6 +184,11 @@ pub(crate) async fn run_project(
     };
     run.reload()?;
     run.recover().await?;
+    if mode == Mode::RecoverOnly {
+        run.merge_tx = None;
+        let _ = merge_queue.await;
+        return report(engine, id, None);
+    }
     set_project(engine, id, ProjectState::Running, None)?;
     engine.emit(
         id,
@@ -223,10 +246,12 @@ fn set_project(
     to: ProjectState,
     error: Option<&str>,
 ) -> Result<()> {
+    // A cancelled project stays cancelled (`agentswarm cancel` wins over a
+    // run that is still winding down).
     let from: Vec<ProjectState> = ProjectState::ALL
         .iter()
         .copied()
-        .filter(|s| *s != to)
+        .filter(|s| *s != to && *s != ProjectState::Cancelled)
         .collect();
     engine.store.set_project_state(id, &from, to, error)?;
     Ok(())
@@ -293,8 +318,21 @@ struct Run<'e> {
     workers: usize,
     /// Merges queued or in progress.
     merging: usize,
-    /// The verify task's attempt while it runs (and its slot).
-    verifying: Option<(u32, tokio::sync::OwnedSemaphorePermit)>,
+    /// The verify task's attempt while it runs, its slot, and the
+    /// enclosure its commands run in (killed on stop).
+    verifying: Option<(
+        u32,
+        tokio::sync::OwnedSemaphorePermit,
+        Arc<swarm_exec::Enclosure>,
+    )>,
+    /// A slot acquired while waiting for one, used by the next dispatch.
+    spare: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Ready tasks wait for a slot another project holds.
+    needs_slot: bool,
+    /// Ready tasks wait for the resource gate.
+    gated: bool,
+    /// Why ready tasks wait, as last recorded in the store.
+    waiting: Option<String>,
     /// Per-task archives and worktree clean-up, off the critical path.
     background: JoinSet<()>,
     last_verify: Option<Vec<CommandResult>>,
@@ -376,6 +414,8 @@ impl Run<'_> {
         let worktrees = self.ctx.worktrees_dir.clone();
         let need_log = !stale.is_empty();
         let commits = tokio::task::spawn_blocking(move || -> Result<Vec<swarm_git::TaskCommit>> {
+            // A merge cut short by a crash leaves main mid-merge or locked.
+            repo.repair(None)?;
             if worktrees.exists() {
                 for entry in std::fs::read_dir(&worktrees)
                     .map_err(|e| Error::Other(e.to_string()))?
@@ -385,6 +425,9 @@ impl Run<'_> {
                 }
             }
             repo.prune_worktrees()?;
+            // No worker of this project runs now (we hold its lock): every
+            // task branch is either merged or an abandoned attempt.
+            repo.delete_branches("task/")?;
             if need_log {
                 Ok(repo.task_commits()?)
             } else {
@@ -508,8 +551,29 @@ impl Run<'_> {
             .filter(|id| self.tasks[*id].state == TaskState::Ready)
             .cloned()
             .collect();
+        self.needs_slot = false;
+        self.gated = false;
+        let mut waiting = None;
         for id in ready {
-            let Ok(permit) = self.engine.slots.clone().try_acquire_owned() else {
+            if let Err(why) = self.engine.gate.check() {
+                self.gated = true;
+                // Another project may use the slot meanwhile.
+                self.spare = None;
+                waiting = Some(format!("waiting: {why}"));
+                break;
+            }
+            let Some(permit) = self
+                .spare
+                .take()
+                .or_else(|| self.engine.slots.clone().try_acquire_owned().ok())
+            else {
+                self.needs_slot = true;
+                if self.workers == 0 && self.verifying.is_none() {
+                    waiting = Some(format!(
+                        "waiting: all {} worker slots (MAX_CONCURRENT_WORKERS) are in use by other projects",
+                        self.engine.config.max_concurrent_workers
+                    ));
+                }
                 break;
             };
             let t = self.tasks[&id].clone();
@@ -584,6 +648,28 @@ impl Run<'_> {
                 }
             }
         }
+        self.set_waiting(waiting)
+    }
+
+    /// Records (on change) why ready tasks wait, for `status` and the log.
+    fn set_waiting(&mut self, waiting: Option<String>) -> Result<()> {
+        if self.waiting == waiting {
+            return Ok(());
+        }
+        if let Some(w) = &waiting {
+            self.engine
+                .emit(&self.id, None, "info", format!("project {}: {w}", self.id));
+        } else if self.waiting.is_some() {
+            self.engine.emit(
+                &self.id,
+                None,
+                "info",
+                format!("project {}: starting work again", self.id),
+            );
+        }
+        self.store()
+            .set_project_waiting(&self.id, waiting.as_deref())?;
+        self.waiting = waiting;
         Ok(())
     }
 
@@ -608,9 +694,34 @@ impl Run<'_> {
                 commands.len()
             ),
         );
-        self.verifying = Some((attempt, permit));
+        let enclosure = match self
+            .engine
+            .limiter
+            .enclose(self.engine.config.worker_memory_limit_mb << 20)
+        {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                let _ = tx.send(Msg::Verified {
+                    attempt,
+                    result: Err(format!("cannot set up the memory limit for verify: {e}")),
+                });
+                drop(permit);
+                return;
+            }
+        };
+        self.verifying = Some((attempt, permit, enclosure.clone()));
+        let cancel = self.cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let result = verify::run_verify(&repo, &checkout, &commands, timeout, cap);
+            let result = verify::run_verify(
+                &repo,
+                &checkout,
+                &commands,
+                timeout,
+                cap,
+                Some(enclosure.clone()),
+                &cancel,
+            );
+            enclosure.release();
             let _ = tx.send(Msg::Verified { attempt, result });
         });
     }
@@ -619,18 +730,38 @@ impl Run<'_> {
         self.workers > 0
             || self.merging > 0
             || (self.verifying.is_some() && !self.cancel.is_cancelled())
+            || (!self.cancel.is_cancelled()
+                && self.tasks.values().any(|t| t.state == TaskState::Ready))
     }
 
     async fn schedule(&mut self) -> Result<()> {
         self.advance()?;
         self.dispatch()?;
         while self.busy() {
+            let slots = self.engine.slots.clone();
             let msg = tokio::select! {
                 m = self.rx.recv() => m,
                 _ = self.cancel.cancelled(), if self.verifying.is_some() => {
-                    // Verify commands run in their own process groups with the
-                    // parent-death signal; the attempt is simply not counted.
-                    self.interrupt_verify()?;
+                    // The verify commands' enclosure is killed; the attempt is not counted.
+                    self.interrupt_verify().await?;
+                    continue;
+                }
+                // Nothing else wakes a run that waits on the gate or on a slot
+                // another project holds.
+                permit = slots.acquire_owned(), if self.needs_slot && !self.gated => {
+                    self.spare = permit.ok();
+                    self.dispatch()?;
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+                _ = self.cancel.cancelled(), if self.needs_slot || self.gated => {
+                    self.needs_slot = false;
+                    self.gated = false;
+                    self.spare = None;
+                    self.set_waiting(None)?;
                     continue;
                 }
             };
@@ -669,8 +800,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn interrupt_verify(&mut self) -> Result<()> {
-        if let Some((attempt, _permit)) = self.verifying.take() {
+    async fn interrupt_verify(&mut self) -> Result<()> {
+        if let Some((attempt, _permit, enclosure)) = self.verifying.take() {
+            let _ = tokio::task::spawn_blocking(move || enclosure.release()).await;
             if let Some(v) = self.verify_task() {
                 let reason = "interrupted: the supervisor is shutting down";
                 self.store().finish_attempt(

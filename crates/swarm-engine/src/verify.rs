@@ -4,15 +4,21 @@
 
 use crate::prompts::CommandResult;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Runs blocking: call it through `spawn_blocking`.
+/// Runs blocking: call it through `spawn_blocking`. The commands run inside
+/// `enclosure` (the same memory limit as a worker), which the engine kills
+/// when it stops; no command starts after `cancel` fired.
 pub fn run_verify(
     repo: &swarm_git::Repo,
     checkout: &Path,
     commands: &[String],
     timeout: Duration,
     output_cap: usize,
+    enclosure: Option<Arc<swarm_exec::Enclosure>>,
+    cancel: &CancellationToken,
 ) -> Result<Vec<CommandResult>, String> {
     if checkout.exists() {
         let _ = repo.remove_worktree(checkout);
@@ -21,11 +27,15 @@ pub fn run_verify(
         .map_err(|e| format!("cannot check out main for verify: {e}"))?;
     let mut results = Vec::with_capacity(commands.len());
     for command in commands {
+        if cancel.is_cancelled() {
+            break;
+        }
         let opts = swarm_exec::ShellOptions {
             cwd: checkout.to_owned(),
             env: Vec::new(),
             timeout,
             output_cap,
+            enclosure: enclosure.clone(),
         };
         let r = match swarm_exec::run_shell(command, &opts) {
             Ok(out) => CommandResult {

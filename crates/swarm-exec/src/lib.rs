@@ -15,17 +15,29 @@
 //!   stdin/stdout pipes for the JSON-lines protocol, `PR_SET_PDEATHSIG`).
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
-//! [`spawn_child`] is called from tokio worker threads, which live as long as
-//! the runtime; [`run_shell`] is called from a blocking thread that waits for
-//! the command, so the thread outlives the command it started.
+//! [`spawn_child`] therefore forks on one dedicated thread that lives as long
+//! as the process; [`run_shell`] is called from a blocking thread that waits
+//! for the command, so the thread outlives the command it started.
+//!
+//! Every direct child is registered while it runs, so that
+//! [`reap_orphans`] can tell the processes a child subreaper adopted (orphans
+//! of a dead worker's commands) from its own children, and kill and reap
+//! only those. [`tree`] reads process trees; [`limit`] holds the memory
+//! limit of a worker's whole tree (cgroup or watchdog).
 
+pub mod limit;
+pub mod tree;
+
+pub use limit::{Enclosure, LimiterChoice, Mechanism, MemoryLimiter};
+
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -59,6 +71,50 @@ pub const ENV_ALLOW_LIST: &[&str] = &[
 ];
 
 static SPAWNED: AtomicU64 = AtomicU64::new(0);
+
+/// Direct children that have not been waited for yet. Held across a spawn,
+/// so that [`reap_orphans`] never sees a child before it is registered.
+static CHILDREN: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn children() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    // A panic while the set was held leaves it usable: it is only a set of pids.
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn register(guard: &mut MutexGuard<'static, Option<HashSet<u32>>>, pid: u32) {
+    guard.get_or_insert_with(HashSet::new).insert(pid);
+}
+
+fn unregister(pid: u32) {
+    if let Some(set) = children().as_mut() {
+        set.remove(&pid);
+    }
+}
+
+/// Kills and reaps the processes this process adopted as a child subreaper
+/// ([`tree::become_subreaper`]): anything whose parent is this process but
+/// that it did not spawn, i.e. what outlived a worker or a verify command.
+/// Returns how many were found.
+pub fn reap_orphans() -> usize {
+    let me = std::process::id();
+    let guard = children();
+    let all = tree::snapshot();
+    let mut found = 0;
+    for s in all.values().filter(|s| s.ppid == me) {
+        if guard.as_ref().is_some_and(|set| set.contains(&s.pid)) {
+            continue;
+        }
+        found += 1;
+        if s.state != 'Z' {
+            tree::signal_tree(s.pid, Signal::SIGKILL);
+        }
+        let _ = nix::sys::wait::waitpid(
+            Pid::from_raw(s.pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    found
+}
 
 /// Processes this process has spawned through this module (the benchmark
 /// reports it: most orchestration cost is process creation).
@@ -157,11 +213,28 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-        program: name.clone(),
-        source,
-    })?;
+    let child = {
+        let mut reg = children();
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: name.clone(),
+            source,
+        })?;
+        register(&mut reg, child.id());
+        child
+    };
     SPAWNED.fetch_add(1, Ordering::Relaxed);
+    let pid = child.id();
+    let result = wait_captured(child, &name, opts);
+    unregister(pid);
+    result
+}
+
+fn wait_captured(
+    mut child: std::process::Child,
+    name: &str,
+    opts: &RunOptions,
+) -> Result<Captured> {
+    let name = name.to_owned();
     if let (Some(input), Some(mut stdin)) = (opts.stdin.clone(), child.stdin.take()) {
         // A separate thread: a large input must not deadlock against a full stdout pipe.
         std::thread::spawn(move || {
@@ -216,6 +289,8 @@ pub struct ShellOptions {
     pub timeout: Duration,
     /// Bytes of output kept: the head and the tail, with a marker between.
     pub output_cap: usize,
+    /// The command joins this cgroup (or becomes the watchdog's root).
+    pub enclosure: Option<Arc<Enclosure>>,
 }
 
 /// What [`run_shell`] saw.
@@ -250,10 +325,24 @@ pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
         .stdout(writer)
         .stderr(writer2);
     set_parent_death_signal(&mut cmd);
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-        program: "sh".into(),
-        source,
-    })?;
+    if let Some(fd) = opts.enclosure.as_ref().and_then(|e| e.join_fd()) {
+        // SAFETY: the hook makes one write(2) on an fd opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || limit::join_cgroup_in_child(fd));
+        }
+    }
+    let mut child = {
+        let mut reg = children();
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: "sh".into(),
+            source,
+        })?;
+        register(&mut reg, child.id());
+        child
+    };
+    if let Some(e) = &opts.enclosure {
+        e.set_root(child.id());
+    }
     SPAWNED.fetch_add(1, Ordering::Relaxed);
     // The parent's copies of the write end must go, or the reader never sees EOF.
     drop(cmd);
@@ -286,6 +375,7 @@ pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
             }
         }
     };
+    unregister(pid);
     let status = status.map_err(|source| Error::Io {
         program: "sh".into(),
         source,
@@ -388,19 +478,84 @@ pub struct SpawnOptions {
     /// Added to the allow-listed environment.
     pub env: Vec<(OsString, OsString)>,
     pub stderr: ChildStderr,
+    /// The child joins this cgroup before it executes (see [`limit`]).
+    pub enclosure: Option<Arc<Enclosure>>,
+}
+
+/// A long-lived child from [`spawn_child`]. Dereferences to the tokio child;
+/// dropping it kills the child if it still runs.
+#[derive(Debug)]
+pub struct ChildProcess {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl ChildProcess {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl std::ops::Deref for ChildProcess {
+    type Target = tokio::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for ChildProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        unregister(self.pid);
+    }
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// The thread every long-lived child is forked from: the parent-death signal
+/// follows the forking thread, so that thread must live as long as the process.
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        let spawned = std::thread::Builder::new()
+            .name("agentswarm-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the spawner thread");
+        }
+        Mutex::new(tx)
+    })
 }
 
 /// Spawns a long-lived child with piped stdin and stdout (the IPC channel),
-/// in its own process group, with the parent-death signal. The child is
-/// killed if the handle is dropped.
-pub fn spawn_child(
-    program: &Path,
-    args: &[OsString],
-    opts: &SpawnOptions,
-) -> Result<tokio::process::Child> {
+/// in its own process group, with the parent-death signal, forked from the
+/// spawner thread. Must be called inside a tokio runtime.
+pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Result<ChildProcess> {
+    let spawn_err = |source: std::io::Error| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    };
+    let handle =
+        tokio::runtime::Handle::try_current().map_err(|e| spawn_err(std::io::Error::other(e)))?;
     let mut std_cmd = base_command(program.as_os_str(), opts.cwd.as_deref(), &opts.env);
     std_cmd.args(args);
     set_parent_death_signal(&mut std_cmd);
+    if let Some(fd) = opts.enclosure.as_ref().and_then(|e| e.join_fd()) {
+        // SAFETY: the hook makes one write(2) on an fd opened before the fork.
+        unsafe {
+            std_cmd.pre_exec(move || limit::join_cgroup_in_child(fd));
+        }
+    }
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -410,11 +565,35 @@ pub fn spawn_child(
         ChildStderr::Piped => Stdio::piped(),
         ChildStderr::Null => Stdio::null(),
     });
-    let child = cmd.spawn().map_err(|source| Error::Spawn {
-        program: program.display().to_string(),
-        source,
-    })?;
+    let (tx, rx) = mpsc::channel();
+    let job: SpawnJob = Box::new(move || {
+        let _entered = handle.enter();
+        let mut reg = children();
+        let result = cmd.spawn().map(|child| {
+            let pid = child.id().unwrap_or(0);
+            register(&mut reg, pid);
+            ChildProcess { child, pid }
+        });
+        drop(reg);
+        let _ = tx.send(result);
+    });
+    let sent = spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job);
+    if sent.is_err() {
+        return Err(spawn_err(std::io::Error::other(
+            "the spawner thread is gone",
+        )));
+    }
+    let child = rx
+        .recv()
+        .map_err(|_| spawn_err(std::io::Error::other("the spawner thread is gone")))?
+        .map_err(spawn_err)?;
     SPAWNED.fetch_add(1, Ordering::Relaxed);
+    if let Some(e) = &opts.enclosure {
+        e.set_root(child.pid);
+    }
     Ok(child)
 }
 
@@ -444,6 +623,7 @@ mod tests {
                 env: vec![],
                 timeout,
                 output_cap: cap,
+                enclosure: None,
             },
         )
         .unwrap()
@@ -478,6 +658,7 @@ mod tests {
                 env: vec![],
                 timeout: Duration::from_millis(300),
                 output_cap: 1024,
+                enclosure: None,
             },
         )
         .unwrap();
@@ -503,6 +684,7 @@ mod tests {
                 env: vec![],
                 timeout: Duration::from_secs(10),
                 output_cap: 1024,
+                enclosure: None,
             },
         )
         .unwrap();

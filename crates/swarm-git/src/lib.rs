@@ -424,11 +424,20 @@ impl Repo {
     /// is reset to where it was.
     pub fn merge(&self, branch: &str, message: &str) -> Result<MergeOutcome> {
         let before = self.head()?;
-        let out = git_status(
+        let out = match git_status(
             &self.root,
             &["merge", "--no-ff", "--no-edit", "-q", "-m", message, branch],
             None,
-        )?;
+        ) {
+            Ok(out) => out,
+            Err(e) => {
+                // git could not run or was killed: main must not stay half-merged.
+                if let Err(r) = self.repair(Some(&before)) {
+                    tracing::error!(error = %r, "cannot repair main after a failed merge");
+                }
+                return Err(e);
+            }
+        };
         if out.exit.success() {
             return Ok(MergeOutcome::Merged {
                 commit: self.head()?,
@@ -440,14 +449,38 @@ impl Repo {
             None,
         )?;
         let paths = nul_split(&conflicted.stdout);
-        let _ = git_status(&self.root, &["merge", "--abort"], None);
         // Whatever happened, main ends where it began, with a clean tree.
-        let _ = git_status(&self.root, &["reset", "-q", "--hard", &before], None);
+        self.repair(Some(&before))?;
         if paths.is_empty() {
             Err(command_error(&["merge"], &out))
         } else {
             Ok(MergeOutcome::Conflict { paths })
         }
+    }
+
+    /// Brings the integration worktree back to a clean `main` after a merge
+    /// that did not finish (a crash, a timeout, a killed git): stale lock
+    /// files go, a merge in progress is aborted, and the tree is reset to
+    /// `to` (default: what `main` points at). Only call it while nothing else
+    /// writes to the integration worktree (the merge queue, or recovery).
+    pub fn repair(&self, to: Option<&str>) -> Result<()> {
+        let git_dir = self.root.join(".git");
+        for lock in ["index.lock", "HEAD.lock", "refs/heads/main.lock"] {
+            match std::fs::remove_file(git_dir.join(lock)) {
+                Ok(()) => tracing::warn!(lock, "removed a stale git lock file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if git_dir.join("MERGE_HEAD").exists() {
+            let _ = git_status(&self.root, &["merge", "--abort"], None);
+        }
+        git(
+            &self.root,
+            &["reset", "-q", "--hard", to.unwrap_or(MAIN)],
+            None,
+        )?;
+        Ok(())
     }
 
     /// Paths `commit` changed relative to its first parent.
@@ -641,6 +674,47 @@ mod tests {
             status.stdout.is_empty(),
             "main's worktree is dirty: {}",
             String::from_utf8_lossy(&status.stdout)
+        );
+    }
+
+    #[test]
+    fn a_merge_cut_short_is_repaired() {
+        // What a supervisor killed during `git merge` leaves behind: a merge
+        // in progress with conflict markers and a stale index.lock.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        task_commit(&repo, dir.path(), "a", 1, &[("f.txt", "one\n")]);
+        task_commit(&repo, dir.path(), "b", 1, &[("f.txt", "two\n")]);
+        repo.merge("task/a/1", "m").unwrap();
+        let head = repo.head().unwrap();
+        let out = git_status(
+            repo.root(),
+            &["merge", "--no-ff", "--no-edit", "task/b/1"],
+            None,
+        )
+        .unwrap();
+        assert!(!out.exit.success());
+        assert!(repo.root().join(".git/MERGE_HEAD").exists());
+        std::fs::write(repo.root().join(".git/index.lock"), "").unwrap();
+        // With the lock in place, the next merge cannot land — and repairs main.
+        assert!(!matches!(
+            repo.merge("task/b/1", "m"),
+            Ok(MergeOutcome::Merged { .. })
+        ));
+        assert!(!repo.root().join(".git/index.lock").exists());
+        assert!(!repo.root().join(".git/MERGE_HEAD").exists());
+        assert_eq!(repo.head().unwrap(), head);
+        std::fs::write(repo.root().join(".git/index.lock"), "").unwrap();
+        repo.repair(None).unwrap();
+        let status = git(repo.root(), &["status", "--porcelain"], None).unwrap();
+        assert!(
+            status.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+        assert_eq!(
+            std::fs::read_to_string(repo.root().join("f.txt")).unwrap(),
+            "one\n"
         );
     }
 

@@ -81,6 +81,8 @@ pub struct ProjectRecord {
     pub delivery: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Why ready tasks are not starting (the resource gate), while that lasts.
+    pub waiting: Option<String>,
 }
 
 /// A task as the planner (or a fix round) gave it.
@@ -219,6 +221,11 @@ pub trait Store: Send + Sync {
         to: ProjectState,
         error: Option<&str>,
     ) -> Result<bool>;
+    /// Records why ready tasks wait (`None`: they do not).
+    fn set_project_waiting(&self, id: &ProjectId, waiting: Option<&str>) -> Result<()>;
+    /// Cancels a project that has not ended: the project and every task not
+    /// yet finished become `cancelled`. `false` if it had already ended.
+    fn cancel_project(&self, id: &ProjectId) -> Result<bool>;
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()>;
     fn set_final(
         &self,

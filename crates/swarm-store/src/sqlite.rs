@@ -9,7 +9,8 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 /// Schema migrations, applied in order; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (
     id            TEXT PRIMARY KEY,
     goal          TEXT NOT NULL,
@@ -90,7 +91,11 @@ CREATE TABLE model_calls (
     ts_ms         INTEGER NOT NULL
 );
 CREATE INDEX model_calls_by_project ON model_calls(project_id);
-"#];
+"#,
+    r#"
+ALTER TABLE projects ADD COLUMN waiting TEXT;
+"#,
+];
 
 /// The SQLite implementation of [`Store`]. One connection behind a mutex:
 /// every call is one short local transaction.
@@ -164,12 +169,29 @@ impl SqliteStore {
         };
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             store.write(|tx| {
+                // Another process may have applied it since we looked: the
+                // version is read again under the write lock.
+                let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                if now > i as i64 {
+                    return Ok(());
+                }
                 tx.execute_batch(sql)?;
                 tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
                 Ok(())
             })?;
         }
         Ok(store)
+    }
+
+    /// `PRAGMA quick_check`: `ok`, or what is wrong with the file.
+    pub fn quick_check(&self) -> Result<String> {
+        self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA quick_check")?;
+            let rows: Vec<String> = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows.join("; "))
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -247,7 +269,7 @@ fn insert_tasks(tx: &Connection, id: &ProjectId, tasks: &[NewTask]) -> Result<()
     Ok(())
 }
 
-const PROJECT_COLUMNS: &str = "id, goal, name, state, plan, options, fix_round, planner_calls, error, final_commit, delivery, created_ms, updated_ms";
+const PROJECT_COLUMNS: &str = "id, goal, name, state, plan, options, fix_round, planner_calls, error, final_commit, delivery, created_ms, updated_ms, waiting";
 
 fn project_from_row(
     r: &Row<'_>,
@@ -270,6 +292,7 @@ fn project_from_row(
             delivery: r.get(10)?,
             created_ms: r.get(11)?,
             updated_ms: r.get(12)?,
+            waiting: r.get(13)?,
         },
         state,
         plan,
@@ -435,6 +458,39 @@ impl Store for SqliteStore {
                 insert_event(tx, id, None, "project_state", &serde_json::json!({"from": current, "to": to.as_str(), "error": error}))?;
             }
             Ok(n == 1)
+        })
+    }
+
+    fn set_project_waiting(&self, id: &ProjectId, waiting: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE projects SET waiting = ?1 WHERE id = ?2",
+                params![waiting, id.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cancel_project(&self, id: &ProjectId) -> Result<bool> {
+        self.write(|tx| {
+            let current: Option<String> = tx.query_row("SELECT state FROM projects WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()?;
+            let Some(current) = current else { return Err(Error::ProjectNotFound(id.clone())) };
+            let cur: ProjectState = parse(&current)?;
+            if cur.is_terminal() {
+                return Ok(false);
+            }
+            let now = now_ms();
+            tx.execute(
+                "UPDATE projects SET state = 'cancelled', waiting = NULL, updated_ms = ?1 WHERE id = ?2",
+                params![now, id.as_str()],
+            )?;
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_ms = ?1 WHERE project_id = ?2 \
+                 AND state IN ('pending', 'ready', 'running', 'merging')",
+                params![now, id.as_str()],
+            )?;
+            insert_event(tx, id, None, "project_state", &serde_json::json!({"from": current, "to": "cancelled", "error": null}))?;
+            Ok(true)
         })
     }
 

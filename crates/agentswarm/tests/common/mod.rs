@@ -35,7 +35,12 @@ impl Harness {
     /// `agentswarm ARGS` with this harness's home, endpoint and a fake key;
     /// nothing from the test process's own environment leaks in but PATH.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agentswarm"));
+        self.cmd_of(Path::new(env!("CARGO_BIN_EXE_agentswarm")), args)
+    }
+
+    /// `program ARGS` with the environment of [`Harness::cmd`].
+    pub fn cmd_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
         c.args(args)
             .current_dir(self.home.path())
             .env_clear()
@@ -46,6 +51,9 @@ impl Harness {
             .env("OPENAI_BASE_URL", self.server.base_url())
             .env("OPENAI_API_KEY", "test-key-not-a-real-secret")
             .env("AGENTSWARM_MODEL", "scripted-test-model")
+            // The suite loads the machine; the gate has tests of its own.
+            .env("MIN_FREE_MEMORY_MB", "0")
+            .env("MAX_LOAD_AVERAGE", "0")
             .stdin(Stdio::null());
         c
     }
@@ -253,6 +261,11 @@ pub fn plan(name: &str, tasks: &[(&str, &[&str])], verify_commands: &[&str]) -> 
     let all: Vec<&str> = tasks.iter().map(|(id, _)| *id).collect();
     list.push(json!({"id": "verify", "title": "Verify", "kind": "verify", "depends_on": all, "commands": verify_commands}));
     json!({"name": name, "summary": "test plan", "tasks": list})
+}
+
+/// A script turn that runs one shell command.
+pub fn run_turn(command: &str) -> Value {
+    json!({"calls": [{"name": "run_command", "arguments": {"command": command}}]})
 }
 
 /// A script turn that writes one file.

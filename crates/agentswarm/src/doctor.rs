@@ -1,0 +1,161 @@
+//! `agentswarm doctor`: what this installation would run with, and whether
+//! the machine lets it.
+
+use crate::cli::{Cli, LimitArgs};
+use crate::commands::load_config;
+use anyhow::Result;
+use serde_json::json;
+use std::process::ExitCode;
+use swarm_engine::gate::Gate;
+
+pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    let src = |k: &str| {
+        config
+            .sources
+            .get(k)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "default".into())
+    };
+    let mut values = vec![
+        ("data_dir", config.data_dir.display().to_string()),
+        ("outputs_dir", config.outputs_dir.display().to_string()),
+        (
+            "max_concurrent_workers",
+            config.max_concurrent_workers.to_string(),
+        ),
+        (
+            "worker_timeout_seconds",
+            config.worker_timeout_secs.to_string(),
+        ),
+        (
+            "worker_memory_limit_mb",
+            config.worker_memory_limit_mb.to_string(),
+        ),
+        ("min_free_memory_mb", config.min_free_memory_mb.to_string()),
+        ("max_load_average", config.max_load_average.to_string()),
+        (
+            "shutdown_grace_seconds",
+            config.shutdown_grace_secs.to_string(),
+        ),
+        ("memory_limiter", config.memory_limiter.clone()),
+        ("worker_wrapper", config.worker_wrapper.join(" ")),
+        ("run.max_tasks", config.run.max_tasks.to_string()),
+        ("run.max_attempts", config.run.max_attempts.to_string()),
+        ("run.max_turns", config.run.max_turns.to_string()),
+        ("run.max_fix_rounds", config.run.max_fix_rounds.to_string()),
+    ];
+    let model = match config.model() {
+        Ok(m) => {
+            values.push(("model.base_url", m.base_url.clone()));
+            values.push(("model.model", m.model.clone()));
+            // The key's presence and length, never its value.
+            let key = match &m.api_key {
+                Some(k) => format!("set ({} characters, from {})", k.len(), m.api_key_env),
+                None => format!(
+                    "not set ({} is empty; fine for local servers)",
+                    m.api_key_env
+                ),
+            };
+            values.push(("model.api_key", key));
+            json!({"ok": true})
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+
+    let choice = config
+        .memory_limiter
+        .parse::<swarm_exec::LimiterChoice>()
+        .unwrap_or_default();
+    let limiter = swarm_exec::MemoryLimiter::detect(choice);
+    let gate = Gate::from_config(&config);
+    let readings = gate.readings();
+    let verdict = gate.check();
+    let git = swarm_git::version().map_err(|e| e.to_string());
+    let store = store_health(&config);
+
+    if as_json {
+        let v = json!({
+            "config_file": config.file.as_ref().map(|p| p.display().to_string()),
+            "values": values.iter().map(|(k, v)| json!({"key": k, "value": v, "source": src(k)})).collect::<Vec<_>>(),
+            "model": model,
+            "memory_limit": {"mechanism": limiter.mechanism().as_str(), "reason": limiter.reason()},
+            "gate": {
+                "source": gate.source(),
+                "readings": readings.as_ref().ok(),
+                "error": readings.as_ref().err().map(|e| e.to_string()),
+                "open": verdict.is_ok(),
+                "why_closed": verdict.as_ref().err(),
+            },
+            "git": git,
+            "store": store,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "config file: {}",
+        config
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (defaults, environment and flags only)".into())
+    );
+    for (k, v) in &values {
+        println!("  {k:<24} {v:<40} ({})", src(k));
+    }
+    if let Some(e) = model.get("error").and_then(|e| e.as_str()) {
+        println!("model: not configured — {e}");
+    }
+    println!(
+        "memory limit: {} — {}",
+        limiter.mechanism().as_str(),
+        limiter.reason()
+    );
+    match &readings {
+        Ok(r) => println!(
+            "resource gate: available memory {} MB (bound {} MB), load average {:.2} (bound {}) → {} [{}]",
+            r.available_mb,
+            config.min_free_memory_mb,
+            r.load1,
+            config.max_load_average,
+            match &verdict {
+                Ok(()) => "open".to_owned(),
+                Err(why) => format!("closed: {why}"),
+            },
+            gate.source()
+        ),
+        Err(e) => println!("resource gate: no readings from {}: {e}", gate.source()),
+    }
+    match &git {
+        Ok(v) => println!("git: {v}"),
+        Err(e) => println!("git: NOT USABLE — {e}"),
+    }
+    match store.get("error").and_then(|e| e.as_str()) {
+        Some(e) => println!("store: {e}"),
+        None => println!(
+            "store: {} — {} project(s), integrity {}",
+            store["path"].as_str().unwrap_or(""),
+            store["projects"],
+            store["integrity"].as_str().unwrap_or("?")
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn store_health(config: &swarm_config::Config) -> serde_json::Value {
+    let path = config.store_path();
+    if !path.exists() {
+        return json!({"path": path.display().to_string(), "projects": 0, "integrity": "not created yet"});
+    }
+    match swarm_store::SqliteStore::open(&path) {
+        Ok(s) => {
+            let integrity = s.quick_check().unwrap_or_else(|e| e.to_string());
+            let projects = swarm_store::Store::list_projects(&s)
+                .map(|p| p.len())
+                .unwrap_or(0);
+            json!({"path": path.display().to_string(), "projects": projects, "integrity": integrity})
+        }
+        Err(e) => json!({"path": path.display().to_string(), "error": e.to_string()}),
+    }
+}

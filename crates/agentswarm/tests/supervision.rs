@@ -1,0 +1,699 @@
+//! End-to-end supervision: limits, the resource gate, shutdown, crash
+//! recovery, the daemon and its systemd unit. Real processes, loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn kill(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// `n` independent tasks `<prefix>0..` and a verify that checks their files.
+fn wide_plan(name: &str, prefix: &str, n: usize) -> Value {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let refs: Vec<(&str, &[&str])> = ids.iter().map(|i| (i.as_str(), &[][..])).collect();
+    plan(
+        name,
+        &refs,
+        &[&format!("ls {prefix}*.txt | wc -l | grep -qx {n}")],
+    )
+}
+
+/// Scripts for tasks `<prefix>0..n`: `extra` turns, then write `<id>.txt` and finish.
+fn scripts(prefix: &str, n: usize, extra: &[Value]) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        let mut turns: Vec<Value> = extra.to_vec();
+        turns.push(write_turn(&format!("{id}.txt"), &format!("{id}\n")));
+        turns.push(finish_turn(&id));
+        m.insert(id, json!({ "turns": turns }));
+    }
+    m
+}
+
+fn write_plan(h: &Harness, plan: &Value, name: &str) -> String {
+    let path = h.home.path().join(name);
+    std::fs::write(&path, plan.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn submit(h: &Harness, plan_file: &str, goal: &str) -> String {
+    let out = h.run(&["submit", "--json", "--plan", plan_file, goal]);
+    assert!(out.status.success(), "{}", text(&out));
+    last_json_line(&out)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The attempts of `task` as (outcome, reason).
+fn attempts_of(status: &Value, task: &str) -> Vec<(String, String)> {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == task)
+        .unwrap_or_else(|| panic!("no task {task} in {status}"))["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap().to_owned(),
+                a["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn assert_each_merged_once(h: &Harness, project: &str, ids: &[String]) {
+    let counts = trailer_counts(&h.repo(project));
+    for id in ids {
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "task {id} merged {:?} times; all: {counts:?}",
+            counts.get(id.as_str())
+        );
+    }
+}
+
+/// `agentswarm serve` under the subreaper helper (tests/support/reaper.py).
+struct Served {
+    helper: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pid: u32,
+    log: std::path::PathBuf,
+}
+
+impl Served {
+    fn start(h: &Harness, env: &[(&str, &str)]) -> Served {
+        let log = h.home.path().join("serve.log");
+        let reaper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/reaper.py");
+        let mut c = h.cmd_of(
+            Path::new("python3"),
+            &[
+                reaper.to_str().unwrap(),
+                log.to_str().unwrap(),
+                "--",
+                env!("CARGO_BIN_EXE_agentswarm"),
+                "serve",
+            ],
+        );
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut helper = c.stdout(Stdio::piped()).spawn().expect("python3 runs");
+        let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let pid = first["pid"].as_u64().unwrap() as u32;
+        Served {
+            helper,
+            lines,
+            pid,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns (exit code, seconds from the signal to the exit, leftovers).
+    fn stop(mut self) -> (i64, f64, Vec<Value>, String) {
+        let sent = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        kill(self.pid, nix::sys::signal::Signal::SIGTERM);
+        let report: Value = serde_json::from_str(&self.lines.next().unwrap().unwrap()).unwrap();
+        let _ = self.helper.wait();
+        let took = report["exited_at"].as_f64().unwrap() - sent.as_secs_f64();
+        (
+            report["exit"].as_i64().unwrap(),
+            took,
+            report["leftovers"].as_array().unwrap().clone(),
+            self.log(),
+        )
+    }
+}
+
+fn wait_status(h: &Harness, project: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = swarm_testkit::wait_for(Duration::from_secs(secs), || {
+        last = h.status_json(project);
+        pred(&last)
+    });
+    assert!(
+        ok,
+        "condition not reached within {secs} s; last status: {last}"
+    );
+    last
+}
+
+/// SIGTERM under load: a slow model, a worker that ignores SIGTERM, and a
+/// model command that leaves a `setsid` daemon behind. The daemon exits 0
+/// within grace + 2 s, nothing of the run is left, and `resume` finishes.
+#[test]
+fn sigterm_under_load_leaves_nothing_and_resume_finishes() {
+    sigterm_under_load("auto");
+}
+
+/// The same without a cgroup: the workers are subreapers and the watchdog
+/// walks their process trees.
+#[test]
+fn sigterm_under_load_leaves_nothing_with_the_watchdog_too() {
+    sigterm_under_load("watchdog");
+}
+
+fn sigterm_under_load(limiter: &str) {
+    let n = 15;
+    let p = wide_plan("load", "t", n);
+    let mut tasks = scripts(
+        "t",
+        n,
+        &[
+            json!({"content": "thinking"}),
+            json!({"content": "still thinking"}),
+        ],
+    );
+    // The first wave (t0..t3 at a cap of 4) is inside a long command when
+    // the stop comes; t1 first starts a daemon that double-forks into its
+    // own session. Their second attempts are quick.
+    for i in 0..4 {
+        let id = format!("t{i}");
+        let mut first = Vec::new();
+        if i == 1 {
+            first.push(run_turn(
+                "(setsid sleep 600 > /dev/null 2>&1 &); echo started",
+            ));
+        }
+        first.push(run_turn("sleep 30"));
+        tasks.insert(
+            id.clone(),
+            json!({"attempts": [first, [write_turn(&format!("{id}.txt"), &format!("{id}\n")), finish_turn(&id)]]}),
+        );
+    }
+    let h = Harness::new(json!({"latency_ms": 400, "tasks": tasks}));
+    // The first worker started ignores SIGTERM (an ignored signal stays
+    // ignored across exec), so it has to be killed after the grace.
+    let marker = h.home.path().join("first-worker");
+    let wrapper = h.home.path().join("wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif mkdir {} 2>/dev/null; then trap '' TERM; fi\nexec \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        h.home.path().join("agentswarm.toml"),
+        format!("worker_wrapper = [{:?}]\n", wrapper.to_str().unwrap()),
+    )
+    .unwrap();
+    let plan_file = write_plan(&h, &p, "plan.json");
+    let project = submit(&h, &plan_file, "load goal");
+
+    let grace = 2.0;
+    let served = Served::start(
+        &h,
+        &[
+            ("MAX_CONCURRENT_WORKERS", "4"),
+            ("SHUTDOWN_GRACE_SECONDS", "2"),
+            ("AGENTSWARM_MEMORY_LIMITER", limiter),
+        ],
+    );
+    // Stop once t1's daemon runs (its command's result went back to the model).
+    let started = swarm_testkit::wait_for(Duration::from_secs(60), || {
+        h.server
+            .requests()
+            .iter()
+            .any(|r| r.task.as_deref() == Some("t1") && r.turn == Some(1))
+    });
+    assert!(started, "t1 never ran its command; log:\n{}", served.log());
+    // …and its `sleep 30` started.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(marker.exists(), "no worker started through the wrapper");
+    let (code, took, leftovers, log) = served.stop();
+    assert_eq!(code, 0, "serve exit code; log:\n{log}");
+    assert!(
+        took <= grace + 2.0,
+        "serve took {took:.1} s to stop (grace {grace} s); log:\n{log}"
+    );
+    assert!(
+        leftovers.is_empty(),
+        "processes outlived the supervisor: {leftovers:?}; log:\n{log}"
+    );
+    assert!(
+        log.contains("SIGKILL sent to what was left"),
+        "the SIGTERM-ignoring worker was not killed after the grace; log:\n{log}"
+    );
+    let status = h.status_json(&project);
+    assert_eq!(status["state"], "interrupted", "{status}");
+    let interrupted = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["attempt_history"].as_array().unwrap().clone())
+        .filter(|a| a["outcome"] == "interrupted")
+        .count();
+    assert!(
+        interrupted >= 2,
+        "in-flight attempts not marked interrupted: {status}"
+    );
+
+    let out = h.run(&["resume", &project, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done");
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    assert_each_merged_once(&h, &project, &ids);
+    // Interrupted attempts do not count against max_attempts.
+    let status = h.status_json(&project);
+    assert!(status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["attempts_counted"].as_u64().unwrap() <= 1));
+}
+
+/// `kill -9` of the supervisor during planning, then again and again at
+/// random moments of the run (workers running, merges landing); every
+/// `resume` carries on, and in the end each task is in main exactly once
+/// and the planner was never asked again once it had given the plan.
+#[test]
+fn kill_9_at_any_moment_then_resume_merges_each_task_once() {
+    let n = 12;
+    let ids: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    // Two layers, so that dependents start as merges land.
+    let mut list: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let deps = if i >= 6 {
+            vec![ids[i - 6].as_str()]
+        } else {
+            vec![]
+        };
+        list.push((id.as_str(), deps));
+    }
+    let refs: Vec<(&str, &[&str])> = list.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+    let p = plan("chaos", &refs, &["ls k*.txt | wc -l | grep -qx 12"]);
+    let tasks = scripts("k", n, &[]);
+    let mut planner = p.clone();
+    planner["name"] = json!("chaos");
+    let h = Harness::new(json!({
+        "latency_ms": 60,
+        "planner": [planner],
+        "tasks": tasks,
+        "errors": [{"kind": "planner", "delay_ms": 1500}]
+    }));
+
+    // 1. Killed while the planner is thinking.
+    let mut child = h
+        .cmd(&["run", "--json", "chaos goal"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let project = first.trim().strip_prefix("project ").unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    kill(child.id(), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    assert!(h.status_json(&project)["tasks"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // 2. Killed at random moments until it gets through.
+    let mut planner_requests_after_plan: Option<usize> = None;
+    let mut finished = false;
+    for round in 0..10 {
+        let mut child = h
+            .cmd(&["resume", &project, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let wait = 300 + fastrand::u64(0..900);
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().unwrap() {
+                exited = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if exited.is_none() && round < 9 {
+            kill(child.id(), nix::sys::signal::Signal::SIGKILL);
+        }
+        let out = child.wait_with_output().unwrap();
+        let planned = !h.status_json(&project)["tasks"]
+            .as_array()
+            .unwrap()
+            .is_empty();
+        let planner_count = h
+            .server
+            .requests()
+            .iter()
+            .filter(|r| r.kind == swarm_testkit::RequestKind::Planner)
+            .count();
+        if planned {
+            match planner_requests_after_plan {
+                None => planner_requests_after_plan = Some(planner_count),
+                Some(c) => assert_eq!(
+                    c, planner_count,
+                    "the planner was asked again after it gave the plan"
+                ),
+            }
+        }
+        if out.status.success() {
+            assert_eq!(last_json_line(&out)["status"], "done", "{}", text(&out));
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the run never finished");
+    assert_each_merged_once(&h, &project, &ids);
+    let status = h.status_json(&project);
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["tasks_done"].as_u64().unwrap() as usize, n + 1);
+    // No worktree or task branch is left behind.
+    let branches = git(&h.repo(&project), &["branch", "--list", "task/*"]);
+    assert!(branches.trim().is_empty(), "stale branches: {branches}");
+}
+
+fn memory_hog_run(limiter: &str) {
+    // Allocates (and touches) 256 MB against a limit of 96 MB, then waits.
+    let hog = "python3 -c \"x = b'a' * (256 << 20); import time; time.sleep(60)\"";
+    let p = plan(
+        "hog",
+        &[("hog", &[]), ("calm", &[])],
+        &["test -f hog.txt && test -f calm.txt"],
+    );
+    let h = Harness::new(json!({"tasks": {
+        "hog": {"attempts": [[run_turn(hog)], [write_turn("hog.txt", "ok\n"), finish_turn("hog")]]},
+        "calm": {"turns": [write_turn("calm.txt", "calm\n"), finish_turn("calm")]}
+    }}));
+    let path = write_plan(&h, &p, "plan.json");
+    let out = h
+        .cmd(&["run", "--json", "--plan", &path, "hog goal"])
+        .env("WORKER_MEMORY_LIMIT_MB", "96")
+        .env("AGENTSWARM_MEMORY_LIMITER", limiter)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    let hog = attempts_of(&status, "hog");
+    assert_eq!(hog.len(), 2, "{hog:?}");
+    assert_eq!(hog[0].0, "memory_limit", "{hog:?}");
+    assert!(hog[0].1.contains("96 MB"), "{hog:?}");
+    assert_eq!(hog[1].0, "merged");
+    assert_eq!(attempts_of(&status, "calm")[0].0, "merged");
+    // `status` shows the reason to a person too.
+    let table = h.run(&["status", report["project_id"].as_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("hog #1: memory_limit"));
+}
+
+/// A model command that allocates over the limit ends its attempt with
+/// `memory_limit`; the retry and the rest of the run go on. With the best
+/// mechanism this machine has (a cgroup where one can be had)…
+#[test]
+fn memory_hog_ends_its_attempt_with_memory_limit() {
+    memory_hog_run("auto");
+}
+
+/// …and with the RSS watchdog, the fallback of every other machine.
+#[test]
+fn memory_hog_is_caught_by_the_watchdog_too() {
+    memory_hog_run("watchdog");
+}
+
+/// A command that outlives WORKER_TIMEOUT_SECONDS: the attempt ends
+/// `timeout`, the fast retry lands.
+#[test]
+fn an_attempt_past_the_timeout_is_killed_and_retried() {
+    let p = plan("slow", &[("slow", &[])], &["test -f slow.txt"]);
+    let h = Harness::new(json!({"tasks": {
+        "slow": {"attempts": [[run_turn("sleep 120")], [write_turn("slow.txt", "ok\n"), finish_turn("slow")]]}
+    }}));
+    let path = write_plan(&h, &p, "plan.json");
+    let out = h
+        .cmd(&["run", "--json", "--plan", &path, "slow goal"])
+        .env("WORKER_TIMEOUT_SECONDS", "3")
+        .env("SHUTDOWN_GRACE_SECONDS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    let a = attempts_of(&status, "slow");
+    assert_eq!(a[0].0, "timeout", "{a:?}");
+    assert!(a[0].1.contains("WORKER_TIMEOUT_SECONDS"), "{a:?}");
+    assert_eq!(a[1].0, "merged");
+}
+
+/// With the gate's readings showing low memory no worker starts and
+/// `status` says why; once the readings clear, the run goes on.
+#[test]
+fn the_gate_holds_workers_until_memory_is_free() {
+    let p = plan("gated", &[("g1", &[]), ("g2", &[])], &["test -f g1.txt"]);
+    let h = Harness::new(json!({"tasks": scripts("g", 3, &[])}));
+    let stats = h.home.path().join("stats.json");
+    std::fs::write(&stats, r#"{"available_mb": 100, "load1": 0.2}"#).unwrap();
+    let path = write_plan(&h, &p, "plan.json");
+    let child = h
+        .cmd(&["run", "--json", "--plan", &path, "gated goal"])
+        .env("AGENTSWARM_GATE_STATS_FILE", &stats)
+        .env("MIN_FREE_MEMORY_MB", "1024")
+        .env("MAX_LOAD_AVERAGE", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let list = || -> Value {
+        let out = h.run(&["status", "--json"]);
+        last_json_line(&out)
+    };
+    let mut project = String::new();
+    let waiting = swarm_testkit::wait_for(Duration::from_secs(20), || {
+        let l = list();
+        let Some(p) = l.as_array().and_then(|a| a.first()).cloned() else {
+            return false;
+        };
+        project = p["project_id"].as_str().unwrap_or("").to_owned();
+        let s = h.status_json(&project);
+        s["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("free memory 100 MB < 1024 MB"))
+    });
+    assert!(
+        waiting,
+        "status never said why the run waits: {}",
+        h.status_json(&project)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        h.server.requests().is_empty(),
+        "a worker started behind a closed gate"
+    );
+    let table = h.run(&["status", &project]);
+    assert!(String::from_utf8_lossy(&table.stdout)
+        .contains("waiting: free memory 100 MB < 1024 MB (MIN_FREE_MEMORY_MB)"));
+
+    std::fs::write(&stats, r#"{"available_mb": 4096, "load1": 0.2}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done");
+    assert!(h.status_json(&project)["waiting"].is_null());
+}
+
+/// Two projects under one `serve` share MAX_CONCURRENT_WORKERS; `cancel`
+/// stops a third; SIGTERM then ends the daemon with exit 0.
+#[test]
+fn serve_shares_the_cap_over_projects_and_cancel_stops_one() {
+    let n = 8;
+    let mut tasks = scripts("a", n, &[json!({"content": "hm"})]);
+    tasks.extend(scripts("b", n, &[json!({"content": "hm"})]));
+    tasks.extend(scripts(
+        "c",
+        2,
+        &[
+            json!({"content": "1"}),
+            json!({"content": "2"}),
+            json!({"content": "3"}),
+            json!({"content": "4"}),
+            json!({"content": "5"}),
+            json!({"content": "6"}),
+        ],
+    ));
+    let h = Harness::new(json!({"latency_ms": 200, "tasks": tasks}));
+    let pa = write_plan(&h, &wide_plan("alpha", "a", n), "a.json");
+    let pb = write_plan(&h, &wide_plan("beta", "b", n), "b.json");
+    let a = submit(&h, &pa, "alpha goal");
+    let b = submit(&h, &pb, "beta goal");
+    assert_eq!(h.status_json(&a)["state"], "queued");
+
+    let served = Served::start(&h, &[("MAX_CONCURRENT_WORKERS", "3")]);
+    for id in [&a, &b] {
+        wait_status(&h, id, 90, |s| s["state"] == "done");
+    }
+    let max = h.server.max_in_flight();
+    assert!(
+        max <= 3,
+        "{max} model requests at once with a shared cap of 3"
+    );
+    // Both projects were worked on at the same time.
+    let reqs = h.server.requests();
+    let first = |p: &str| {
+        reqs.iter()
+            .position(|r| r.task.as_deref().is_some_and(|t| t.starts_with(p)))
+            .unwrap()
+    };
+    let last = |p: &str| {
+        reqs.iter()
+            .rposition(|r| r.task.as_deref().is_some_and(|t| t.starts_with(p)))
+            .unwrap()
+    };
+    assert!(
+        first("b") < last("a") && first("a") < last("b"),
+        "the projects ran one after the other"
+    );
+
+    let pc = write_plan(&h, &wide_plan("gamma", "c", 2), "c.json");
+    let c = submit(&h, &pc, "gamma goal");
+    wait_status(&h, &c, 30, |s| {
+        s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "running")
+    });
+    let out = h.run(&["cancel", &c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = wait_status(&h, &c, 30, |s| s["state"] == "cancelled");
+    assert!(
+        s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "cancelled"),
+        "{s}"
+    );
+    let resumed = h.run(&["resume", &c]);
+    assert!(!resumed.status.success());
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("cancelled"));
+
+    let (code, _, leftovers, log) = served.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(log.contains("recovery done; ready"), "{log}");
+}
+
+/// A project run by one process cannot be run by another at the same time.
+#[test]
+fn a_running_project_cannot_be_resumed_twice() {
+    let h = Harness::new(
+        json!({"latency_ms": 300, "tasks": scripts("r", 2, &[json!({"content": "x"}), json!({"content": "y"})])}),
+    );
+    let path = write_plan(&h, &wide_plan("busy", "r", 2), "plan.json");
+    let mut child = h
+        .cmd(&["run", "--plan", &path, "busy goal"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let project = first.trim().strip_prefix("project ").unwrap().to_owned();
+    let out = h.run(&["resume", &project]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("being run by another agentswarm process"),
+        "{err}"
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+}
+
+/// `service install` writes a unit that systemd accepts without a warning.
+#[test]
+fn service_install_writes_a_unit_systemd_accepts() {
+    let h = Harness::new(json!({}));
+    let unit = h.home.path().join("agentswarm.service");
+    let out = h.run(&[
+        "service",
+        "install",
+        "--output",
+        unit.to_str().unwrap(),
+        "--service-data-dir",
+        "/var/lib/agentswarm-test",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("systemctl enable --now agentswarm.service"),
+        "{stdout}"
+    );
+    let text_unit = std::fs::read_to_string(&unit).unwrap();
+    assert!(text_unit.contains(&format!(
+        "ExecStart={} serve",
+        env!("CARGO_BIN_EXE_agentswarm")
+    )));
+    assert!(text_unit.contains("ReadWritePaths=/var/lib/agentswarm-test"));
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", unit.to_str().unwrap()])
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs it: apt-get install systemd)");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+/// `doctor` shows where each value came from, the memory-limit mechanism and
+/// the gate's readings, and never the key.
+#[test]
+fn doctor_explains_the_configuration() {
+    let h = Harness::new(json!({}));
+    let out = h
+        .cmd(&["doctor"])
+        .env("WORKER_MEMORY_LIMIT_MB", "512")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("worker_memory_limit_mb") && s.contains("environment WORKER_MEMORY_LIMIT_MB"),
+        "{s}"
+    );
+    assert!(s.contains("memory limit: "), "{s}");
+    assert!(s.contains("resource gate: available memory"), "{s}");
+    assert!(s.contains("git: git version"), "{s}");
+    assert!(s.contains("store: "), "{s}");
+    assert!(!s.contains("test-key-not-a-real-secret"));
+    let out = h.run(&["doctor", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(["cgroup-v1", "cgroup-v2", "watchdog"]
+        .contains(&v["memory_limit"]["mechanism"].as_str().unwrap()));
+}
