@@ -119,7 +119,11 @@ async fn drive(engine: &Engine, project: &ProjectLock, out: &OutputArgs) -> Resu
     let cancel = CancellationToken::new();
     let printer = output::spawn_progress(engine.subscribe(), out.show_tools);
     let signals = spawn_signal_handler(cancel.clone());
+    let sweeping = CancellationToken::new();
+    let sweeper = Engine::spawn_orphan_sweeper(sweeping.clone());
     let report = engine.run(project, cancel).await;
+    sweeping.cancel();
+    let _ = sweeper.await;
     signals.abort();
     let orphans = swarm_exec::reap_orphans();
     if orphans > 0 {

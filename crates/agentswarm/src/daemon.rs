@@ -43,6 +43,7 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     });
     let cancel = CancellationToken::new();
     let signals = crate::commands::spawn_signal_handler(cancel.clone());
+    let sweeper = swarm_engine::Engine::spawn_orphan_sweeper(cancel.clone());
     let watchdog = sd_notify::watchdog_enabled();
     // When WATCHDOG=1 was last sent, and the last STATUS= line.
     let sent = std::sync::Mutex::new((Instant::now(), String::new()));
@@ -81,6 +82,7 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     })
     .await;
     signals.abort();
+    let _ = sweeper.await;
     let orphans = swarm_exec::reap_orphans();
     tracing::info!(orphans, "shutdown: every worker reaped");
     drop(engine);

@@ -236,15 +236,22 @@ fn sigterm_under_load(limiter: &str) {
         ],
     );
     // Stop once t1's daemon runs (its command's result went back to the model).
+    // Every first-wave worker has been answered `sleep 30` (the server
+    // records a request once it has answered it).
     let started = swarm_testkit::wait_for(Duration::from_secs(60), || {
-        h.server
-            .requests()
-            .iter()
-            .any(|r| r.task.as_deref() == Some("t1") && r.turn == Some(1))
+        let reqs = h.server.requests();
+        let answered = |task: &str, turn: u32| {
+            reqs.iter()
+                .any(|r| r.task.as_deref() == Some(task) && r.turn == Some(turn))
+        };
+        answered("t0", 0) && answered("t1", 1) && answered("t2", 0) && answered("t3", 0)
     });
-    assert!(started, "t1 never ran its command; log:\n{}", served.log());
-    // …and its `sleep 30` started.
-    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        started,
+        "the first wave never got to its commands; log:\n{}",
+        served.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     assert!(marker.exists(), "no worker started through the wrapper");
     let (code, took, leftovers, log) = served.stop();
     assert_eq!(code, 0, "serve exit code; log:\n{log}");
@@ -696,4 +703,107 @@ fn doctor_explains_the_configuration() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(["cgroup-v1", "cgroup-v2", "watchdog"]
         .contains(&v["memory_limit"]["mechanism"].as_str().unwrap()));
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Processes below `pid` now (by parent links in /proc).
+fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        parents.push((p, rest[1].parse::<u32>().unwrap()));
+    }
+    let mut found = vec![];
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for (p, pp) in &parents {
+            if *pp == x {
+                found.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    found
+}
+
+/// Soak (run by hand; figures for the closing note):
+/// `cargo test --release -p agentswarm --test supervision soak -- --ignored --nocapture`.
+/// Three 15-task projects back to back under one `serve`, with injected 5xx
+/// answers and one worker crash: every project done, no process left below
+/// the daemon between runs, its RSS before and after each.
+#[test]
+#[ignore]
+fn soak_three_projects_back_to_back() {
+    let n = 15;
+    let mut tasks = serde_json::Map::new();
+    for p in ["s", "u", "v"] {
+        tasks.extend(scripts(p, n, &[run_turn("echo working; ls")]));
+    }
+    // One worker crash: the model's command kills its own worker.
+    tasks.insert(
+        "s3".into(),
+        json!({"attempts": [[run_turn("kill -9 $PPID")], [write_turn("s3.txt", "s3\n"), finish_turn("s3")]]}),
+    );
+    let h = Harness::new(json!({
+        "latency_ms": 100,
+        "tasks": tasks,
+        "errors": [
+            {"kind": "worker", "status": 500, "times": 3},
+            {"kind": "worker", "task": "u7", "status": 503, "times": 2},
+            {"kind": "worker", "task": "v11", "status": 502, "times": 2}
+        ]
+    }));
+    let served = Served::start(&h, &[("MAX_CONCURRENT_WORKERS", "4")]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut ids = Vec::new();
+    for p in ["s", "u", "v"] {
+        let before = rss_kb(served.pid);
+        let file = write_plan(
+            &h,
+            &wide_plan(&format!("soak-{p}"), p, n),
+            &format!("{p}.json"),
+        );
+        let started = Instant::now();
+        let id = submit(&h, &file, "soak goal");
+        ids.push(id.clone());
+        let s = wait_status(&h, &id, 300, |s| {
+            s["state"].as_str().is_some_and(|x| {
+                x != "queued" && x != "running" && x != "planning" && x != "verifying"
+            })
+        });
+        let took = started.elapsed();
+        assert_eq!(s["state"], "done", "{s}");
+        std::thread::sleep(Duration::from_millis(2500));
+        let left = descendants_of(served.pid);
+        let after = rss_kb(served.pid);
+        let attempts: usize = s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["attempt_history"].as_array().unwrap().len())
+            .sum();
+        println!("soak {p}: {} in {:.1} s, {attempts} attempts, processes left below serve: {}, serve RSS {:.1} MB → {:.1} MB", s["state"], took.as_secs_f64(), left.len(), before as f64 / 1024.0, after as f64 / 1024.0);
+        assert!(left.is_empty(), "processes left below serve: {left:?}");
+    }
+    let crashed = attempts_of(&h.status_json(&ids[0]), "s3");
+    assert_eq!(crashed[0].0, "crashed", "{crashed:?}");
+    let (code, _, leftovers, _) = served.stop();
+    assert_eq!(code, 0);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

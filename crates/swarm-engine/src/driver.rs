@@ -294,7 +294,11 @@ async fn talk(
         };
         // The kernel may have OOM-killed a command between two polls: the
         // attempt ends here, before the worker takes another turn.
-        if let Some(reason) = enclosure.over_limit() {
+        if let Some(reason) = enclosure
+            .cheap_check()
+            .then(|| enclosure.over_limit())
+            .flatten()
+        {
             result = Some(over_memory(reason, turns));
             break;
         }

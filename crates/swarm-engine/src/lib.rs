@@ -162,6 +162,26 @@ impl Engine {
         }
     }
 
+    /// Kills and reaps, every two seconds until `cancel` fires, what the
+    /// workers left behind and this process adopted (see
+    /// `swarm_exec::reap_orphans`). Supervisors run it beside their work.
+    pub fn spawn_orphan_sweeper(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                let found = tokio::task::spawn_blocking(swarm_exec::reap_orphans)
+                    .await
+                    .unwrap_or(0);
+                if found > 0 {
+                    tracing::info!(found, "killed and reaped processes left by workers");
+                }
+            }
+        })
+    }
+
     /// The memory-limit mechanism in use and why.
     pub fn limiter(&self) -> &swarm_exec::MemoryLimiter {
         &self.limiter

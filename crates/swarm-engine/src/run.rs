@@ -63,6 +63,8 @@ pub(crate) async fn run_project(
     cancel: CancellationToken,
     mode: Mode,
 ) -> Result<RunReport> {
+    // Our own token: an error stops this run's workers without stopping the caller.
+    let cancel = cancel.child_token();
     let store = engine.store.clone();
     let mut project = store.project(id)?;
     let limits = engine.limits_of(&project.options);
@@ -176,6 +178,7 @@ pub(crate) async fn run_project(
         needs_slot: false,
         gated: false,
         waiting: None,
+        stopping: false,
         background: JoinSet::new(),
         last_verify: None,
         turns: Default::default(),
@@ -202,6 +205,19 @@ pub(crate) async fn run_project(
     );
 
     let result = run.schedule().await;
+    if result.is_err() {
+        // Never leave workers running behind an error: stop them and wait.
+        run.cancel.cancel();
+        let until =
+            tokio::time::Instant::now() + engine.settings.shutdown_grace + Duration::from_secs(5);
+        while run.workers > 0 {
+            match tokio::time::timeout_at(until, run.rx.recv()).await {
+                Ok(Some(Msg::Worker { .. })) => run.workers -= 1,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
     // Nothing is merging any more: closing the queue ends its task.
     run.merge_tx = None;
     let _ = merge_queue.await;
@@ -323,7 +339,7 @@ struct Run<'e> {
     verifying: Option<(
         u32,
         tokio::sync::OwnedSemaphorePermit,
-        Arc<swarm_exec::Enclosure>,
+        Option<Arc<swarm_exec::Enclosure>>,
     )>,
     /// A slot acquired while waiting for one, used by the next dispatch.
     spare: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -333,6 +349,8 @@ struct Run<'e> {
     gated: bool,
     /// Why ready tasks wait, as last recorded in the store.
     waiting: Option<String>,
+    /// The stop was seen and handled.
+    stopping: bool,
     /// Per-task archives and worktree clean-up, off the critical path.
     background: JoinSet<()>,
     last_verify: Option<Vec<CommandResult>>,
@@ -601,6 +619,10 @@ impl Run<'_> {
                     ..Default::default()
                 },
             )? {
+                // Changed under us (`agentswarm cancel`): take the store's word for it.
+                if let Some(t) = self.store().task(&self.id, &id)? {
+                    self.tasks.insert(id.clone(), t);
+                }
                 continue;
             }
             self.store()
@@ -699,14 +721,10 @@ impl Run<'_> {
             .limiter
             .enclose(self.engine.config.worker_memory_limit_mb << 20)
         {
-            Ok(e) => Arc::new(e),
+            Ok(e) => Some(Arc::new(e)),
             Err(e) => {
-                let _ = tx.send(Msg::Verified {
-                    attempt,
-                    result: Err(format!("cannot set up the memory limit for verify: {e}")),
-                });
-                drop(permit);
-                return;
+                tracing::warn!(error = %e, "verify runs without its memory limit: the enclosure could not be made");
+                None
             }
         };
         self.verifying = Some((attempt, permit, enclosure.clone()));
@@ -718,10 +736,12 @@ impl Run<'_> {
                 &commands,
                 timeout,
                 cap,
-                Some(enclosure.clone()),
+                enclosure.clone(),
                 &cancel,
             );
-            enclosure.release();
+            if let Some(e) = enclosure {
+                e.release();
+            }
             let _ = tx.send(Msg::Verified { attempt, result });
         });
     }
@@ -730,7 +750,8 @@ impl Run<'_> {
         self.workers > 0
             || self.merging > 0
             || (self.verifying.is_some() && !self.cancel.is_cancelled())
-            || (!self.cancel.is_cancelled()
+            || ((self.needs_slot || self.gated)
+                && !self.cancel.is_cancelled()
                 && self.tasks.values().any(|t| t.state == TaskState::Ready))
     }
 
@@ -741,9 +762,14 @@ impl Run<'_> {
             let slots = self.engine.slots.clone();
             let msg = tokio::select! {
                 m = self.rx.recv() => m,
-                _ = self.cancel.cancelled(), if self.verifying.is_some() => {
+                _ = self.cancel.cancelled(), if !self.stopping => {
+                    self.stopping = true;
                     // The verify commands' enclosure is killed; the attempt is not counted.
                     self.interrupt_verify().await?;
+                    self.needs_slot = false;
+                    self.gated = false;
+                    self.spare = None;
+                    self.set_waiting(None)?;
                     continue;
                 }
                 // Nothing else wakes a run that waits on the gate or on a slot
@@ -755,13 +781,6 @@ impl Run<'_> {
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
                     self.dispatch()?;
-                    continue;
-                }
-                _ = self.cancel.cancelled(), if self.needs_slot || self.gated => {
-                    self.needs_slot = false;
-                    self.gated = false;
-                    self.spare = None;
-                    self.set_waiting(None)?;
                     continue;
                 }
             };
@@ -802,7 +821,9 @@ impl Run<'_> {
 
     async fn interrupt_verify(&mut self) -> Result<()> {
         if let Some((attempt, _permit, enclosure)) = self.verifying.take() {
-            let _ = tokio::task::spawn_blocking(move || enclosure.release()).await;
+            if let Some(e) = enclosure {
+                let _ = tokio::task::spawn_blocking(move || e.release()).await;
+            }
             if let Some(v) = self.verify_task() {
                 let reason = "interrupted: the supervisor is shutting down";
                 self.store().finish_attempt(

@@ -62,7 +62,15 @@ pub async fn serve(
     let mut retry_after: HashMap<ProjectId, Instant> = HashMap::new();
     let mut last_status = String::new();
     while !cancel.is_cancelled() {
-        let projects = engine.store.list_projects()?;
+        // A store error (a full disk, a locked file) must not abandon the
+        // runs in progress: log it and look again in a second.
+        let projects = match engine.store.list_projects() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the projects; trying again");
+                Vec::new()
+            }
+        };
         let mut waiting = 0;
         // Oldest first: projects are listed newest first.
         for p in projects.iter().rev() {
@@ -94,7 +102,11 @@ pub async fn serve(
                 }
                 // Run in the foreground by `run` or `resume`.
                 Err(Error::Busy(_)) => waiting += 1,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::error!(project = %p.id, error = %e, "cannot lock the project");
+                    retry_after.insert(p.id.clone(), Instant::now() + RETRY_AFTER);
+                    waiting += 1;
+                }
             }
         }
         let status = status_line(&engine, runs.len(), waiting);

@@ -288,6 +288,12 @@ impl Enclosure {
         self.root.store(pid, Ordering::Relaxed);
     }
 
+    /// Whether [`Enclosure::over_limit`] is cheap (one small file read) and
+    /// may be asked at every message of the worker, not only at the poll.
+    pub fn cheap_check(&self) -> bool {
+        matches!(self.kind, Kind::Cgroup { .. })
+    }
+
     /// How often [`Enclosure::over_limit`] should be asked.
     pub fn poll_interval(&self) -> Duration {
         match self.kind {
@@ -362,7 +368,9 @@ impl Enclosure {
             }
             Kind::Watchdog => {
                 let root = self.root.load(Ordering::Relaxed);
-                if root == 0 {
+                // A root that is gone has no tree below it any more (and
+                // scanning /proc costs milliseconds).
+                if root == 0 || !Path::new(&format!("/proc/{root}")).exists() {
                     0
                 } else {
                     tree::signal_tree(root, signal)
@@ -382,10 +390,9 @@ impl Enclosure {
                 }
             }
             // Once the worker is gone its tree is no longer below it: what it
-            // left went to the supervisor (a child subreaper), which ends it here.
-            Kind::Watchdog => {
-                crate::reap_orphans();
-            }
+            // left went to the supervisor (a child subreaper), whose sweep
+            // (`reap_orphans`, every few seconds) ends it.
+            Kind::Watchdog => {}
         }
     }
 }
@@ -465,9 +472,13 @@ fn remove_cgroup(dir: &Path, v2: bool) {
     // may do a moment later.
     // The supervisor, as a child subreaper, may be that parent.
     let deadline = Instant::now() + Duration::from_secs(2);
+    let mut tries = 0u32;
     while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline && dir.exists() {
-        crate::reap_orphans();
-        std::thread::sleep(Duration::from_millis(10));
+        tries += 1;
+        if tries.is_multiple_of(20) {
+            crate::reap_orphans();
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
