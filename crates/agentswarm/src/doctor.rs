@@ -63,11 +63,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
 
-    let choice = config
-        .memory_limiter
-        .parse::<swarm_exec::LimiterChoice>()
-        .unwrap_or_default();
-    let limiter = swarm_exec::MemoryLimiter::detect(choice);
+    let limiter = swarm_engine::memory_limiter(&config);
     let gate = Gate::from_config(&config);
     let readings = gate.readings();
     let verdict = gate.check();

@@ -716,30 +716,11 @@ fn rss_kb(pid: u32) -> u64 {
 
 /// Processes below `pid` now (by parent links in /proc).
 fn descendants_of(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-            .split_whitespace()
-            .collect();
-        parents.push((p, rest[1].parse::<u32>().unwrap()));
-    }
-    let mut found = vec![];
-    let mut frontier = vec![pid];
-    while let Some(x) = frontier.pop() {
-        for (p, pp) in &parents {
-            if *pp == x {
-                found.push(*p);
-                frontier.push(*p);
-            }
-        }
-    }
-    found
+    let all = swarm_exec::tree::snapshot();
+    swarm_exec::tree::descendants(&all, pid)
+        .into_iter()
+        .filter(|p| *p != pid)
+        .collect()
 }
 
 /// Soak (run by hand; figures for the closing note):

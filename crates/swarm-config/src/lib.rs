@@ -268,6 +268,22 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// flag > env > file > default, recording the source under `key`.
+    /// The error for a value of `key` (reported as `name`) that is not `expected`.
+    fn invalid(
+        &self,
+        key: &str,
+        name: &'static str,
+        expected: &'static str,
+        value: impl ToString,
+    ) -> Error {
+        Error::Invalid {
+            name,
+            expected,
+            value: value.to_string(),
+            origin: self.sources.get(key).cloned().unwrap_or(Source::Default),
+        }
+    }
+
     fn pick<T: std::str::FromStr>(
         &mut self,
         key: &'static str,
@@ -408,16 +424,12 @@ impl Config {
             "a number (0: no bound)",
         )?;
         if !(max_load_average.is_finite() && max_load_average >= 0.0) {
-            return Err(Error::Invalid {
-                name: "MAX_LOAD_AVERAGE",
-                expected: "a number of 0 or more (0: no bound)",
-                value: max_load_average.to_string(),
-                origin: r
-                    .sources
-                    .get("max_load_average")
-                    .cloned()
-                    .unwrap_or(Source::Default),
-            });
+            return Err(r.invalid(
+                "max_load_average",
+                "MAX_LOAD_AVERAGE",
+                "a number of 0 or more (0: no bound)",
+                max_load_average,
+            ));
         }
         let shutdown_grace_secs: u64 = r.pick(
             "shutdown_grace_seconds",
@@ -436,16 +448,12 @@ impl Config {
             "auto, cgroup or watchdog",
         )?;
         if !matches!(memory_limiter.as_str(), "auto" | "cgroup" | "watchdog") {
-            return Err(Error::Invalid {
-                name: "AGENTSWARM_MEMORY_LIMITER",
-                expected: "auto, cgroup or watchdog",
-                value: memory_limiter,
-                origin: r
-                    .sources
-                    .get("memory_limiter")
-                    .cloned()
-                    .unwrap_or(Source::Default),
-            });
+            return Err(r.invalid(
+                "memory_limiter",
+                "AGENTSWARM_MEMORY_LIMITER",
+                "auto, cgroup or watchdog",
+                memory_limiter,
+            ));
         }
         let worker_wrapper: Vec<String> = file.worker_wrapper.clone().unwrap_or_default();
         r.sources.insert(
@@ -576,16 +584,12 @@ impl Config {
                 "",
             )?;
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(Error::Invalid {
-                    name: "OPENAI_BASE_URL",
-                    expected: "an http:// or https:// URL",
-                    value: base_url,
-                    origin: r
-                        .sources
-                        .get("model.base_url")
-                        .cloned()
-                        .unwrap_or(Source::Default),
-                });
+                return Err(r.invalid(
+                    "model.base_url",
+                    "OPENAI_BASE_URL",
+                    "an http:// or https:// URL",
+                    base_url,
+                ));
             }
             r.sources.insert(
                 "model.api_key",

@@ -143,15 +143,46 @@ fn over_memory(reason: String, turns: u32) -> WorkerOutcome {
     ended(AttemptOutcome::MemoryLimit, reason, turns)
 }
 
-/// Resolves when the enclosure's tree went over its memory limit.
-async fn memory_watch(enclosure: &swarm_exec::Enclosure) -> String {
-    let mut tick = tokio::time::interval(enclosure.poll_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Some(reason) = enclosure.over_limit() {
-            return reason;
+/// Why an attempt is ended from outside the worker.
+enum Stop {
+    Timeout,
+    Memory(String),
+    Cancelled,
+}
+
+impl Stop {
+    fn outcome(self, ctx: &DriverContext, turns: u32) -> WorkerOutcome {
+        match self {
+            Stop::Timeout => timed_out(ctx, turns),
+            Stop::Memory(reason) => over_memory(reason, turns),
+            Stop::Cancelled => interrupted(turns),
         }
+    }
+}
+
+/// Resolves when the attempt must end: its wall time is up, its tree went
+/// over the memory limit (polled from one period after the start), or the
+/// run is stopping.
+async fn stop_signal(
+    ctx: &DriverContext,
+    enclosure: &swarm_exec::Enclosure,
+    cancel: &CancellationToken,
+) -> Stop {
+    let period = enclosure.poll_interval();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let memory = async {
+        loop {
+            tick.tick().await;
+            if let Some(reason) = enclosure.over_limit() {
+                return reason;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(ctx.worker_timeout) => Stop::Timeout,
+        reason = memory => Stop::Memory(reason),
+        _ = cancel.cancelled() => Stop::Cancelled,
     }
 }
 
@@ -228,7 +259,6 @@ async fn talk(
     mut child: swarm_exec::ChildProcess,
     enclosure: &swarm_exec::Enclosure,
 ) -> WorkerOutcome {
-    let pid = child.pid();
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ended(
             AttemptOutcome::Failed,
@@ -261,10 +291,8 @@ async fn talk(
             0,
         ));
     }
-    let deadline = tokio::time::sleep(ctx.worker_timeout);
-    tokio::pin!(deadline);
-    let memory = memory_watch(enclosure);
-    tokio::pin!(memory);
+    let stopped = stop_signal(ctx, enclosure, cancel);
+    tokio::pin!(stopped);
     let caller = Caller {
         project: &ctx.project,
         task: Some(task),
@@ -275,16 +303,8 @@ async fn talk(
     while result.is_none() {
         let line = tokio::select! {
             l = lines.next_line() => l,
-            _ = &mut deadline => {
-                result = Some(timed_out(ctx, turns));
-                break;
-            }
-            reason = &mut memory => {
-                result = Some(over_memory(reason, turns));
-                break;
-            }
-            _ = cancel.cancelled() => {
-                result = Some(interrupted(turns));
+            why = &mut stopped => {
+                result = Some(why.outcome(ctx, turns));
                 break;
             }
         };
@@ -328,16 +348,8 @@ async fn talk(
                 let call = ctx.gateway.complete(caller, messages, tools);
                 let reply = tokio::select! {
                     r = call => r,
-                    _ = &mut deadline => {
-                        result = Some(timed_out(ctx, turns));
-                        break;
-                    }
-                    reason = &mut memory => {
-                        result = Some(over_memory(reason, turns));
-                        break;
-                    }
-                    _ = cancel.cancelled() => {
-                        result = Some(interrupted(turns));
+                    why = &mut stopped => {
+                        result = Some(why.outcome(ctx, turns));
                         break;
                     }
                 };
@@ -405,7 +417,7 @@ async fn talk(
     }
     drop(stdin);
 
-    let status = stop(ctx, &mut child, pid, enclosure, result.as_ref()).await;
+    let status = stop(ctx, &mut child, enclosure, result.as_ref()).await;
     let tail = match stderr_tail {
         Some(h) => tokio::time::timeout(Duration::from_millis(500), h)
             .await
@@ -416,11 +428,11 @@ async fn talk(
     };
     match result {
         Some(r) => r,
-        // The kernel's OOM killer took the worker or a command of it.
-        None if enclosure.over_limit().is_some() => {
-            over_memory(enclosure.over_limit().unwrap_or_default(), turns)
-        }
         None => {
+            // The kernel's OOM killer took the worker or a command of it.
+            if let Some(reason) = enclosure.over_limit() {
+                return over_memory(reason, turns);
+            }
             let how = match status {
                 Some(s) => describe_status(s),
                 None => "unknown exit status".into(),
@@ -442,10 +454,10 @@ async fn talk(
 async fn stop(
     ctx: &DriverContext,
     child: &mut swarm_exec::ChildProcess,
-    pid: u32,
     enclosure: &swarm_exec::Enclosure,
     result: Option<&WorkerOutcome>,
 ) -> Option<std::process::ExitStatus> {
+    let pid = child.pid();
     let reported = matches!(
         result,
         Some(WorkerOutcome::Finished { .. })

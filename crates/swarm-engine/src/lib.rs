@@ -139,11 +139,7 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_workers as usize));
         let (progress, _) = broadcast::channel(4096);
         let gateway = Gateway::new(model, store.clone());
-        let choice = config
-            .memory_limiter
-            .parse::<swarm_exec::LimiterChoice>()
-            .unwrap_or_default();
-        let limiter = Arc::new(swarm_exec::MemoryLimiter::detect(choice));
+        let limiter = Arc::new(memory_limiter(&config));
         tracing::info!(
             mechanism = limiter.mechanism().as_str(),
             reason = limiter.reason(),
@@ -185,11 +181,6 @@ impl Engine {
     /// The memory-limit mechanism in use and why.
     pub fn limiter(&self) -> &swarm_exec::MemoryLimiter {
         &self.limiter
-    }
-
-    /// Replaces the resource gate's readings (tests, drills).
-    pub fn set_gate(&mut self, gate: gate::Gate) {
-        self.gate = Arc::new(gate);
     }
 
     /// Workers running now over all projects of this engine.
@@ -265,6 +256,17 @@ impl Engine {
             message,
         });
     }
+}
+
+/// The memory-limit mechanism `config.memory_limiter` asks for, detected on
+/// this machine (`agentswarm doctor` shows the same).
+pub fn memory_limiter(config: &Config) -> swarm_exec::MemoryLimiter {
+    // The config crate already refused any other value.
+    let choice = config
+        .memory_limiter
+        .parse::<swarm_exec::LimiterChoice>()
+        .unwrap_or_default();
+    swarm_exec::MemoryLimiter::detect(choice)
 }
 
 /// Takes the lock that makes one process the only runner of `project` (a

@@ -572,14 +572,17 @@ impl Run<'_> {
         self.needs_slot = false;
         self.gated = false;
         let mut waiting = None;
-        for id in ready {
+        // The gate is read once a dispatch (two /proc reads), and only when
+        // something is ready to start.
+        if !ready.is_empty() {
             if let Err(why) = self.engine.gate.check() {
                 self.gated = true;
                 // Another project may use the slot meanwhile.
                 self.spare = None;
-                waiting = Some(format!("waiting: {why}"));
-                break;
+                return self.set_waiting(Some(format!("waiting: {why}")));
             }
+        }
+        for id in ready {
             let Some(permit) = self
                 .spare
                 .take()
@@ -716,11 +719,7 @@ impl Run<'_> {
                 commands.len()
             ),
         );
-        let enclosure = match self
-            .engine
-            .limiter
-            .enclose(self.engine.config.worker_memory_limit_mb << 20)
-        {
+        let enclosure = match self.ctx.limiter.enclose(self.ctx.memory_limit) {
             Ok(e) => Some(Arc::new(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "verify runs without its memory limit: the enclosure could not be made");

@@ -5,7 +5,7 @@
 //! queued project, `agentswarm cancel` marks one cancelled, and the daemon
 //! looks once a second.
 
-use crate::{Engine, Error, ProjectLock, Result, RunReport};
+use crate::{Engine, Error, Result, RunReport};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,9 +95,8 @@ pub async fn serve(
                     on(ServeEvent::ProjectStarted(p.id.clone()));
                     let e = engine.clone();
                     set.spawn(async move {
-                        let id = lock.id().clone();
-                        let report = run_locked(&e, lock, token).await;
-                        (id, report)
+                        let report = e.run(&lock, token).await;
+                        (lock.id().clone(), report)
                     });
                 }
                 // Run in the foreground by `run` or `resume`.
@@ -150,14 +149,6 @@ pub async fn serve(
         }
     }
     Ok(())
-}
-
-async fn run_locked(
-    engine: &Engine,
-    lock: ProjectLock,
-    token: CancellationToken,
-) -> Result<RunReport> {
-    engine.run(&lock, token).await
 }
 
 fn status_line(engine: &Engine, running: usize, waiting: usize) -> String {

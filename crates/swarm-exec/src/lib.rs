@@ -81,8 +81,28 @@ fn children() -> MutexGuard<'static, Option<HashSet<u32>>> {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn register(guard: &mut MutexGuard<'static, Option<HashSet<u32>>>, pid: u32) {
-    guard.get_or_insert_with(HashSet::new).insert(pid);
+/// Runs `spawn` with the registry held and registers the child it made, so
+/// that [`reap_orphans`] never takes a fresh child for an adopted orphan.
+fn spawn_registered<T>(
+    spawn: impl FnOnce() -> std::io::Result<T>,
+    pid_of: impl Fn(&T) -> u32,
+) -> std::io::Result<T> {
+    let mut guard = children();
+    let child = spawn()?;
+    guard
+        .get_or_insert_with(HashSet::new)
+        .insert(pid_of(&child));
+    Ok(child)
+}
+
+/// Makes the child join `enclosure`'s cgroup between fork and exec.
+fn join_enclosure(cmd: &mut Command, enclosure: Option<&Arc<Enclosure>>) {
+    if let Some(fd) = enclosure.and_then(|e| e.join_fd()) {
+        // SAFETY: the hook makes one write(2) on an fd opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || limit::join_cgroup_in_child(fd));
+        }
+    }
 }
 
 fn unregister(pid: u32) {
@@ -97,14 +117,16 @@ fn unregister(pid: u32) {
 /// Returns how many were found.
 pub fn reap_orphans() -> usize {
     let me = std::process::id();
-    let guard = children();
-    let all = tree::snapshot();
-    let mut found = 0;
-    for s in all.values().filter(|s| s.ppid == me) {
-        if guard.as_ref().is_some_and(|set| set.contains(&s.pid)) {
-            continue;
-        }
-        found += 1;
+    // Listed with the registry held (no spawn in between), killed after: an
+    // adopted pid cannot be reused until this process reaps it.
+    let adopted: Vec<tree::ProcStat> = {
+        let guard = children();
+        tree::snapshot()
+            .into_values()
+            .filter(|s| s.ppid == me && !guard.as_ref().is_some_and(|set| set.contains(&s.pid)))
+            .collect()
+    };
+    for s in &adopted {
         if s.state != 'Z' {
             tree::signal_tree(s.pid, Signal::SIGKILL);
         }
@@ -113,7 +135,7 @@ pub fn reap_orphans() -> usize {
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
     }
-    found
+    adopted.len()
 }
 
 /// Processes this process has spawned through this module (the benchmark
@@ -213,15 +235,12 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = {
-        let mut reg = children();
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+    let child = spawn_registered(|| cmd.spawn(), std::process::Child::id).map_err(|source| {
+        Error::Spawn {
             program: name.clone(),
             source,
-        })?;
-        register(&mut reg, child.id());
-        child
-    };
+        }
+    })?;
     SPAWNED.fetch_add(1, Ordering::Relaxed);
     let pid = child.id();
     let result = wait_captured(child, &name, opts);
@@ -325,21 +344,14 @@ pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
         .stdout(writer)
         .stderr(writer2);
     set_parent_death_signal(&mut cmd);
-    if let Some(fd) = opts.enclosure.as_ref().and_then(|e| e.join_fd()) {
-        // SAFETY: the hook makes one write(2) on an fd opened before the fork.
-        unsafe {
-            cmd.pre_exec(move || limit::join_cgroup_in_child(fd));
-        }
-    }
-    let mut child = {
-        let mut reg = children();
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: "sh".into(),
-            source,
+    join_enclosure(&mut cmd, opts.enclosure.as_ref());
+    let mut child =
+        spawn_registered(|| cmd.spawn(), std::process::Child::id).map_err(|source| {
+            Error::Spawn {
+                program: "sh".into(),
+                source,
+            }
         })?;
-        register(&mut reg, child.id());
-        child
-    };
     if let Some(e) = &opts.enclosure {
         e.set_root(child.id());
     }
@@ -550,12 +562,7 @@ pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Re
     let mut std_cmd = base_command(program.as_os_str(), opts.cwd.as_deref(), &opts.env);
     std_cmd.args(args);
     set_parent_death_signal(&mut std_cmd);
-    if let Some(fd) = opts.enclosure.as_ref().and_then(|e| e.join_fd()) {
-        // SAFETY: the hook makes one write(2) on an fd opened before the fork.
-        unsafe {
-            std_cmd.pre_exec(move || limit::join_cgroup_in_child(fd));
-        }
-    }
+    join_enclosure(&mut std_cmd, opts.enclosure.as_ref());
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -568,13 +575,15 @@ pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Re
     let (tx, rx) = mpsc::channel();
     let job: SpawnJob = Box::new(move || {
         let _entered = handle.enter();
-        let mut reg = children();
-        let result = cmd.spawn().map(|child| {
-            let pid = child.id().unwrap_or(0);
-            register(&mut reg, pid);
-            ChildProcess { child, pid }
-        });
-        drop(reg);
+        let result = spawn_registered(
+            || {
+                cmd.spawn().map(|child| ChildProcess {
+                    pid: child.id().unwrap_or(0),
+                    child,
+                })
+            },
+            ChildProcess::pid,
+        );
         let _ = tx.send(result);
     });
     let sent = spawner()

@@ -26,7 +26,7 @@
 use crate::tree;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -78,10 +78,11 @@ impl Mechanism {
     }
 }
 
-/// Cgroups of the enclosures alive in this process, for [`kill_everything`].
-static LIVE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Cgroups of the enclosures alive in this process (and whether each is
+/// v2), for [`kill_everything`].
+static LIVE: Mutex<Option<HashMap<PathBuf, bool>>> = Mutex::new(None);
 
-fn live() -> std::sync::MutexGuard<'static, Option<HashSet<PathBuf>>> {
+fn live() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, bool>>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -89,10 +90,13 @@ fn live() -> std::sync::MutexGuard<'static, Option<HashSet<PathBuf>>> {
 /// every orphan it adopted: the last step before exiting at once (a second
 /// Ctrl-C). Worker processes die by their parent-death signal.
 pub fn kill_everything() -> usize {
-    let dirs: Vec<PathBuf> = live().iter().flatten().cloned().collect();
+    let dirs: Vec<(PathBuf, bool)> = live()
+        .iter()
+        .flatten()
+        .map(|(d, v2)| (d.clone(), *v2))
+        .collect();
     let mut n = 0;
-    for d in dirs {
-        let v2 = d.join("cgroup.kill").exists() || d.join("memory.max").exists();
+    for (d, v2) in dirs {
         n += kill_cgroup(&d, v2);
     }
     // Without cgroups: every descendant of this process.
@@ -120,36 +124,30 @@ impl MemoryLimiter {
     /// Picks the mechanism; never fails: what could not be used is in
     /// [`MemoryLimiter::reason`].
     pub fn detect(choice: LimiterChoice) -> MemoryLimiter {
+        type Detect = fn() -> Result<PathBuf, String>;
+        let cgroups: [(Mechanism, &str, &str, Detect); 2] = [
+            (
+                Mechanism::CgroupV2,
+                "cgroup v2",
+                "delegated subtree",
+                detect_v2,
+            ),
+            (Mechanism::CgroupV1, "cgroup v1", "writable at", detect_v1),
+        ];
         let mut tried = Vec::new();
-        if choice != LimiterChoice::Watchdog {
-            match detect_v2() {
-                Ok(base) => {
-                    return Self::with(
-                        Mechanism::CgroupV2,
-                        Some(base.clone()),
-                        format!(
-                            "cgroup v2 memory controller, delegated subtree {}",
-                            base.display()
-                        ),
-                    )
-                }
-                Err(e) => tried.push(format!("cgroup v2: {e}")),
-            }
-            match detect_v1() {
-                Ok(base) => {
-                    return Self::with(
-                        Mechanism::CgroupV1,
-                        Some(base.clone()),
-                        format!(
-                            "cgroup v1 memory controller, writable at {}",
-                            base.display()
-                        ),
-                    )
-                }
-                Err(e) => tried.push(format!("cgroup v1: {e}")),
-            }
+        if choice == LimiterChoice::Watchdog {
+            tried.push("the watchdog was asked for".to_owned());
         } else {
-            tried.push("the watchdog was asked for".into());
+            for (mechanism, name, place, detect) in cgroups {
+                match detect() {
+                    Ok(base) => {
+                        let reason =
+                            format!("{name} memory controller, {place} {}", base.display());
+                        return Self::with(mechanism, Some(base), reason);
+                    }
+                    Err(e) => tried.push(format!("{name}: {e}")),
+                }
+            }
         }
         Self::with(
             Mechanism::Watchdog,
@@ -210,7 +208,9 @@ impl MemoryLimiter {
                 };
                 match setup() {
                     Ok(procs) => {
-                        live().get_or_insert_with(HashSet::new).insert(dir.clone());
+                        live()
+                            .get_or_insert_with(HashMap::new)
+                            .insert(dir.clone(), v2);
                         Kind::Cgroup { dir, v2, procs }
                     }
                     Err(e) => {
@@ -271,10 +271,6 @@ pub struct Enclosure {
 }
 
 impl Enclosure {
-    pub fn limit_bytes(&self) -> u64 {
-        self.limit
-    }
-
     /// The fd a child writes `0` to, between fork and exec, to join the cgroup.
     pub(crate) fn join_fd(&self) -> Option<RawFd> {
         match &self.kind {
@@ -383,12 +379,7 @@ impl Enclosure {
     pub fn release(&self) {
         self.signal_all(Signal::SIGKILL);
         match &self.kind {
-            Kind::Cgroup { dir, v2, .. } => {
-                remove_cgroup(dir, *v2);
-                if let Some(set) = live().as_mut() {
-                    set.remove(dir);
-                }
-            }
+            Kind::Cgroup { dir, v2, .. } => remove_cgroup(dir, *v2),
             // Once the worker is gone its tree is no longer below it: what it
             // left went to the supervisor (a child subreaper), whose sweep
             // (`reap_orphans`, every few seconds) ends it.
