@@ -30,8 +30,18 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     );
 
     let n = args.tasks;
-    let seq = run_case(&exe, home.path(), "overhead-cap1", n.min(30), 1, 1, 0).await?;
-    let par = run_case(&exe, home.path(), "overhead-cap", n, args.workers, 1, 0).await?;
+    let seq = run_case(&exe, home.path(), "overhead-cap1", n.min(30), 1, 1, 0, None).await?;
+    let par = run_case(
+        &exe,
+        home.path(),
+        "overhead-cap",
+        n,
+        args.workers,
+        1,
+        0,
+        None,
+    )
+    .await?;
     let wide = run_case(
         &exe,
         home.path(),
@@ -40,8 +50,28 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         args.workers,
         args.turns,
         args.latency_ms,
+        None,
     )
     .await?;
+    // API_RATE_LIMIT_RPM with the window scaled down (the limiter is the
+    // same code for any window): more work waiting than the limit lets through.
+    let rate = Rate {
+        limit: args.rate_limit,
+        window_ms: args.rate_window_ms,
+    };
+    let limited = run_case(
+        &exe,
+        home.path(),
+        "rate-limit",
+        12,
+        args.workers,
+        6,
+        0,
+        Some(rate),
+    )
+    .await?
+    .rate
+    .context("the rate case measures its starts")?;
 
     let waves = n.div_ceil(args.workers) as f64;
     let lower_ms = waves * args.turns as f64 * args.latency_ms as f64;
@@ -58,6 +88,12 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         "max_in_flight": wide.max_in_flight,
         "supervisor_peak_rss_mb": wide.supervisor_rss_kb as f64 / 1024.0,
         "worker_peak_rss_mb": wide.worker_rss_kb as f64 / 1024.0,
+        "rate_limit": {
+            "limit": rate.limit, "window_ms": rate.window_ms, "requests": limited.requests,
+            "max_in_window": limited.max_in_window,
+            "windows_over_limit": usize::from(limited.max_in_window > rate.limit as usize),
+            "utilisation": limited.utilisation,
+        },
         "run_wall_ms": {"overhead_cap1": seq.wall_ms, "overhead_cap": par.wall_ms, "makespan": wide.wall_ms},
     });
     println!();
@@ -81,6 +117,15 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         wide.supervisor_rss_kb as f64 / 1024.0,
         wide.worker_rss_kb as f64 / 1024.0
     );
+    println!(
+        "rate limit, {} requests in any {} ms, {} requests waiting: at most {} in one window ({} over the limit), {:.1} % of the limit used",
+        rate.limit,
+        rate.window_ms,
+        limited.requests,
+        limited.max_in_window,
+        if limited.max_in_window > rate.limit as usize { "ONE OR MORE windows" } else { "no window" },
+        limited.utilisation * 100.0
+    );
     if args.json {
         println!("{result}");
     }
@@ -95,8 +140,10 @@ struct CaseResult {
     max_in_flight: usize,
     supervisor_rss_kb: u64,
     worker_rss_kb: u64,
+    rate: Option<RateUse>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_case(
     exe: &Path,
     home: &Path,
@@ -105,6 +152,7 @@ async fn run_case(
     cap: u32,
     turns: u32,
     latency_ms: u64,
+    rate: Option<Rate>,
 ) -> Result<CaseResult> {
     let ids: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
     let mut tasks: Vec<Value> = ids
@@ -147,6 +195,14 @@ async fn run_case(
         .env("AGENTSWARM_HOME", &data)
         .env("OPENAI_BASE_URL", server.base_url())
         .env("AGENTSWARM_MODEL", "scripted-bench")
+        .env(
+            "API_RATE_LIMIT_RPM",
+            rate.map_or(0, |r| r.limit).to_string(),
+        )
+        .env(
+            "AGENTSWARM_RATE_WINDOW_MS",
+            rate.map_or(60_000, |r| r.window_ms).to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,6 +239,7 @@ async fn run_case(
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
     let project = ProjectId::new(report["project_id"].as_str().unwrap_or_default());
     let max_in_flight = server.max_in_flight();
+    let rate = rate.map(|r| rate_use(&server, r));
     server.shutdown().await;
 
     let store = SqliteStore::open(&data.join("agentswarm.db"))?;
@@ -202,7 +259,46 @@ async fn run_case(
         max_in_flight,
         supervisor_rss_kb: sup_peak,
         worker_rss_kb: worker_peak,
+        rate,
     })
+}
+
+/// A rate limit for a bench case: `limit` requests in any `window_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    limit: u32,
+    window_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RateUse {
+    requests: usize,
+    /// Most request starts seen in any window.
+    max_in_window: usize,
+    /// Starts in the full windows from the first start, over what the limit allowed.
+    utilisation: f64,
+}
+
+/// How the starts the scripted server saw sit against the limit.
+fn rate_use(server: &swarm_testkit::ScriptedServer, rate: Rate) -> RateUse {
+    let window = Duration::from_millis(rate.window_ms);
+    let mut starts: Vec<_> = server.requests().iter().map(|r| r.arrived).collect();
+    starts.sort();
+    let max_in_window = server.max_in_window(window);
+    let utilisation = match (starts.first(), starts.last()) {
+        (Some(first), Some(last)) => {
+            let full = ((*last - *first).as_millis() as u64 / rate.window_ms).max(1);
+            let end = *first + window * full as u32;
+            let used = starts.iter().filter(|t| **t < end).count();
+            used as f64 / (rate.limit as f64 * full as f64)
+        }
+        _ => 0.0,
+    };
+    RateUse {
+        requests: starts.len(),
+        max_in_window,
+        utilisation,
+    }
 }
 
 /// From the first code task entering `running` to the last one `done`.

@@ -30,13 +30,17 @@ pub struct Cli {
 pub enum Command {
     /// Plan, run and deliver one goal in the foreground.
     Run(RunArgs),
-    /// Carry on a project whose run was stopped; finished tasks are not run again.
+    /// Carry on a project whose run was stopped (interrupted, failed, out of
+    /// budget, paused); finished tasks are not run again. Limits given here
+    /// (e.g. a higher --max-cost-usd) replace the project's stored ones.
     Resume {
         project: String,
         #[command(flatten)]
         out: OutputArgs,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        tape: TapeArgs,
     },
     /// The daemon: run every queued or unfinished project of the store,
     /// sharing one worker pool; speaks the systemd notify protocol.
@@ -71,6 +75,8 @@ pub enum Command {
         out: OutputArgs,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        tape: TapeArgs,
     },
     /// Measure orchestration overhead and makespan against the scripted model.
     Bench(BenchArgs),
@@ -127,6 +133,19 @@ pub struct RunArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub tape: TapeArgs,
+}
+
+/// Recording and replaying model calls (docs/providers.md).
+#[derive(Debug, Args, Default, Clone)]
+pub struct TapeArgs {
+    /// Write every model request and answer to FILE as JSON lines (keys redacted).
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    pub record: Option<PathBuf>,
+    /// Answer every model request from a recording, with no network.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -156,6 +175,12 @@ pub struct LimitArgs {
     /// Fix rounds after a failed verify.
     #[arg(long, value_name = "N")]
     pub max_fix_rounds: Option<u32>,
+    /// Budget: the project ends `budget_exhausted` when its model calls cost this much (US dollars).
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget: … or use this many tokens (input + output).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +198,13 @@ pub struct BenchArgs {
     /// Model turns per task in the makespan run.
     #[arg(long, default_value_t = 2)]
     pub turns: u32,
+    /// Requests per window in the rate-limit run (API_RATE_LIMIT_RPM).
+    #[arg(long, default_value_t = 20)]
+    pub rate_limit: u32,
+    /// The rate-limit run's window in milliseconds (60000 in production;
+    /// shorter here so that the run takes seconds).
+    #[arg(long, default_value_t = 2000)]
+    pub rate_window_ms: u64,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,13 +1,13 @@
 //! The commands. Each builds the config and the engine, then calls into it.
 
-use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs, ServiceCommand};
+use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs, ServiceCommand, TapeArgs};
 use crate::output;
 use anyhow::{bail, Context, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use swarm_config::{Config, FileConfig, ModelConfig, Overrides};
-use swarm_engine::{Engine, EngineSettings, ProjectLock, RunReport};
+use swarm_config::{Config, FileConfig, Overrides};
+use swarm_engine::{Engine, EngineSettings, Gateway, ProjectLock, RunReport, Tape};
 use swarm_protocol::{Plan, ProjectId, ProjectState};
 use swarm_store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -31,12 +31,14 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ref project,
             ref out,
             ref limits,
-        } => resume(&cli, project, out, limits).await,
+            ref tape,
+        } => resume(&cli, project, out, limits, tape).await,
         Command::Status { ref project, json } => status(&cli, project.as_deref(), json),
         Command::Demo {
             ref out,
             ref limits,
-        } => demo(&cli, out, limits).await,
+            ref tape,
+        } => demo(&cli, out, limits, tape).await,
         Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
         Command::Serve { ref limits } => crate::daemon::serve(&cli, limits).await,
         Command::Submit(ref args) => crate::daemon::submit(&cli, args),
@@ -77,8 +79,15 @@ pub fn load_config(
         max_fix_rounds: limits.max_fix_rounds,
         model,
         base_url,
+        max_cost_usd: limits.max_cost_usd,
+        max_tokens: limits.max_tokens,
     };
-    Ok(Config::resolve(file, &env_lookup, &flags)?)
+    let config = Config::resolve(file, &env_lookup, &flags)?;
+    // From here on, every log line masks the configured keys.
+    if let Ok(models) = config.models() {
+        swarm_llm::redact::install_global(swarm_llm::redact::Redactor::new(models.key_values()));
+    }
+    Ok(config)
 }
 
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
@@ -88,21 +97,67 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-pub fn build_engine(config: Config, store: Arc<dyn Store>) -> Result<Engine> {
-    let m = config.model()?.clone();
-    let client = swarm_llm::OpenAiClient::new(swarm_llm::OpenAiSettings {
-        base_url: m.base_url.clone(),
-        api_key: m.api_key.clone(),
-        key_env: m.api_key_env.clone(),
-        model: m.model.clone(),
-        max_tokens: m.max_tokens,
-        temperature: m.temperature,
-        timeout: Duration::from_secs(m.request_timeout_secs),
-        retry: swarm_llm::RetryPolicy::default(),
-    })?;
+pub fn build_engine(config: Config, store: Arc<dyn Store>, tape: &TapeArgs) -> Result<Engine> {
+    let tape = match (&tape.record, &tape.replay) {
+        (Some(path), _) => {
+            let redactor = swarm_llm::redact::Redactor::new(config.models()?.key_values());
+            Tape::Record(
+                swarm_llm::cassette::Recorder::create(path, redactor)
+                    .with_context(|| format!("cannot write the recording {}", path.display()))?,
+            )
+        }
+        (None, Some(path)) => Tape::Replay(swarm_llm::cassette::Replayer::open(path)?),
+        (None, None) => Tape::Live,
+    };
+    let gateway = Gateway::from_config(&config, store.clone(), tape)?;
     let exe = std::env::current_exe().context("cannot find the agentswarm executable")?;
     let settings = EngineSettings::for_executable(exe, &config);
-    Ok(Engine::new(config, store, Arc::new(client), settings))
+    Ok(Engine::new(config, store, gateway, settings))
+}
+
+/// One keyless OpenAI-compatible provider serving `model` for every role:
+/// the scripted model server of `demo` and `bench`.
+pub fn scripted_models(base_url: &str, model: &str) -> swarm_config::Models {
+    use swarm_config::{ModelRef, ProviderConfig, ProviderKind, RoleModels};
+    let provider = ProviderConfig {
+        name: "scripted".into(),
+        kind: ProviderKind::OpenAi,
+        base_url: base_url.to_owned(),
+        api_key: None,
+        api_key_env: None,
+        api_key_source: None,
+        key_required: false,
+        headers: Default::default(),
+        request_timeout_secs: 60,
+        connect_timeout_secs: 10,
+        max_retries: 4,
+        tokens_per_minute: 0,
+    };
+    let role = RoleModels {
+        primary: ModelRef {
+            provider: "scripted".into(),
+            model: model.into(),
+        },
+        fallback: Vec::new(),
+        max_tokens: None,
+        temperature: None,
+    };
+    swarm_config::Models {
+        providers: [("scripted".to_owned(), provider)].into_iter().collect(),
+        planner: role.clone(),
+        worker: role.clone(),
+        fixer: role,
+        prices: Default::default(),
+    }
+}
+
+/// `run` refuses to start a project whose provider lacks its key; `serve`
+/// pauses such projects instead.
+pub fn check_keys(engine: &Engine) -> Result<()> {
+    if let Some(msg) = engine.gateway().missing_key() {
+        bail!("{msg}");
+    }
+    Ok(())
 }
 
 /// A supervisor (run, resume, demo, serve) adopts the orphans of its
@@ -141,6 +196,8 @@ fn exit_code(r: &RunReport) -> ExitCode {
     match r.status {
         ProjectState::Done => ExitCode::SUCCESS,
         ProjectState::Interrupted => ExitCode::from(130),
+        // Resumable once the budget is raised or the key fixed.
+        ProjectState::BudgetExhausted | ProjectState::Paused => ExitCode::from(3),
         ProjectState::Failed
         | ProjectState::Cancelled
         | ProjectState::Queued
@@ -206,7 +263,8 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let (goal, plan) = goal_and_plan(args)?;
     let config = load_config(cli, &args.limits, args.model.clone(), args.base_url.clone())?;
     let store = open_store(&config)?;
-    let engine = build_engine(config, store)?;
+    let engine = build_engine(config, store, &args.tape)?;
+    check_keys(&engine)?;
     let project = engine.create_project(&goal, plan)?;
     println!("project {}", project.id());
     drive(&engine, &project, &args.out).await
@@ -217,6 +275,7 @@ async fn resume(
     project: &str,
     out: &OutputArgs,
     limits: &LimitArgs,
+    tape: &TapeArgs,
 ) -> Result<ExitCode> {
     let config = load_config(cli, limits, None, None)?;
     let store = open_store(&config)?;
@@ -228,8 +287,10 @@ async fn resume(
             p.delivery.as_deref().unwrap_or("-")
         );
     }
-    let engine = build_engine(config, store)?;
+    let engine = build_engine(config, store, tape)?;
+    check_keys(&engine)?;
     let lock = engine.lock(&id)?;
+    engine.update_limits(&id, &p.options)?;
     drive(&engine, &lock, out).await
 }
 
@@ -255,7 +316,12 @@ fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCode> {
+async fn demo(
+    cli: &Cli,
+    out: &OutputArgs,
+    limits: &LimitArgs,
+    tape: &TapeArgs,
+) -> Result<ExitCode> {
     let scenario =
         swarm_testkit::Scenario::from_json_str(&swarm_testkit::demo_scenario().to_string())?;
     let server = swarm_testkit::ScriptedServer::start(scenario).await?;
@@ -265,15 +331,11 @@ async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCod
         // the demo should not sit behind the gate for that.
         config.max_load_average = 0.0;
     }
-    config.set_model(ModelConfig {
-        base_url: server.base_url(),
-        api_key: None,
-        api_key_env: "OPENAI_API_KEY".into(),
-        model: "scripted-demo".into(),
-        request_timeout_secs: 60,
-        max_tokens: None,
-        temperature: None,
-    });
+    if config.sources.get("api_rate_limit_rpm") == Some(&swarm_config::Source::Default) {
+        // The scripted model has no quota to protect.
+        config.api_rate_limit_rpm = 0;
+    }
+    config.set_models(scripted_models(&server.base_url(), "scripted-demo"));
     println!(
         "AgentSwarm demo — the model is SCRIPTED: a built-in fake model server on {} answers every",
         server.base_url()
@@ -286,7 +348,7 @@ async fn demo(cli: &Cli, out: &OutputArgs, limits: &LimitArgs) -> Result<ExitCod
         config.outputs_dir.display()
     );
     let store = open_store(&config)?;
-    let engine = build_engine(config, store)?;
+    let engine = build_engine(config, store, tape)?;
     let project = engine.create_project(swarm_testkit::DEMO_GOAL, None)?;
     println!("goal: {}", swarm_testkit::DEMO_GOAL);
     println!("project {}", project.id());

@@ -20,7 +20,11 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     let config = load_config(cli, limits, None, None)?;
     let store = open_store(&config)?;
     let grace = config.shutdown_grace_secs;
-    let engine = Arc::new(build_engine(config, store)?);
+    let engine = Arc::new(build_engine(
+        config,
+        store,
+        &crate::cli::TapeArgs::default(),
+    )?);
     tracing::info!(
         data_dir = %engine.config().data_dir.display(),
         max_workers = engine.config().max_concurrent_workers,

@@ -17,7 +17,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "default".into())
     };
-    let mut values = vec![
+    let mut values: Vec<(String, String)> = [
         ("data_dir", config.data_dir.display().to_string()),
         ("outputs_dir", config.outputs_dir.display().to_string()),
         (
@@ -40,25 +40,87 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         ),
         ("memory_limiter", config.memory_limiter.clone()),
         ("worker_wrapper", config.worker_wrapper.join(" ")),
+        ("api_rate_limit_rpm", config.api_rate_limit_rpm.to_string()),
+        (
+            "secrets_file",
+            config
+                .secrets_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+        ),
         ("run.max_tasks", config.run.max_tasks.to_string()),
         ("run.max_attempts", config.run.max_attempts.to_string()),
         ("run.max_turns", config.run.max_turns.to_string()),
         ("run.max_fix_rounds", config.run.max_fix_rounds.to_string()),
-    ];
-    let model = match config.model() {
+        (
+            "run.max_cost_usd",
+            config
+                .run
+                .max_cost_usd
+                .map(|c| format!("{c}"))
+                .unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "run.max_tokens",
+            config
+                .run
+                .max_tokens
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if config.rate_window_ms != 60_000 {
+        values.push(("rate_window_ms".into(), config.rate_window_ms.to_string()));
+    }
+    let model = match config.models() {
         Ok(m) => {
-            values.push(("model.base_url", m.base_url.clone()));
-            values.push(("model.model", m.model.clone()));
-            // The key's presence and length, never its value.
-            let key = match &m.api_key {
-                Some(k) => format!("set ({} characters, from {})", k.len(), m.api_key_env),
-                None => format!(
-                    "not set ({} is empty; fine for local servers)",
-                    m.api_key_env
-                ),
-            };
-            values.push(("model.api_key", key));
-            json!({"ok": true})
+            for (name, p) in &m.providers {
+                values.push((format!("providers.{name}.kind"), p.kind.as_str().into()));
+                values.push((format!("providers.{name}.base_url"), p.base_url.clone()));
+                // The key's presence, never its value or length.
+                let key = match (&p.api_key_source, &p.api_key_env) {
+                    (Some(_), Some(env)) => format!("set ({env})"),
+                    (None, Some(env)) if p.key_required => format!("MISSING: {env} is not set"),
+                    (None, Some(env)) => {
+                        format!("not set ({env} is empty; fine for local servers)")
+                    }
+                    (_, None) => "none (no api_key_env)".into(),
+                };
+                values.push((format!("providers.{name}.api_key"), key));
+                if p.tokens_per_minute > 0 {
+                    values.push((
+                        format!("providers.{name}.tokens_per_minute"),
+                        p.tokens_per_minute.to_string(),
+                    ));
+                }
+            }
+            for role in swarm_config::ModelRole::ALL {
+                let r = m.role(role);
+                let mut v = r.primary.to_string();
+                for f in &r.fallback {
+                    v.push_str(&format!(" → {f}"));
+                }
+                values.push((format!("models.{}.model", role.as_str()), v));
+            }
+            for (model, p) in &m.prices {
+                values.push((
+                    format!("prices.{model}"),
+                    format!(
+                        "${} in / ${} out per Mtok",
+                        p.input_per_mtok, p.output_per_mtok
+                    ),
+                ));
+            }
+            let missing: Vec<String> = m
+                .providers
+                .values()
+                .filter_map(|p| p.missing_key().map(|e| e.to_string()))
+                .collect();
+            json!({"ok": missing.is_empty(), "missing_keys": missing})
         }
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
@@ -102,6 +164,9 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     }
     if let Some(e) = model.get("error").and_then(|e| e.as_str()) {
         println!("model: not configured — {e}");
+    }
+    for e in model["missing_keys"].as_array().into_iter().flatten() {
+        println!("model: {}", e.as_str().unwrap_or_default());
     }
     println!(
         "memory limit: {} — {}",

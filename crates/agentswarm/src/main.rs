@@ -52,7 +52,8 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every line masks the configured keys and key-shaped strings.
+        .with_writer(|| swarm_llm::redact::RedactingWriter::new(std::io::stderr()))
         .with_target(false)
         .init();
 }

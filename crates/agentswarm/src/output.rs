@@ -48,8 +48,21 @@ pub fn print_report(r: &RunReport, json: bool) {
     if let Some(m) = &r.manifest {
         println!("manifest: {}", m.display());
     }
-    if r.status == swarm_protocol::ProjectState::Interrupted {
-        println!("resume with: agentswarm resume {}", r.project_id);
+    match r.status {
+        swarm_protocol::ProjectState::Interrupted | swarm_protocol::ProjectState::Paused => {
+            println!("resume with: agentswarm resume {}", r.project_id);
+        }
+        swarm_protocol::ProjectState::BudgetExhausted => println!(
+            "resume with a higher budget: agentswarm resume {} --max-cost-usd N (or --max-tokens N)",
+            r.project_id
+        ),
+        swarm_protocol::ProjectState::Queued
+        | swarm_protocol::ProjectState::Planning
+        | swarm_protocol::ProjectState::Running
+        | swarm_protocol::ProjectState::Verifying
+        | swarm_protocol::ProjectState::Done
+        | swarm_protocol::ProjectState::Failed
+        | swarm_protocol::ProjectState::Cancelled => {}
     }
     if json {
         let v = serde_json::json!({
@@ -105,6 +118,15 @@ pub fn print_projects(store: &dyn Store, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A cost total, saying when some calls had no price in the config.
+fn cost_text(cost: f64, unpriced: bool) -> String {
+    match (cost > 0.0, unpriced) {
+        (_, false) => format!("${cost:.4}"),
+        (true, true) => format!("${cost:.4} + unpriced calls"),
+        (false, true) => "cost unknown (no [prices] for the model)".to_owned(),
+    }
+}
+
 pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Result<()> {
     let p = store.project(id)?;
     let tasks = store.tasks(id)?;
@@ -123,6 +145,7 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
             "planner_calls": p.planner_calls, "delivery": p.delivery, "final_commit": p.final_commit,
             "waiting": p.waiting,
             "usage": usage,
+            "cost_usd": usage.iter().map(|u| u.cost_usd).sum::<f64>(),
             "tasks": tasks.iter().zip(&attempts).map(|(t, a)| serde_json::json!({
                 "id": t.id, "title": t.title, "kind": t.kind.as_str(), "state": t.state,
                 "attempts": t.attempt, "attempts_counted": t.attempts_counted,
@@ -152,13 +175,32 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
     if let Some(d) = &p.delivery {
         println!("delivery: {d}");
     }
-    let (calls, tin, tout) = usage.iter().fold((0, 0, 0), |a, u| {
-        (a.0 + u.calls, a.1 + u.input_tokens, a.2 + u.output_tokens)
+    let (calls, tin, tout, cost) = usage.iter().fold((0, 0, 0, 0.0), |a, u| {
+        (
+            a.0 + u.calls,
+            a.1 + u.input_tokens,
+            a.2 + u.output_tokens,
+            a.3 + u.cost_usd,
+        )
     });
     println!(
-        "model: {calls} calls, {tin} input + {tout} output tokens (planner asked {} time(s))",
+        "model: {calls} calls, {tin} input + {tout} output tokens, {} (planner asked {} time(s))",
+        cost_text(cost, usage.iter().any(|u| u.unpriced_calls > 0)),
         p.planner_calls
     );
+    for u in &usage {
+        println!(
+            "  {:<8} {:<36} {:>5} calls ({} failed, {} retries)  {} in + {} out tokens  {}",
+            u.role,
+            format!("{}/{}", u.provider, u.model),
+            u.calls,
+            u.failed_calls,
+            u.retries,
+            u.input_tokens,
+            u.output_tokens,
+            cost_text(u.cost_usd, u.unpriced_calls > 0)
+        );
+    }
     println!();
     println!(
         "{:<24} {:<9} {:>8}  {:<36} LAST ERROR",

@@ -5,6 +5,16 @@
 //! Nothing here reads the process environment by itself: callers pass an
 //! environment lookup, so tests never touch global state.
 
+mod models;
+mod secrets;
+
+pub use models::{
+    FileModelRef, FileModels, FileProvider, FileRole, ModelRef, ModelRole, Models, Price,
+    ProviderConfig, ProviderKind, RoleModels,
+};
+pub use secrets::Secrets;
+
+use models::{ModelInputs, ModelMissing};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,17 +37,25 @@ pub enum Error {
         origin: Source,
     },
     #[error(
-        "no model endpoint is configured. Set OPENAI_BASE_URL (e.g. https://api.openai.com/v1 or \
+        "no model is configured. Set OPENAI_BASE_URL (e.g. https://api.openai.com/v1 or \
          http://127.0.0.1:11434/v1 for Ollama), OPENAI_API_KEY (not needed for local servers) and \
-         AGENTSWARM_MODEL (e.g. gpt-4o-mini), or a [model] table in agentswarm.toml. \
-         To try AgentSwarm without any model, run `agentswarm demo`."
+         AGENTSWARM_MODEL (e.g. gpt-4o-mini), or [providers] and [models] tables in agentswarm.toml \
+         (docs/providers.md). To try AgentSwarm without any model, run `agentswarm demo`."
     )]
     NoModel,
     #[error(
-        "AGENTSWARM_MODEL is not set: export the model name (e.g. AGENTSWARM_MODEL=gpt-4o-mini) or \
-         set `model` under [model] in agentswarm.toml"
+        "no model name is set: export AGENTSWARM_MODEL (e.g. AGENTSWARM_MODEL=gpt-4o-mini) or \
+         set `model` under [models.worker] in agentswarm.toml"
     )]
     NoModelName,
+    #[error("secrets file {path} is refused: {message}")]
+    Secrets { path: PathBuf, message: String },
+    #[error(
+        "provider {provider} needs an API key, but {env} is not set: export it, or put \
+         `{env}=…` in the secrets file (mode 600; `secrets_file` in agentswarm.toml or \
+         AGENTSWARM_SECRETS_FILE)"
+    )]
+    MissingKey { provider: String, env: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -49,6 +67,7 @@ pub enum Source {
     File(PathBuf),
     Env(&'static str),
     Flag(&'static str),
+    SecretsFile(PathBuf),
 }
 
 impl fmt::Display for Source {
@@ -58,12 +77,13 @@ impl fmt::Display for Source {
             Source::File(p) => write!(f, "file {}", p.display()),
             Source::Env(n) => write!(f, "environment {n}"),
             Source::Flag(n) => write!(f, "flag {n}"),
+            Source::SecretsFile(p) => write!(f, "secrets file {}", p.display()),
         }
     }
 }
 
 /// The file format: every field optional; unknown keys are an error.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
@@ -78,23 +98,20 @@ pub struct FileConfig {
     pub memory_limiter: Option<String>,
     /// Workers start as `<wrapper…> <agentswarm> worker` (e.g. `["nice", "-n", "10"]`).
     pub worker_wrapper: Option<Vec<String>>,
-    pub model: Option<FileModel>,
+    /// Model requests started in any 60 s, over all workers and projects (0: no limit).
+    pub api_rate_limit_rpm: Option<u32>,
+    /// `KEY=value` lines holding API keys; must be mode 600.
+    pub secrets_file: Option<PathBuf>,
+    /// `[providers.NAME]`: the model endpoints.
+    pub providers: Option<BTreeMap<String, FileProvider>>,
+    /// `[models.planner]`, `[models.worker]`, `[models.fixer]`.
+    pub models: Option<FileModels>,
+    /// `[prices."MODEL"]`: US dollars per million input and output tokens.
+    pub prices: Option<BTreeMap<String, Price>>,
     pub run: Option<FileRun>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileModel {
-    pub base_url: Option<String>,
-    /// Name of the environment variable holding the key (default `OPENAI_API_KEY`).
-    pub api_key_env: Option<String>,
-    pub model: Option<String>,
-    pub request_timeout_seconds: Option<u64>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRun {
     pub max_tasks: Option<u32>,
@@ -104,6 +121,15 @@ pub struct FileRun {
     pub command_timeout_seconds: Option<u64>,
     pub verify_timeout_seconds: Option<u64>,
     pub output_cap_bytes: Option<usize>,
+    /// A project ends `budget_exhausted` when its model calls reach this cost.
+    pub max_cost_usd: Option<f64>,
+    /// … or this many tokens (input + output).
+    pub max_tokens: Option<u64>,
+}
+
+/// The JSON Schema of `agentswarm.toml` (checked in as docs/agentswarm.schema.json).
+pub fn file_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(FileConfig)).unwrap_or_default()
 }
 
 impl FileConfig {
@@ -133,6 +159,12 @@ pub struct RunLimits {
     pub command_timeout_secs: u64,
     pub verify_timeout_secs: u64,
     pub output_cap_bytes: usize,
+    /// Budget of the project's model calls in US dollars (none: no bound).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// Budget of the project's tokens, input + output (none: no bound).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 impl Default for RunLimits {
@@ -145,39 +177,9 @@ impl Default for RunLimits {
             command_timeout_secs: 300,
             verify_timeout_secs: 600,
             output_cap_bytes: 16 * 1024,
+            max_cost_usd: None,
+            max_tokens: None,
         }
-    }
-}
-
-/// The model endpoint (OpenAI-compatible Chat Completions).
-#[derive(Clone, PartialEq)]
-pub struct ModelConfig {
-    pub base_url: String,
-    /// The key's value; never printed (see the Debug impl).
-    pub api_key: Option<String>,
-    /// Where the key came from (for messages; never the value).
-    pub api_key_env: String,
-    pub model: String,
-    pub request_timeout_secs: u64,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-}
-
-impl fmt::Debug for ModelConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ModelConfig")
-            .field("base_url", &self.base_url)
-            .field(
-                "api_key",
-                &self
-                    .api_key
-                    .as_ref()
-                    .map(|k| format!("[redacted, {} chars]", k.len())),
-            )
-            .field("api_key_env", &self.api_key_env)
-            .field("model", &self.model)
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .finish()
     }
 }
 
@@ -203,17 +205,17 @@ pub struct Config {
     /// /proc (`{"available_mb": 512, "load1": 0.5}`); for tests and drills.
     pub gate_stats_file: Option<PathBuf>,
     pub run: RunLimits,
+    /// `API_RATE_LIMIT_RPM`: model requests started in any window (0: no limit).
+    pub api_rate_limit_rpm: u32,
+    /// The rate limit's window: 60 s, shorter only for tests and drills
+    /// (`AGENTSWARM_RATE_WINDOW_MS`).
+    pub rate_window_ms: u64,
+    pub secrets_file: Option<PathBuf>,
     /// `Err` keeps why no model is configured until a command needs one.
-    model: std::result::Result<ModelConfig, ModelMissing>,
+    models: std::result::Result<Models, ModelMissing>,
     /// Source of each resolved value, by its name in the file.
     pub sources: BTreeMap<&'static str, Source>,
     pub file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ModelMissing {
-    Nothing,
-    Name,
 }
 
 /// Values given on the command line (highest precedence).
@@ -228,6 +230,8 @@ pub struct Overrides {
     pub max_fix_rounds: Option<u32>,
     pub model: Option<String>,
     pub base_url: Option<String>,
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
 }
 
 /// Where the config file is looked for when `--config` is not given:
@@ -320,6 +324,40 @@ impl Resolver<'_> {
         }
         self.sources.insert(key, Source::Default);
         Ok(default)
+    }
+}
+
+impl Resolver<'_> {
+    /// As [`Resolver::pick`] for a value without a default.
+    fn pick_opt<T: std::str::FromStr>(
+        &mut self,
+        key: &'static str,
+        flag: Option<(T, &'static str)>,
+        env_name: Option<&'static str>,
+        file: Option<T>,
+        expected: &'static str,
+    ) -> Result<Option<T>> {
+        if let Some((v, name)) = flag {
+            self.sources.insert(key, Source::Flag(name));
+            return Ok(Some(v));
+        }
+        if let Some(name) = env_name {
+            if let Some(raw) = (self.env)(name).filter(|s| !s.trim().is_empty()) {
+                let v = raw.trim().parse::<T>().map_err(|_| Error::Invalid {
+                    name,
+                    expected,
+                    value: raw.clone(),
+                    origin: Source::Env(name),
+                })?;
+                self.sources.insert(key, Source::Env(name));
+                return Ok(Some(v));
+            }
+        }
+        if file.is_some() {
+            let src = self.file_source();
+            self.sources.insert(key, src);
+        }
+        Ok(file)
     }
 }
 
@@ -530,6 +568,8 @@ impl Config {
                 d.output_cap_bytes,
                 "",
             )?,
+            max_cost_usd: None,
+            max_tokens: None,
         };
         for (name, v) in [
             ("run.max_tasks", u64::from(run.max_tasks)),
@@ -542,73 +582,83 @@ impl Config {
             positive(name, v, r.sources.get(name))?;
         }
 
-        let fm = file.model.clone().unwrap_or_default();
-        let api_key_env = fm
-            .api_key_env
-            .clone()
-            .unwrap_or_else(|| "OPENAI_API_KEY".to_owned());
-        let api_key = env(&api_key_env).filter(|k| !k.trim().is_empty());
-        let base_url_given = flags.base_url.is_some()
-            || env("OPENAI_BASE_URL").is_some_and(|s| !s.trim().is_empty())
-            || fm.base_url.is_some();
-        let model_given = flags.model.is_some()
-            || env("AGENTSWARM_MODEL").is_some_and(|s| !s.trim().is_empty())
-            || fm.model.is_some();
-        let model = if !base_url_given && !model_given && api_key.is_none() {
-            Err(ModelMissing::Nothing)
-        } else if !model_given {
-            Err(ModelMissing::Name)
-        } else {
-            let base_url: String = r.pick(
-                "model.base_url",
-                flags.base_url.clone().map(|v| (v, "--base-url")),
-                Some("OPENAI_BASE_URL"),
-                fm.base_url.clone(),
-                "https://api.openai.com/v1".to_owned(),
-                "a URL",
-            )?;
-            let model: String = r.pick(
-                "model.model",
-                flags.model.clone().map(|v| (v, "--model")),
-                Some("AGENTSWARM_MODEL"),
-                fm.model.clone(),
-                String::new(),
-                "a model name",
-            )?;
-            let request_timeout_secs = r.pick(
-                "model.request_timeout_seconds",
-                None,
-                None,
-                fm.request_timeout_seconds,
-                300,
-                "",
-            )?;
-            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(r.invalid(
-                    "model.base_url",
-                    "OPENAI_BASE_URL",
-                    "an http:// or https:// URL",
-                    base_url,
-                ));
-            }
-            r.sources.insert(
-                "model.api_key",
-                if api_key.is_some() {
-                    Source::Env(leak_name(&api_key_env))
-                } else {
-                    Source::Default
-                },
-            );
-            Ok(ModelConfig {
-                base_url: base_url.trim_end_matches('/').to_owned(),
-                api_key,
-                api_key_env,
-                model,
-                request_timeout_secs,
-                max_tokens: fm.max_tokens,
-                temperature: fm.temperature,
-            })
+        let max_cost_usd: Option<f64> = r.pick_opt(
+            "run.max_cost_usd",
+            flags.max_cost_usd.map(|v| (v, "--max-cost-usd")),
+            Some("AGENTSWARM_MAX_COST_USD"),
+            fr.max_cost_usd,
+            "a number of US dollars",
+        )?;
+        if max_cost_usd.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(r.invalid(
+                "run.max_cost_usd",
+                "max_cost_usd",
+                "a positive number of US dollars",
+                max_cost_usd.unwrap_or_default(),
+            ));
+        }
+        let max_tokens: Option<u64> = r.pick_opt(
+            "run.max_tokens",
+            flags.max_tokens.map(|v| (v, "--max-tokens")),
+            Some("AGENTSWARM_MAX_TOKENS"),
+            fr.max_tokens,
+            "a positive number of tokens",
+        )?;
+        if max_tokens == Some(0) {
+            return Err(r.invalid(
+                "run.max_tokens",
+                "max_tokens",
+                "a positive number of tokens",
+                0,
+            ));
+        }
+        let run = RunLimits {
+            max_cost_usd,
+            max_tokens,
+            ..run
         };
+
+        let api_rate_limit_rpm: u32 = r.pick(
+            "api_rate_limit_rpm",
+            None,
+            Some("API_RATE_LIMIT_RPM"),
+            file.api_rate_limit_rpm,
+            20,
+            "a number of requests per minute (0: no limit)",
+        )?;
+        let rate_window_ms: u64 = r.pick(
+            "rate_window_ms",
+            None,
+            Some("AGENTSWARM_RATE_WINDOW_MS"),
+            None,
+            60_000,
+            "a positive number of milliseconds",
+        )?;
+        positive(
+            "AGENTSWARM_RATE_WINDOW_MS",
+            rate_window_ms,
+            r.sources.get("rate_window_ms"),
+        )?;
+
+        let secrets_file: Option<PathBuf> = r.pick_opt(
+            "secrets_file",
+            None,
+            Some("AGENTSWARM_SECRETS_FILE"),
+            file.secrets_file.clone(),
+            "a file path",
+        )?;
+        let secrets = match &secrets_file {
+            Some(path) => Secrets::load(path)?,
+            None => Secrets::default(),
+        };
+        let models = r.models(ModelInputs {
+            providers: file.providers.as_ref(),
+            models: file.models.as_ref(),
+            prices: file.prices.as_ref(),
+            flags,
+            secrets: &secrets,
+            secrets_path: secrets_file.as_deref(),
+        })?;
 
         Ok(Config {
             data_dir,
@@ -623,24 +673,27 @@ impl Config {
             worker_wrapper,
             gate_stats_file,
             run,
-            model,
+            api_rate_limit_rpm,
+            rate_window_ms,
+            secrets_file,
+            models,
             sources: r.sources,
             file: file_path,
         })
     }
 
-    /// The model endpoint, or the error that says which variables to set.
-    pub fn model(&self) -> Result<&ModelConfig> {
-        match &self.model {
+    /// Providers and models, or the error that says which variables to set.
+    pub fn models(&self) -> Result<&Models> {
+        match &self.models {
             Ok(m) => Ok(m),
             Err(ModelMissing::Nothing) => Err(Error::NoModel),
             Err(ModelMissing::Name) => Err(Error::NoModelName),
         }
     }
 
-    /// Replace the model endpoint (used by `agentswarm demo`, which starts its own).
-    pub fn set_model(&mut self, model: ModelConfig) {
-        self.model = Ok(model);
+    /// Replace the models (used by `agentswarm demo`, which starts its own server).
+    pub fn set_models(&mut self, models: Models) {
+        self.models = Ok(models);
     }
 
     /// The SQLite file.
@@ -688,7 +741,9 @@ mod tests {
         assert_eq!(c.memory_limiter, "auto");
         assert_eq!(c.run, RunLimits::default());
         assert_eq!(c.outputs_dir, c.data_dir.join("outputs"));
-        let err = c.model().unwrap_err().to_string();
+        assert_eq!(c.api_rate_limit_rpm, 20);
+        assert_eq!(c.rate_window_ms, 60_000);
+        let err = c.models().unwrap_err().to_string();
         assert!(
             err.contains("OPENAI_BASE_URL") && err.contains("agentswarm demo"),
             "{err}"
@@ -698,7 +753,7 @@ mod tests {
     #[test]
     fn env_over_file_and_flags_over_env() {
         let file = FileConfig::parse(
-            "max_concurrent_workers = 4\noutputs_dir = \"/srv/out\"\n[model]\nmodel = \"m-file\"\nbase_url = \"http://h/v1/\"\n[run]\nmax_turns = 7\n",
+            "max_concurrent_workers = 4\noutputs_dir = \"/srv/out\"\n[providers.h]\nbase_url = \"http://h/v1/\"\napi_key_env = \"OPENAI_API_KEY\"\n[models.worker]\nmodel = \"m-file\"\n[run]\nmax_turns = 7\n",
             Path::new("/x/agentswarm.toml"),
         )
         .unwrap();
@@ -723,11 +778,13 @@ mod tests {
             Source::File("/x/agentswarm.toml".into())
         );
         assert_eq!(c.run.max_turns, 7);
-        let m = c.model().unwrap();
-        assert_eq!(m.model, "m-flag");
-        assert_eq!(m.base_url, "http://h/v1");
-        assert_eq!(m.api_key.as_deref(), Some("test-key-not-real"));
-        assert!(!format!("{m:?}").contains("test-key-not-real"));
+        let m = c.models().unwrap();
+        assert_eq!(m.worker.primary.model, "m-flag");
+        assert_eq!(m.planner.primary.model, "m-flag");
+        let p = &m.providers["h"];
+        assert_eq!(p.base_url, "http://h/v1");
+        assert_eq!(m.key_values(), vec!["test-key-not-real".to_owned()]);
+        assert!(!format!("{c:?}").contains("test-key-not-real"));
     }
 
     #[test]
@@ -807,7 +864,7 @@ mod tests {
         )
         .unwrap();
         assert!(c
-            .model()
+            .models()
             .unwrap_err()
             .to_string()
             .contains("AGENTSWARM_MODEL"));
@@ -820,11 +877,187 @@ mod tests {
             ("AGENTSWARM_MODEL", "llama3"),
         ]);
         let c = Config::resolve(None, &env, &Overrides::default()).unwrap();
-        assert_eq!(c.model().unwrap().api_key, None);
+        let m = c.models().unwrap();
+        assert!(m.providers["default"].api_key.is_none());
+        assert_eq!(m.worker.primary.model, "llama3");
         let env = env_of(&[
             ("OPENAI_BASE_URL", "ftp://x"),
             ("AGENTSWARM_MODEL", "llama3"),
         ]);
         assert!(Config::resolve(None, &env, &Overrides::default()).is_err());
+    }
+
+    fn resolve_file(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let path = PathBuf::from("/x/agentswarm.toml");
+        let file = FileConfig::parse(text, &path)?;
+        Config::resolve(Some((file, path)), &env_of(env), &Overrides::default())
+    }
+
+    #[test]
+    fn roles_providers_and_fallbacks() {
+        let c = resolve_file(
+            r#"
+[providers.openrouter]
+base_url = "https://openrouter.ai/api/v1"
+api_key_env = "OPENROUTER_API_KEY"
+headers = { "X-Title" = "agentswarm" }
+[providers.claude]
+kind = "anthropic"
+tokens_per_minute = 40000
+[models.worker]
+provider = "openrouter"
+model = "qwen/qwen-2.5-coder-32b-instruct"
+max_tokens = 4096
+fallback = [{ provider = "claude", model = "claude-sonnet-4-5" }]
+[models.planner]
+provider = "claude"
+model = "claude-opus-4-1"
+temperature = 0.2
+[prices."claude-opus-4-1"]
+input_per_mtok = 15.0
+output_per_mtok = 75.0
+"#,
+            &[
+                ("OPENROUTER_API_KEY", "sk-or-v1-test-not-real"),
+                ("ANTHROPIC_API_KEY", "sk-ant-test-not-real"),
+                ("AGENTSWARM_FIXER_MODEL", "claude-haiku"),
+            ],
+        )
+        .unwrap();
+        let m = c.models().unwrap();
+        assert_eq!(
+            m.worker.primary.to_string(),
+            "openrouter/qwen/qwen-2.5-coder-32b-instruct"
+        );
+        assert_eq!(m.worker.fallback[0].to_string(), "claude/claude-sonnet-4-5");
+        assert_eq!(m.worker.max_tokens, Some(4096));
+        assert_eq!(m.planner.primary.to_string(), "claude/claude-opus-4-1");
+        // The fixer inherits the planner's provider, its model from the environment.
+        assert_eq!(m.fixer.primary.to_string(), "claude/claude-haiku");
+        assert_eq!(
+            c.sources["models.fixer.model"],
+            Source::Env("AGENTSWARM_FIXER_MODEL")
+        );
+        let claude = &m.providers["claude"];
+        assert_eq!(claude.kind, ProviderKind::Anthropic);
+        assert_eq!(claude.base_url, "https://api.anthropic.com/v1");
+        assert_eq!(claude.tokens_per_minute, 40000);
+        assert!(claude.missing_key().is_none());
+        assert_eq!(m.providers["openrouter"].headers["X-Title"], "agentswarm");
+        assert_eq!(m.cost("claude-opus-4-1", 1_000_000, 100_000), Some(22.5));
+        assert_eq!(m.cost("unpriced", 1, 1), None);
+    }
+
+    #[test]
+    fn model_errors_name_what_to_fix() {
+        let err = resolve_file("[models.workr]\nmodel = \"m\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workr") && err.contains("/x/agentswarm.toml"),
+            "{err}"
+        );
+        let err = resolve_file(
+            "[providers.a]\n[models.worker]\nprovider = \"b\"\nmodel = \"m\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("b (role worker; known: a)"), "{err}");
+        let err = resolve_file("[providers.a]\nkind = \"gemini\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("openai or anthropic"), "{err}");
+        // A key named but not set is found missing, with what to do.
+        let c = resolve_file(
+            "[providers.a]\napi_key_env = \"A_KEY\"\n[models.worker]\nmodel = \"m\"\n",
+            &[],
+        )
+        .unwrap();
+        let err = c.models().unwrap().providers["a"]
+            .missing_key()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("A_KEY") && err.contains("secrets file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_secrets_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets.env");
+        std::fs::write(&secrets, "A_KEY=sk-test-from-file-not-real\n").unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "secrets_file = {:?}\n[providers.a]\napi_key_env = \"A_KEY\"\n[models.worker]\nmodel = \"m\"\n",
+            secrets.display().to_string()
+        );
+        let c = resolve_file(&text, &[]).unwrap();
+        assert_eq!(
+            c.models().unwrap().key_values(),
+            vec!["sk-test-from-file-not-real".to_owned()]
+        );
+        assert_eq!(
+            c.sources["providers.a.api_key"],
+            Source::SecretsFile(secrets.clone())
+        );
+        // The environment wins over the file.
+        let c = resolve_file(&text, &[("A_KEY", "sk-test-from-env-not-real")]).unwrap();
+        assert_eq!(
+            c.models().unwrap().key_values(),
+            vec!["sk-test-from-env-not-real".to_owned()]
+        );
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve_file(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn budget_and_rate_limit() {
+        let c = resolve_file(
+            "api_rate_limit_rpm = 30\n[run]\nmax_cost_usd = 2.5\n",
+            &[("AGENTSWARM_MAX_TOKENS", "100000")],
+        )
+        .unwrap();
+        assert_eq!(c.api_rate_limit_rpm, 30);
+        assert_eq!(c.run.max_cost_usd, Some(2.5));
+        assert_eq!(c.run.max_tokens, Some(100_000));
+        let c = resolve_file("", &[("API_RATE_LIMIT_RPM", "5")]).unwrap();
+        assert_eq!(c.api_rate_limit_rpm, 5);
+        assert_eq!(
+            c.sources["api_rate_limit_rpm"],
+            Source::Env("API_RATE_LIMIT_RPM")
+        );
+        assert!(resolve_file("[run]\nmax_cost_usd = -1.0\n", &[]).is_err());
+        // Limits stored before budgets existed still load.
+        let old: RunLimits = serde_json::from_str(
+            r#"{"max_tasks":1,"max_attempts":1,"max_turns":1,"max_fix_rounds":0,"command_timeout_secs":1,"verify_timeout_secs":1,"output_cap_bytes":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.max_cost_usd, None);
+    }
+
+    #[test]
+    fn the_checked_in_schema_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/agentswarm.schema.json");
+        let want = serde_json::to_string_pretty(&file_schema()).unwrap() + "\n";
+        if std::env::var_os("AGENTSWARM_BLESS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/agentswarm.schema.json is stale: run `AGENTSWARM_BLESS=1 cargo test -p swarm-config schema`"
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/agentswarm.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        FileConfig::parse(&text, &path).unwrap();
     }
 }

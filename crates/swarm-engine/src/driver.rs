@@ -2,7 +2,7 @@
 //! creates the worktree, spawns the worker, relays its model requests to the
 //! gateway, enforces the wall-time limit, and reports how the attempt ended.
 
-use crate::gateway::{Caller, Gateway};
+use crate::gateway::{CallError, Caller, Gateway};
 use crate::Progress;
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
@@ -297,7 +297,8 @@ async fn talk(
         project: &ctx.project,
         task: Some(task),
         attempt: Some(attempt),
-        role: "worker",
+        role: swarm_config::ModelRole::Worker,
+        turn: 0,
     };
 
     while result.is_none() {
@@ -345,7 +346,9 @@ async fn talk(
             } => {
                 turns = turn;
                 *transcript = messages.clone();
-                let call = ctx.gateway.complete(caller, messages, tools);
+                let call = ctx
+                    .gateway
+                    .complete(Caller { turn, ..caller }, messages, tools);
                 let reply = tokio::select! {
                     r = call => r,
                     why = &mut stopped => {
@@ -355,14 +358,20 @@ async fn talk(
                 };
                 let result_msg = match reply {
                     Ok(c) => {
-                        transcript.push(c.message.clone());
+                        transcript.push(c.reply.message.clone());
                         ModelResult::Ok {
-                            message: c.message,
-                            usage: c.usage,
+                            message: c.reply.message,
+                            usage: c.reply.usage,
                         }
                     }
+                    // The project is halting: its run stops this worker
+                    // now, and the attempt ends `interrupted`.
+                    Err(CallError::Halted(_)) => {
+                        result = Some((&mut stopped).await.outcome(ctx, turns));
+                        break;
+                    }
                     Err(e) => ModelResult::Error {
-                        error: e.to_string(),
+                        error: ctx.gateway.redactor().redact(&e.to_string()).into_owned(),
                     },
                 };
                 if let Err(e) = send(
@@ -551,7 +560,9 @@ fn write_transcript(
             turns,
         } => serde_json::json!({"result": outcome.as_str(), "reason": reason, "turns": turns}),
     };
-    let doc = serde_json::json!({"task": task, "attempt": attempt, "outcome": outcome, "messages": messages});
+    let mut doc = serde_json::json!({"task": task, "attempt": attempt, "outcome": outcome, "messages": messages});
+    // Tool outputs may hold anything a command printed.
+    ctx.gateway.redactor().redact_json(&mut doc);
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&ctx.transcripts_dir)?;
         std::fs::write(

@@ -1,32 +1,312 @@
-//! The model gateway: every model call of the planner and of every worker
-//! goes through here, and each one is recorded in the store (`model_calls`).
-//! It is the only code that talks to the provider; workers ask it over IPC.
-//! (Rate limiting, per-role models and budgets arrive with the gateway issue.)
+//! The model gateway: every model call of the planner, the fixer and every
+//! worker goes through here. It is the only code that holds API keys and
+//! talks to providers (workers ask over IPC), and the only place that
+//! counts: each call is recorded in the store (`model_calls`) with its
+//! provider, model, tokens, cost, retries and rate-limit wait, and checked
+//! against the project's budget.
+//!
+//! A project whose budget is spent, or whose provider refuses the key, is
+//! *halted*: no new call starts, its run stops its workers at their next
+//! call, and the project ends `budget_exhausted` or `paused` — resumable,
+//! with nothing finished redone.
 
-use std::sync::Arc;
-use swarm_llm::{CallError, Completion, CompletionRequest, ModelClient};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swarm_config::{Config, ModelRole, Models, RunLimits};
+use swarm_llm::cassette::{Recorder, Replayer};
+use swarm_llm::ratelimit::{RequestLimiter, SlidingWindow, TokenWindow};
+use swarm_llm::redact::Redactor;
+use swarm_llm::router::{Failed, Route, Router, Served, Target};
+use swarm_llm::{CallMeta, ModelRequest, ProviderKind, ProviderSettings, RetryPolicy};
 use swarm_protocol::chat::{ChatMessage, ToolSpec};
-use swarm_protocol::{ProjectId, TaskId};
-use swarm_store::{ModelCallRecord, Store};
+use swarm_protocol::{ProjectId, ProjectState, TaskId};
+use swarm_store::{ModelCallRecord, Spent, Store};
+use tokio_util::sync::CancellationToken;
 
-#[derive(Clone)]
-pub struct Gateway {
-    client: Arc<dyn ModelClient>,
-    store: Arc<dyn Store>,
+/// Where answers come from.
+pub enum Tape {
+    /// The providers.
+    Live,
+    /// The providers, and every call written to a file (`--record`).
+    Record(Recorder),
+    /// A recording, with no network (`--replay`).
+    Replay(Replayer),
 }
 
-/// Who is asking, for accounting.
+/// Who is asking, for accounting and `--replay`.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub project: &'a ProjectId,
     pub task: Option<&'a TaskId>,
     pub attempt: Option<u32>,
-    pub role: &'static str,
+    pub role: ModelRole,
+    /// A worker's turn; the call's number in a planner or fixer exchange.
+    pub turn: u32,
+}
+
+/// Why a project's calls stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Halt {
+    Budget(String),
+    Auth(String),
+    /// `--replay` has no answer: retrying cannot help.
+    Replay(String),
+}
+
+impl Halt {
+    /// The state the project ends in.
+    pub fn state(&self) -> ProjectState {
+        match self {
+            Halt::Budget(_) => ProjectState::BudgetExhausted,
+            Halt::Auth(_) | Halt::Replay(_) => ProjectState::Paused,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            Halt::Budget(m) | Halt::Auth(m) | Halt::Replay(m) => m,
+        }
+    }
+}
+
+/// A call that did not produce an answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The model failed (after the retries and fallbacks).
+    Model(Failed),
+    /// The project is halted (budget spent, key refused); the run is stopping.
+    Halted(Halt),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Model(e) => write!(f, "{e}"),
+            CallError::Halted(h) => f.write_str(h.message()),
+        }
+    }
+}
+
+/// One project's budget and halt switch, open while its run lasts.
+pub struct Account {
+    max_cost_usd: Option<f64>,
+    max_tokens: Option<u64>,
+    spent: Mutex<Spent>,
+    halt: Mutex<Option<Halt>>,
+    /// Cancelled when the project halts: its run stops.
+    stop: CancellationToken,
+}
+
+impl Account {
+    pub fn halted(&self) -> Option<Halt> {
+        self.halt.lock().ok().and_then(|h| h.clone())
+    }
+
+    fn halt(&self, why: Halt) -> Halt {
+        if let Ok(mut h) = self.halt.lock() {
+            let first = h.get_or_insert(why);
+            let first = first.clone();
+            self.stop.cancel();
+            return first;
+        }
+        self.stop.cancel();
+        why
+    }
+
+    /// Halts the project when its budget is spent.
+    pub fn check_budget(&self) -> Option<Halt> {
+        let msg = self.over_budget()?;
+        Some(self.halt(Halt::Budget(msg)))
+    }
+
+    /// The budget message when it is spent.
+    fn over_budget(&self) -> Option<String> {
+        let spent = self.spent.lock().map(|s| *s).unwrap_or_default();
+        budget_message(spent, self.max_cost_usd, self.max_tokens)
+    }
+}
+
+/// Why `spent` is over the budget, if it is.
+pub fn budget_message(
+    spent: Spent,
+    max_cost_usd: Option<f64>,
+    max_tokens: Option<u64>,
+) -> Option<String> {
+    if let Some(max) = max_cost_usd.filter(|m| spent.cost_usd >= *m) {
+        return Some(format!(
+            "budget exhausted: model calls cost ${:.4} of max_cost_usd ${max:.2}; raise it \
+             (`agentswarm resume <project> --max-cost-usd N`) to carry on",
+            spent.cost_usd
+        ));
+    }
+    if let Some(max) = max_tokens.filter(|m| spent.tokens >= *m) {
+        return Some(format!(
+            "budget exhausted: model calls used {} of max_tokens {max} tokens; raise it \
+             (`agentswarm resume <project> --max-tokens N`) to carry on",
+            spent.tokens
+        ));
+    }
+    None
+}
+
+struct Inner {
+    router: Router,
+    routes: HashMap<ModelRole, Route>,
+    models: Models,
+    store: Arc<dyn Store>,
+    redactor: Redactor,
+    tape: Tape,
+    /// Providers that need a key they do not have: the message to pause with.
+    missing_keys: HashMap<String, String>,
+    accounts: Mutex<HashMap<ProjectId, Arc<Account>>>,
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
 }
 
 impl Gateway {
-    pub fn new(client: Arc<dyn ModelClient>, store: Arc<dyn Store>) -> Self {
-        Self { client, store }
+    /// Providers, routes and the rate limiter from the resolved config.
+    pub fn from_config(config: &Config, store: Arc<dyn Store>, tape: Tape) -> crate::Result<Self> {
+        let models = config.models()?.clone();
+        let limiter: Arc<dyn RequestLimiter> = Arc::new(SlidingWindow::new(
+            config.api_rate_limit_rpm,
+            Duration::from_millis(config.rate_window_ms),
+        ));
+        Self::new(models, limiter, store, tape)
+    }
+
+    pub fn new(
+        models: Models,
+        limiter: Arc<dyn RequestLimiter>,
+        store: Arc<dyn Store>,
+        tape: Tape,
+    ) -> crate::Result<Self> {
+        let mut providers = HashMap::new();
+        let mut missing_keys = HashMap::new();
+        for (name, p) in &models.providers {
+            let settings = ProviderSettings {
+                name: name.clone(),
+                kind: match p.kind {
+                    swarm_config::ProviderKind::OpenAi => ProviderKind::OpenAi,
+                    swarm_config::ProviderKind::Anthropic => ProviderKind::Anthropic,
+                },
+                base_url: p.base_url.clone(),
+                api_key: p.api_key.clone(),
+                api_key_env: p.api_key_env.clone(),
+                headers: p
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                request_timeout: Duration::from_secs(p.request_timeout_secs),
+                connect_timeout: Duration::from_secs(p.connect_timeout_secs),
+            };
+            let provider = swarm_llm::build_provider(settings)
+                .map_err(|e| crate::Error::Other(e.to_string()))?;
+            let tokens = (p.tokens_per_minute > 0).then(|| {
+                Arc::new(TokenWindow::new(
+                    p.tokens_per_minute,
+                    Duration::from_secs(60),
+                ))
+            });
+            if let Some(e) = p.missing_key() {
+                missing_keys.insert(name.clone(), e.to_string());
+            }
+            providers.insert(name.clone(), (provider, tokens, p.max_retries));
+        }
+        let mut routes = HashMap::new();
+        for role in ModelRole::ALL {
+            let r = models.role(role);
+            let mut targets = Vec::new();
+            for m in std::iter::once(&r.primary).chain(&r.fallback) {
+                let Some((provider, tokens, max_retries)) = providers.get(&m.provider) else {
+                    return Err(crate::Error::Other(format!(
+                        "role {} names provider {} that is not configured",
+                        role.as_str(),
+                        m.provider
+                    )));
+                };
+                targets.push(Target {
+                    provider: provider.clone(),
+                    model: m.model.clone(),
+                    max_tokens: r.max_tokens,
+                    temperature: r.temperature,
+                    tokens: tokens.clone(),
+                    max_retries: Some(*max_retries),
+                });
+            }
+            routes.insert(role, Route { targets });
+        }
+        let redactor = Redactor::new(models.key_values());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                router: Router::new(limiter, RetryPolicy::default()),
+                routes,
+                models,
+                store,
+                redactor,
+                tape,
+                missing_keys,
+                accounts: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Masks every configured key and key-shaped string in `text`.
+    pub fn redactor(&self) -> &Redactor {
+        &self.inner.redactor
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.inner.models
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn RequestLimiter> {
+        self.inner.router.limiter()
+    }
+
+    /// The first configured provider that needs a key it lacks.
+    pub fn missing_key(&self) -> Option<String> {
+        if matches!(self.inner.tape, Tape::Replay(_)) {
+            return None;
+        }
+        let mut names: Vec<&String> = self.inner.missing_keys.keys().collect();
+        names.sort();
+        names.first().map(|n| self.inner.missing_keys[*n].clone())
+    }
+
+    /// Opens `project`'s account for a run: its budget from `limits`, what
+    /// it has spent from the store. `stop` is cancelled if it halts.
+    pub fn open(
+        &self,
+        project: &ProjectId,
+        limits: &RunLimits,
+        stop: CancellationToken,
+    ) -> crate::Result<Arc<Account>> {
+        let spent = self.inner.store.spent(project)?;
+        let account = Arc::new(Account {
+            max_cost_usd: limits.max_cost_usd,
+            max_tokens: limits.max_tokens,
+            spent: Mutex::new(spent),
+            halt: Mutex::new(None),
+            stop,
+        });
+        if let Ok(mut a) = self.inner.accounts.lock() {
+            a.insert(project.clone(), account.clone());
+        }
+        Ok(account)
+    }
+
+    pub fn close(&self, project: &ProjectId) {
+        if let Ok(mut a) = self.inner.accounts.lock() {
+            a.remove(project);
+        }
+    }
+
+    fn account(&self, project: &ProjectId) -> Option<Arc<Account>> {
+        self.inner.accounts.lock().ok()?.get(project).cloned()
     }
 
     pub async fn complete(
@@ -34,37 +314,182 @@ impl Gateway {
         caller: Caller<'_>,
         messages: Vec<ChatMessage>,
         tools: Vec<ToolSpec>,
-    ) -> Result<Completion, CallError> {
-        let result = self
-            .client
-            .complete(CompletionRequest { messages, tools })
-            .await;
-        let (input, output, latency, retries, outcome) = match &result {
-            Ok(c) => (
-                c.usage.prompt_tokens,
-                c.usage.completion_tokens,
-                c.latency,
-                c.retries,
+    ) -> Result<Served, CallError> {
+        let inner = &self.inner;
+        let account = self.account(caller.project);
+        if let Some(a) = &account {
+            if let Some(h) = a.halted() {
+                return Err(CallError::Halted(h));
+            }
+            if let Some(msg) = a.over_budget() {
+                return Err(CallError::Halted(a.halt(Halt::Budget(msg))));
+            }
+        }
+        let route = inner.routes.get(&caller.role);
+        let meta = CallMeta {
+            role: caller.role.as_str().to_owned(),
+            task: caller.task.map(|t| t.to_string()),
+            attempt: caller.attempt,
+            turn: caller.turn,
+        };
+        let primary = route.and_then(|r| r.targets.first());
+        if let (Some(t), Tape::Live | Tape::Record(_)) = (primary, &inner.tape) {
+            if let Some(msg) = inner.missing_keys.get(t.provider.name()) {
+                let h = Halt::Auth(msg.clone());
+                return Err(CallError::Halted(match &account {
+                    Some(a) => a.halt(h),
+                    None => h,
+                }));
+            }
+        }
+        let result = match (&inner.tape, route) {
+            (Tape::Replay(r), _) => {
+                let model = primary.map(|t| t.model.clone()).unwrap_or_default();
+                let request = ModelRequest {
+                    model: model.clone(),
+                    messages,
+                    tools,
+                    max_tokens: None,
+                    temperature: None,
+                };
+                let started = std::time::Instant::now();
+                match r.answer(&meta, &request) {
+                    Ok(reply) => Ok(Served {
+                        reply,
+                        provider: "replay".into(),
+                        model,
+                        retries: 0,
+                        waited: Duration::ZERO,
+                        latency: started.elapsed(),
+                    }),
+                    Err(error) => Err(Failed {
+                        error,
+                        provider: "replay".into(),
+                        model,
+                        retries: 0,
+                        waited: Duration::ZERO,
+                        latency: started.elapsed(),
+                    }),
+                }
+            }
+            (Tape::Live | Tape::Record(_), Some(route)) => {
+                let for_tape = match &inner.tape {
+                    Tape::Record(_) => Some((messages.clone(), tools.clone())),
+                    Tape::Live | Tape::Replay(_) => None,
+                };
+                let r = inner.router.call(route, &meta, messages, tools).await;
+                if let (Tape::Record(rec), Some((messages, tools)), Ok(s)) =
+                    (&inner.tape, for_tape, &r)
+                {
+                    let request = ModelRequest {
+                        model: s.model.clone(),
+                        messages,
+                        tools,
+                        max_tokens: None,
+                        temperature: None,
+                    };
+                    if let Err(e) = rec.record(&meta, &s.provider, &request, &s.reply) {
+                        tracing::warn!(error = %e, "could not write the recording");
+                    }
+                }
+                r
+            }
+            (Tape::Live | Tape::Record(_), None) => {
+                return Err(CallError::Model(Failed {
+                    error: swarm_llm::Error::Setup {
+                        provider: String::new(),
+                        message: format!("no model is configured for the {} role", meta.role),
+                    },
+                    provider: String::new(),
+                    model: String::new(),
+                    retries: 0,
+                    waited: Duration::ZERO,
+                    latency: Duration::ZERO,
+                }))
+            }
+        };
+        self.account_for(&caller, &result, account.as_deref());
+        match result {
+            Ok(s) => Ok(s),
+            Err(f) => {
+                if let Some(a) = &account {
+                    use swarm_llm::Error as E;
+                    let msg = || inner.redactor.redact(&f.error.to_string()).into_owned();
+                    let halt = match &f.error {
+                        E::Auth { .. } => Some(Halt::Auth(msg())),
+                        E::ReplayMiss(_) => Some(Halt::Replay(msg())),
+                        E::Http { .. }
+                        | E::ModelNotFound { .. }
+                        | E::ContextLength { .. }
+                        | E::Timeout { .. }
+                        | E::Connect { .. }
+                        | E::InvalidResponse { .. }
+                        | E::Setup { .. } => None,
+                    };
+                    if let Some(h) = halt {
+                        return Err(CallError::Halted(a.halt(h)));
+                    }
+                }
+                Err(CallError::Model(f))
+            }
+        }
+    }
+
+    /// Stores the call and adds it to the project's spending.
+    fn account_for(
+        &self,
+        caller: &Caller<'_>,
+        result: &Result<Served, Failed>,
+        account: Option<&Account>,
+    ) {
+        let inner = &self.inner;
+        let (provider, model, input, output, latency, retries, waited, outcome) = match result {
+            Ok(s) => (
+                &s.provider,
+                &s.model,
+                s.reply.usage.prompt_tokens,
+                s.reply.usage.completion_tokens,
+                s.latency,
+                s.retries,
+                s.waited,
                 "ok".to_owned(),
             ),
-            Err(e) => (0, 0, e.latency, e.retries, e.error.kind()),
+            Err(f) => (
+                &f.provider,
+                &f.model,
+                0,
+                0,
+                f.latency,
+                f.retries,
+                f.waited,
+                f.error.kind(),
+            ),
         };
+        let cost_usd = inner.models.cost(model, input, output);
+        if let Some(a) = account {
+            if let Ok(mut s) = a.spent.lock() {
+                s.tokens += input + output;
+                s.cost_usd += cost_usd.unwrap_or(0.0);
+            }
+        }
         let record = ModelCallRecord {
             project_id: caller.project.clone(),
             task_id: caller.task.cloned(),
             attempt: caller.attempt,
-            role: caller.role.to_owned(),
-            model: self.client.model().to_owned(),
+            role: caller.role.as_str().to_owned(),
+            provider: provider.clone(),
+            model: model.clone(),
             input_tokens: input,
             output_tokens: output,
             latency_ms: latency.as_millis() as u64,
             retries,
+            waited_ms: waited.as_millis() as u64,
+            cost_usd,
             outcome,
             ts_ms: swarm_store::now_ms(),
         };
-        if let Err(e) = self.store.record_model_call(&record) {
+        if let Err(e) = inner.store.record_model_call(&record) {
             tracing::warn!(error = %e, "could not record a model call");
         }
-        result
     }
 }

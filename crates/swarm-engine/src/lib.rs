@@ -9,11 +9,12 @@ pub mod packager;
 pub mod plan;
 mod planner;
 pub mod prompts;
+mod redacted;
 mod run;
 pub mod serve;
 mod verify;
 
-pub use gateway::Gateway;
+pub use gateway::{budget_message, CallError, Caller, Gateway, Halt, Tape};
 pub use prompts::CommandResult;
 
 use std::ffi::OsString;
@@ -21,7 +22,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_config::{Config, RunLimits};
-use swarm_llm::ModelClient;
 use swarm_protocol::{Plan, ProjectId, ProjectState, TaskId, TaskKind};
 use swarm_store::{NewProject, NewTask, Store};
 use tokio::sync::{broadcast, Semaphore};
@@ -133,12 +133,15 @@ impl Engine {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
-        model: Arc<dyn ModelClient>,
+        gateway: Gateway,
         settings: EngineSettings,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_workers as usize));
         let (progress, _) = broadcast::channel(4096);
-        let gateway = Gateway::new(model, store.clone());
+        let store: Arc<dyn Store> = Arc::new(redacted::RedactedStore::new(
+            store,
+            gateway.redactor().clone(),
+        ));
         let limiter = Arc::new(memory_limiter(&config));
         tracing::info!(
             mechanism = limiter.mechanism().as_str(),
@@ -238,6 +241,43 @@ impl Engine {
         .map(|_| ())
     }
 
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// `resume` with limits on the command line: they replace the project's
+    /// stored ones (e.g. a higher budget after `budget_exhausted`).
+    pub fn update_limits(&self, id: &ProjectId, stored: &serde_json::Value) -> Result<()> {
+        let mut limits = self.limits_of(stored);
+        let c = &self.config;
+        let flag = |key: &str| matches!(c.sources.get(key), Some(swarm_config::Source::Flag(_)));
+        let before = limits.clone();
+        if flag("run.max_tasks") {
+            limits.max_tasks = c.run.max_tasks;
+        }
+        if flag("run.max_attempts") {
+            limits.max_attempts = c.run.max_attempts;
+        }
+        if flag("run.max_turns") {
+            limits.max_turns = c.run.max_turns;
+        }
+        if flag("run.max_fix_rounds") {
+            limits.max_fix_rounds = c.run.max_fix_rounds;
+        }
+        if flag("run.max_cost_usd") {
+            limits.max_cost_usd = c.run.max_cost_usd;
+        }
+        if flag("run.max_tokens") {
+            limits.max_tokens = c.run.max_tokens;
+        }
+        if limits != before {
+            let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
+            self.store.set_project_options(id, &options)?;
+            self.store.append_event(id, None, "limits", &options)?;
+        }
+        Ok(())
+    }
+
     fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
         serde_json::from_value(options.clone()).unwrap_or_else(|_| self.config.run.clone())
     }
@@ -249,6 +289,7 @@ impl Engine {
         kind: &'static str,
         message: String,
     ) {
+        let message = self.gateway.redactor().redact(&message).into_owned();
         let _ = self.progress.send(Progress {
             project: project.clone(),
             task: task.cloned(),

@@ -5,6 +5,7 @@ use crate::gateway::{Caller, Gateway};
 use crate::plan::{extract_plan, validate_fix_tasks, validate_plan};
 use crate::prompts;
 use std::collections::HashSet;
+use swarm_config::ModelRole;
 use swarm_protocol::chat::ChatMessage;
 use swarm_protocol::{Plan, ProjectId, TaskId};
 
@@ -55,8 +56,12 @@ async fn ask(
     let mut calls = 0;
     loop {
         calls += 1;
+        let caller = Caller {
+            turn: calls,
+            ..caller
+        };
         let reply = match gateway.complete(caller, messages.clone(), Vec::new()).await {
-            Ok(c) => c.message,
+            Ok(c) => c.reply.message,
             Err(e) => {
                 return PlanOutcome {
                     result: Err(PlanError::Model(e.to_string())),
@@ -103,7 +108,8 @@ pub async fn plan(
         project,
         task: None,
         attempt: None,
-        role: "planner",
+        role: ModelRole::Planner,
+        turn: 1,
     };
     ask(
         gateway,
@@ -127,7 +133,8 @@ pub async fn fix_plan(
         project,
         task: None,
         attempt: None,
-        role: "fixer",
+        role: ModelRole::Fixer,
+        turn: 1,
     };
     ask(
         gateway,

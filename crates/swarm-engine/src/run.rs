@@ -63,8 +63,58 @@ pub(crate) async fn run_project(
     cancel: CancellationToken,
     mode: Mode,
 ) -> Result<RunReport> {
-    // Our own token: an error stops this run's workers without stopping the caller.
+    // Our own token: an error or a halt stops this run's workers without
+    // stopping the caller.
     let cancel = cancel.child_token();
+    if mode == Mode::RecoverOnly {
+        return run_inner(engine, id, cancel, mode).await;
+    }
+    let project = engine.store.project(id)?;
+    if project.state.is_terminal() && project.state != ProjectState::Failed {
+        return run_inner(engine, id, cancel, mode).await;
+    }
+    if let Some(msg) = engine.gateway.missing_key() {
+        set_project(engine, id, ProjectState::Paused, Some(&msg))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {msg}"));
+        return report(engine, id, None);
+    }
+    let limits = engine.limits_of(&project.options);
+    let account = engine.gateway.open(id, &limits, cancel.clone())?;
+    let result = if account.check_budget().is_some() {
+        Ok(None)
+    } else {
+        run_inner(engine, id, cancel, mode).await.map(Some)
+    };
+    engine.gateway.close(id);
+    if let Some(halt) = account.halted() {
+        // The run stopped its workers as for Ctrl-C; say why it really ended.
+        set_project(engine, id, halt.state(), Some(halt.message()))?;
+        engine.store().append_event(
+            id,
+            None,
+            "halt",
+            &serde_json::json!({"state": halt.state().as_str(), "message": halt.message()}),
+        )?;
+        engine.emit(
+            id,
+            None,
+            "project",
+            format!("project {id}: {}: {}", halt.state(), halt.message()),
+        );
+        return report(engine, id, None);
+    }
+    match result? {
+        Some(r) => Ok(r),
+        None => report(engine, id, None),
+    }
+}
+
+async fn run_inner(
+    engine: &Engine,
+    id: &ProjectId,
+    cancel: CancellationToken,
+    mode: Mode,
+) -> Result<RunReport> {
     let store = engine.store.clone();
     let mut project = store.project(id)?;
     let limits = engine.limits_of(&project.options);
@@ -79,7 +129,9 @@ pub(crate) async fn run_project(
         | ProjectState::Planning
         | ProjectState::Running
         | ProjectState::Verifying
-        | ProjectState::Interrupted => {}
+        | ProjectState::Interrupted
+        | ProjectState::BudgetExhausted
+        | ProjectState::Paused => {}
     }
 
     let project_dir = engine.config.project_dir(id.as_str());
@@ -1049,6 +1101,7 @@ impl Run<'_> {
         let outputs = self.outputs.clone();
         let store = self.engine.store.clone();
         let id = self.id.clone();
+        let redactor = self.engine.gateway.redactor().clone();
         self.background.spawn_blocking(move || {
             let files = match record.commit.as_deref().map(|c| repo.changed_files(c)) {
                 Some(Ok(changes)) => changes.into_iter().map(|c| c.path).collect::<Vec<_>>(),
@@ -1062,7 +1115,7 @@ impl Run<'_> {
             if let Err(e) = store.update_task(&id, &record.id, &update) {
                 tracing::warn!(task = %record.id, error = %e, "cannot store the task's changed files");
             }
-            if let Err(e) = packager::task_archive(&outputs, &id, &record, &worktree, &files) {
+            if let Err(e) = packager::task_archive(&outputs, &id, &record, &worktree, &files, &redactor) {
                 tracing::warn!(task = %record.id, error = %e, "cannot write the task archive");
             }
             // Everything was committed: the worktree is clean for the next attempt.
@@ -1317,12 +1370,19 @@ impl Run<'_> {
             self.plan.name.clone()
         };
         let pool = self.ctx.pool.clone();
+        let redactor = self.engine.gateway.redactor().clone();
         let delivery = tokio::task::spawn_blocking(
             move || -> std::result::Result<swarm_package::Delivery, String> {
                 let tracked = repo.tracked_files().map_err(|e| e.to_string())?;
-                let d =
-                    swarm_package::write_delivery(&outputs, &name, repo.root(), &tracked, manifest)
-                        .map_err(|e| e.to_string())?;
+                let d = packager::write_delivery(
+                    &outputs,
+                    &name,
+                    repo.root(),
+                    &tracked,
+                    manifest,
+                    &redactor,
+                )
+                .map_err(|e| e.to_string())?;
                 if let Err(e) = pool.drain() {
                     tracing::warn!(error = %e, "cannot remove the idle worktrees");
                 }
@@ -1350,6 +1410,9 @@ impl Run<'_> {
                                 .join(", ")
                         ),
                     );
+                }
+                if let Some(line) = packager::withheld_message("delivery", &d.packed.withheld) {
+                    self.engine.emit(&self.id, None, "info", line);
                 }
                 (Some(d.packed.archive), Some(d.manifest_json), error)
             }

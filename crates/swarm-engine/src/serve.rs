@@ -81,7 +81,7 @@ pub async fn serve(
                 }
                 continue;
             }
-            if p.state.is_terminal() {
+            if p.state.is_terminal() || p.state.awaits_operator() {
                 continue;
             }
             if retry_after.get(&p.id).is_some_and(|t| Instant::now() < *t) {

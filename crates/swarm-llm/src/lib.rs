@@ -1,107 +1,228 @@
-//! Model clients. [`ModelClient`] is the interface the engine's gateway
-//! uses; [`OpenAiClient`] speaks the OpenAI-compatible Chat Completions wire
-//! format (OpenAI, OpenRouter, Ollama, vLLM, llama.cpp server, LM Studio).
+//! Model providers and the gateway's building blocks.
 //!
-//! The client is the only code that holds an API key; the key never appears
+//! - [`Provider`]: one HTTP request to one provider, in its wire format —
+//!   [`openai`] (OpenAI-compatible Chat Completions: OpenAI, OpenRouter,
+//!   Ollama, vLLM, llama.cpp server, LM Studio) or [`anthropic`] (Anthropic
+//!   Messages). No retries here.
+//! - [`router`]: a role's route (a model and its fallbacks), with the retry
+//!   policy, the shared rate limiter and the context-length shrink applied
+//!   around every request.
+//! - [`ratelimit`]: the sliding-window request limiter (`API_RATE_LIMIT_RPM`)
+//!   and the per-provider tokens-per-minute limiter.
+//! - [`redact`]: masks API keys and key-shaped strings.
+//! - [`cassette`]: `--record` / `--replay` of model calls.
+//!
+//! A provider is the only code that holds an API key; the key never appears
 //! in a `Debug` output or an error message.
 
-mod openai;
+pub mod anthropic;
+pub mod cassette;
+pub mod openai;
+pub mod ratelimit;
+pub mod redact;
+pub mod router;
 
-pub use openai::{OpenAiClient, OpenAiSettings};
-
+use secrecy::SecretString;
+use std::sync::Arc;
 use std::time::Duration;
 use swarm_protocol::chat::{ChatMessage, ToolSpec, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("model endpoint answered HTTP {status}: {message}")]
+    /// Any other non-2xx answer (429, 5xx, 529, 400 …).
+    #[error("{provider} answered HTTP {status}: {message}")]
     Http {
+        provider: String,
         status: u16,
         message: String,
+        /// From `retry-after-ms` or `retry-after`.
         retry_after: Option<Duration>,
     },
-    #[error("model endpoint rejected the API key (HTTP {status}): {message}. Check {key_env}")]
+    /// 401/403, or no key where the provider needs one. Not retried; the
+    /// project pauses until the key is fixed.
+    #[error("{provider} rejected the API key (HTTP {status}): {message}. {hint}")]
     Auth {
+        provider: String,
         status: u16,
         message: String,
-        key_env: String,
+        /// What to do, e.g. "Check OPENAI_API_KEY (environment or secrets file)".
+        hint: String,
     },
-    #[error("model request timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("cannot reach the model endpoint {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("model endpoint sent an invalid response: {0}")]
-    InvalidResponse(String),
+    /// The model does not exist at this provider (or the key may not use it).
+    #[error("{provider} does not serve model {model:?} (HTTP {status}): {message}")]
+    ModelNotFound {
+        provider: String,
+        model: String,
+        status: u16,
+        message: String,
+    },
+    /// The conversation is longer than the model's context window.
+    #[error("{provider}: the conversation exceeds the model's context window: {message}")]
+    ContextLength { provider: String, message: String },
+    #[error("{provider}: the model request timed out after {after:?}")]
+    Timeout { provider: String, after: Duration },
+    #[error("cannot reach {provider} at {url}: {message}")]
+    Connect {
+        provider: String,
+        url: String,
+        message: String,
+    },
+    #[error("{provider} sent an invalid response: {message}")]
+    InvalidResponse { provider: String, message: String },
+    /// `--replay` has no recorded answer for this request.
+    #[error("{0}")]
+    ReplayMiss(String),
+    /// The provider is configured wrongly (a bad header name, …).
+    #[error("provider {provider}: {message}")]
+    Setup { provider: String, message: String },
 }
 
 impl Error {
-    /// 429, 408, 409, 5xx, timeouts, broken connections and garbled bodies
-    /// may succeed on a later try; 400/401/403/404 will not.
+    /// 429, 408, 409, 5xx, 529, timeouts, broken connections and garbled
+    /// bodies may succeed on a later try; 400/401/403/404 will not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Http { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (500..=599).contains(status)
             }
-            Error::Auth { .. } => false,
-            Error::Timeout(_) | Error::Connect { .. } | Error::InvalidResponse(_) => true,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::InvalidResponse { .. } => true,
+            Error::Auth { .. }
+            | Error::ModelNotFound { .. }
+            | Error::ContextLength { .. }
+            | Error::ReplayMiss(_)
+            | Error::Setup { .. } => false,
         }
+    }
+
+    /// Whether the next model in the role's fallback list should be tried
+    /// once this error is final: the provider keeps failing (retries spent),
+    /// or does not serve the model.
+    pub fn wants_fallback(&self) -> bool {
+        self.is_retryable() || matches!(self, Error::ModelNotFound { .. })
     }
 
     /// A short kind for accounting: `http_429`, `timeout`, `connect`, …
     pub fn kind(&self) -> String {
         match self {
             Error::Http { status, .. } | Error::Auth { status, .. } => format!("http_{status}"),
-            Error::Timeout(_) => "timeout".into(),
+            Error::ModelNotFound { .. } => "model_not_found".into(),
+            Error::ContextLength { .. } => "context_length".into(),
+            Error::Timeout { .. } => "timeout".into(),
             Error::Connect { .. } => "connect".into(),
-            Error::InvalidResponse(_) => "invalid_response".into(),
+            Error::InvalidResponse { .. } => "invalid_response".into(),
+            Error::ReplayMiss(_) => "replay_miss".into(),
+            Error::Setup { .. } => "setup".into(),
         }
     }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompletionRequest {
-    pub messages: Vec<ChatMessage>,
-    pub tools: Vec<ToolSpec>,
+/// A provider's wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions (`POST {base_url}/chat/completions`).
+    OpenAi,
+    /// Anthropic Messages (`POST {base_url}/messages`).
+    Anthropic,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
-    pub message: ChatMessage,
-    pub usage: Usage,
-    /// Requests sent beyond the first (retries).
-    pub retries: u32,
-    pub latency: Duration,
+/// What a provider needs; built from the resolved config by the caller.
+#[derive(Clone)]
+pub struct ProviderSettings {
+    /// The provider's name in the config (`[providers.NAME]`).
+    pub name: String,
+    pub kind: ProviderKind,
+    /// E.g. `https://api.openai.com/v1`, `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    /// The variable the key is read from, for messages (never the value).
+    pub api_key_env: Option<String>,
+    /// Extra request headers (e.g. OpenRouter's `HTTP-Referer`).
+    pub headers: Vec<(String, String)>,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
-/// A failed call with what it cost, for accounting.
-#[derive(Debug)]
-pub struct CallError {
-    pub error: Error,
-    pub retries: u32,
-    pub latency: Duration,
-}
-
-impl std::fmt::Display for CallError {
+impl std::fmt::Debug for ProviderSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.retries > 0 {
-            write!(f, "{} (after {} retries)", self.error, self.retries)
-        } else {
-            write!(f, "{}", self.error)
+        f.debug_struct("ProviderSettings")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("api_key_env", &self.api_key_env)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ProviderSettings {
+    /// What to tell the user when the key is refused or missing.
+    pub fn key_hint(&self) -> String {
+        match &self.api_key_env {
+            Some(env) => format!(
+                "Check {env} (in the environment or the secrets file) for provider {}",
+                self.name
+            ),
+            None => format!(
+                "Set `api_key_env` under [providers.{}] in agentswarm.toml and export that variable",
+                self.name
+            ),
         }
     }
 }
 
+/// One request to a model, in the conversation format of
+/// [`swarm_protocol::chat`]; providers translate it to their wire format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolSpec>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+/// Who makes a model call, for accounting, the rate limiter's log lines
+/// and `--record`/`--replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CallMeta {
+    /// `planner`, `worker` or `fixer`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// 1-based turn of a worker; the call's number within a planner or
+    /// fixer exchange.
+    pub turn: u32,
+}
+
+/// A provider's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub message: ChatMessage,
+    pub usage: Usage,
+}
+
+/// One provider endpoint. `send` makes exactly one HTTP request.
 #[async_trait::async_trait]
-pub trait ModelClient: Send + Sync {
-    /// The model name, for accounting.
-    fn model(&self) -> &str;
-    /// One completion, with the client's retry policy applied.
-    async fn complete(
-        &self,
-        request: CompletionRequest,
-    ) -> std::result::Result<Completion, CallError>;
+pub trait Provider: Send + Sync {
+    /// The provider's name in the config.
+    fn name(&self) -> &str;
+    async fn send(&self, request: &ModelRequest) -> Result<Reply>;
+}
+
+/// The provider for `settings.kind`.
+pub fn build_provider(settings: ProviderSettings) -> Result<Arc<dyn Provider>> {
+    Ok(match settings.kind {
+        ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(settings)?),
+        ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(settings)?),
+    })
 }
 
 /// Bounded exponential backoff with jitter.
@@ -124,9 +245,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before retry number `retry` (1-based): the server's
-    /// `retry-after` when given (at least), else `base · 2^(retry-1)` with
-    /// ±25 % jitter, capped at `max_delay`.
+    /// Delay before retry number `retry` (1-based): `base · 2^(retry-1)`
+    /// with ±25 % jitter, capped at `max_delay` — but never less than the
+    /// server's `retry-after` when it gave one.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .base_delay
@@ -144,30 +265,118 @@ impl RetryPolicy {
     }
 }
 
+/// `retry-after-ms` (milliseconds) or `retry-after` (seconds; an HTTP date
+/// is ignored), as providers send them.
+pub(crate) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() {
+            return Some(Duration::from_secs_f64(ms.clamp(0.0, 3_600_000.0) / 1000.0));
+        }
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
+}
+
+/// The first `n` characters of `s`.
+pub(crate) fn head(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// An HTTP client with the provider's timeouts and headers.
+pub(crate) fn http_client(s: &ProviderSettings) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in &s.headers {
+        let name =
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| Error::Setup {
+                provider: s.name.clone(),
+                message: format!("header name {k:?}: {e}"),
+            })?;
+        let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| Error::Setup {
+            provider: s.name.clone(),
+            message: format!("value of header {k:?}: {e}"),
+        })?;
+        headers.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .connect_timeout(s.connect_timeout)
+        .timeout(s.request_timeout)
+        .pool_max_idle_per_host(32)
+        .default_headers(headers)
+        .build()
+        .map_err(|e| Error::Setup {
+            provider: s.name.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// A transport error as one of ours; reqwest's message never holds headers,
+/// so no key can leak through it.
+pub(crate) fn transport_error(s: &ProviderSettings, url: &str, e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout {
+            provider: s.name.clone(),
+            after: s.request_timeout,
+        }
+    } else if e.is_decode() || e.is_body() {
+        Error::InvalidResponse {
+            provider: s.name.clone(),
+            message: e.to_string(),
+        }
+    } else {
+        Error::Connect {
+            provider: s.name.clone(),
+            url: url.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn retryable_classes() {
-        let http = |status| Error::Http {
+    fn http(status: u16) -> Error {
+        Error::Http {
+            provider: "p".into(),
             status,
             message: String::new(),
             retry_after: None,
-        };
+        }
+    }
+
+    #[test]
+    fn retryable_classes() {
         for s in [408, 409, 429, 500, 502, 503, 529] {
             assert!(http(s).is_retryable(), "{s}");
         }
         for s in [400, 403, 404, 422] {
             assert!(!http(s).is_retryable(), "{s}");
         }
-        assert!(!Error::Auth {
+        let auth = Error::Auth {
+            provider: "p".into(),
             status: 401,
             message: String::new(),
-            key_env: "K".into()
+            hint: String::new(),
+        };
+        assert!(!auth.is_retryable() && !auth.wants_fallback());
+        let gone = Error::ModelNotFound {
+            provider: "p".into(),
+            model: "m".into(),
+            status: 404,
+            message: String::new(),
+        };
+        assert!(!gone.is_retryable() && gone.wants_fallback());
+        assert!(Error::Timeout {
+            provider: "p".into(),
+            after: Duration::from_secs(1)
         }
         .is_retryable());
-        assert!(Error::Timeout(Duration::from_secs(1)).is_retryable());
     }
 
     #[test]

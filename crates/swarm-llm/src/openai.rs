@@ -1,198 +1,699 @@
-//! OpenAI-compatible Chat Completions over HTTP (non-streaming).
+//! OpenAI-compatible Chat Completions over HTTP (non-streaming, with tool
+//! calling): OpenAI, OpenRouter, Ollama, vLLM, llama.cpp server, LM Studio.
+//!
+//! Error bodies differ between these servers; [`OpenAiProvider`] reads all
+//! of the shapes below and classifies them into [`Error`]:
+//!
+//! - OpenAI: `{"error":{"message","type","param","code":"context_length_exceeded"}}`
+//! - OpenRouter: `{"error":{"code":400,"message","metadata":{"raw","provider_name"}}}`
+//!   (a numeric code; the upstream error in `metadata.raw`; sometimes with
+//!   HTTP 200; 403 with `metadata.reasons` is a moderation refusal, not a
+//!   bad key)
+//! - Ollama native / LM Studio: `{"error":"model \"x\" not found, try pulling it first"}`
+//! - vLLM (older): `{"object":"error","message","type","code":400}`
+//! - llama.cpp server: `{"error":{"code":400,"message","type":"exceed_context_size_error"}}`
 
-use crate::{CallError, Completion, CompletionRequest, Error, ModelClient, Result, RetryPolicy};
-use std::time::{Duration, Instant};
+use crate::{
+    head, http_client, retry_after, transport_error, Error, ModelRequest, Provider,
+    ProviderSettings, Reply, Result,
+};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use std::time::Duration;
 use swarm_protocol::chat::{ChatRequest, ChatResponse};
 
-pub struct OpenAiClient {
+pub struct OpenAiProvider {
     http: reqwest::Client,
     url: String,
-    api_key: Option<secrecy::SecretString>,
-    key_env: String,
-    model: String,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    timeout: Duration,
-    retry: RetryPolicy,
+    settings: ProviderSettings,
 }
 
-impl std::fmt::Debug for OpenAiClient {
+impl std::fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiClient")
+        f.debug_struct("OpenAiProvider")
             .field("url", &self.url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .field("model", &self.model)
+            .field("settings", &self.settings)
             .finish()
     }
 }
 
-/// What the client needs; built from the resolved config by the caller.
-#[derive(Clone)]
-pub struct OpenAiSettings {
-    pub base_url: String,
-    pub api_key: Option<String>,
-    pub key_env: String,
-    pub model: String,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub timeout: Duration,
-    pub retry: RetryPolicy,
+impl OpenAiProvider {
+    pub fn new(settings: ProviderSettings) -> Result<Self> {
+        Ok(Self {
+            http: http_client(&settings)?,
+            url: format!(
+                "{}/chat/completions",
+                settings.base_url.trim_end_matches('/')
+            ),
+            settings,
+        })
+    }
+
+    fn error(
+        &self,
+        status: u16,
+        body: &str,
+        request: &ModelRequest,
+        retry_after: Option<Duration>,
+    ) -> Error {
+        classify(
+            &self.settings,
+            &self.url,
+            status,
+            body,
+            &request.model,
+            retry_after,
+        )
+    }
 }
 
-impl OpenAiClient {
-    pub fn new(s: OpenAiSettings) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(32)
-            .build()
-            .map_err(|e| Error::Connect {
-                url: s.base_url.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(Self {
-            http,
-            url: format!("{}/chat/completions", s.base_url.trim_end_matches('/')),
-            api_key: s.api_key.map(secrecy::SecretString::from),
-            key_env: s.key_env,
-            model: s.model,
-            max_tokens: s.max_tokens,
-            temperature: s.temperature,
-            timeout: s.timeout,
-            retry: s.retry,
-        })
+/// What an error body says, whatever its shape.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ErrorBody {
+    /// Whether the body was JSON at all (a plain-text 404 usually means a
+    /// wrong `base_url`).
+    pub json: bool,
+    pub message: String,
+    /// `error.code` (string or number) or a top-level `code`.
+    pub code: String,
+    /// `error.type` or a top-level `type`.
+    pub kind: String,
+    /// OpenRouter's moderation refusal (`error.metadata.reasons`).
+    pub moderation: bool,
+}
+
+impl ErrorBody {
+    pub(crate) fn parse(body: &str) -> Self {
+        let Ok(v) = serde_json::from_str::<Value>(body) else {
+            return Self {
+                message: fallback_message(body),
+                ..Self::default()
+            };
+        };
+        let text = |p: &str| match v.pointer(p) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let mut message = text("/error/message")
+            .or_else(|| text("/error"))
+            .or_else(|| text("/message"))
+            .or_else(|| text("/detail"))
+            .unwrap_or_else(|| fallback_message(body));
+        // OpenRouter passes the upstream provider's own error along.
+        let raw = match v.pointer("/error/metadata/raw") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        if let Some(raw) = raw.filter(|r| !r.trim().is_empty()) {
+            let from = text("/error/metadata/provider_name").unwrap_or_else(|| "upstream".into());
+            message = format!("{message} ({from}: {})", head(raw.trim(), 300));
+        }
+        Self {
+            json: true,
+            message,
+            code: text("/error/code")
+                .or_else(|| text("/code"))
+                .unwrap_or_default(),
+            kind: text("/error/type")
+                .or_else(|| text("/type"))
+                .unwrap_or_default(),
+            moderation: v.pointer("/error/metadata/reasons").is_some(),
+        }
     }
 
-    async fn send_once(&self, body: &ChatRequest) -> Result<Completion> {
-        use secrecy::ExposeSecret;
-        let started = Instant::now();
-        let mut req = self.http.post(&self.url).timeout(self.timeout).json(body);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key.expose_secret());
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers());
-        let text = resp.text().await.map_err(|e| self.transport_error(e))?;
-        if !(200..300).contains(&status) {
-            let message = error_message(&text);
-            return Err(match status {
-                401 | 403 => Error::Auth {
-                    status,
-                    message,
-                    key_env: self.key_env.clone(),
-                },
-                _ => Error::Http {
-                    status,
-                    message,
-                    retry_after,
-                },
-            });
-        }
-        let parsed: ChatResponse = serde_json::from_str(&text).map_err(|e| {
-            Error::InvalidResponse(format!("{e} in body starting {:?}", head(&text, 200)))
-        })?;
-        let choice = parsed
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::InvalidResponse("no choices in the response".into()))?;
-        Ok(Completion {
-            message: choice.message,
-            usage: parsed.usage.unwrap_or_default(),
-            retries: 0,
-            latency: started.elapsed(),
-        })
+    /// Message, code and type in lower case, for matching.
+    fn haystack(&self) -> String {
+        format!("{} {} {}", self.message, self.code, self.kind).to_lowercase()
     }
+}
 
-    fn transport_error(&self, e: reqwest::Error) -> Error {
-        if e.is_timeout() {
-            Error::Timeout(self.timeout)
-        } else if e.is_decode() || e.is_body() {
-            Error::InvalidResponse(e.to_string())
-        } else {
-            // reqwest's message does not include headers, so the key cannot leak here.
-            Error::Connect {
-                url: self.url.clone(),
-                message: e.to_string(),
+fn fallback_message(body: &str) -> String {
+    let b = body.trim();
+    if b.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        head(b, 300).to_owned()
+    }
+}
+
+/// Whether an error text (lower case) says the prompt does not fit the
+/// model's context window, in the words of OpenAI, Anthropic, OpenRouter,
+/// vLLM, llama.cpp, LM Studio or Gemini.
+pub(crate) fn mentions_context_limit(lower: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "context_length_exceeded",
+        "exceed_context_size",
+        "context length",
+        "context window",
+        "context size",
+        "context limit",
+        "maximum context",
+        "prompt is too long",
+        "input is too long",
+        "too many tokens",
+        "exceeds the maximum number of tokens",
+    ];
+    MARKERS.iter().any(|m| lower.contains(m))
+}
+
+/// Whether an error text (lower case) says the model does not exist.
+fn mentions_unknown_model(lower: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "model_not_found",
+        "model not found",
+        "not a valid model",
+        "unknown model",
+        "no such model",
+        "try pulling it",
+        "no endpoints found",
+    ];
+    MARKERS.iter().any(|m| lower.contains(m))
+        || (lower.contains("model") && lower.contains("does not exist"))
+}
+
+/// Replaces the key, should a server ever echo it, by `[redacted]`.
+pub(crate) fn scrub(settings: &ProviderSettings, message: String) -> String {
+    match &settings.api_key {
+        Some(key) if !key.expose_secret().is_empty() && message.contains(key.expose_secret()) => {
+            message.replace(key.expose_secret(), "[redacted]")
+        }
+        _ => message,
+    }
+}
+
+/// A non-2xx answer (or a 2xx one carrying an error) as one of ours.
+fn classify(
+    settings: &ProviderSettings,
+    url: &str,
+    status: u16,
+    body: &str,
+    model: &str,
+    retry_after: Option<Duration>,
+) -> Error {
+    let provider = settings.name.clone();
+    let parsed = ErrorBody::parse(body);
+    let lower = parsed.haystack();
+    let message = scrub(settings, parsed.message);
+    match status {
+        // OpenRouter refuses flagged input with 403; the key is fine.
+        403 if parsed.moderation || lower.contains("flagged") || lower.contains("moderation") => {
+            Error::Http {
+                provider,
+                status,
+                message,
+                retry_after,
             }
         }
+        401 | 403 => Error::Auth {
+            provider,
+            status,
+            message,
+            hint: settings.key_hint(),
+        },
+        404 => Error::ModelNotFound {
+            provider,
+            model: model.to_owned(),
+            status,
+            message: if parsed.json {
+                message
+            } else {
+                format!(
+                    "{message} (POST {url}; if the model exists, check base_url — \
+                     OpenAI-compatible servers usually want it to end in /v1)"
+                )
+            },
+        },
+        400 | 413 | 422 | 500 if mentions_context_limit(&lower) => {
+            Error::ContextLength { provider, message }
+        }
+        400 | 422 if mentions_unknown_model(&lower) => Error::ModelNotFound {
+            provider,
+            model: model.to_owned(),
+            status,
+            message,
+        },
+        _ => Error::Http {
+            provider,
+            status,
+            message,
+            retry_after,
+        },
     }
 }
 
 #[async_trait::async_trait]
-impl ModelClient for OpenAiClient {
-    fn model(&self) -> &str {
-        &self.model
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &str {
+        &self.settings.name
     }
 
-    async fn complete(
-        &self,
-        request: CompletionRequest,
-    ) -> std::result::Result<Completion, CallError> {
+    async fn send(&self, request: &ModelRequest) -> Result<Reply> {
         let body = ChatRequest {
-            model: self.model.clone(),
-            messages: request.messages,
-            tools: request.tools,
-            max_tokens: self.max_tokens,
-            temperature: self.temperature,
+            model: request.model.clone(),
+            messages: request.messages.clone(),
+            tools: request.tools.clone(),
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
         };
-        let started = Instant::now();
-        let mut retries = 0;
-        loop {
-            match self.send_once(&body).await {
-                Ok(mut c) => {
-                    c.retries = retries;
-                    c.latency = started.elapsed();
-                    return Ok(c);
+        let mut req = self.http.post(&self.url).json(&body);
+        if let Some(key) = &self.settings.api_key {
+            req = req.bearer_auth(key.expose_secret());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&self.settings, &self.url, e))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| transport_error(&self.settings, &self.url, e))?;
+        if !(200..300).contains(&status) {
+            return Err(self.error(status, &text, request, retry_after));
+        }
+        let parsed: ChatResponse = match serde_json::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                // OpenRouter reports some upstream failures with HTTP 200
+                // and an error object; classify those by their own code.
+                if let Some(code) = embedded_error_status(&text) {
+                    return Err(self.error(code, &text, request, retry_after));
                 }
-                Err(e) if e.is_retryable() && retries < self.retry.max_retries => {
-                    retries += 1;
-                    let ra = match &e {
-                        Error::Http { retry_after, .. } => *retry_after,
-                        _ => None,
-                    };
-                    let delay = self.retry.delay(retries, ra);
-                    tracing::warn!(error = %e, retry = retries, delay_ms = delay.as_millis() as u64, "model call failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => {
-                    return Err(CallError {
-                        error,
-                        retries,
-                        latency: started.elapsed(),
-                    });
-                }
+                return Err(Error::InvalidResponse {
+                    provider: self.settings.name.clone(),
+                    message: scrub(
+                        &self.settings,
+                        format!("{e} in body starting {:?}", head(&text, 200)),
+                    ),
+                });
             }
+        };
+        let choice = parsed
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidResponse {
+                provider: self.settings.name.clone(),
+                message: "no choices in the response".into(),
+            })?;
+        Ok(Reply {
+            message: choice.message,
+            usage: parsed.usage.unwrap_or_default(),
+        })
+    }
+}
+
+/// The status an error object inside a 2xx body stands for: its numeric
+/// `code` when that is an HTTP error status, else 502 (retryable).
+fn embedded_error_status(body: &str) -> Option<u16> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let error = v.get("error")?;
+    if error.is_null() {
+        return None;
+    }
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..=599).contains(c));
+    Some(code.unwrap_or(502))
+}
+
+/// A scripted HTTP server on loopback for the providers' tests: answers
+/// every POST to `path` with one canned response and records what it got.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct Seen {
+        pub headers: HeaderMap,
+        pub body: serde_json::Value,
+    }
+
+    pub(crate) struct MockServer {
+        /// `http://127.0.0.1:PORT/v1`
+        pub base_url: String,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl MockServer {
+        pub(crate) fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for MockServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Serves `POST /v1{path}` with `status`, `headers` and `body`.
+    pub(crate) async fn serve(
+        path: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> MockServer {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut reply_headers = HeaderMap::new();
+        for (k, v) in headers {
+            reply_headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        reply_headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let status = StatusCode::from_u16(status).unwrap();
+        let body = body.to_owned();
+        let record = seen.clone();
+        let handler = move |headers: HeaderMap, bytes: Bytes| {
+            let record = record.clone();
+            let reply_headers = reply_headers.clone();
+            let body = body.clone();
+            async move {
+                let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                record.lock().unwrap().push(Seen {
+                    headers,
+                    body: json,
+                });
+                (status, reply_headers, body)
+            }
+        };
+        let app = axum::Router::new().route(&format!("/v1{path}"), axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockServer {
+            base_url: format!("http://{addr}/v1"),
+            seen,
+            task,
         }
     }
 }
 
-/// `retry-after-ms` (milliseconds) or `retry-after` (seconds; an HTTP date is ignored).
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+#[cfg(test)]
+mod tests {
+    use super::test_server::serve;
+    use super::*;
+    use crate::ProviderKind;
+    use secrecy::SecretString;
+    use swarm_protocol::chat::{ChatMessage, Role, ToolSpec};
+
+    const FAKE_KEY: &str = "sk-test-not-real-0123456789";
+
+    fn settings(base_url: &str) -> ProviderSettings {
+        ProviderSettings {
+            name: "openai".into(),
+            kind: ProviderKind::OpenAi,
+            base_url: base_url.into(),
+            api_key: Some(SecretString::from(FAKE_KEY)),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            headers: vec![("HTTP-Referer".into(), "https://example.test/swarm".into())],
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
     }
-    get("retry-after")
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
-}
 
-/// The `error.message` of an OpenAI-style error body, else the body's start.
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| head(body, 300).to_owned())
-}
+    fn request() -> ModelRequest {
+        ModelRequest {
+            model: "gpt-test".into(),
+            messages: vec![ChatMessage::system("be brief"), ChatMessage::user("hi")],
+            tools: vec![ToolSpec::function(
+                "read_file",
+                "Read a file",
+                serde_json::json!({"type":"object","properties":{"path":{"type":"string"}}}),
+            )],
+            max_tokens: Some(100),
+            temperature: Some(0.2),
+        }
+    }
 
-fn head(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
+    fn classify_(status: u16, body: &str) -> Error {
+        classify(
+            &settings("http://x/v1"),
+            "http://x/v1/chat/completions",
+            status,
+            body,
+            "m",
+            Some(Duration::from_secs(3)),
+        )
+    }
+
+    #[test]
+    fn error_body_shapes() {
+        let b = ErrorBody::parse(
+            r#"{"error":{"message":"bad","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(
+            (b.message.as_str(), b.code.as_str()),
+            ("bad", "context_length_exceeded")
+        );
+        let b = ErrorBody::parse(r#"{"error":"model \"x\" not found, try pulling it first"}"#);
+        assert_eq!(b.message, "model \"x\" not found, try pulling it first");
+        let b = ErrorBody::parse(
+            r#"{"error":{"code":400,"message":"Provider returned error","metadata":{"raw":"prompt is too long","provider_name":"Anthropic"}}}"#,
+        );
+        assert_eq!(b.code, "400");
+        assert_eq!(
+            b.message,
+            "Provider returned error (Anthropic: prompt is too long)"
+        );
+        let b = ErrorBody::parse(
+            r#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","code":404}"#,
+        );
+        assert_eq!(b.message, "The model `x` does not exist.");
+        assert_eq!(b.kind, "NotFoundError");
+        let b = ErrorBody::parse("404 page not found");
+        assert!(!b.json);
+        assert_eq!(b.message, "404 page not found");
+        assert_eq!(ErrorBody::parse("").message, "(empty body)");
+    }
+
+    #[test]
+    fn classifies_auth() {
+        for s in [401, 403] {
+            let e = classify_(
+                s,
+                r#"{"error":{"message":"Incorrect API key provided","code":"invalid_api_key"}}"#,
+            );
+            assert!(
+                matches!(e, Error::Auth { status, ref hint, .. } if status == s && hint.contains("OPENAI_API_KEY")),
+                "{e:?}"
+            );
+        }
+        // OpenRouter's moderation refusal is not a key problem.
+        let e = classify_(
+            403,
+            r#"{"error":{"code":403,"message":"Your input was flagged","metadata":{"reasons":["violence"]}}}"#,
+        );
+        assert!(matches!(e, Error::Http { status: 403, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn classifies_model_not_found() {
+        // OpenAI
+        let e = classify_(
+            404,
+            r#"{"error":{"message":"The model `m` does not exist or you do not have access to it.","code":"model_not_found"}}"#,
+        );
+        assert!(
+            matches!(e, Error::ModelNotFound { status: 404, .. }),
+            "{e:?}"
+        );
+        // Ollama native and OpenAI-compatible
+        let e = classify_(
+            404,
+            r#"{"error":"model \"m\" not found, try pulling it first"}"#,
+        );
+        assert!(
+            matches!(e, Error::ModelNotFound { ref message, .. } if message.contains("try pulling")),
+            "{e:?}"
+        );
+        // OpenRouter: 400 for a bad model id
+        let e = classify_(
+            400,
+            r#"{"error":{"message":"m is not a valid model ID","code":400}}"#,
+        );
+        assert!(
+            matches!(e, Error::ModelNotFound { status: 400, .. }),
+            "{e:?}"
+        );
+        // A plain-text 404 says where we asked.
+        let e = classify_(404, "404 page not found");
+        assert!(
+            matches!(e, Error::ModelNotFound { ref message, .. } if message.contains("base_url")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn classifies_context_length() {
+        for (status, body) in [
+            (
+                400,
+                r#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+            ),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"Provider returned error","metadata":{"raw":"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: 210000 tokens > 200000 maximum\"}}","provider_name":"Anthropic"}}}"#,
+            ),
+            (
+                400,
+                r#"{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","code":400}"#,
+            ),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error"}}"#,
+            ),
+            (
+                413,
+                r#"{"error":{"message":"Request too large: too many tokens"}}"#,
+            ),
+        ] {
+            let e = classify_(status, body);
+            assert!(
+                matches!(e, Error::ContextLength { .. }),
+                "{status} {body}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn classifies_the_rest_as_http_with_retry_after() {
+        for s in [400, 408, 429, 500, 502, 503, 529] {
+            let e = classify_(s, r#"{"error":{"message":"nope","type":"server_error"}}"#);
+            assert!(
+                matches!(e, Error::Http { status, retry_after: Some(ra), .. } if status == s && ra == Duration::from_secs(3)),
+                "{s}: {e:?}"
+            );
+        }
+        // Go's "context canceled" is not a context-window problem.
+        let e = classify_(500, r#"{"error":"context canceled"}"#);
+        assert!(matches!(e, Error::Http { status: 500, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_key_is_scrubbed_from_messages() {
+        let body = format!(r#"{{"error":{{"message":"Incorrect API key provided: {FAKE_KEY}"}}}}"#);
+        let e = classify_(401, &body);
+        assert!(!e.to_string().contains(FAKE_KEY), "{e}");
+        assert!(e.to_string().contains("[redacted]"), "{e}");
+    }
+
+    #[test]
+    fn embedded_errors_in_2xx_bodies() {
+        assert_eq!(
+            embedded_error_status(r#"{"error":{"code":429,"message":"x"}}"#),
+            Some(429)
+        );
+        assert_eq!(
+            embedded_error_status(r#"{"error":{"message":"x"}}"#),
+            Some(502)
+        );
+        assert_eq!(embedded_error_status(r#"{"choices":[]}"#), None);
+        assert_eq!(embedded_error_status("not json"), None);
+    }
+
+    #[tokio::test]
+    async fn sends_bearer_key_and_extra_headers_and_parses_the_reply() {
+        let body = r#"{"id":"c1","object":"chat.completion","created":1,"model":"gpt-test",
+          "choices":[{"index":0,"message":{"role":"assistant","content":null,
+          "tool_calls":[{"id":"call_1","type":"function","function":{"name":"read_file","arguments":"{\"path\":\"a\"}"}}]},
+          "finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        let server = serve("/chat/completions", 200, &[], body).await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let reply = p.send(&request()).await.unwrap();
+        assert_eq!(reply.message.role, Role::Assistant);
+        assert_eq!(
+            reply.message.tool_calls[0].function.arguments,
+            r#"{"path":"a"}"#
+        );
+        assert_eq!(reply.usage.total_tokens, 5);
+
+        let seen = server.seen();
+        assert_eq!(seen.len(), 1);
+        let h = &seen[0].headers;
+        assert_eq!(h["authorization"], format!("Bearer {FAKE_KEY}").as_str());
+        assert_eq!(h["http-referer"], "https://example.test/swarm");
+        assert!(h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let sent = &seen[0].body;
+        assert_eq!(sent["model"], "gpt-test");
+        assert_eq!(sent["max_tokens"], 100);
+        assert_eq!(sent["messages"][0]["role"], "system");
+        assert_eq!(sent["tools"][0]["function"]["name"], "read_file");
+
+        let debug = format!("{p:?}");
+        assert!(!debug.contains(FAKE_KEY), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn http_errors_keep_the_key_out_and_read_retry_after() {
+        let server = serve(
+            "/chat/completions",
+            429,
+            &[("retry-after", "7")],
+            r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+        )
+        .await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let e = p.send(&request()).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Http { status: 429, retry_after: Some(ra), .. } if ra == Duration::from_secs(7)),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains(FAKE_KEY));
+        assert!(!format!("{e:?}").contains(FAKE_KEY));
+    }
+
+    #[tokio::test]
+    async fn no_key_means_no_authorization_header() {
+        let server = serve(
+            "/chat/completions",
+            200,
+            &[],
+            r#"{"choices":[{"message":{"role":"assistant","content":"ok"}}]}"#,
+        )
+        .await;
+        let mut s = settings(&server.base_url);
+        s.api_key = None;
+        let reply = OpenAiProvider::new(s)
+            .unwrap()
+            .send(&request())
+            .await
+            .unwrap();
+        assert_eq!(reply.message.content.as_deref(), Some("ok"));
+        assert!(server.seen()[0].headers.get("authorization").is_none());
+    }
+
+    #[tokio::test]
+    async fn garbled_and_embedded_error_bodies() {
+        let server = serve("/chat/completions", 200, &[], "<html>oops</html>").await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let e = p.send(&request()).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidResponse { .. }), "{e:?}");
+
+        let server = serve(
+            "/chat/completions",
+            200,
+            &[],
+            r#"{"error":{"code":503,"message":"upstream overloaded"}}"#,
+        )
+        .await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let e = p.send(&request()).await.unwrap_err();
+        assert!(matches!(e, Error::Http { status: 503, .. }), "{e:?}");
     }
 }

@@ -76,10 +76,21 @@ string_enum!(
         Failed => "failed",
         Interrupted => "interrupted",
         Cancelled => "cancelled",
+        /// The budget (`max_cost_usd`, `max_tokens`) is spent; `resume`
+        /// with a higher one carries on.
+        BudgetExhausted => "budget_exhausted",
+        /// A provider refused the API key (or none is set); `resume` once it is fixed.
+        Paused => "paused",
     }
 );
 
 impl ProjectState {
+    /// Stopped until an operator acts (raises the budget, fixes the key)
+    /// and runs `agentswarm resume`; `serve` does not pick it up by itself.
+    pub fn awaits_operator(self) -> bool {
+        matches!(self, ProjectState::BudgetExhausted | ProjectState::Paused)
+    }
+
     pub fn is_terminal(self) -> bool {
         match self {
             ProjectState::Done | ProjectState::Failed | ProjectState::Cancelled => true,
@@ -87,7 +98,9 @@ impl ProjectState {
             | ProjectState::Planning
             | ProjectState::Running
             | ProjectState::Verifying
-            | ProjectState::Interrupted => false,
+            | ProjectState::Interrupted
+            | ProjectState::BudgetExhausted
+            | ProjectState::Paused => false,
         }
     }
 }

@@ -183,25 +183,44 @@ pub struct ModelCallRecord {
     pub attempt: Option<u32>,
     /// `planner`, `worker` or `fixer`.
     pub role: String,
+    /// The provider and model that answered (or the last one tried).
+    pub provider: String,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub latency_ms: u64,
     pub retries: u32,
+    /// Time spent waiting for the rate limits.
+    pub waited_ms: u64,
+    /// From the model's price in the config; `None` when it has none.
+    pub cost_usd: Option<f64>,
     /// `ok` or an error kind such as `http_429`, `timeout`, `invalid_response`.
     pub outcome: String,
     pub ts_ms: i64,
 }
 
-/// Totals of model calls for one role and model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Totals of model calls for one role, provider and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageTotals {
     pub role: String,
+    pub provider: String,
     pub model: String,
     pub calls: u64,
     pub failed_calls: u64,
+    pub retries: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Sum over the calls that had a price.
+    pub cost_usd: f64,
+    /// Calls of a model without a price (their cost is not in `cost_usd`).
+    pub unpriced_calls: u64,
+}
+
+/// What a project's model calls have used so far (for its budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spent {
+    pub tokens: u64,
+    pub cost_usd: f64,
 }
 
 /// The store interface. Implementations are synchronous and fast (one local
@@ -227,6 +246,8 @@ pub trait Store: Send + Sync {
     /// yet finished become `cancelled`. `false` if it had already ended.
     fn cancel_project(&self, id: &ProjectId) -> Result<bool>;
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()>;
+    /// Replaces the run options (`resume` with new limits, e.g. a higher budget).
+    fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()>;
     fn set_final(
         &self,
         id: &ProjectId,
@@ -289,4 +310,5 @@ pub trait Store: Send + Sync {
 
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()>;
     fn usage(&self, id: &ProjectId) -> Result<Vec<UsageTotals>>;
+    fn spent(&self, id: &ProjectId) -> Result<Spent>;
 }

@@ -95,6 +95,11 @@ CREATE INDEX model_calls_by_project ON model_calls(project_id);
     r#"
 ALTER TABLE projects ADD COLUMN waiting TEXT;
 "#,
+    r#"
+ALTER TABLE model_calls ADD COLUMN provider TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_calls ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE model_calls ADD COLUMN cost_usd REAL;
+"#,
 ];
 
 /// The SQLite implementation of [`Store`]. One connection behind a mutex:
@@ -504,6 +509,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()> {
+        let text = to_json(options)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE projects SET options = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![text, now_ms(), id.as_str()],
+            )?;
+            if n == 0 {
+                return Err(Error::ProjectNotFound(id.clone()));
+            }
+            Ok(())
+        })
+    }
+
     fn set_final(
         &self,
         id: &ProjectId,
@@ -766,18 +785,21 @@ impl Store for SqliteStore {
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO model_calls (project_id, task_id, attempt, role, model, input_tokens, output_tokens, latency_ms, retries, outcome, ts_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO model_calls (project_id, task_id, attempt, role, provider, model, input_tokens, output_tokens, latency_ms, retries, waited_ms, cost_usd, outcome, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     call.project_id.as_str(),
                     call.task_id.as_ref().map(|t| t.as_str()),
                     call.attempt,
                     call.role,
+                    call.provider,
                     call.model,
                     call.input_tokens as i64,
                     call.output_tokens as i64,
                     call.latency_ms as i64,
                     call.retries,
+                    call.waited_ms as i64,
+                    call.cost_usd,
                     call.outcome,
                     call.ts_ms
                 ],
@@ -789,20 +811,40 @@ impl Store for SqliteStore {
     fn usage(&self, id: &ProjectId) -> Result<Vec<UsageTotals>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT role, model, COUNT(*), SUM(outcome != 'ok'), SUM(input_tokens), SUM(output_tokens)
-                 FROM model_calls WHERE project_id = ?1 GROUP BY role, model ORDER BY role, model",
+                "SELECT role, provider, model, COUNT(*), SUM(outcome != 'ok'), SUM(retries),
+                        SUM(input_tokens), SUM(output_tokens), TOTAL(cost_usd), SUM(cost_usd IS NULL)
+                 FROM model_calls WHERE project_id = ?1 GROUP BY role, provider, model
+                 ORDER BY role, provider, model",
             )?;
             let rows = stmt.query_map([id.as_str()], |r| {
                 Ok(UsageTotals {
                     role: r.get(0)?,
-                    model: r.get(1)?,
-                    calls: r.get::<_, i64>(2)? as u64,
-                    failed_calls: r.get::<_, i64>(3)? as u64,
-                    input_tokens: r.get::<_, i64>(4)? as u64,
-                    output_tokens: r.get::<_, i64>(5)? as u64,
+                    provider: r.get(1)?,
+                    model: r.get(2)?,
+                    calls: r.get::<_, i64>(3)? as u64,
+                    failed_calls: r.get::<_, i64>(4)? as u64,
+                    retries: r.get::<_, i64>(5)? as u64,
+                    input_tokens: r.get::<_, i64>(6)? as u64,
+                    output_tokens: r.get::<_, i64>(7)? as u64,
+                    cost_usd: r.get(8)?,
+                    unpriced_calls: r.get::<_, i64>(9)? as u64,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn spent(&self, id: &ProjectId) -> Result<Spent> {
+        self.read(|c| {
+            let (tokens, cost): (i64, f64) = c.query_row(
+                "SELECT TOTAL(input_tokens + output_tokens), TOTAL(cost_usd) FROM model_calls WHERE project_id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get::<_, f64>(0)? as i64, r.get(1)?)),
+            )?;
+            Ok(Spent {
+                tokens: tokens.max(0) as u64,
+                cost_usd: cost,
+            })
         })
     }
 }
@@ -949,11 +991,14 @@ mod tests {
                     task_id: None,
                     attempt: None,
                     role: "planner".into(),
+                    provider: "p".into(),
                     model: "m".into(),
                     input_tokens: 10,
                     output_tokens: 5,
                     latency_ms: 1,
                     retries: 0,
+                    waited_ms: 0,
+                    cost_usd: (outcome == "ok").then_some(0.25),
                     outcome: outcome.into(),
                     ts_ms: now_ms(),
                 })
@@ -977,6 +1022,14 @@ mod tests {
         assert_eq!(
             (u[0].calls, u[0].failed_calls, u[0].input_tokens),
             (2, 1, 20)
+        );
+        assert_eq!((u[0].cost_usd, u[0].unpriced_calls), (0.25, 1));
+        assert_eq!(
+            s.spent(&id).unwrap(),
+            Spent {
+                tokens: 30,
+                cost_usd: 0.25
+            }
         );
         assert!(matches!(
             s.project(&ProjectId::from("nope")),

@@ -1,15 +1,17 @@
-//! A scripted, OpenAI-compatible model server on loopback, for tests, the
-//! benchmark and `agentswarm demo`.
+//! A scripted model server on loopback, for tests, the benchmark and
+//! `agentswarm demo`.
 //!
-//! It speaks `POST /v1/chat/completions` (non-streaming, with tool calling)
-//! and answers from a [`Scenario`]: the planner's and fixer's replies in
-//! order, each task's tool calls turn by turn, a fixed latency, and injected
-//! errors (HTTP 429/500, malformed JSON). It checks every request against the
-//! wire format — the required fields, a tool message answering every tool
-//! call by id, only declared tools called — answers a broken request with
-//! HTTP 400 and records it as a violation, and records every request so a
-//! test can assert on what was sent and on how many were in flight at once.
-//! The scenario format is in docs/testkit.md.
+//! It speaks OpenAI's `POST /v1/chat/completions` and Anthropic's
+//! `POST /v1/messages` (both non-streaming, with tool calling) and answers
+//! both from one [`Scenario`]: the planner's and fixer's replies in order,
+//! each task's tool calls turn by turn, a fixed latency, and injected errors
+//! (HTTP 429/5xx, 401, 404, context length exceeded, malformed JSON). It
+//! checks every request against its wire format — the required fields and
+//! headers, a tool result answering every tool call by id, only declared
+//! tools called — answers a broken request with HTTP 400 and records it as a
+//! violation, and records every request so a test can assert on what was
+//! sent, on how many were in flight at once and on how many started within
+//! any window of time. The scenario format is in docs/testkit.md.
 //!
 //! How a request is recognised (the prompt contracts of docs/plan.md and
 //! docs/worker-tools.md): the first user message starts with `Goal: ` (the
@@ -19,6 +21,7 @@
 
 mod demo;
 mod validate;
+mod wire;
 
 pub use demo::{demo_scenario, DEMO_GOAL};
 
@@ -28,7 +31,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -114,6 +117,11 @@ fn empty_object() -> Value {
 }
 
 /// A failure to inject: the first `times` requests that match get it.
+///
+/// The body is in the provider's error shape for the request's wire format:
+/// 401 an invalid-key error, 404 a model-not-found error naming the
+/// request's model, 429 a rate-limit error, 529 (Anthropic) an overload
+/// error, anything else a server error. No request header is ever echoed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InjectedError {
@@ -126,13 +134,24 @@ pub struct InjectedError {
     pub turn: Option<u32>,
     #[serde(default)]
     pub attempt: Option<u32>,
+    /// Only requests whose body `model` equals this (to test fallback models).
+    #[serde(default)]
+    pub model: Option<String>,
     /// HTTP status (default 500). With `malformed`, 200 and a body that is not JSON.
     #[serde(default = "default_status")]
     pub status: u16,
     #[serde(default)]
     pub malformed: bool,
+    /// Answer HTTP 400 with the provider's context-length error instead
+    /// (OpenAI `context_length_exceeded`, Anthropic "prompt is too long").
+    #[serde(default)]
+    pub context_length: bool,
+    /// Sends `retry-after: <secs>`.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
+    /// Sends `retry-after-ms: <ms>`.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
     /// Extra delay before this answer (to provoke client timeouts).
     #[serde(default)]
     pub delay_ms: u64,
@@ -163,6 +182,19 @@ impl Scenario {
                 }
             }
         }
+        for (i, e) in sc.errors.iter().enumerate() {
+            if e.malformed && e.context_length {
+                return Err(Error::Scenario(format!(
+                    "errors[{i}]: `malformed` and `context_length` exclude each other"
+                )));
+            }
+            if StatusCode::from_u16(e.status).is_err() {
+                return Err(Error::Scenario(format!(
+                    "errors[{i}]: status {} is not an HTTP status",
+                    e.status
+                )));
+            }
+        }
         Ok(sc)
     }
 
@@ -182,19 +214,37 @@ pub enum RequestKind {
     Unknown,
 }
 
+/// The API a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wire {
+    /// `POST /v1/chat/completions`.
+    #[serde(rename = "openai", alias = "open_ai")]
+    OpenAi,
+    /// `POST /v1/messages`.
+    Anthropic,
+}
+
 /// A request the server received.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
+    /// Which endpoint it came in on.
+    pub wire: Wire,
     pub kind: RequestKind,
     pub task: Option<String>,
     pub attempt: Option<u32>,
     /// 0-based: assistant messages already in the conversation.
     pub turn: Option<u32>,
+    /// The body's `model`, when it is a string.
+    pub model: Option<String>,
     pub body: Value,
-    /// The `Authorization` header was present.
+    /// An `Authorization` or `x-api-key` header was present.
     pub authorized: bool,
     /// The HTTP status answered.
     pub status: u16,
+    /// When the request reached the handler (before validation and latency).
+    pub arrived: Instant,
+    /// When it was answered (after the latency and any injected delay).
     pub received: Instant,
 }
 
@@ -223,7 +273,8 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// `http://127.0.0.1:<port>/v1`: what `OPENAI_BASE_URL` should be.
+    /// `http://127.0.0.1:<port>/v1`: what `OPENAI_BASE_URL` should be, and
+    /// the base URL of the Anthropic endpoint (`<base_url>/messages`).
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
@@ -246,6 +297,29 @@ impl Observer {
     pub fn max_in_flight(&self) -> usize {
         self.inner.max_in_flight.load(Ordering::SeqCst)
     }
+    /// The most requests that arrived within any `window` of time: for each
+    /// arrival `t`, the requests with `arrived` in `[t, t + window)`.
+    /// `max_in_window(Duration::from_secs(60))` checks a requests-per-minute
+    /// limit. Counts every request, including refused ones.
+    pub fn max_in_window(&self, window: Duration) -> usize {
+        let arrivals: Vec<Instant> = self.requests().iter().map(|r| r.arrived).collect();
+        max_in_window(arrivals, window)
+    }
+}
+
+/// The most of `arrivals` within any `[t, t + window)`, `t` an arrival.
+fn max_in_window(mut arrivals: Vec<Instant>, window: Duration) -> usize {
+    arrivals.sort();
+    let mut best = 0;
+    let mut end = 0;
+    for (start, t) in arrivals.iter().enumerate() {
+        end = end.max(start);
+        while end < arrivals.len() && arrivals[end].duration_since(*t) < window {
+            end += 1;
+        }
+        best = best.max(end - start);
+    }
+    best
 }
 
 /// The server on a tokio runtime the caller owns.
@@ -284,8 +358,10 @@ impl ScriptedServer {
             seq: AtomicUsize::new(0),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(handle))
-            .route("/chat/completions", post(handle))
+            .route("/v1/chat/completions", post(handle_openai))
+            .route("/chat/completions", post(handle_openai))
+            .route("/v1/messages", post(handle_anthropic))
+            .route("/messages", post(handle_anthropic))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -395,16 +471,40 @@ struct Classified {
     turn: u32,
 }
 
+impl Classified {
+    fn unknown() -> Self {
+        Classified {
+            kind: RequestKind::Unknown,
+            task: None,
+            attempt: None,
+            turn: 0,
+        }
+    }
+}
+
+/// The text of a message: string content, or its first text block.
+fn message_text(m: &Value) -> Option<&str> {
+    match m.get("content")? {
+        Value::String(s) => Some(s),
+        Value::Array(blocks) => blocks
+            .iter()
+            .find(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .and_then(|b| b.get("text").and_then(Value::as_str)),
+        _ => None,
+    }
+}
+
+/// Recognises a request of either wire format by its first user message.
 fn classify(body: &Value) -> Classified {
-    let messages = body
+    let messages: &[Value] = body
         .get("messages")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let first_user = messages
         .iter()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .and_then(|m| m.get("content").and_then(Value::as_str))
+        .and_then(message_text)
         .unwrap_or("");
     let turn = messages
         .iter()
@@ -441,10 +541,8 @@ fn classify(body: &Value) -> Classified {
         };
     }
     Classified {
-        kind: RequestKind::Unknown,
-        task: None,
-        attempt: None,
         turn,
+        ..Classified::unknown()
     }
 }
 
@@ -464,105 +562,121 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let _guard = InFlight::enter(&inner);
-    let authorized = headers.contains_key(axum::http::header::AUTHORIZATION);
-    let body: Value = match serde_json::from_slice(&body) {
+async fn handle_openai(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&inner, Wire::OpenAi, &headers, &body).await
+}
+
+async fn handle_anthropic(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&inner, Wire::Anthropic, &headers, &body).await
+}
+
+/// What is known of a request before it is answered.
+struct Arrival {
+    wire: Wire,
+    arrived: Instant,
+    authorized: bool,
+    model: Option<String>,
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
+/// Both endpoints: parse, classify, validate, wait, inject, reply, record.
+async fn handle(inner: &Inner, wire: Wire, headers: &HeaderMap, raw: &[u8]) -> Response {
+    let mut at = Arrival {
+        wire,
+        arrived: Instant::now(),
+        authorized: headers.contains_key(axum::http::header::AUTHORIZATION)
+            || headers.contains_key("x-api-key"),
+        model: None,
+    };
+    let _guard = InFlight::enter(inner);
+    let body: Value = match serde_json::from_slice(raw) {
         Ok(v) => v,
         Err(e) => {
-            let msg = format!("request body is not JSON: {e}");
-            record(
-                &inner,
-                Classified {
-                    kind: RequestKind::Unknown,
-                    task: None,
-                    attempt: None,
-                    turn: 0,
-                },
-                Value::Null,
-                authorized,
-                400,
-            );
-            return violation(&inner, msg);
+            record(inner, &at, Classified::unknown(), Value::Null, 400);
+            return violation(inner, wire, format!("request body is not JSON: {e}"));
         }
     };
+    at.model = body.get("model").and_then(Value::as_str).map(str::to_owned);
     let c = classify(&body);
-    if let Err(problems) = validate::request(&body) {
-        record(&inner, c, body, authorized, 400);
-        return violation(&inner, problems.join("; "));
+    let checked = match wire {
+        Wire::OpenAi => validate::request(&body),
+        Wire::Anthropic => validate::anthropic_request(
+            headers
+                .get("anthropic-version")
+                .and_then(|v| v.to_str().ok()),
+            &body,
+        ),
+    };
+    if let Err(problems) = checked {
+        record(inner, &at, c, body, 400);
+        return violation(inner, wire, problems.join("; "));
     }
     if inner.scenario.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(inner.scenario.latency_ms)).await;
     }
-    if let Some(e) = injected_error(&inner, &c) {
+    if let Some(e) = injected_error(inner, &c, at.model.as_deref()) {
         if e.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(e.delay_ms)).await;
         }
-        record(
-            &inner,
-            c,
-            body,
-            authorized,
-            if e.malformed { 200 } else { e.status },
-        );
-        if e.malformed {
-            return (
+        let mut resp = if e.malformed {
+            record(inner, &at, c, body, 200);
+            (
                 StatusCode::OK,
                 [("content-type", "application/json")],
-                "{\"choices\": [ this is not json",
+                wire::malformed_body(wire),
             )
-                .into_response();
-        }
-        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, axum::Json(json!({"error": {"message": format!("scripted error {}", e.status), "type": "scripted", "code": e.status}}))).into_response();
+                .into_response()
+        } else {
+            let (status, err) = wire::injected_error_body(wire, &e, at.model.as_deref());
+            record(inner, &at, c, body, status);
+            json_response(status, &err)
+        };
         if let Some(secs) = e.retry_after_secs {
-            if let Ok(v) = secs.to_string().parse() {
-                resp.headers_mut().insert("retry-after", v);
-            }
+            resp.headers_mut().insert("retry-after", secs.into());
+        }
+        if let Some(ms) = e.retry_after_ms {
+            resp.headers_mut().insert("retry-after-ms", ms.into());
         }
         return resp;
     }
-    let message = match reply(&inner, &c) {
+    let scripted = match reply(inner, &c) {
         Ok(m) => m,
         Err(msg) => {
-            record(&inner, c, body, authorized, 500);
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"error": {"message": msg, "type": "scenario"}})),
-            )
-                .into_response();
+            record(inner, &at, c, body, 500);
+            return json_response(500, &wire::scenario_error_body(wire, &msg));
         }
     };
     let n = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let prompt_tokens = body.to_string().len() / 4;
-    let completion_tokens = message.to_string().len() / 4;
-    let finish_reason = if message.get("tool_calls").is_some() {
-        "tool_calls"
-    } else {
-        "stop"
-    };
     let model = body.get("model").cloned().unwrap_or(Value::Null);
-    record(&inner, c, body, authorized, 200);
-    axum::Json(json!({
-        "id": format!("chatcmpl-scripted-{n}"),
-        "object": "chat.completion",
-        "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-    }))
-    .into_response()
+    let answer = wire::reply_body(wire, &scripted, &model, n, raw.len());
+    record(inner, &at, c, body, 200);
+    json_response(200, &answer)
 }
 
-fn record(inner: &Inner, c: Classified, body: Value, authorized: bool, status: u16) {
+fn record(inner: &Inner, at: &Arrival, c: Classified, body: Value, status: u16) {
     let r = RecordedRequest {
+        wire: at.wire,
         kind: c.kind,
         task: c.task,
         attempt: c.attempt,
         turn: Some(c.turn),
+        model: at.model.clone(),
         body,
-        authorized,
+        authorized: at.authorized,
         status,
+        arrived: at.arrived,
         received: Instant::now(),
     };
     if let Ok(mut v) = inner.requests.lock() {
@@ -570,21 +684,19 @@ fn record(inner: &Inner, c: Classified, body: Value, authorized: bool, status: u
     }
 }
 
-fn violation(inner: &Inner, msg: String) -> Response {
+fn violation(inner: &Inner, wire: Wire, msg: String) -> Response {
+    let body = wire::violation_body(wire, &msg);
     if let Ok(mut v) = inner.violations.lock() {
-        v.push(msg.clone());
+        v.push(msg);
     }
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": {"message": msg, "type": "invalid_request_error"}})),
-    )
-        .into_response()
+    json_response(400, &body)
 }
 
-fn injected_error(inner: &Inner, c: &Classified) -> Option<InjectedError> {
+fn injected_error(inner: &Inner, c: &Classified, model: Option<&str>) -> Option<InjectedError> {
     let mut counters = inner.counters.lock().ok()?;
     for (i, e) in inner.scenario.errors.iter().enumerate() {
         let matches = e.kind.is_none_or(|k| k == c.kind)
+            && e.model.as_deref().is_none_or(|m| Some(m) == model)
             && e.task.as_ref().is_none_or(|t| Some(t) == c.task.as_ref())
             && e.turn.is_none_or(|t| t == c.turn)
             && e.attempt.is_none_or(|a| Some(a) == c.attempt);
@@ -596,14 +708,16 @@ fn injected_error(inner: &Inner, c: &Classified) -> Option<InjectedError> {
     None
 }
 
-fn reply(inner: &Inner, c: &Classified) -> std::result::Result<Value, String> {
+fn reply(inner: &Inner, c: &Classified) -> std::result::Result<wire::ScriptedReply, String> {
     let sc = &inner.scenario;
     match c.kind {
         RequestKind::Planner | RequestKind::Fixer => {
             let mut counters = inner.counters.lock().map_err(|_| "lock poisoned".to_owned())?;
-            let (list, counter, what) = match c.kind {
-                RequestKind::Planner => (&sc.planner, &mut counters.planner, "planner"),
-                _ => (&sc.fixer, &mut counters.fixer, "fixer"),
+            let counters = &mut *counters;
+            let (list, counter, what) = if c.kind == RequestKind::Planner {
+                (&sc.planner, &mut counters.planner, "planner")
+            } else {
+                (&sc.fixer, &mut counters.fixer, "fixer")
             };
             let Some(entry) = list.get((*counter).min(list.len().saturating_sub(1))) else {
                 return Err(format!("the scenario has no {what} reply"));
@@ -616,7 +730,7 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<Value, String> {
                 Value::String(s) => s.clone(),
                 other => serde_json::to_string_pretty(other).unwrap_or_default(),
             };
-            Ok(json!({"role": "assistant", "content": content}))
+            Ok(wire::ScriptedReply { content: Some(content), calls: Vec::new() })
         }
         RequestKind::Worker => {
             let task = c.task.clone().unwrap_or_default();
@@ -630,23 +744,17 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<Value, String> {
                     calls: vec![ScriptedCall { name: "finish".into(), arguments: json!({"summary": "scripted: end of script"}) }],
                 },
             };
-            let calls: Vec<Value> = turn
+            let calls = turn
                 .calls
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, call)| {
-                    json!({
-                        "id": format!("call_{}_{}_{}_{}", task, c.attempt.unwrap_or(0), c.turn, i),
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments.to_string()},
-                    })
+                .map(|(i, call)| wire::ReplyCall {
+                    id_stem: format!("{}_{}_{}_{}", task, c.attempt.unwrap_or(0), c.turn, i),
+                    name: call.name,
+                    arguments: call.arguments,
                 })
                 .collect();
-            let mut m = json!({"role": "assistant", "content": turn.content});
-            if !calls.is_empty() {
-                m["tool_calls"] = Value::Array(calls);
-            }
-            Ok(m)
+            Ok(wire::ScriptedReply { content: turn.content, calls })
         }
         RequestKind::Unknown => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
     }
@@ -657,8 +765,20 @@ mod tests {
     use super::*;
 
     async fn post(url: &str, body: Value) -> (u16, Value) {
-        let client = reqwest_like::Client;
-        client.post(url, body).await
+        let r = reqwest_like::Client
+            .post(url, &[("Authorization", "Bearer test-key-not-real")], body)
+            .await;
+        (r.status, r.body)
+    }
+
+    const ANTHROPIC_HEADERS: &[(&str, &str)] = &[
+        ("x-api-key", "test-key-not-real"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+
+    /// POST with exactly these extra headers.
+    async fn post_with(url: &str, headers: &[(&str, &str)], body: Value) -> reqwest_like::Resp {
+        reqwest_like::Client.post(url, headers, body).await
     }
 
     /// A tiny HTTP/1.1 client over a TcpStream: enough for these tests
@@ -669,26 +789,57 @@ mod tests {
 
         pub struct Client;
 
+        pub struct Resp {
+            pub status: u16,
+            /// Lower-cased names.
+            pub headers: Vec<(String, String)>,
+            /// The JSON body, or the raw text as a string if it is not JSON.
+            pub body: Value,
+            pub raw: String,
+        }
+
+        impl Resp {
+            pub fn header(&self, name: &str) -> Option<&str> {
+                self.headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            }
+        }
+
         impl Client {
-            pub async fn post(&self, url: &str, body: Value) -> (u16, Value) {
+            pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: Value) -> Resp {
                 let rest = url.strip_prefix("http://").unwrap();
                 let (host, path) = rest.split_once('/').unwrap();
                 let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
                 let body = body.to_string();
+                let extra: String = headers
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v}\r\n"))
+                    .collect();
                 let req = format!(
-                    "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAuthorization: Bearer test-key-not-real\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 s.write_all(req.as_bytes()).await.unwrap();
                 let mut out = Vec::new();
                 s.read_to_end(&mut out).await.unwrap();
-                let text = String::from_utf8_lossy(&out).into_owned();
-                let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-                let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-                (
+                let raw = String::from_utf8_lossy(&out).into_owned();
+                let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+                let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                let headers = head
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+                Resp {
                     status,
-                    serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
-                )
+                    headers,
+                    body,
+                    raw,
+                }
             }
         }
     }
@@ -828,5 +979,313 @@ mod tests {
             r#"{"tasks": {"a": {"turns": [{"calls": [{"name": "x", "arguments": "str"}]}]}}}"#
         )
         .is_err());
+    }
+
+    fn anthropic_tools() -> Value {
+        json!([{"name": "write_file", "description": "w", "input_schema": {"type": "object"}},
+               {"name": "finish", "description": "f", "input_schema": {"type": "object"}}])
+    }
+
+    #[tokio::test]
+    async fn anthropic_worker_tool_round_trip_and_validation() {
+        let sc = Scenario::from_json_str(
+            &json!({"tasks": {"t1": {"turns": [{"content": "Writing a.", "calls": [{"name": "write_file", "arguments": {"path": "a", "content": "b"}}]}]}}}).to_string(),
+        )
+        .unwrap();
+        let server = ScriptedServer::start(sc).await.unwrap();
+        let url = format!("{}/messages", server.base_url());
+        let first = json!({"model": "claude-test", "max_tokens": 1024, "system": "s", "tools": anthropic_tools(), "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Task t1: do it\nAttempt: 1\n"}]}]});
+        let r = post_with(&url, ANTHROPIC_HEADERS, first.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.body["type"], "message");
+        assert_eq!(r.body["role"], "assistant");
+        assert_eq!(r.body["model"], "claude-test");
+        assert_eq!(r.body["stop_reason"], "tool_use");
+        assert!(r.body["stop_sequence"].is_null());
+        assert!(r.body["usage"]["input_tokens"].as_u64().unwrap() > 0);
+        assert!(r.body["id"].as_str().unwrap().starts_with("msg_scripted_"));
+        let content = r.body["content"].clone();
+        assert_eq!(content[0], json!({"type": "text", "text": "Writing a."}));
+        assert_eq!(content[1]["type"], "tool_use");
+        assert_eq!(content[1]["name"], "write_file");
+        assert_eq!(content[1]["input"], json!({"path": "a", "content": "b"}));
+        let id = content[1]["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("toolu_"), "{id}");
+
+        // The next user message does not answer the tool_use: a violation
+        // naming the id, in Anthropic's error shape.
+        let mut missing = first.clone();
+        let msgs = missing["messages"].as_array_mut().unwrap();
+        msgs.push(json!({"role": "assistant", "content": content.clone()}));
+        msgs.push(json!({"role": "user", "content": "hi"}));
+        let r = post_with(&url, ANTHROPIC_HEADERS, missing).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.body["type"], "error");
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(&id),
+            "{}",
+            r.raw
+        );
+        assert!(
+            server.violations()[0].contains(&id),
+            "{:?}",
+            server.violations()
+        );
+
+        // Answered: past the script the server calls finish.
+        let mut ok = first.clone();
+        let msgs = ok["messages"].as_array_mut().unwrap();
+        msgs.push(json!({"role": "assistant", "content": content}));
+        msgs.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "wrote"}]}));
+        let r = post_with(&url, ANTHROPIC_HEADERS, ok.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.body["content"][0]["type"], "tool_use");
+        assert_eq!(r.body["content"][0]["name"], "finish");
+
+        // No anthropic-version header: refused.
+        let r = post_with(&url, &[("x-api-key", "k")], ok).await;
+        assert_eq!(r.status, 400);
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("anthropic-version"));
+
+        // The same request on /v1/messages without the /v1 prefix, as a planner.
+        let planner = json!({"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "Goal: x"}]});
+        let root = server.base_url().trim_end_matches("/v1").to_owned();
+        let r = post_with(&format!("{root}/messages"), ANTHROPIC_HEADERS, planner).await;
+        assert_eq!(
+            r.status, 500,
+            "no planner reply in this scenario: {}",
+            r.raw
+        );
+        assert_eq!(r.body["error"]["type"], "api_error");
+
+        let reqs = server.requests();
+        assert_eq!(reqs.len(), 5);
+        assert!(reqs.iter().all(|r| r.wire == Wire::Anthropic));
+        assert_eq!(
+            (
+                reqs[2].kind,
+                reqs[2].task.as_deref(),
+                reqs[2].attempt,
+                reqs[2].turn,
+                reqs[2].status
+            ),
+            (RequestKind::Worker, Some("t1"), Some(1), Some(1), 200)
+        );
+        assert_eq!(reqs[0].model.as_deref(), Some("claude-test"));
+        assert!(reqs[0].authorized);
+        assert_eq!(reqs[4].kind, RequestKind::Planner);
+        assert_eq!(server.violations().len(), 2);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn injected_errors_have_each_providers_shape() {
+        let sc = Scenario::from_json_str(
+            &json!({
+                "planner": [{"content": "plan"}],
+                "errors": [
+                    {"kind": "planner", "status": 429, "retry_after_ms": 1500, "retry_after_secs": 2, "times": 2},
+                    {"kind": "planner", "context_length": true, "times": 2},
+                    {"kind": "planner", "status": 401, "times": 2},
+                    {"kind": "planner", "status": 404, "times": 2},
+                    {"kind": "planner", "status": 529, "times": 1}
+                ]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let server = ScriptedServer::start(sc).await.unwrap();
+        let openai = format!("{}/chat/completions", server.base_url());
+        let anthropic = format!("{}/messages", server.base_url());
+        let oa_headers = [("Authorization", "Bearer sk-secret-value")];
+        let an_headers = [
+            ("x-api-key", "sk-secret-value"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let oa = json!({"model": "gpt-x", "messages": [{"role": "user", "content": "Goal: x"}]});
+        let an = json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "Goal: x"}]});
+
+        // 429 with retry-after-ms (and retry-after).
+        let r = post_with(&openai, &oa_headers, oa.clone()).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after-ms"), Some("1500"));
+        assert_eq!(r.header("retry-after"), Some("2"));
+        assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+        let r = post_with(&anthropic, &an_headers, an.clone()).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after-ms"), Some("1500"));
+        assert_eq!(r.body["type"], "error");
+        assert_eq!(r.body["error"]["type"], "rate_limit_error");
+
+        // Context length exceeded: 400 in each provider's shape.
+        let r = post_with(&openai, &oa_headers, oa.clone()).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.body["error"]["code"], "context_length_exceeded");
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 8192 tokens"));
+        let r = post_with(&anthropic, &an_headers, an.clone()).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.body,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}})
+        );
+
+        // 401 never echoes the key.
+        let r = post_with(&openai, &oa_headers, oa.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (401, Some("invalid_api_key"))
+        );
+        assert!(!r.raw.contains("sk-secret-value"), "{}", r.raw);
+        let r = post_with(&anthropic, &an_headers, an.clone()).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.body["error"],
+            json!({"type": "authentication_error", "message": "invalid x-api-key"})
+        );
+        assert!(!r.raw.contains("sk-secret-value"), "{}", r.raw);
+
+        // 404: model not found, naming the request's model.
+        let r = post_with(&openai, &oa_headers, oa.clone()).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body["error"]["code"], "model_not_found");
+        assert_eq!(
+            r.body["error"]["message"],
+            "The model `gpt-x` does not exist or you do not have access to it."
+        );
+        let r = post_with(&anthropic, &an_headers, an.clone()).await;
+        assert_eq!(
+            r.body["error"],
+            json!({"type": "not_found_error", "message": "model: claude-x"})
+        );
+
+        // 529: overloaded.
+        let r = post_with(&anthropic, &an_headers, an.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"]["type"].as_str()),
+            (529, Some("overloaded_error"))
+        );
+
+        // Then the scripted replies, in each format.
+        let r = post_with(&openai, &oa_headers, oa).await;
+        assert_eq!(r.body["choices"][0]["message"]["content"], "plan");
+        let r = post_with(&anthropic, &an_headers, an).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.body["content"], json!([{"type": "text", "text": "plan"}]));
+        assert_eq!(r.body["stop_reason"], "end_turn");
+
+        assert!(server.violations().is_empty(), "{:?}", server.violations());
+        let statuses: Vec<(Wire, u16)> = server
+            .requests()
+            .iter()
+            .map(|r| (r.wire, r.status))
+            .collect();
+        assert_eq!(
+            statuses[..4],
+            [
+                (Wire::OpenAi, 429),
+                (Wire::Anthropic, 429),
+                (Wire::OpenAi, 400),
+                (Wire::Anthropic, 400)
+            ]
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn errors_can_be_limited_to_one_model() {
+        let sc = Scenario::from_json_str(
+            &json!({
+                "planner": [{"content": "plan"}],
+                "errors": [{"model": "bad-model", "status": 503, "times": 1000}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let server = ScriptedServer::start(sc).await.unwrap();
+        let url = format!("{}/chat/completions", server.base_url());
+        let ask = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Goal: x"}]});
+        for _ in 0..3 {
+            assert_eq!(post(&url, ask("bad-model")).await.0, 503);
+        }
+        let (status, body) = post(&url, ask("good-model")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(post(&url, ask("bad-model")).await.0, 503);
+        let by_model: Vec<(Option<String>, u16)> = server
+            .requests()
+            .into_iter()
+            .map(|r| (r.model, r.status))
+            .collect();
+        assert_eq!(by_model[3], (Some("good-model".to_owned()), 200));
+        assert_eq!(by_model.iter().filter(|(_, s)| *s == 503).count(), 4);
+        server.shutdown().await;
+    }
+
+    #[test]
+    fn max_in_window_slides_over_arrivals() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let minute = Duration::from_secs(60);
+        assert_eq!(max_in_window(Vec::new(), minute), 0);
+        assert_eq!(max_in_window(vec![at(0)], minute), 1);
+        // 0, 10 s, 59.999 s fall in one minute; 60 s starts the next one.
+        let arrivals = vec![
+            at(60_000),
+            at(0),
+            at(10_000),
+            at(59_999),
+            at(61_000),
+            at(119_000),
+        ];
+        assert_eq!(max_in_window(arrivals.clone(), minute), 4); // 10 s .. 69.999 s
+        assert_eq!(max_in_window(arrivals.clone(), Duration::from_secs(1)), 2);
+        assert_eq!(
+            max_in_window(arrivals.clone(), Duration::from_secs(3600)),
+            6
+        );
+        assert_eq!(max_in_window(arrivals, Duration::ZERO), 0);
+        // Simultaneous arrivals all count.
+        assert_eq!(
+            max_in_window(vec![at(5), at(5), at(5)], Duration::from_millis(1)),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn arrivals_are_recorded_before_the_latency() {
+        let sc = Scenario::from_json_str(r#"{"latency_ms": 200, "planner": [{"content": "x"}]}"#)
+            .unwrap();
+        let server = ScriptedServer::start(sc).await.unwrap();
+        let url = format!("{}/chat/completions", server.base_url());
+        let ask = json!({"model": "m", "messages": [{"role": "user", "content": "Goal: x"}]});
+        let (a, b) = tokio::join!(post(&url, ask.clone()), post(&url, ask));
+        assert_eq!((a.0, b.0), (200, 200));
+        let reqs = server.requests();
+        assert!(reqs
+            .iter()
+            .all(|r| r.received.duration_since(r.arrived) >= Duration::from_millis(200)));
+        assert!(reqs.iter().all(|r| r.wire == Wire::OpenAi));
+        assert_eq!(server.max_in_window(Duration::from_secs(60)), 2);
+        server.shutdown().await;
+    }
+
+    #[test]
+    fn contradictory_errors_are_refused() {
+        assert!(Scenario::from_json_str(
+            r#"{"errors": [{"malformed": true, "context_length": true}]}"#
+        )
+        .is_err());
+        assert!(Scenario::from_json_str(r#"{"errors": [{"status": 5000}]}"#).is_err());
+        assert!(
+            Scenario::from_json_str(r#"{"errors": [{"model": "m", "retry_after_ms": 5}]}"#).is_ok()
+        );
     }
 }

@@ -54,6 +54,8 @@ impl Harness {
             // The suite loads the machine; the gate has tests of its own.
             .env("MIN_FREE_MEMORY_MB", "0")
             .env("MAX_LOAD_AVERAGE", "0")
+            // The scripted model has no quota; the rate limit has tests of its own.
+            .env("API_RATE_LIMIT_RPM", "0")
             .stdin(Stdio::null());
         c
     }

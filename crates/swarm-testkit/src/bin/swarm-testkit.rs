@@ -1,5 +1,6 @@
 //! `swarm-testkit serve --scenario FILE`: the scripted model server for
-//! manual runs; `swarm-testkit demo-scenario` prints the demo's scenario.
+//! manual runs (OpenAI Chat Completions and Anthropic Messages);
+//! `swarm-testkit demo-scenario` prints the demo's scenario.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -9,7 +10,7 @@ use swarm_testkit::{Scenario, ScriptedServer};
 #[derive(Parser)]
 #[command(
     name = "swarm-testkit",
-    about = "A scripted OpenAI-compatible model server (no real model, no key)"
+    about = "A scripted OpenAI- and Anthropic-compatible model server (no real model, no key)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve a scenario until Ctrl-C; prints the base URL to use as OPENAI_BASE_URL.
+    /// Serve a scenario until Ctrl-C; prints the base URL to use as OPENAI_BASE_URL
+    /// (the Anthropic Messages API is served at <base URL>/messages).
     Serve {
         /// A scenario file (docs/testkit.md); the demo's if absent.
         #[arg(long)]
@@ -47,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let server = ScriptedServer::start_on(sc, listen).await?;
             println!("scripted model server on {}", server.base_url());
+            println!(
+                "serves POST {0}/chat/completions (OpenAI) and POST {0}/messages (Anthropic, needs an anthropic-version header)",
+                server.base_url()
+            );
             println!(
                 "export OPENAI_BASE_URL={} OPENAI_API_KEY=not-a-real-key AGENTSWARM_MODEL=scripted",
                 server.base_url()

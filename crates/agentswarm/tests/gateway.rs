@@ -1,0 +1,515 @@
+//! End-to-end tests of the model gateway: both wire formats, retries,
+//! fallbacks, the rate limit, budgets, record/replay and secrets — the real
+//! binary against the scripted model server on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use swarm_testkit::{RequestKind, Wire};
+
+/// A two-task plan whose tasks write a file, run a command and finish.
+fn two_task_scenario(extra: Value) -> (Value, Value) {
+    let p = plan(
+        "gw",
+        &[("alpha", &[]), ("beta", &["alpha"])],
+        &["test -f alpha.txt", "test -f beta.txt"],
+    );
+    let mut sc = json!({
+        "planner": [p.clone()],
+        "tasks": {
+            "alpha": {"turns": [write_turn("alpha.txt", "a\n"), run_turn("cat alpha.txt"), finish_turn("alpha done")]},
+            "beta": {"turns": [write_turn("beta.txt", "b\n"), finish_turn("beta done")]},
+        },
+    });
+    if let (Some(o), Some(e)) = (sc.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    (sc, p)
+}
+
+/// `agentswarm ARGS` with `config` as ./agentswarm.toml and none of the
+/// quick-path model variables: the file alone picks the models.
+fn with_config(h: &Harness, config: &str, args: &[&str]) -> Command {
+    std::fs::write(h.home.path().join("agentswarm.toml"), config).unwrap();
+    let mut c = h.cmd(args);
+    c.env_remove("AGENTSWARM_MODEL")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY");
+    c
+}
+
+fn worker_requests(h: &Harness) -> Vec<swarm_testkit::RecordedRequest> {
+    h.server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Worker)
+        .collect()
+}
+
+#[test]
+fn a_full_run_through_the_anthropic_wire_format() {
+    let (sc, _) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let config = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
+         [models.worker]\nmodel = \"claude-test-worker\"\nmax_tokens = 2048\n\
+         [models.planner]\nmodel = \"claude-test-planner\"\n",
+        h.server.base_url()
+    );
+    let out = with_config(&h, &config, &["run", "--json", "build gw"])
+        .env("ANTHROPIC_API_KEY", "sk-ant-test-FAKE-not-a-real-key-0000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    assert!(
+        h.server.violations().is_empty(),
+        "{:?}",
+        h.server.violations()
+    );
+    let reqs = h.server.requests();
+    assert!(reqs
+        .iter()
+        .all(|r| r.wire == Wire::Anthropic && r.authorized));
+    assert_eq!(
+        reqs.iter()
+            .filter(|r| r.kind == RequestKind::Planner)
+            .count(),
+        1
+    );
+    assert!(reqs
+        .iter()
+        .filter(|r| r.kind == RequestKind::Planner)
+        .all(|r| r.model.as_deref() == Some("claude-test-planner")));
+    // Tool calls round-trip: alpha's third request answers its run_command
+    // with a tool_result holding the command's output.
+    let alpha: Vec<_> = worker_requests(&h)
+        .into_iter()
+        .filter(|r| r.task.as_deref() == Some("alpha"))
+        .collect();
+    assert_eq!(alpha.len(), 3);
+    let last_user = alpha[2].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap()
+        .clone();
+    let block = &last_user["content"][0];
+    assert_eq!(block["type"], "tool_result", "{last_user}");
+    assert!(block.to_string().contains("a\\n") || block.to_string().contains('a'));
+    assert_eq!(alpha[0].body["max_tokens"], 2048);
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    let usage = status["usage"].as_array().unwrap();
+    assert!(usage.iter().any(|u| u["provider"] == "claude"
+        && u["model"] == "claude-test-worker"
+        && u["role"] == "worker"));
+}
+
+#[test]
+fn a_full_run_through_the_openai_wire_format_with_provider_headers() {
+    let (sc, _) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let config = format!(
+        "[providers.router]\nbase_url = \"{}\"\napi_key_env = \"ROUTER_KEY\"\nheaders = {{ \"X-Title\" = \"AgentSwarm\" }}\n\
+         [models.worker]\nmodel = \"openai-test-worker\"\n",
+        h.server.base_url()
+    );
+    let out = with_config(&h, &config, &["run", "--json", "build gw"])
+        .env("ROUTER_KEY", "sk-or-v1-test-FAKE-not-a-real-key-000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done");
+    assert!(
+        h.server.violations().is_empty(),
+        "{:?}",
+        h.server.violations()
+    );
+    let reqs = h.server.requests();
+    assert!(reqs.iter().all(|r| r.wire == Wire::OpenAi && r.authorized));
+    let alpha: Vec<_> = worker_requests(&h)
+        .into_iter()
+        .filter(|r| r.task.as_deref() == Some("alpha"))
+        .collect();
+    let msgs = alpha[2].body["messages"].as_array().unwrap();
+    assert_eq!(msgs.last().unwrap()["role"], "tool");
+}
+
+#[test]
+fn a_429_with_retry_after_is_waited_out() {
+    let (sc, _) = two_task_scenario(json!({
+        "errors": [{"kind": "planner", "status": 429, "retry_after_secs": 2, "times": 2}]
+    }));
+    let h = Harness::new(sc);
+    let out = h.run(&["run", "--json", "build gw"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let planner: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Planner)
+        .collect();
+    assert_eq!(planner.len(), 3, "two 429s then the answer");
+    for pair in planner.windows(2) {
+        let gap = pair[1].arrived - pair[0].arrived;
+        assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    }
+    let status = h.status_json(last_json_line(&out)["project_id"].as_str().unwrap());
+    let planner_usage = status["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["role"] == "planner")
+        .unwrap()
+        .clone();
+    assert_eq!(planner_usage["retries"], 2, "{planner_usage}");
+}
+
+#[test]
+fn a_503_is_retried_and_a_401_pauses_the_project() {
+    let (sc, _) = two_task_scenario(json!({
+        "errors": [{"kind": "planner", "status": 503, "times": 3}]
+    }));
+    let h = Harness::new(sc);
+    let out = h.run(&["run", "--json", "build gw"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let planner = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.kind == RequestKind::Planner)
+        .count();
+    assert_eq!(planner, 4, "three 503s then the answer");
+
+    let (sc, _) = two_task_scenario(json!({"errors": [{"status": 401, "times": 1000}]}));
+    let h = Harness::new(sc);
+    let out = h.run(&["run", "--json", "build gw"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(h.server.requests().len(), 1, "a 401 is not retried");
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "paused");
+    let why = report["error"].as_str().unwrap();
+    assert!(
+        why.contains("OPENAI_API_KEY") && why.contains("401"),
+        "{why}"
+    );
+    assert!(!text(&out).contains("test-key-not-a-real-secret"));
+    // One message for the project, not one failure per task.
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    assert_eq!(status["state"], "paused");
+}
+
+#[test]
+fn a_missing_key_is_refused_before_anything_starts() {
+    let (sc, _) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let config = format!(
+        "[providers.p]\nbase_url = \"{}\"\napi_key_env = \"UNSET_TEST_KEY\"\n[models.worker]\nmodel = \"m\"\n",
+        h.server.base_url()
+    );
+    let out = with_config(&h, &config, &["run", "build gw"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("UNSET_TEST_KEY") && err.contains("secrets file"),
+        "{err}"
+    );
+    assert!(h.server.requests().is_empty());
+}
+
+#[test]
+fn a_provider_that_keeps_failing_falls_back() {
+    let (sc, _) = two_task_scenario(json!({
+        "errors": [{"model": "flaky-primary", "status": 503, "times": 1000}]
+    }));
+    let h = Harness::new(sc);
+    let config = format!(
+        "[providers.p]\nbase_url = \"{}\"\nmax_retries = 1\n\
+         [models.worker]\nmodel = \"flaky-primary\"\nfallback = [{{ provider = \"p\", model = \"steady-backup\" }}]\n\
+         [models.planner]\nmodel = \"steady-backup\"\n",
+        h.server.base_url()
+    );
+    let out = with_config(&h, &config, &["run", "--json", "build gw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done");
+    let workers = worker_requests(&h);
+    assert!(workers
+        .iter()
+        .any(|r| r.model.as_deref() == Some("steady-backup") && r.status == 200));
+    assert!(workers
+        .iter()
+        .filter(|r| r.model.as_deref() == Some("flaky-primary"))
+        .all(|r| r.status == 503));
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    assert!(status["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["role"] == "worker" && u["model"] == "steady-backup"));
+}
+
+/// A real 60-second window: with API_RATE_LIMIT_RPM=2, the third request
+/// waits for the first to leave the window.
+#[test]
+fn the_rate_limit_holds_in_every_60_second_window() {
+    let (sc, _) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let out = h
+        .cmd(&["run", "--json", "build gw"])
+        .env("API_RATE_LIMIT_RPM", "2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let reqs = h.server.requests();
+    assert!(reqs.len() >= 3, "{} requests", reqs.len());
+    assert!(h.server.max_in_window(Duration::from_secs(60)) <= 2);
+    let mut starts: Vec<_> = reqs.iter().map(|r| r.arrived).collect();
+    starts.sort();
+    // Work waited: the third started as soon as the window let it.
+    let gap = starts[2] - starts[0];
+    assert!(
+        gap >= Duration::from_secs(60) && gap < Duration::from_secs(63),
+        "third request {gap:?} after the first"
+    );
+}
+
+fn spent_cost(status: &Value) -> f64 {
+    status["cost_usd"].as_f64().unwrap()
+}
+
+#[test]
+fn a_spent_budget_ends_the_project_and_resume_carries_on() {
+    let chain = plan(
+        "budget",
+        &[
+            ("one", &[]),
+            ("two", &["one"]),
+            ("three", &["two"]),
+            ("four", &["three"]),
+        ],
+        &["test -f four.txt"],
+    );
+    let mut tasks = serde_json::Map::new();
+    for id in ["one", "two", "three", "four"] {
+        tasks.insert(
+            id.into(),
+            json!({"turns": [write_turn(&format!("{id}.txt"), id), finish_turn(id)]}),
+        );
+    }
+    let sc = json!({"planner": [chain], "tasks": tasks});
+    let config =
+        "[prices.\"scripted-test-model\"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 1000.0\n";
+
+    // What the whole run costs, measured once.
+    let h = Harness::new(sc.clone());
+    std::fs::write(h.home.path().join("agentswarm.toml"), config).unwrap();
+    let out = h.run(&["run", "--json", "build it"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = spent_cost(&h.status_json(last_json_line(&out)["project_id"].as_str().unwrap()));
+    assert!(full > 0.0);
+
+    // Half of it: the run stops in the middle.
+    let h = Harness::new(sc);
+    std::fs::write(h.home.path().join("agentswarm.toml"), config).unwrap();
+    let budget = format!("{:.6}", full / 2.0);
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--max-workers",
+        "1",
+        "--max-cost-usd",
+        &budget,
+        "build it",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "budget_exhausted", "{report}");
+    assert!(report["error"].as_str().unwrap().contains("max_cost_usd"));
+    let project = report["project_id"].as_str().unwrap().to_owned();
+    let done_before: Vec<String> = h.status_json(&project)["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "done")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !done_before.is_empty() && done_before.len() < 5,
+        "stopped mid-run: {done_before:?}"
+    );
+    let asked_before = worker_requests(&h).len();
+
+    // The same budget again: refused at once, nothing asked.
+    let out = h.run(&["resume", &project, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(worker_requests(&h).len(), asked_before);
+
+    let out = h.run(&["resume", &project, "--json", "--max-cost-usd", "1000000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done");
+    for t in &done_before {
+        let again = worker_requests(&h)[asked_before..]
+            .iter()
+            .filter(|r| r.task.as_deref() == Some(t.as_str()))
+            .count();
+        assert_eq!(again, 0, "task {t} was done and must not run again");
+    }
+    let counts = trailer_counts(&h.repo(&project));
+    for id in ["one", "two", "three", "four"] {
+        assert_eq!(counts.get(id), Some(&1), "{id}: {counts:?}");
+    }
+}
+
+#[test]
+fn a_recorded_run_replays_to_the_same_delivery_without_the_server() {
+    let (sc, _) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let tape = h.home.path().join("calls.jsonl");
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--record",
+        tape.to_str().unwrap(),
+        "build gw",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = last_json_line(&out);
+    let asked = h.server.requests().len();
+    assert_eq!(
+        std::fs::read_to_string(&tape).unwrap().lines().count(),
+        asked
+    );
+
+    // A new home, and an endpoint where nothing listens.
+    let h2 = Harness::new(json!({}));
+    std::fs::copy(&tape, h2.home.path().join("calls.jsonl")).unwrap();
+    let out = h2
+        .cmd(&["run", "--json", "--replay", "calls.jsonl", "build gw"])
+        .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let second = last_json_line(&out);
+    assert!(h2.server.requests().is_empty());
+    let a = check_delivery(Path::new(first["delivery"].as_str().unwrap()), "gw");
+    let b = check_delivery(Path::new(second["delivery"].as_str().unwrap()), "gw");
+    assert_eq!(a, b, "the replayed delivery differs");
+
+    // Another goal is not in the recording: a clear miss.
+    let out = h2
+        .cmd(&["run", "--json", "--replay", "calls.jsonl", "something else"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(
+        all.contains("planner") && all.contains("calls.jsonl"),
+        "{all}"
+    );
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn keys_reach_no_worker_no_file_and_no_delivery() {
+    const KEY: &str = "sk-test-FAKEfakeFAKEfake0123456789abcdef";
+    const WRITTEN: &str = "sk-proj-MODELwrittenFAKEkey0123456789abc";
+    let p = plan("sec", &[("leak", &[])], &["test -f ok.txt"]);
+    let sc = json!({
+        "planner": [p],
+        "tasks": {"leak": {"turns": [
+            run_turn("env; echo \"key=$OPENAI_API_KEY\""),
+            write_turn("ok.txt", "fine\n"),
+            write_turn("settings.py", &format!("API_KEY = \"{WRITTEN}\"\n")),
+            finish_turn(&format!("done; by the way the key is {KEY}")),
+        ]}},
+    });
+    let h = Harness::new(sc);
+    let out = h
+        .cmd(&["run", "--json", "-v", "build sec"])
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done");
+
+    // The worker's environment holds no key: `env` printed neither it nor its name.
+    let env_result = worker_requests(&h)[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(env_result.contains("PATH="), "{env_result}");
+    assert!(
+        !env_result.contains(KEY) && !env_result.contains("OPENAI_API_KEY"),
+        "{env_result}"
+    );
+
+    // Nowhere on disk, nor on the terminal.
+    assert_eq!(
+        files_containing(&h.data_dir(), KEY.as_bytes()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        files_containing(&h.outputs_dir(), KEY.as_bytes()),
+        Vec::<String>::new()
+    );
+    assert!(!text(&out).contains(KEY));
+
+    // The model-written key is kept out of the delivery and named in the manifest.
+    let delivery = Path::new(report["delivery"].as_str().unwrap());
+    let files = check_delivery(delivery, "sec");
+    assert!(files.contains_key("ok.txt"));
+    assert!(!files.contains_key("settings.py"), "{:?}", files.keys());
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(delivery.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let withheld = manifest["withheld"].to_string();
+    assert!(withheld.contains("settings.py"), "{manifest}");
+    assert_eq!(
+        files_containing(&h.outputs_dir(), WRITTEN.as_bytes()),
+        Vec::<String>::new()
+    );
+    assert!(
+        text(&out).contains("settings.py"),
+        "the run says what it withheld"
+    );
+}

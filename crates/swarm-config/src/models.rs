@@ -1,0 +1,566 @@
+//! Providers and the model of each role (`[providers.NAME]`, `[models.ROLE]`,
+//! `[prices."MODEL"]`), resolved with the environment and flags.
+//!
+//! Without a `[providers]` table there is one implicit provider named
+//! `default`: an OpenAI-compatible endpoint from `OPENAI_BASE_URL` (or
+//! `--base-url`) with the key in `OPENAI_API_KEY` — the quick path for one
+//! endpoint and one model (`AGENTSWARM_MODEL`).
+
+use crate::{Error, Overrides, Resolver, Result, Secrets, Source};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// `[providers.NAME]` in the file.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    /// `openai` (Chat Completions; OpenAI, OpenRouter, Ollama, vLLM,
+    /// llama.cpp server, LM Studio) or `anthropic` (Messages). Default `openai`.
+    pub kind: Option<String>,
+    /// Default `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    pub base_url: Option<String>,
+    /// NAME of the variable (environment or secrets file) holding the key —
+    /// never the key. Default for `anthropic`: `ANTHROPIC_API_KEY`; for
+    /// `openai`: none (local servers need no key).
+    pub api_key_env: Option<String>,
+    /// Extra request headers (e.g. OpenRouter's `HTTP-Referer`, `X-Title`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Default 300.
+    pub request_timeout_seconds: Option<u64>,
+    /// Default 10.
+    pub connect_timeout_seconds: Option<u64>,
+    /// Retries of a failed request (429, 5xx, …) before falling back. Default 4.
+    pub max_retries: Option<u32>,
+    /// Tokens (input + output) this provider may use in any 60 s; 0 or absent: no limit.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// `[models.planner]`, `[models.worker]`, `[models.fixer]`.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileModels {
+    pub planner: Option<FileRole>,
+    pub worker: Option<FileRole>,
+    pub fixer: Option<FileRole>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRole {
+    /// A name under `[providers]`; may be left out when there is only one.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Tried in order when the model keeps failing (5xx or timeouts after
+    /// retries, overloaded, model not found).
+    pub fallback: Option<Vec<FileModelRef>>,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+/// `[prices."MODEL"]`: US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+            / 1e6
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// A resolved provider. `Debug` shows where the key came from, never it.
+#[derive(Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub api_key_env: Option<String>,
+    /// Where the key was found (environment or secrets file).
+    pub api_key_source: Option<Source>,
+    /// The provider cannot work without a key (`api_key_env` set, or Anthropic).
+    pub key_required: bool,
+    pub headers: BTreeMap<String, String>,
+    pub request_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub max_retries: u32,
+    pub tokens_per_minute: u64,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key_source", &self.api_key_source)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ProviderConfig {
+    /// The error for a required key that is missing, saying what to do.
+    pub fn missing_key(&self) -> Option<Error> {
+        if !self.key_required || self.api_key.is_some() {
+            return None;
+        }
+        Some(Error::MissingKey {
+            provider: self.name.clone(),
+            env: self
+                .api_key_env
+                .clone()
+                .unwrap_or_else(|| "ANTHROPIC_API_KEY".into()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+/// One role's model, its fallbacks and generation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleModels {
+    pub primary: ModelRef,
+    pub fallback: Vec<ModelRef>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+/// The roles a model call is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelRole {
+    Planner,
+    Worker,
+    Fixer,
+}
+
+impl ModelRole {
+    pub const ALL: [ModelRole; 3] = [ModelRole::Planner, ModelRole::Worker, ModelRole::Fixer];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelRole::Planner => "planner",
+            ModelRole::Worker => "worker",
+            ModelRole::Fixer => "fixer",
+        }
+    }
+}
+
+/// Everything about models: providers, the model of each role, prices.
+#[derive(Debug, Clone)]
+pub struct Models {
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub planner: RoleModels,
+    pub worker: RoleModels,
+    pub fixer: RoleModels,
+    /// By model name.
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Models {
+    pub fn role(&self, role: ModelRole) -> &RoleModels {
+        match role {
+            ModelRole::Planner => &self.planner,
+            ModelRole::Worker => &self.worker,
+            ModelRole::Fixer => &self.fixer,
+        }
+    }
+
+    /// The cost of a call in US dollars, when the model has a price.
+    pub fn cost(&self, model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+        self.prices
+            .get(model)
+            .map(|p| p.cost(input_tokens, output_tokens))
+    }
+
+    /// Every configured key value (for redaction).
+    pub fn key_values(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        self.providers
+            .values()
+            .filter_map(|p| p.api_key.as_ref().map(|k| k.expose_secret().to_owned()))
+            .collect()
+    }
+}
+
+/// Why no model is configured (kept until a command needs one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ModelMissing {
+    Nothing,
+    Name,
+}
+
+pub(crate) struct ModelInputs<'a> {
+    pub providers: Option<&'a BTreeMap<String, FileProvider>>,
+    pub models: Option<&'a FileModels>,
+    pub prices: Option<&'a BTreeMap<String, Price>>,
+    pub flags: &'a Overrides,
+    pub secrets: &'a Secrets,
+    pub secrets_path: Option<&'a std::path::Path>,
+}
+
+impl Resolver<'_> {
+    /// A key by variable name: the environment first, then the secrets file.
+    fn key(
+        &self,
+        name: &str,
+        secrets: &Secrets,
+        secrets_path: Option<&std::path::Path>,
+    ) -> Option<(SecretString, Source)> {
+        if let Some(v) = (self.env)(name).filter(|v| !v.trim().is_empty()) {
+            return Some((
+                SecretString::from(v.trim().to_owned()),
+                Source::Env(crate::leak_name(name)),
+            ));
+        }
+        let v = secrets.get(name).filter(|v| !v.trim().is_empty())?;
+        Some((
+            SecretString::from(v.trim().to_owned()),
+            Source::SecretsFile(secrets_path.map(|p| p.to_owned()).unwrap_or_default()),
+        ))
+    }
+
+    pub(crate) fn file_source(&self) -> Source {
+        self.file_path
+            .clone()
+            .map(Source::File)
+            .unwrap_or(Source::Default)
+    }
+
+    pub(crate) fn models(
+        &mut self,
+        i: ModelInputs<'_>,
+    ) -> Result<std::result::Result<Models, ModelMissing>> {
+        let mut providers = BTreeMap::new();
+        match i.providers {
+            Some(table) if !table.is_empty() => {
+                for (name, p) in table {
+                    let pc = self.provider(name, p, &i)?;
+                    providers.insert(name.clone(), pc);
+                }
+            }
+            _ => {
+                // The quick path: one OpenAI-compatible endpoint from the environment.
+                let base_url: String = self.pick(
+                    "providers.default.base_url",
+                    i.flags.base_url.clone().map(|v| (v, "--base-url")),
+                    Some("OPENAI_BASE_URL"),
+                    None,
+                    "https://api.openai.com/v1".to_owned(),
+                    "a URL",
+                )?;
+                let given =
+                    self.sources.get("providers.default.base_url") != Some(&Source::Default);
+                let key = self.key("OPENAI_API_KEY", i.secrets, i.secrets_path);
+                let any_model = i.models.is_some()
+                    || i.flags.model.is_some()
+                    || ["AGENTSWARM_MODEL", "AGENTSWARM_WORKER_MODEL"]
+                        .iter()
+                        .any(|n| (self.env)(n).is_some_and(|s| !s.trim().is_empty()));
+                if !given && key.is_none() && !any_model {
+                    return Ok(Err(ModelMissing::Nothing));
+                }
+                check_url(
+                    self,
+                    "providers.default.base_url",
+                    "OPENAI_BASE_URL",
+                    &base_url,
+                )?;
+                if let Some((_, src)) = &key {
+                    self.sources
+                        .insert("providers.default.api_key", src.clone());
+                }
+                providers.insert(
+                    "default".to_owned(),
+                    ProviderConfig {
+                        name: "default".into(),
+                        kind: ProviderKind::OpenAi,
+                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        api_key_source: key.as_ref().map(|k| k.1.clone()),
+                        api_key: key.map(|k| k.0),
+                        api_key_env: Some("OPENAI_API_KEY".into()),
+                        key_required: false,
+                        headers: BTreeMap::new(),
+                        request_timeout_secs: 300,
+                        connect_timeout_secs: 10,
+                        max_retries: 4,
+                        tokens_per_minute: 0,
+                    },
+                );
+            }
+        }
+
+        let fm = i.models.cloned().unwrap_or_default();
+        let only = (providers.len() == 1)
+            .then(|| providers.keys().next().cloned())
+            .flatten();
+        let worker = match self.role(
+            ModelRole::Worker,
+            fm.worker.as_ref(),
+            None,
+            &only,
+            &providers,
+            i.flags,
+        )? {
+            Some(r) => r,
+            None => return Ok(Err(ModelMissing::Name)),
+        };
+        let planner = match self.role(
+            ModelRole::Planner,
+            fm.planner.as_ref(),
+            Some(&worker),
+            &only,
+            &providers,
+            i.flags,
+        )? {
+            Some(r) => r,
+            None => worker.clone(),
+        };
+        let fixer = match self.role(
+            ModelRole::Fixer,
+            fm.fixer.as_ref(),
+            Some(&planner),
+            &only,
+            &providers,
+            i.flags,
+        )? {
+            Some(r) => r,
+            None => planner.clone(),
+        };
+        let prices = i.prices.cloned().unwrap_or_default();
+        for (model, p) in &prices {
+            if !(p.input_per_mtok.is_finite()
+                && p.output_per_mtok.is_finite()
+                && p.input_per_mtok >= 0.0
+                && p.output_per_mtok >= 0.0)
+            {
+                return Err(Error::Invalid {
+                    name: "prices",
+                    expected: "prices of 0 or more US dollars per million tokens",
+                    value: model.clone(),
+                    origin: self.file_source(),
+                });
+            }
+        }
+        Ok(Ok(Models {
+            providers,
+            planner,
+            worker,
+            fixer,
+            prices,
+        }))
+    }
+
+    fn provider(
+        &mut self,
+        name: &str,
+        p: &FileProvider,
+        i: &ModelInputs<'_>,
+    ) -> Result<ProviderConfig> {
+        let origin = self.file_source();
+        let kind = match p.kind.as_deref().unwrap_or("openai") {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            other => {
+                return Err(Error::Invalid {
+                    name: "providers.*.kind",
+                    expected: "openai or anthropic",
+                    value: format!("{other} (provider {name})"),
+                    origin,
+                })
+            }
+        };
+        let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
+            ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+        });
+        let key_name = leak_key(&format!("providers.{name}.base_url"));
+        self.sources.insert(key_name, origin.clone());
+        check_url(self, key_name, "providers.*.base_url", &base_url)?;
+        let api_key_env = p.api_key_env.clone().or(match kind {
+            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY".to_owned()),
+            ProviderKind::OpenAi => None,
+        });
+        let key = api_key_env
+            .as_deref()
+            .and_then(|n| self.key(n, i.secrets, i.secrets_path));
+        if let Some((_, src)) = &key {
+            self.sources
+                .insert(leak_key(&format!("providers.{name}.api_key")), src.clone());
+        }
+        let request_timeout_secs = p.request_timeout_seconds.unwrap_or(300);
+        let connect_timeout_secs = p.connect_timeout_seconds.unwrap_or(10);
+        if request_timeout_secs == 0 || connect_timeout_secs == 0 {
+            return Err(Error::Invalid {
+                name: "providers.*.request_timeout_seconds",
+                expected: "a positive number of seconds",
+                value: format!("0 (provider {name})"),
+                origin,
+            });
+        }
+        Ok(ProviderConfig {
+            name: name.to_owned(),
+            kind,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key_source: key.as_ref().map(|k| k.1.clone()),
+            api_key: key.map(|k| k.0),
+            key_required: p.api_key_env.is_some() || kind == ProviderKind::Anthropic,
+            api_key_env,
+            headers: p.headers.clone().unwrap_or_default(),
+            request_timeout_secs,
+            connect_timeout_secs,
+            max_retries: p.max_retries.unwrap_or(4),
+            tokens_per_minute: p.tokens_per_minute.unwrap_or(0),
+        })
+    }
+
+    /// A role's models: flag `--model` > `AGENTSWARM_<ROLE>_MODEL` >
+    /// `AGENTSWARM_MODEL` > the file > the role it defaults to (`inherit`).
+    /// `None` when no model name is found anywhere.
+    #[allow(clippy::too_many_arguments)]
+    fn role(
+        &mut self,
+        role: ModelRole,
+        file: Option<&FileRole>,
+        inherit: Option<&RoleModels>,
+        only: &Option<String>,
+        providers: &BTreeMap<String, ProviderConfig>,
+        flags: &Overrides,
+    ) -> Result<Option<RoleModels>> {
+        let key = leak_key(&format!("models.{}.model", role.as_str()));
+        let role_env = match role {
+            ModelRole::Planner => "AGENTSWARM_PLANNER_MODEL",
+            ModelRole::Worker => "AGENTSWARM_WORKER_MODEL",
+            ModelRole::Fixer => "AGENTSWARM_FIXER_MODEL",
+        };
+        let env_model = |name: &'static str| {
+            (self.env)(name)
+                .filter(|s| !s.trim().is_empty())
+                .map(|v| (v.trim().to_owned(), name))
+        };
+        let (model, source) = if let Some(m) = &flags.model {
+            (m.clone(), Source::Flag("--model"))
+        } else if let Some((m, n)) = env_model(role_env).or_else(|| env_model("AGENTSWARM_MODEL")) {
+            (m, Source::Env(n))
+        } else if let Some(m) = file.and_then(|f| f.model.clone()) {
+            (m, self.file_source())
+        } else if let Some(r) = inherit {
+            // Nothing of its own: the whole role is inherited, but for the file's settings.
+            if file.is_none() {
+                return Ok(None);
+            }
+            (r.primary.model.clone(), Source::Default)
+        } else {
+            return Ok(None);
+        };
+        self.sources.insert(key, source);
+        let provider = match file.and_then(|f| f.provider.clone()) {
+            Some(p) => p,
+            None => match (inherit, only) {
+                (Some(r), _) => r.primary.provider.clone(),
+                (None, Some(only)) => only.clone(),
+                (None, None) => {
+                    return Err(Error::Invalid {
+                        name: "models.*.provider",
+                        expected: "the name of one of the [providers]",
+                        value: format!("nothing (role {})", role.as_str()),
+                        origin: self.file_source(),
+                    })
+                }
+            },
+        };
+        let mut fallback = Vec::new();
+        for f in file.and_then(|f| f.fallback.clone()).unwrap_or_default() {
+            fallback.push(ModelRef {
+                provider: f.provider,
+                model: f.model,
+            });
+        }
+        for r in std::iter::once(&provider).chain(fallback.iter().map(|f| &f.provider)) {
+            if !providers.contains_key(r) {
+                return Err(Error::Invalid {
+                    name: "models.*.provider",
+                    expected: "the name of one of the [providers]",
+                    value: format!(
+                        "{r} (role {}; known: {})",
+                        role.as_str(),
+                        providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    origin: self.file_source(),
+                });
+            }
+        }
+        Ok(Some(RoleModels {
+            primary: ModelRef { provider, model },
+            fallback,
+            max_tokens: file
+                .and_then(|f| f.max_tokens)
+                .or(inherit.and_then(|r| r.max_tokens)),
+            temperature: file
+                .and_then(|f| f.temperature)
+                .or(inherit.and_then(|r| r.temperature)),
+        }))
+    }
+}
+
+fn check_url(r: &Resolver<'_>, key: &str, name: &'static str, url: &str) -> Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(());
+    }
+    Err(r.invalid(key, name, "an http:// or https:// URL", url))
+}
+
+/// Source keys are `&'static str`; provider names come from the file, so
+/// the few keys made from them are interned once per process.
+fn leak_key(key: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static KEYS: OnceLock<Mutex<std::collections::BTreeSet<&'static str>>> = OnceLock::new();
+    let Ok(mut set) = KEYS.get_or_init(Default::default).lock() else {
+        return "providers";
+    };
+    if let Some(k) = set.get(key) {
+        return k;
+    }
+    let k: &'static str = Box::leak(key.to_owned().into_boxed_str());
+    set.insert(k);
+    k
+}
