@@ -275,7 +275,7 @@ struct RateUse {
     requests: usize,
     /// Most request starts seen in any window.
     max_in_window: usize,
-    /// Starts in the full windows from the first start, over what the limit allowed.
+    /// Starts over what the limit allowed while work waited.
     utilisation: f64,
 }
 
@@ -285,12 +285,15 @@ fn rate_use(server: &swarm_testkit::ScriptedServer, rate: Rate) -> RateUse {
     let mut starts: Vec<_> = server.requests().iter().map(|r| r.arrived).collect();
     starts.sort();
     let max_in_window = server.max_in_window(window);
+    // While work waits, starts come in bursts of `limit`, one a window.
+    // Starts before the last burst, over what the limit allows from the
+    // first start to the last: 1.0 when every window is used in full.
     let utilisation = match (starts.first(), starts.last()) {
-        (Some(first), Some(last)) => {
-            let full = ((*last - *first).as_millis() as u64 / rate.window_ms).max(1);
-            let end = *first + window * full as u32;
-            let used = starts.iter().filter(|t| **t < end).count();
-            used as f64 / (rate.limit as f64 * full as f64)
+        (Some(first), Some(last)) if *last > *first + window => {
+            let last_burst = *last - window / 2;
+            let before_last = starts.iter().filter(|t| **t < last_burst).count();
+            let windows = (*last - *first).as_secs_f64() * 1000.0 / rate.window_ms as f64;
+            before_last as f64 / (rate.limit as f64 * windows)
         }
         _ => 0.0,
     };
