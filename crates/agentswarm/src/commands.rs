@@ -119,20 +119,8 @@ pub fn build_engine(config: Config, store: Arc<dyn Store>, tape: &TapeArgs) -> R
 /// the scripted model server of `demo` and `bench`.
 pub fn scripted_models(base_url: &str, model: &str) -> swarm_config::Models {
     use swarm_config::{ModelRef, ProviderConfig, ProviderKind, RoleModels};
-    let provider = ProviderConfig {
-        name: "scripted".into(),
-        kind: ProviderKind::OpenAi,
-        base_url: base_url.to_owned(),
-        api_key: None,
-        api_key_env: None,
-        api_key_source: None,
-        key_required: false,
-        headers: Default::default(),
-        request_timeout_secs: 60,
-        connect_timeout_secs: 10,
-        max_retries: 4,
-        tokens_per_minute: 0,
-    };
+    let mut provider = ProviderConfig::new("scripted", ProviderKind::OpenAi, base_url);
+    provider.request_timeout_secs = 60;
     let role = RoleModels {
         primary: ModelRef {
             provider: "scripted".into(),

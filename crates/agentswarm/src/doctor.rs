@@ -82,7 +82,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                 values.push((format!("providers.{name}.kind"), p.kind.as_str().into()));
                 values.push((format!("providers.{name}.base_url"), p.base_url.clone()));
                 // The key's presence, never its value or length.
-                let key = match (&p.api_key_source, &p.api_key_env) {
+                let key = match (&p.api_key, &p.api_key_env) {
                     (Some(_), Some(env)) => format!("set ({env})"),
                     (None, Some(env)) if p.key_required => format!("MISSING: {env} is not set"),
                     (None, Some(env)) => {

@@ -342,13 +342,7 @@ fn a_spent_budget_ends_the_project_and_resume_carries_on() {
     assert_eq!(report["status"], "budget_exhausted", "{report}");
     assert!(report["error"].as_str().unwrap().contains("max_cost_usd"));
     let project = report["project_id"].as_str().unwrap().to_owned();
-    let done_before: Vec<String> = h.status_json(&project)["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["state"] == "done")
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect();
+    let done_before = h.done_tasks(&project);
     assert!(
         !done_before.is_empty() && done_before.len() < 5,
         "stopped mid-run: {done_before:?}"

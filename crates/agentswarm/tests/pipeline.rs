@@ -445,13 +445,7 @@ fn resume_after_ctrl_c_does_not_redo_finished_tasks() {
     let report = last_json_line(&out);
     assert_eq!(report["status"], "interrupted");
     let project = report["project_id"].as_str().unwrap().to_owned();
-    let done_before: Vec<String> = h.status_json(&project)["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["state"] == "done")
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect();
+    let done_before = h.done_tasks(&project);
     assert!(done_before.len() >= 2, "{done_before:?}");
     let requests_before = h.server.requests().len();
 

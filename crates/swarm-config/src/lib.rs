@@ -297,33 +297,13 @@ impl Resolver<'_> {
         default: T,
         expected: &'static str,
     ) -> Result<T> {
-        if let Some((v, name)) = flag {
-            self.sources.insert(key, Source::Flag(name));
-            return Ok(v);
-        }
-        if let Some(name) = env_name {
-            if let Some(raw) = (self.env)(name).filter(|s| !s.trim().is_empty()) {
-                let v = raw.trim().parse::<T>().map_err(|_| Error::Invalid {
-                    name,
-                    expected,
-                    value: raw.clone(),
-                    origin: Source::Env(name),
-                })?;
-                self.sources.insert(key, Source::Env(name));
-                return Ok(v);
+        match self.pick_opt(key, flag, env_name, file, expected)? {
+            Some(v) => Ok(v),
+            None => {
+                self.sources.insert(key, Source::Default);
+                Ok(default)
             }
         }
-        if let Some(v) = file {
-            let src = self
-                .file_path
-                .clone()
-                .map(Source::File)
-                .unwrap_or(Source::Default);
-            self.sources.insert(key, src);
-            return Ok(v);
-        }
-        self.sources.insert(key, Source::Default);
-        Ok(default)
     }
 }
 
@@ -511,6 +491,36 @@ impl Config {
 
         let fr = file.run.clone().unwrap_or_default();
         let d = RunLimits::default();
+        let max_cost_usd: Option<f64> = r.pick_opt(
+            "run.max_cost_usd",
+            flags.max_cost_usd.map(|v| (v, "--max-cost-usd")),
+            Some("AGENTSWARM_MAX_COST_USD"),
+            fr.max_cost_usd,
+            "a number of US dollars",
+        )?;
+        if max_cost_usd.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(r.invalid(
+                "run.max_cost_usd",
+                "max_cost_usd",
+                "a positive number of US dollars",
+                max_cost_usd.unwrap_or_default(),
+            ));
+        }
+        let max_tokens: Option<u64> = r.pick_opt(
+            "run.max_tokens",
+            flags.max_tokens.map(|v| (v, "--max-tokens")),
+            Some("AGENTSWARM_MAX_TOKENS"),
+            fr.max_tokens,
+            "a positive number of tokens",
+        )?;
+        if max_tokens == Some(0) {
+            return Err(r.invalid(
+                "run.max_tokens",
+                "max_tokens",
+                "a positive number of tokens",
+                0,
+            ));
+        }
         let run = RunLimits {
             max_tasks: r.pick(
                 "run.max_tasks",
@@ -568,8 +578,8 @@ impl Config {
                 d.output_cap_bytes,
                 "",
             )?,
-            max_cost_usd: None,
-            max_tokens: None,
+            max_cost_usd,
+            max_tokens,
         };
         for (name, v) in [
             ("run.max_tasks", u64::from(run.max_tasks)),
@@ -581,42 +591,6 @@ impl Config {
         ] {
             positive(name, v, r.sources.get(name))?;
         }
-
-        let max_cost_usd: Option<f64> = r.pick_opt(
-            "run.max_cost_usd",
-            flags.max_cost_usd.map(|v| (v, "--max-cost-usd")),
-            Some("AGENTSWARM_MAX_COST_USD"),
-            fr.max_cost_usd,
-            "a number of US dollars",
-        )?;
-        if max_cost_usd.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
-            return Err(r.invalid(
-                "run.max_cost_usd",
-                "max_cost_usd",
-                "a positive number of US dollars",
-                max_cost_usd.unwrap_or_default(),
-            ));
-        }
-        let max_tokens: Option<u64> = r.pick_opt(
-            "run.max_tokens",
-            flags.max_tokens.map(|v| (v, "--max-tokens")),
-            Some("AGENTSWARM_MAX_TOKENS"),
-            fr.max_tokens,
-            "a positive number of tokens",
-        )?;
-        if max_tokens == Some(0) {
-            return Err(r.invalid(
-                "run.max_tokens",
-                "max_tokens",
-                "a positive number of tokens",
-                0,
-            ));
-        }
-        let run = RunLimits {
-            max_cost_usd,
-            max_tokens,
-            ..run
-        };
 
         let api_rate_limit_rpm: u32 = r.pick(
             "api_rate_limit_rpm",
@@ -707,13 +681,21 @@ impl Config {
     }
 }
 
-/// Source names are `&'static str`; the key variable's name is configurable,
-/// so the few distinct names are interned once.
-fn leak_name(name: &str) -> &'static str {
-    match name {
-        "OPENAI_API_KEY" => "OPENAI_API_KEY",
-        _ => Box::leak(name.to_owned().into_boxed_str()),
+/// Source keys and variable names are `&'static str`; the few made at run
+/// time (provider names, the key variables they name) are interned once
+/// per process.
+fn intern(s: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<std::collections::BTreeSet<&'static str>>> = OnceLock::new();
+    let Ok(mut set) = NAMES.get_or_init(Default::default).lock() else {
+        return "?";
+    };
+    if let Some(k) = set.get(s) {
+        return k;
     }
+    let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    set.insert(k);
+    k
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! `--base-url`) with the key in `OPENAI_API_KEY` — the quick path for one
 //! endpoint and one model (`AGENTSWARM_MODEL`).
 
-use crate::{Error, Overrides, Resolver, Result, Secrets, Source};
+use crate::{intern, Error, Overrides, Resolver, Result, Secrets, Source};
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -104,8 +104,6 @@ pub struct ProviderConfig {
     pub base_url: String,
     pub api_key: Option<SecretString>,
     pub api_key_env: Option<String>,
-    /// Where the key was found (environment or secrets file).
-    pub api_key_source: Option<Source>,
     /// The provider cannot work without a key (`api_key_env` set, or Anthropic).
     pub key_required: bool,
     pub headers: BTreeMap<String, String>,
@@ -123,13 +121,30 @@ impl fmt::Debug for ProviderConfig {
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("api_key_env", &self.api_key_env)
-            .field("api_key_source", &self.api_key_source)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl ProviderConfig {
+    /// A provider with no key and every other setting at its default
+    /// (timeouts 300 s and 10 s, 4 retries, no tokens-per-minute limit).
+    pub fn new(name: &str, kind: ProviderKind, base_url: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: None,
+            api_key_env: None,
+            key_required: false,
+            headers: BTreeMap::new(),
+            request_timeout_secs: 300,
+            connect_timeout_secs: 10,
+            max_retries: 4,
+            tokens_per_minute: 0,
+        }
+    }
+
     /// The error for a required key that is missing, saying what to do.
     pub fn missing_key(&self) -> Option<Error> {
         if !self.key_required || self.api_key.is_some() {
@@ -249,7 +264,7 @@ impl Resolver<'_> {
         if let Some(v) = (self.env)(name).filter(|v| !v.trim().is_empty()) {
             return Some((
                 SecretString::from(v.trim().to_owned()),
-                Source::Env(crate::leak_name(name)),
+                Source::Env(intern(name)),
             ));
         }
         let v = secrets.get(name).filter(|v| !v.trim().is_empty())?;
@@ -305,27 +320,13 @@ impl Resolver<'_> {
                     "OPENAI_BASE_URL",
                     &base_url,
                 )?;
-                if let Some((_, src)) = &key {
-                    self.sources
-                        .insert("providers.default.api_key", src.clone());
+                let mut default = ProviderConfig::new("default", ProviderKind::OpenAi, &base_url);
+                default.api_key_env = Some("OPENAI_API_KEY".into());
+                if let Some((value, src)) = key {
+                    self.sources.insert("providers.default.api_key", src);
+                    default.api_key = Some(value);
                 }
-                providers.insert(
-                    "default".to_owned(),
-                    ProviderConfig {
-                        name: "default".into(),
-                        kind: ProviderKind::OpenAi,
-                        base_url: base_url.trim_end_matches('/').to_owned(),
-                        api_key_source: key.as_ref().map(|k| k.1.clone()),
-                        api_key: key.map(|k| k.0),
-                        api_key_env: Some("OPENAI_API_KEY".into()),
-                        key_required: false,
-                        headers: BTreeMap::new(),
-                        request_timeout_secs: 300,
-                        connect_timeout_secs: 10,
-                        max_retries: 4,
-                        tokens_per_minute: 0,
-                    },
-                );
+                providers.insert("default".to_owned(), default);
             }
         }
 
@@ -413,7 +414,7 @@ impl Resolver<'_> {
             ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
             ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
         });
-        let key_name = leak_key(&format!("providers.{name}.base_url"));
+        let key_name = intern(&format!("providers.{name}.base_url"));
         self.sources.insert(key_name, origin.clone());
         check_url(self, key_name, "providers.*.base_url", &base_url)?;
         let api_key_env = p.api_key_env.clone().or(match kind {
@@ -423,12 +424,13 @@ impl Resolver<'_> {
         let key = api_key_env
             .as_deref()
             .and_then(|n| self.key(n, i.secrets, i.secrets_path));
-        if let Some((_, src)) = &key {
-            self.sources
-                .insert(leak_key(&format!("providers.{name}.api_key")), src.clone());
-        }
-        let request_timeout_secs = p.request_timeout_seconds.unwrap_or(300);
-        let connect_timeout_secs = p.connect_timeout_seconds.unwrap_or(10);
+        let defaults = ProviderConfig::new(name, kind, &base_url);
+        let request_timeout_secs = p
+            .request_timeout_seconds
+            .unwrap_or(defaults.request_timeout_secs);
+        let connect_timeout_secs = p
+            .connect_timeout_seconds
+            .unwrap_or(defaults.connect_timeout_secs);
         if request_timeout_secs == 0 || connect_timeout_secs == 0 {
             return Err(Error::Invalid {
                 name: "providers.*.request_timeout_seconds",
@@ -437,19 +439,21 @@ impl Resolver<'_> {
                 origin,
             });
         }
+        let api_key = key.map(|(value, src)| {
+            self.sources
+                .insert(intern(&format!("providers.{name}.api_key")), src);
+            value
+        });
         Ok(ProviderConfig {
-            name: name.to_owned(),
-            kind,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            api_key_source: key.as_ref().map(|k| k.1.clone()),
-            api_key: key.map(|k| k.0),
+            api_key,
             key_required: p.api_key_env.is_some() || kind == ProviderKind::Anthropic,
             api_key_env,
             headers: p.headers.clone().unwrap_or_default(),
             request_timeout_secs,
             connect_timeout_secs,
-            max_retries: p.max_retries.unwrap_or(4),
-            tokens_per_minute: p.tokens_per_minute.unwrap_or(0),
+            max_retries: p.max_retries.unwrap_or(defaults.max_retries),
+            tokens_per_minute: p.tokens_per_minute.unwrap_or(defaults.tokens_per_minute),
+            ..defaults
         })
     }
 
@@ -466,7 +470,7 @@ impl Resolver<'_> {
         providers: &BTreeMap<String, ProviderConfig>,
         flags: &Overrides,
     ) -> Result<Option<RoleModels>> {
-        let key = leak_key(&format!("models.{}.model", role.as_str()));
+        let key = intern(&format!("models.{}.model", role.as_str()));
         let role_env = match role {
             ModelRole::Planner => "AGENTSWARM_PLANNER_MODEL",
             ModelRole::Worker => "AGENTSWARM_WORKER_MODEL",
@@ -547,20 +551,4 @@ fn check_url(r: &Resolver<'_>, key: &str, name: &'static str, url: &str) -> Resu
         return Ok(());
     }
     Err(r.invalid(key, name, "an http:// or https:// URL", url))
-}
-
-/// Source keys are `&'static str`; provider names come from the file, so
-/// the few keys made from them are interned once per process.
-fn leak_key(key: &str) -> &'static str {
-    use std::sync::{Mutex, OnceLock};
-    static KEYS: OnceLock<Mutex<std::collections::BTreeSet<&'static str>>> = OnceLock::new();
-    let Ok(mut set) = KEYS.get_or_init(Default::default).lock() else {
-        return "providers";
-    };
-    if let Some(k) = set.get(key) {
-        return k;
-    }
-    let k: &'static str = Box::leak(key.to_owned().into_boxed_str());
-    set.insert(k);
-    k
 }

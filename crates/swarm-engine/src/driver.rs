@@ -370,6 +370,8 @@ async fn talk(
                         result = Some((&mut stopped).await.outcome(ctx, turns));
                         break;
                     }
+                    // Masked here: commands the model runs can read what the
+                    // worker process holds, and a worker never holds a key.
                     Err(e) => ModelResult::Error {
                         error: ctx.gateway.redactor().redact(&e.to_string()).into_owned(),
                     },

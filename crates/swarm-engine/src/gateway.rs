@@ -10,7 +10,7 @@
 //! call, and the project ends `budget_exhausted` or `paused` — resumable,
 //! with nothing finished redone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarm_config::{Config, ModelRole, Models, RunLimits};
@@ -102,15 +102,14 @@ impl Account {
         self.halt.lock().ok().and_then(|h| h.clone())
     }
 
+    /// Halts the project (the first reason wins) and stops its run.
     fn halt(&self, why: Halt) -> Halt {
-        if let Ok(mut h) = self.halt.lock() {
-            let first = h.get_or_insert(why);
-            let first = first.clone();
-            self.stop.cancel();
-            return first;
-        }
+        let first = match self.halt.lock() {
+            Ok(mut h) => h.get_or_insert(why).clone(),
+            Err(_) => why,
+        };
         self.stop.cancel();
-        why
+        first
     }
 
     /// Halts the project when its budget is spent.
@@ -127,7 +126,7 @@ impl Account {
 }
 
 /// Why `spent` is over the budget, if it is.
-pub fn budget_message(
+fn budget_message(
     spent: Spent,
     max_cost_usd: Option<f64>,
     max_tokens: Option<u64>,
@@ -149,15 +148,32 @@ pub fn budget_message(
     None
 }
 
+/// The route of each role.
+struct Routes {
+    planner: Route,
+    worker: Route,
+    fixer: Route,
+}
+
+impl Routes {
+    fn of(&self, role: ModelRole) -> &Route {
+        match role {
+            ModelRole::Planner => &self.planner,
+            ModelRole::Worker => &self.worker,
+            ModelRole::Fixer => &self.fixer,
+        }
+    }
+}
+
 struct Inner {
     router: Router,
-    routes: HashMap<ModelRole, Route>,
+    routes: Routes,
     models: Models,
     store: Arc<dyn Store>,
     redactor: Redactor,
     tape: Tape,
-    /// Providers that need a key they do not have: the message to pause with.
-    missing_keys: HashMap<String, String>,
+    /// Providers that need a key they do not have, by name: the message to pause with.
+    missing_keys: BTreeMap<String, String>,
     accounts: Mutex<HashMap<ProjectId, Arc<Account>>>,
 }
 
@@ -190,7 +206,7 @@ impl Gateway {
         tape: Tape,
     ) -> crate::Result<Self> {
         let mut providers = HashMap::new();
-        let mut missing_keys = HashMap::new();
+        let mut missing_keys = BTreeMap::new();
         for (name, p) in &models.providers {
             let settings = ProviderSettings {
                 name: name.clone(),
@@ -222,8 +238,7 @@ impl Gateway {
             }
             providers.insert(name.clone(), (provider, tokens, p.max_retries));
         }
-        let mut routes = HashMap::new();
-        for role in ModelRole::ALL {
+        let route = |role: ModelRole| -> crate::Result<Route> {
             let r = models.role(role);
             let mut targets = Vec::new();
             for m in std::iter::once(&r.primary).chain(&r.fallback) {
@@ -240,11 +255,16 @@ impl Gateway {
                     max_tokens: r.max_tokens,
                     temperature: r.temperature,
                     tokens: tokens.clone(),
-                    max_retries: Some(*max_retries),
+                    max_retries: *max_retries,
                 });
             }
-            routes.insert(role, Route { targets });
-        }
+            Ok(Route { targets })
+        };
+        let routes = Routes {
+            planner: route(ModelRole::Planner)?,
+            worker: route(ModelRole::Worker)?,
+            fixer: route(ModelRole::Fixer)?,
+        };
         let redactor = Redactor::new(models.key_values());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -265,22 +285,13 @@ impl Gateway {
         &self.inner.redactor
     }
 
-    pub fn models(&self) -> &Models {
-        &self.inner.models
-    }
-
-    pub fn limiter(&self) -> &Arc<dyn RequestLimiter> {
-        self.inner.router.limiter()
-    }
-
-    /// The first configured provider that needs a key it lacks.
+    /// What to say when a configured provider needs a key it lacks (the
+    /// first by name); a run checks this before it makes any call.
     pub fn missing_key(&self) -> Option<String> {
         if matches!(self.inner.tape, Tape::Replay(_)) {
             return None;
         }
-        let mut names: Vec<&String> = self.inner.missing_keys.keys().collect();
-        names.sort();
-        names.first().map(|n| self.inner.missing_keys[*n].clone())
+        self.inner.missing_keys.values().next().cloned()
     }
 
     /// Opens `project`'s account for a run: its budget from `limits`, what
@@ -331,26 +342,20 @@ impl Gateway {
                 return Err(CallError::Halted(a.halt(Halt::Budget(msg))));
             }
         }
-        let route = inner.routes.get(&caller.role);
+        let route = inner.routes.of(caller.role);
         let meta = CallMeta {
             role: caller.role.as_str().to_owned(),
             task: caller.task.map(|t| t.to_string()),
             attempt: caller.attempt,
             turn: caller.turn,
         };
-        let primary = route.and_then(|r| r.targets.first());
-        if let (Some(t), Tape::Live | Tape::Record(_)) = (primary, &inner.tape) {
-            if let Some(msg) = inner.missing_keys.get(t.provider.name()) {
-                let h = Halt::Auth(msg.clone());
-                return Err(CallError::Halted(match &account {
-                    Some(a) => a.halt(h),
-                    None => h,
-                }));
-            }
-        }
-        let result = match (&inner.tape, route) {
-            (Tape::Replay(r), _) => {
-                let model = primary.map(|t| t.model.clone()).unwrap_or_default();
+        let result = match &inner.tape {
+            Tape::Replay(r) => {
+                let model = route
+                    .targets
+                    .first()
+                    .map(|t| t.model.clone())
+                    .unwrap_or_default();
                 let request = ModelRequest {
                     model: model.clone(),
                     messages,
@@ -378,7 +383,7 @@ impl Gateway {
                     }),
                 }
             }
-            (Tape::Live | Tape::Record(_), Some(route)) => {
+            Tape::Live | Tape::Record(_) => {
                 let for_tape = match &inner.tape {
                     Tape::Record(_) => Some((messages.clone(), tools.clone())),
                     Tape::Live | Tape::Replay(_) => None,
@@ -399,19 +404,6 @@ impl Gateway {
                     }
                 }
                 r
-            }
-            (Tape::Live | Tape::Record(_), None) => {
-                return Err(CallError::Model(Failed {
-                    error: swarm_llm::Error::Setup {
-                        provider: String::new(),
-                        message: format!("no model is configured for the {} role", meta.role),
-                    },
-                    provider: String::new(),
-                    model: String::new(),
-                    retries: 0,
-                    waited: Duration::ZERO,
-                    latency: Duration::ZERO,
-                }))
             }
         };
         self.account_for(&caller, &result, account.as_deref());

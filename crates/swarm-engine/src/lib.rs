@@ -14,7 +14,7 @@ mod run;
 pub mod serve;
 mod verify;
 
-pub use gateway::{budget_message, CallError, Caller, Gateway, Halt, Tape};
+pub use gateway::{Gateway, Tape};
 pub use prompts::CommandResult;
 
 use std::ffi::OsString;
@@ -252,24 +252,21 @@ impl Engine {
         let c = &self.config;
         let flag = |key: &str| matches!(c.sources.get(key), Some(swarm_config::Source::Flag(_)));
         let before = limits.clone();
-        if flag("run.max_tasks") {
-            limits.max_tasks = c.run.max_tasks;
+        macro_rules! from_flags {
+            ($($key:literal => $field:ident),*) => {
+                $(if flag($key) {
+                    limits.$field = c.run.$field;
+                })*
+            };
         }
-        if flag("run.max_attempts") {
-            limits.max_attempts = c.run.max_attempts;
-        }
-        if flag("run.max_turns") {
-            limits.max_turns = c.run.max_turns;
-        }
-        if flag("run.max_fix_rounds") {
-            limits.max_fix_rounds = c.run.max_fix_rounds;
-        }
-        if flag("run.max_cost_usd") {
-            limits.max_cost_usd = c.run.max_cost_usd;
-        }
-        if flag("run.max_tokens") {
-            limits.max_tokens = c.run.max_tokens;
-        }
+        from_flags!(
+            "run.max_tasks" => max_tasks,
+            "run.max_attempts" => max_attempts,
+            "run.max_turns" => max_turns,
+            "run.max_fix_rounds" => max_fix_rounds,
+            "run.max_cost_usd" => max_cost_usd,
+            "run.max_tokens" => max_tokens
+        );
         if limits != before {
             let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
             self.store.set_project_options(id, &options)?;

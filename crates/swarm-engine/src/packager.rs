@@ -9,7 +9,6 @@
 //! what counts as a secret.
 
 use crate::prompts::CommandResult;
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use swarm_llm::redact::{key_shapes, Redactor};
 use swarm_package::{Delivery, Packed, Withheld};
@@ -30,13 +29,9 @@ pub fn secret_in(redactor: &Redactor, text: &str) -> Option<String> {
         let kinds: Vec<String> = shapes.iter().map(|s| with_article(s)).collect();
         return Some(join_and(&kinds));
     }
-    // `redact` borrows the text when it masks nothing; with no key shape in
-    // the text, a copy means a configured value (at least
-    // `swarm_llm::redact::MIN_SECRET_LEN` characters) occurs in it.
-    match redactor.redact(text) {
-        Cow::Owned(_) => Some("a configured API key".to_owned()),
-        Cow::Borrowed(_) => None,
-    }
+    redactor
+        .holds_configured(text)
+        .then(|| "a configured API key".to_owned())
 }
 
 /// `an OpenAI-style key (sk-…)`, `a PEM private key (…)`: the key-shape

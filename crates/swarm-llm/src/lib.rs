@@ -225,11 +225,10 @@ pub fn build_provider(settings: ProviderSettings) -> Result<Arc<dyn Provider>> {
     })
 }
 
-/// Bounded exponential backoff with jitter.
+/// Exponential backoff with jitter (how many retries is the provider's
+/// `max_retries`, on each router target).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
-    /// Retries after the first request.
-    pub max_retries: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
 }
@@ -237,7 +236,6 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_retries: 4,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
         }
@@ -382,7 +380,6 @@ mod tests {
     #[test]
     fn backoff_grows_and_honours_retry_after() {
         let p = RetryPolicy {
-            max_retries: 5,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
         };

@@ -160,6 +160,12 @@ impl Redactor {
         }
     }
 
+    /// Whether one of the configured values occurs in `text` (key shapes
+    /// are [`key_shapes`]'s business).
+    pub fn holds_configured(&self, text: &str) -> bool {
+        self.secrets.iter().any(|s| text.contains(s.as_str()))
+    }
+
     /// `text` with every configured value replaced by `[REDACTED]` and every
     /// key shape masked. Borrows `text` when there is nothing to mask.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {

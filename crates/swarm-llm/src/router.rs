@@ -20,8 +20,8 @@ pub struct Target {
     pub temperature: Option<f32>,
     /// The provider's tokens-per-minute window, when it has one.
     pub tokens: Option<Arc<TokenWindow>>,
-    /// Retries of a failed request before falling back; the router's policy when `None`.
-    pub max_retries: Option<u32>,
+    /// Retries of a failed request before falling back (the provider's `max_retries`).
+    pub max_retries: u32,
 }
 
 impl std::fmt::Debug for Target {
@@ -85,10 +85,6 @@ impl Router {
         Self { limiter, retry }
     }
 
-    pub fn limiter(&self) -> &Arc<dyn RequestLimiter> {
-        &self.limiter
-    }
-
     /// One call along `route`.
     pub async fn call(
         &self,
@@ -123,7 +119,6 @@ impl Router {
         };
         for (i, target) in route.targets.iter().enumerate() {
             let mut retries = 0u32;
-            let max_retries = target.max_retries.unwrap_or(self.retry.max_retries);
             loop {
                 waited += self.limiter.acquire().await;
                 if let Some(t) = &target.tokens {
@@ -160,7 +155,7 @@ impl Router {
                         continue;
                     }
                 }
-                if error.is_retryable() && retries < max_retries {
+                if error.is_retryable() && retries < target.max_retries {
                     retries += 1;
                     let retry_after = match &error {
                         Error::Http { retry_after, .. } => *retry_after,
@@ -270,22 +265,21 @@ mod tests {
         })
     }
 
-    fn target(p: &Arc<Scripted>, model: &str) -> Target {
+    fn target(p: &Arc<Scripted>, model: &str, max_retries: u32) -> Target {
         Target {
             provider: p.clone(),
             model: model.into(),
             max_tokens: Some(100),
             temperature: None,
             tokens: None,
-            max_retries: None,
+            max_retries,
         }
     }
 
-    fn router(max_retries: u32) -> Router {
+    fn router() -> Router {
         Router::new(
             Arc::new(SlidingWindow::new(0, Duration::from_secs(60))),
             RetryPolicy {
-                max_retries,
                 base_delay: Duration::from_millis(100),
                 max_delay: Duration::from_secs(1),
             },
@@ -312,10 +306,10 @@ mod tests {
             ],
         );
         let route = Route {
-            targets: vec![target(&p, "m")],
+            targets: vec![target(&p, "m", 4)],
         };
         let t0 = tokio::time::Instant::now();
-        let served = router(4)
+        let served = router()
             .call(&route, &meta(), vec![ChatMessage::user("hi")], vec![])
             .await
             .unwrap();
@@ -336,9 +330,9 @@ mod tests {
             })],
         );
         let route = Route {
-            targets: vec![target(&p, "m")],
+            targets: vec![target(&p, "m", 4)],
         };
-        let failed = router(4)
+        let failed = router()
             .call(&route, &meta(), vec![ChatMessage::user("hi")], vec![])
             .await
             .unwrap_err();
@@ -349,9 +343,9 @@ mod tests {
         let primary = Scripted::new("a", (0..3).map(|_| http(503, None)).collect());
         let backup = Scripted::new("b", vec![]);
         let route = Route {
-            targets: vec![target(&primary, "big"), target(&backup, "small")],
+            targets: vec![target(&primary, "big", 2), target(&backup, "small", 2)],
         };
-        let served = router(2)
+        let served = router()
             .call(&route, &meta(), vec![ChatMessage::user("hi")], vec![])
             .await
             .unwrap();
@@ -373,14 +367,14 @@ mod tests {
         };
         let p = Scripted::new("p", vec![too_long(), Ok(ok())]);
         let route = Route {
-            targets: vec![target(&p, "m")],
+            targets: vec![target(&p, "m", 0)],
         };
         let messages = vec![
             ChatMessage::user("Task t1: x"),
             ChatMessage::tool_result("c1", "a".repeat(5000)),
             ChatMessage::tool_result("c2", "b".repeat(5000)),
         ];
-        router(0)
+        router()
             .call(&route, &meta(), messages, vec![])
             .await
             .unwrap();
@@ -397,9 +391,9 @@ mod tests {
         // Nothing left to drop: the error is final.
         let p = Scripted::new("p", vec![too_long()]);
         let route = Route {
-            targets: vec![target(&p, "m")],
+            targets: vec![target(&p, "m", 3)],
         };
-        let failed = router(3)
+        let failed = router()
             .call(&route, &meta(), vec![ChatMessage::user("hi")], vec![])
             .await
             .unwrap_err();

@@ -86,6 +86,17 @@ impl Harness {
         assert!(out.status.success(), "status failed: {}", text(&out));
         last_json_line(&out)
     }
+
+    /// The ids of the project's tasks that are `done`, per `status --json`.
+    pub fn done_tasks(&self, project: &str) -> Vec<String> {
+        self.status_json(project)["tasks"]
+            .as_array()
+            .expect("status lists tasks")
+            .iter()
+            .filter(|t| t["state"] == "done")
+            .map(|t| t["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
 }
 
 pub fn text(out: &Output) -> String {
