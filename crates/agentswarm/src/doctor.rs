@@ -118,6 +118,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             let missing: Vec<String> = m
                 .providers
                 .values()
+                .filter(|p| m.uses(&p.name))
                 .filter_map(|p| p.missing_key().map(|e| e.to_string()))
                 .collect();
             json!({"ok": missing.is_empty(), "missing_keys": missing})

@@ -220,6 +220,16 @@ impl Models {
         }
     }
 
+    /// Whether some role's model or fallback is served by `provider`.
+    pub fn uses(&self, provider: &str) -> bool {
+        ModelRole::ALL.iter().any(|r| {
+            let r = self.role(*r);
+            std::iter::once(&r.primary)
+                .chain(&r.fallback)
+                .any(|m| m.provider == provider)
+        })
+    }
+
     /// The cost of a call in US dollars, when the model has a price.
     pub fn cost(&self, model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
         self.prices

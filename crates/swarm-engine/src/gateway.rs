@@ -233,7 +233,7 @@ impl Gateway {
                     Duration::from_secs(60),
                 ))
             });
-            if let Some(e) = p.missing_key() {
+            if let Some(e) = p.missing_key().filter(|_| models.uses(name)) {
                 missing_keys.insert(name.clone(), e.to_string());
             }
             providers.insert(name.clone(), (provider, tokens, p.max_retries));
@@ -285,7 +285,7 @@ impl Gateway {
         &self.inner.redactor
     }
 
-    /// What to say when a configured provider needs a key it lacks (the
+    /// What to say when a provider some role uses needs a key it lacks (the
     /// first by name); a run checks this before it makes any call.
     pub fn missing_key(&self) -> Option<String> {
         if matches!(self.inner.tape, Tape::Replay(_)) {
@@ -489,5 +489,38 @@ impl Gateway {
         if let Err(e) = inner.store.record_model_call(&record) {
             tracing::warn!(error = %e, "could not record a model call");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn gateway(toml: &str) -> Gateway {
+        let path = PathBuf::from("/x/agentswarm.toml");
+        let file = swarm_config::FileConfig::parse(toml, Path::new(&path)).unwrap();
+        let config = Config::resolve(Some((file, path)), &|_| None, &Default::default()).unwrap();
+        let store = Arc::new(swarm_store::SqliteStore::in_memory().unwrap());
+        Gateway::from_config(&config, store, Tape::Live).unwrap()
+    }
+
+    #[test]
+    fn only_the_keys_of_providers_in_use_are_required() {
+        let providers = "[providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+                         [providers.spare]\nkind = \"anthropic\"\n";
+        let unused = gateway(&format!(
+            "{providers}[models.worker]\nprovider = \"local\"\nmodel = \"m\"\n"
+        ));
+        assert_eq!(unused.missing_key(), None);
+        let fallback = gateway(&format!(
+            "{providers}[models.worker]\nprovider = \"local\"\nmodel = \"m\"\n\
+             fallback = [{{ provider = \"spare\", model = \"c\" }}]\n"
+        ));
+        let msg = fallback.missing_key().unwrap();
+        assert!(
+            msg.contains("spare") && msg.contains("ANTHROPIC_API_KEY"),
+            "{msg}"
+        );
     }
 }
