@@ -174,24 +174,29 @@ fn agent_loop<R: BufRead, W: Write>(
                 task: start.task_id.to_string(),
                 attempt: start.attempt,
             };
-            return Ok(
-                match swarm_git::commit_all(
+            let committed = open_repo(&start.repo).and_then(|repo| {
+                swarm_git::commit_all(
+                    &repo,
                     &start.worktree,
                     &start.commit_subject,
                     &summary,
                     &trailers,
-                ) {
-                    Ok(commit) => FromWorker::Finished {
+                )
+            });
+            return Ok(match committed {
+                Ok(commit) => {
+                    report_link(&start.worktree, commit.link);
+                    FromWorker::Finished {
                         summary,
-                        commit,
+                        commit: commit.sha,
                         turns: turn,
-                    },
-                    Err(e) => FromWorker::Failed {
-                        reason: format!("cannot commit the work: {e}"),
-                        turns: turn,
-                    },
+                    }
+                }
+                Err(e) => FromWorker::Failed {
+                    reason: format!("cannot commit the work: {e}"),
+                    turns: turn,
                 },
-            );
+            });
         }
     }
     Ok(FromWorker::Failed {
@@ -204,6 +209,7 @@ fn agent_loop<R: BufRead, W: Write>(
 fn start_setup(start: &WorkerStart) -> Setup {
     let setup = start.setup.clone();
     let worktree = start.worktree.clone();
+    let repo = start.repo.clone();
     std::thread::spawn(move || match setup {
         WorktreeSetup::Ready => Ok(()),
         WorktreeSetup::Create { repo, branch, base } => swarm_git::Repo::open(repo)
@@ -213,9 +219,32 @@ fn start_setup(start: &WorkerStart) -> Setup {
             branch,
             base,
             clean,
-        } => swarm_git::reset_worktree_at(&worktree, &branch, &base, clean)
+        } => open_repo(&repo)
+            .and_then(|r| swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean))
+            .map(|link| report_link(&worktree, link))
             .map_err(|e| e.to_string()),
     })
+}
+
+/// The project repository named by the start message (`repo`).
+fn open_repo(repo: &std::path::Path) -> swarm_git::Result<swarm_git::Repo> {
+    if repo.as_os_str().is_empty() {
+        return Err(swarm_git::Error::Io(std::io::Error::other(
+            "the start message names no repository (`repo`)",
+        )));
+    }
+    swarm_git::Repo::open(repo)
+}
+
+/// Says on stderr (the supervisor's log of this worker) when the worktree's
+/// `.git` had been replaced by the attempt's commands and was restored.
+fn report_link(worktree: &std::path::Path, link: swarm_git::GitLink) {
+    if let swarm_git::GitLink::Restored(found) = link {
+        eprintln!(
+            "agentswarm worker: {}/.git was {found}, not the file git wrote; restored it",
+            worktree.display()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -257,11 +286,16 @@ mod tests {
     }
 
     fn start_with(worktree: &std::path::Path, max_turns: u32, setup: WorktreeSetup) -> String {
+        let repo = match &setup {
+            WorktreeSetup::Create { repo, .. } => repo.clone(),
+            WorktreeSetup::Ready | WorktreeSetup::Reset { .. } => Default::default(),
+        };
         serde_json::to_string(&ToWorker::Start(WorkerStart {
             project_id: "p1".into(),
             task_id: "t1".into(),
             attempt: 1,
             worktree: worktree.to_owned(),
+            repo,
             system_prompt: "sys".into(),
             prompt: "Task t1: test".into(),
             max_turns,

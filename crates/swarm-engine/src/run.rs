@@ -690,6 +690,7 @@ impl Run<'_> {
                         task_id: id.clone(),
                         attempt,
                         worktree: PathBuf::new(),
+                        repo: self.ctx.pool.repo().root().to_owned(),
                         system_prompt: prompts::WORKER_SYSTEM.to_owned(),
                         prompt,
                         max_turns: self.limits.max_turns,

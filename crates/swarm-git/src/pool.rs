@@ -82,8 +82,9 @@ impl WorktreePool {
         loop {
             let reuse = self.state.lock().ok().and_then(|mut s| s.idle.pop());
             let Some((path, dirty)) = reuse else { break };
+            // A `.git` link the attempt replaced is restored (and logged) there.
             match self.repo.reset_worktree(&path, branch, dirty) {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::debug!(path = %path.display(), branch, dirty, "worktree reused");
                     return Ok(path);
                 }
@@ -146,6 +147,7 @@ mod tests {
         let a = pool.acquire("task/a/1").unwrap();
         std::fs::write(a.join("a.txt"), "a").unwrap();
         commit_all(
+            &repo,
             &a,
             "a",
             "",

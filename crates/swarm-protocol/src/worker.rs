@@ -32,6 +32,12 @@ pub struct WorkerStart {
     pub attempt: u32,
     /// The attempt's git worktree; every tool path resolves inside it.
     pub worktree: PathBuf,
+    /// The project repository (its root, where `main` is checked out). The
+    /// worker finds the worktree's git directory from here for the reset and
+    /// the commit, never trusting the worktree's `.git`, which the model's
+    /// commands can rewrite. Empty: not given (the worker then cannot commit).
+    #[serde(default)]
+    pub repo: PathBuf,
     /// The system prompt of the worker role.
     pub system_prompt: String,
     /// The first user message; begins with `Task <id>: <title>`.
