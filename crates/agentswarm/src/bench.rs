@@ -12,7 +12,7 @@
 use crate::cli::{BenchArgs, Cli};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use swarm_protocol::{ProjectId, TaskState};
@@ -73,6 +73,13 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     .rate
     .context("the rate case measures its starts")?;
 
+    let sandbox = tokio::task::spawn_blocking({
+        let dir = home.path().join("sandbox");
+        move || sandbox_cost(&dir)
+    })
+    .await
+    .context("the sandbox case panicked")??;
+
     let waves = n.div_ceil(args.workers) as f64;
     let lower_ms = waves * args.turns as f64 * args.latency_ms as f64;
     let ratio = wide.span_ms / lower_ms;
@@ -94,6 +101,7 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             "windows_over_limit": usize::from(limited.max_in_window > rate.limit as usize),
             "utilisation": limited.utilisation,
         },
+        "sandbox_ms_per_command": sandbox.iter().map(|c| (c.name.to_owned(), json!({"command_ms": c.command_ms, "prepare_ms": c.prepare_ms}))).collect::<serde_json::Map<_, _>>(),
         "run_wall_ms": {"overhead_cap1": seq.wall_ms, "overhead_cap": par.wall_ms, "makespan": wide.wall_ms},
     });
     println!();
@@ -126,10 +134,82 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         if limited.max_in_window > rate.limit as usize { "ONE OR MORE windows" } else { "no window" },
         limited.utilisation * 100.0
     );
+    println!("sandbox, `sh -c true` per command (prepared once per worktree):");
+    for c in &sandbox {
+        println!(
+            "  {:<11} {:6.2} ms/command   (prepare {:.2} ms)",
+            c.name, c.command_ms, c.prepare_ms
+        );
+    }
     if args.json {
         println!("{result}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+struct SandboxCost {
+    name: &'static str,
+    command_ms: f64,
+    prepare_ms: f64,
+}
+
+/// The cost of confining a command: `sh -c true` run unconfined and under
+/// each mechanism this machine has, in a fresh worktree-like directory.
+fn sandbox_cost(dir: &Path) -> Result<Vec<SandboxCost>> {
+    use swarm_exec::sandbox::{facilities, SandboxMechanism, SandboxMode, SandboxPolicy};
+    const RUNS: u32 = 40;
+    std::fs::create_dir_all(dir)?;
+    let f = facilities();
+    let mut cases = vec![("none", None)];
+    if f.landlock.is_ok() {
+        cases.push(("landlock", Some(SandboxMechanism::Landlock)));
+    }
+    if f.bubblewrap.is_ok() {
+        cases.push(("bubblewrap", Some(SandboxMechanism::Bubblewrap)));
+    }
+    let mut out = Vec::new();
+    for (name, mechanism) in cases {
+        let started = Instant::now();
+        let sandbox = match mechanism {
+            Some(m) => {
+                let policy = SandboxPolicy {
+                    mode: SandboxMode::Required,
+                    mechanism: m,
+                    read_only: swarm_exec::sandbox::DEFAULT_READ_ONLY
+                        .iter()
+                        .map(PathBuf::from)
+                        .collect(),
+                    ..Default::default()
+                };
+                Some(std::sync::Arc::new(
+                    swarm_exec::Sandbox::prepare(&policy, dir).map_err(|e| anyhow::anyhow!(e))?,
+                ))
+            }
+            None => None,
+        };
+        let prepare_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let opts = swarm_exec::ShellOptions {
+            cwd: dir.to_owned(),
+            env: Vec::new(),
+            timeout: Duration::from_secs(30),
+            output_cap: 4096,
+            enclosure: None,
+            sandbox,
+        };
+        let started = Instant::now();
+        for _ in 0..RUNS {
+            let r = swarm_exec::run_shell("true", &opts)?;
+            if !r.exit.success() {
+                bail!("`true` failed under the {name} sandbox: {}", r.output);
+            }
+        }
+        out.push(SandboxCost {
+            name,
+            command_ms: started.elapsed().as_secs_f64() * 1000.0 / f64::from(RUNS),
+            prepare_ms,
+        });
+    }
+    Ok(out)
 }
 
 struct CaseResult {

@@ -181,6 +181,9 @@ pub struct LimitArgs {
     /// Budget: … or use this many tokens (input + output).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
+    /// Let the project's commands use the network (package installs); recorded in the manifest.
+    #[arg(long)]
+    pub allow_network: bool,
 }
 
 #[derive(Debug, Args)]

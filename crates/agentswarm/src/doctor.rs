@@ -49,6 +49,31 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "none".into()),
         ),
+        ("sandbox", config.sandbox.mode.to_string()),
+        ("sandbox_mechanism", config.sandbox.mechanism.to_string()),
+        (
+            "sandbox_read_paths",
+            config
+                .sandbox
+                .read_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "sandbox_max_open_files",
+            config.sandbox.limits.open_files.to_string(),
+        ),
+        (
+            "sandbox_max_processes",
+            config.sandbox.limits.processes.to_string(),
+        ),
+        (
+            "sandbox_max_file_size_mb",
+            config.sandbox.limits.file_size_mb.to_string(),
+        ),
+        ("run.allow_network", config.run.allow_network.to_string()),
         ("run.max_tasks", config.run.max_tasks.to_string()),
         ("run.max_attempts", config.run.max_attempts.to_string()),
         ("run.max_turns", config.run.max_turns.to_string()),
@@ -127,6 +152,28 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     };
 
     let limiter = swarm_engine::memory_limiter(&config);
+    let policy = swarm_exec::sandbox::SandboxPolicy {
+        mode: config.sandbox.mode,
+        mechanism: config.sandbox.mechanism,
+        allow_network: config.run.allow_network,
+        ..Default::default()
+    };
+    let facilities = swarm_exec::sandbox::facilities();
+    let assessment = swarm_exec::sandbox::assess(&policy, facilities);
+    let available = |r: Result<String, &String>| match r {
+        Ok(v) => json!({"available": true, "detail": v}),
+        Err(why) => json!({"available": false, "needs": why}),
+    };
+    let sandbox = json!({
+        "mode": config.sandbox.mode.as_str(),
+        "mechanism": assessment.mechanism_name(),
+        "summary": assessment.summary(policy.allow_network),
+        "gaps": assessment.gaps,
+        "refusal": assessment.refusal,
+        "landlock": available(facilities.landlock.as_ref().map(|abi| format!("ABI {abi}"))),
+        "namespaces": available(facilities.namespaces.as_ref().map(|()| "user and network namespaces".to_owned())),
+        "bubblewrap": available(facilities.bubblewrap.as_ref().map(|p| p.display().to_string())),
+    });
     let gate = Gate::from_config(&config);
     let readings = gate.readings();
     let verdict = gate.check();
@@ -139,6 +186,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             "values": values.iter().map(|(k, v)| json!({"key": k, "value": v, "source": src(k)})).collect::<Vec<_>>(),
             "model": model,
             "memory_limit": {"mechanism": limiter.mechanism().as_str(), "reason": limiter.reason()},
+            "sandbox": sandbox,
             "gate": {
                 "source": gate.source(),
                 "readings": readings.as_ref().ok(),
@@ -174,6 +222,32 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         limiter.mechanism().as_str(),
         limiter.reason()
     );
+    println!(
+        "sandbox ({}): {}",
+        config.sandbox.mode,
+        assessment.summary(policy.allow_network)
+    );
+    for name in ["landlock", "namespaces", "bubblewrap"] {
+        let f = &sandbox[name];
+        match f["available"].as_bool() {
+            Some(true) => println!(
+                "  {name:<11} available: {}",
+                f["detail"].as_str().unwrap_or("")
+            ),
+            _ => println!(
+                "  {name:<11} unavailable: {}",
+                f["needs"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    if config.sandbox.mode != swarm_exec::sandbox::SandboxMode::Off {
+        for gap in &assessment.gaps {
+            println!("  not confined here: {gap}");
+        }
+    }
+    if let Some(why) = &assessment.refusal {
+        println!("  REFUSED: {why}");
+    }
     match &readings {
         Ok(r) => println!(
             "resource gate: available memory {} MB (bound {} MB), load average {:.2} (bound {}) → {} [{}]",

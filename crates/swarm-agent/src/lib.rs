@@ -95,7 +95,8 @@ fn agent_loop<R: BufRead, W: Write>(
         &start.worktree,
         Duration::from_secs(start.command_timeout_secs),
         start.output_cap_bytes,
-    );
+    )
+    .with_sandbox(start.sandbox.clone());
     let specs = tool_specs();
     let mut messages = vec![
         ChatMessage::system(&start.system_prompt),
@@ -290,7 +291,7 @@ mod tests {
             WorktreeSetup::Create { repo, .. } => repo.clone(),
             WorktreeSetup::Ready | WorktreeSetup::Reset { .. } => Default::default(),
         };
-        serde_json::to_string(&ToWorker::Start(WorkerStart {
+        serde_json::to_string(&ToWorker::Start(Box::new(WorkerStart {
             project_id: "p1".into(),
             task_id: "t1".into(),
             attempt: 1,
@@ -303,7 +304,8 @@ mod tests {
             output_cap_bytes: 4096,
             commit_subject: "t1: test".into(),
             setup,
-        }))
+            sandbox: Default::default(),
+        })))
         .unwrap()
     }
 

@@ -4,7 +4,10 @@
 use crate::paths::{resolve, Purpose};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use swarm_exec::sandbox::SandboxPolicy;
+use swarm_exec::Sandbox;
 use swarm_protocol::chat::ToolSpec;
 
 /// Bytes of a file `read_file` returns.
@@ -68,15 +71,38 @@ pub struct Tools {
     root: PathBuf,
     command_timeout: Duration,
     output_cap: usize,
+    sandbox: SandboxPolicy,
+    /// Prepared at the first `run_command` (the worktree exists by then).
+    prepared: Arc<OnceLock<Result<Arc<Sandbox>, String>>>,
 }
 
 impl Tools {
+    /// Tools whose commands are not confined (see [`Tools::with_sandbox`]).
     pub fn new(root: impl Into<PathBuf>, command_timeout: Duration, output_cap: usize) -> Self {
         Self {
             root: root.into(),
             command_timeout,
             output_cap,
+            sandbox: SandboxPolicy::default(),
+            prepared: Arc::default(),
         }
+    }
+
+    /// Confines `run_command` by `policy`.
+    pub fn with_sandbox(mut self, policy: SandboxPolicy) -> Self {
+        self.sandbox = policy;
+        self.prepared = Arc::default();
+        self
+    }
+
+    fn sandbox(&self) -> Result<Arc<Sandbox>, String> {
+        self.prepared
+            .get_or_init(|| {
+                Sandbox::prepare(&self.sandbox, &self.root)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// One line for progress: the tool and its main argument.
@@ -180,11 +206,10 @@ impl Tools {
                 let Ok(rel) = p.strip_prefix(&self.root) else {
                     continue;
                 };
-                if rel
-                    .components()
-                    .next()
-                    .is_some_and(|c| c.as_os_str() == ".git")
-                {
+                // Git's files, and the commands' private HOME and TMPDIR.
+                if rel.components().next().is_some_and(|c| {
+                    c.as_os_str() == ".git" || c.as_os_str() == swarm_exec::sandbox::PRIVATE_DIR
+                }) {
                     continue;
                 }
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
@@ -263,6 +288,10 @@ impl Tools {
     }
 
     fn run_command(&self, command: &str, timeout: Duration) -> String {
+        let sandbox = match self.sandbox() {
+            Ok(s) => s,
+            Err(why) => return format!("error: the command was not run: {why}"),
+        };
         let opts = swarm_exec::ShellOptions {
             cwd: self.root.clone(),
             env: Vec::new(),
@@ -270,6 +299,7 @@ impl Tools {
             output_cap: self.output_cap,
             // The whole worker already runs inside its enclosure.
             enclosure: None,
+            sandbox: Some(sandbox),
         };
         match swarm_exec::run_shell(command, &opts) {
             Ok(out) if out.timed_out => format!(
@@ -327,6 +357,42 @@ mod tests {
         );
         assert!(
             r.text.starts_with("error: timed out after 1 s"),
+            "{}",
+            r.text
+        );
+    }
+
+    #[test]
+    fn a_sandboxed_command_is_confined_and_a_refused_one_is_not_run() {
+        use swarm_exec::sandbox::{facilities, SandboxMode, DEFAULT_READ_ONLY};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        std::fs::create_dir(&root).unwrap();
+        let policy = SandboxPolicy {
+            mode: SandboxMode::BestEffort,
+            read_only: DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect(),
+            hidden: vec![dir.path().to_owned()],
+            ..SandboxPolicy::default()
+        };
+        let t = tools(&root).with_sandbox(policy.clone());
+        let r = t.execute(
+            "run_command",
+            r#"{"command": "echo in > inside.txt && echo out > ../outside.txt"}"#,
+        );
+        assert!(root.join("inside.txt").exists(), "{}", r.text);
+        if facilities().landlock.is_ok() || facilities().bubblewrap.is_ok() {
+            assert!(!r.text.starts_with("exit code 0"), "{}", r.text);
+            assert!(!dir.path().join("outside.txt").exists());
+        }
+        // The private HOME is not listed.
+        assert_eq!(t.execute("list_files", "{}").text, "inside.txt");
+
+        // A worktree the sandbox cannot be prepared for: the command is not run.
+        let gone = tools(&dir.path().join("missing")).with_sandbox(policy);
+        let r = gone.execute("run_command", r#"{"command": "true"}"#);
+        assert!(
+            r.text
+                .starts_with("error: the command was not run: cannot prepare"),
             "{}",
             r.text
         );

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+pub use swarm_protocol::sandbox::{CommandLimits, SandboxMechanism, SandboxMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,6 +109,20 @@ pub struct FileConfig {
     pub models: Option<FileModels>,
     /// `[prices."MODEL"]`: US dollars per million input and output tokens.
     pub prices: Option<BTreeMap<String, Price>>,
+    /// `required`, `best-effort` (the default) or `off`: how model-run and
+    /// verify commands are confined (docs/security.md).
+    pub sandbox: Option<String>,
+    /// `auto` (the default), `landlock` or `bubblewrap`.
+    pub sandbox_mechanism: Option<String>,
+    /// More trees confined commands may read and execute, such as toolchains
+    /// in the service's home (`~/.rustup`); `~/` is the home directory.
+    pub sandbox_read_paths: Option<Vec<PathBuf>>,
+    /// Open files of a confined command (`RLIMIT_NOFILE`; 0: unchanged).
+    pub sandbox_max_open_files: Option<u64>,
+    /// Processes of a confined command (`RLIMIT_NPROC`; 0: unchanged).
+    pub sandbox_max_processes: Option<u64>,
+    /// The largest file a confined command may write, in MB (`RLIMIT_FSIZE`; 0: unchanged).
+    pub sandbox_max_file_size_mb: Option<u64>,
     pub run: Option<FileRun>,
 }
 
@@ -125,6 +140,9 @@ pub struct FileRun {
     pub max_cost_usd: Option<f64>,
     /// … or this many tokens (input + output).
     pub max_tokens: Option<u64>,
+    /// Let the project's commands use the network (package installs); the
+    /// manifest records it.
+    pub allow_network: Option<bool>,
 }
 
 /// The JSON Schema of `agentswarm.toml` (checked in as docs/agentswarm.schema.json).
@@ -165,6 +183,9 @@ pub struct RunLimits {
     /// Budget of the project's tokens, input + output (none: no bound).
     #[serde(default)]
     pub max_tokens: Option<u64>,
+    /// The project's commands may use the network.
+    #[serde(default)]
+    pub allow_network: bool,
 }
 
 impl Default for RunLimits {
@@ -179,8 +200,20 @@ impl Default for RunLimits {
             output_cap_bytes: 16 * 1024,
             max_cost_usd: None,
             max_tokens: None,
+            allow_network: false,
         }
     }
+}
+
+/// The confinement of model-run and verify commands. The per-project part
+/// (`allow_network`) is in [`RunLimits`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    pub mechanism: SandboxMechanism,
+    /// `sandbox_read_paths`, with `~/` expanded.
+    pub read_paths: Vec<PathBuf>,
+    pub limits: CommandLimits,
 }
 
 /// The resolved configuration.
@@ -211,6 +244,7 @@ pub struct Config {
     /// (`AGENTSWARM_RATE_WINDOW_MS`).
     pub rate_window_ms: u64,
     pub secrets_file: Option<PathBuf>,
+    pub sandbox: SandboxSettings,
     /// `Err` keeps why no model is configured until a command needs one.
     models: std::result::Result<Models, ModelMissing>,
     /// Source of each resolved value, by its name in the file.
@@ -232,6 +266,8 @@ pub struct Overrides {
     pub base_url: Option<String>,
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
+    /// `--allow-network`.
+    pub allow_network: Option<bool>,
 }
 
 /// Where the config file is looked for when `--config` is not given:
@@ -338,6 +374,94 @@ impl Resolver<'_> {
             self.sources.insert(key, src);
         }
         Ok(file)
+    }
+}
+
+impl Resolver<'_> {
+    fn sandbox(&mut self, file: &FileConfig) -> Result<SandboxSettings> {
+        let mode: String = self.pick(
+            "sandbox",
+            None,
+            Some("AGENTSWARM_SANDBOX"),
+            file.sandbox.clone(),
+            SandboxMode::default().as_str().to_owned(),
+            "required, best-effort or off",
+        )?;
+        let mode: SandboxMode = mode.parse().map_err(|_| {
+            self.invalid("sandbox", "sandbox", "required, best-effort or off", &mode)
+        })?;
+        let mechanism: String = self.pick(
+            "sandbox_mechanism",
+            None,
+            Some("AGENTSWARM_SANDBOX_MECHANISM"),
+            file.sandbox_mechanism.clone(),
+            SandboxMechanism::default().as_str().to_owned(),
+            "auto, landlock or bubblewrap",
+        )?;
+        let mechanism: SandboxMechanism = mechanism.parse().map_err(|_| {
+            self.invalid(
+                "sandbox_mechanism",
+                "sandbox_mechanism",
+                "auto, landlock or bubblewrap",
+                &mechanism,
+            )
+        })?;
+        let home = dirs::home_dir();
+        let mut read_paths = Vec::new();
+        for p in file.sandbox_read_paths.clone().unwrap_or_default() {
+            let p = match (p.strip_prefix("~"), &home) {
+                (Ok(rest), Some(h)) => h.join(rest),
+                _ => p,
+            };
+            if !p.is_absolute() {
+                self.sources
+                    .insert("sandbox_read_paths", self.file_source());
+                return Err(self.invalid(
+                    "sandbox_read_paths",
+                    "sandbox_read_paths",
+                    "absolute paths (or ~/…)",
+                    p.display(),
+                ));
+            }
+            read_paths.push(p);
+        }
+        if file.sandbox_read_paths.is_some() {
+            let src = self.file_source();
+            self.sources.insert("sandbox_read_paths", src);
+        }
+        let d = CommandLimits::default();
+        let limits = CommandLimits {
+            open_files: self.pick(
+                "sandbox_max_open_files",
+                None,
+                None,
+                file.sandbox_max_open_files,
+                d.open_files,
+                "",
+            )?,
+            processes: self.pick(
+                "sandbox_max_processes",
+                None,
+                None,
+                file.sandbox_max_processes,
+                d.processes,
+                "",
+            )?,
+            file_size_mb: self.pick(
+                "sandbox_max_file_size_mb",
+                None,
+                None,
+                file.sandbox_max_file_size_mb,
+                d.file_size_mb,
+                "",
+            )?,
+        };
+        Ok(SandboxSettings {
+            mode,
+            mechanism,
+            read_paths,
+            limits,
+        })
     }
 }
 
@@ -580,6 +704,14 @@ impl Config {
             )?,
             max_cost_usd,
             max_tokens,
+            allow_network: r.pick(
+                "run.allow_network",
+                flags.allow_network.map(|v| (v, "--allow-network")),
+                Some("AGENTSWARM_ALLOW_NETWORK"),
+                fr.allow_network,
+                false,
+                "true or false",
+            )?,
         };
         for (name, v) in [
             ("run.max_tasks", u64::from(run.max_tasks)),
@@ -625,6 +757,7 @@ impl Config {
             Some(path) => Secrets::load(path)?,
             None => Secrets::default(),
         };
+        let sandbox = r.sandbox(&file)?;
         let models = r.models(ModelInputs {
             providers: file.providers.as_ref(),
             models: file.models.as_ref(),
@@ -650,6 +783,7 @@ impl Config {
             api_rate_limit_rpm,
             rate_window_ms,
             secrets_file,
+            sandbox,
             models,
             sources: r.sources,
             file: file_path,
@@ -767,6 +901,62 @@ mod tests {
         assert_eq!(p.base_url, "http://h/v1");
         assert_eq!(m.key_values(), vec!["test-key-not-real".to_owned()]);
         assert!(!format!("{c:?}").contains("test-key-not-real"));
+    }
+
+    #[test]
+    fn sandbox_settings_resolve_and_bad_ones_say_what_to_write() {
+        let c = Config::resolve(None, &env_of(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.sandbox.mode, SandboxMode::BestEffort);
+        assert_eq!(c.sandbox.mechanism, SandboxMechanism::Auto);
+        assert_eq!(c.sandbox.limits, CommandLimits::default());
+        assert!(!c.run.allow_network);
+
+        let file = FileConfig::parse(
+            "sandbox = \"required\"\nsandbox_read_paths = [\"/opt/tool\", \"~/.rustup\"]\nsandbox_max_processes = 64\n[run]\nallow_network = true\n",
+            Path::new("/x/agentswarm.toml"),
+        )
+        .unwrap();
+        let env = env_of(&[("AGENTSWARM_SANDBOX_MECHANISM", "bubblewrap")]);
+        let c = Config::resolve(
+            Some((file.clone(), "/x/agentswarm.toml".into())),
+            &env,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.mode, SandboxMode::Required);
+        assert_eq!(c.sandbox.mechanism, SandboxMechanism::Bubblewrap);
+        assert_eq!(c.sandbox.read_paths[0], PathBuf::from("/opt/tool"));
+        assert!(
+            c.sandbox.read_paths[1].is_absolute() && c.sandbox.read_paths[1].ends_with(".rustup")
+        );
+        assert_eq!(c.sandbox.limits.processes, 64);
+        assert!(c.run.allow_network);
+        assert_eq!(
+            c.sources.get("sandbox_mechanism"),
+            Some(&Source::Env("AGENTSWARM_SANDBOX_MECHANISM"))
+        );
+
+        let err = Config::resolve(
+            None,
+            &env_of(&[("AGENTSWARM_SANDBOX", "strict")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("strict") && err.contains("required, best-effort or off"),
+            "{err}"
+        );
+        let file = FileConfig::parse("sandbox_read_paths = [\"tools\"]\n", Path::new("/x/a.toml"))
+            .unwrap();
+        let err = Config::resolve(
+            Some((file, "/x/a.toml".into())),
+            &env_of(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tools") && err.contains("absolute"), "{err}");
     }
 
     #[test]

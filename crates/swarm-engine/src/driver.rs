@@ -37,6 +37,10 @@ pub struct DriverContext {
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
+    /// The confinement of the project's commands (workers' and verify's).
+    pub sandbox: swarm_exec::sandbox::SandboxPolicy,
+    /// What that confinement is on this machine, for the manifest.
+    pub sandbox_report: serde_json::Value,
 }
 
 pub fn branch_name(task: &TaskId, attempt: u32) -> String {
@@ -284,7 +288,7 @@ async fn talk(
 
     let mut turns = 0;
     let mut result: Option<WorkerOutcome> = None;
-    if let Err(e) = send(&mut stdin, &ToWorker::Start(start)).await {
+    if let Err(e) = send(&mut stdin, &ToWorker::Start(Box::new(start))).await {
         result = Some(ended(
             AttemptOutcome::Crashed,
             format!("cannot talk to the worker: {e}"),

@@ -18,10 +18,11 @@ pub use gateway::{Gateway, Tape};
 pub use prompts::CommandResult;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_config::{Config, RunLimits};
+use swarm_exec::sandbox::{SandboxPolicy, DEFAULT_READ_ONLY};
 use swarm_protocol::{Plan, ProjectId, ProjectState, TaskId, TaskKind};
 use swarm_store::{NewProject, NewTask, Store};
 use tokio::sync::{broadcast, Semaphore};
@@ -265,7 +266,8 @@ impl Engine {
             "run.max_turns" => max_turns,
             "run.max_fix_rounds" => max_fix_rounds,
             "run.max_cost_usd" => max_cost_usd,
-            "run.max_tokens" => max_tokens
+            "run.max_tokens" => max_tokens,
+            "run.allow_network" => allow_network
         );
         if limits != before {
             let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
@@ -277,6 +279,38 @@ impl Engine {
 
     fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
         serde_json::from_value(options.clone()).unwrap_or_else(|_| self.config.run.clone())
+    }
+
+    /// What the commands of a project (its limits, its repository at
+    /// `repo_root`) may touch: the system's trees read-only; never the data
+    /// directory, outputs, secrets, config or the service's home.
+    pub fn sandbox_policy(&self, limits: &RunLimits, repo_root: &Path) -> SandboxPolicy {
+        let c = &self.config;
+        let mut read_only: Vec<PathBuf> = DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect();
+        read_only.extend(c.sandbox.read_paths.iter().cloned());
+        // `git status`, `git diff` and `git log` in a worktree read the
+        // repository; its admin files are never writable from a command.
+        read_only.push(repo_root.join(".git"));
+        let mut hidden = vec![
+            c.data_dir.clone(),
+            c.outputs_dir.clone(),
+            PathBuf::from("/etc/agentswarm"),
+        ];
+        hidden.extend(c.secrets_file.clone());
+        hidden.extend(c.file.clone());
+        hidden.extend(
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute() && h.parent().is_some()),
+        );
+        SandboxPolicy {
+            mode: c.sandbox.mode,
+            mechanism: c.sandbox.mechanism,
+            allow_network: limits.allow_network,
+            read_only,
+            hidden,
+            limits: c.sandbox.limits,
+        }
     }
 
     fn emit(

@@ -187,6 +187,36 @@ async fn run_inner(
             .map_err(|e| Error::Other(e.to_string()))??
     };
 
+    let sandbox = engine.sandbox_policy(&limits, repo.root());
+    let assessment = swarm_exec::sandbox::assess(&sandbox, swarm_exec::sandbox::facilities());
+    if let Some(why) = &assessment.refusal {
+        set_project(engine, id, ProjectState::Paused, Some(why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+    let summary = assessment.summary(sandbox.allow_network);
+    engine.emit(id, None, "project", format!("sandbox: {summary}"));
+    if !assessment.gaps.is_empty() {
+        engine.emit(
+            id,
+            None,
+            "project",
+            format!(
+                "sandbox ({}): not confined here: {}",
+                sandbox.mode,
+                assessment.gaps.join("; ")
+            ),
+        );
+    }
+    let sandbox_report = serde_json::json!({
+        "mode": sandbox.mode.as_str(),
+        "mechanism": assessment.mechanism_name(),
+        "summary": summary,
+        "allow_network": sandbox.allow_network,
+        "gaps": assessment.gaps,
+    });
+    store.append_event(id, None, "sandbox", &sandbox_report)?;
+
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(DriverContext {
         project: id.clone(),
@@ -205,6 +235,8 @@ async fn run_inner(
         gateway: engine.gateway.clone(),
         store: store.clone(),
         progress: engine.progress.clone(),
+        sandbox,
+        sandbox_report,
     });
     let (merge_tx, merge_rx) = mpsc::unbounded_channel();
     let merge_queue = tokio::spawn(merge_queue(repo.clone(), merge_rx, tx.clone()));
@@ -699,6 +731,7 @@ impl Run<'_> {
                         commit_subject: format!("{}: {}", id, t.title),
                         // Filled in by the driver.
                         setup: WorktreeSetup::Ready,
+                        sandbox: self.ctx.sandbox.clone(),
                     };
                     let ctx = self.ctx.clone();
                     let tx = self.tx.clone();
@@ -781,13 +814,17 @@ impl Run<'_> {
         };
         self.verifying = Some((attempt, permit, enclosure.clone()));
         let cancel = self.cancel.clone();
+        let sandbox = self.ctx.sandbox.clone();
         tokio::task::spawn_blocking(move || {
             let result = verify::run_verify(
                 &repo,
                 &checkout,
                 &commands,
-                timeout,
-                cap,
+                verify::Limits {
+                    timeout,
+                    output_cap: cap,
+                    sandbox: &sandbox,
+                },
                 enclosure.clone(),
                 &cancel,
             );
@@ -1361,8 +1398,11 @@ impl Run<'_> {
             last_verify.as_deref(),
             self.store(),
         );
-        if let (Some(e), Some(obj)) = (&error, manifest.as_object_mut()) {
-            obj.insert("error".into(), serde_json::Value::String(e.clone()));
+        if let Some(obj) = manifest.as_object_mut() {
+            obj.insert("sandbox".into(), self.ctx.sandbox_report.clone());
+            if let Some(e) = &error {
+                obj.insert("error".into(), serde_json::Value::String(e.clone()));
+            }
         }
         let outputs = self.outputs.clone();
         let name = if self.plan.name.is_empty() {

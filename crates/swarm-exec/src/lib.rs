@@ -23,10 +23,14 @@
 //! [`reap_orphans`] can tell the processes a child subreaper adopted (orphans
 //! of a dead worker's commands) from its own children, and kill and reap
 //! only those. [`tree`] reads process trees; [`limit`] holds the memory
-//! limit of a worker's whole tree (cgroup or watchdog).
+//! limit of a worker's whole tree (cgroup or watchdog); [`sandbox`] confines
+//! the commands [`run_shell`] starts.
 
 pub mod limit;
+pub mod sandbox;
 pub mod tree;
+
+pub use sandbox::Sandbox;
 
 pub use limit::{Enclosure, LimiterChoice, Mechanism, MemoryLimiter};
 
@@ -188,9 +192,19 @@ impl std::fmt::Display for Exit {
 }
 
 fn base_command(program: &OsStr, cwd: Option<&Path>, env: &[(OsString, OsString)]) -> Command {
+    command_with_env(program, cwd, &allowed_env(), env)
+}
+
+/// A command with exactly `base` plus `env` as its environment.
+fn command_with_env(
+    program: &OsStr,
+    cwd: Option<&Path>,
+    base: &[(OsString, OsString)],
+    env: &[(OsString, OsString)],
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear()
-        .envs(allowed_env())
+        .envs(base.iter().map(|(k, v)| (k, v)))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .process_group(0);
     if let Some(dir) = cwd {
@@ -310,6 +324,9 @@ pub struct ShellOptions {
     pub output_cap: usize,
     /// The command joins this cgroup (or becomes the watchdog's root).
     pub enclosure: Option<Arc<Enclosure>>,
+    /// The confinement of the command (see [`sandbox`]); `None`: only the
+    /// environment allow-list.
+    pub sandbox: Option<Arc<Sandbox>>,
 }
 
 /// What [`run_shell`] saw.
@@ -324,9 +341,9 @@ pub struct ShellOutput {
 }
 
 /// Runs `sh -c command` in its own process group with a timeout and capped,
-/// merged output. On timeout the group gets SIGTERM, then SIGKILL after one
-/// second; after the shell exits, whatever it left running in its group is
-/// killed.
+/// merged output, confined by `opts.sandbox`. On timeout the group gets
+/// SIGTERM, then SIGKILL after one second; after the shell exits, whatever
+/// it left running in its group is killed.
 pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
     let started = Instant::now();
     let (reader, writer) = std::io::pipe().map_err(|source| Error::Spawn {
@@ -337,14 +354,26 @@ pub fn run_shell(command: &str, opts: &ShellOptions) -> Result<ShellOutput> {
         program: "sh".into(),
         source,
     })?;
-    let mut cmd = base_command(OsStr::new("/bin/sh"), Some(&opts.cwd), &opts.env);
-    cmd.arg("-c")
-        .arg(command)
+    let sandbox = opts.sandbox.as_deref().filter(|s| !s.is_off());
+    let (program, mut args) = match sandbox {
+        Some(s) => s.shell(),
+        None => (PathBuf::from("/bin/sh"), Vec::new()),
+    };
+    args.push("-c".into());
+    args.push(command.into());
+    let mut cmd = match sandbox.and_then(Sandbox::env) {
+        Some(base) => command_with_env(program.as_os_str(), Some(&opts.cwd), base, &opts.env),
+        None => base_command(program.as_os_str(), Some(&opts.cwd), &opts.env),
+    };
+    cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(writer2);
     set_parent_death_signal(&mut cmd);
     join_enclosure(&mut cmd, opts.enclosure.as_ref());
+    if let Some(s) = sandbox {
+        s.install(&mut cmd);
+    }
     let mut child =
         spawn_registered(|| cmd.spawn(), std::process::Child::id).map_err(|source| {
             Error::Spawn {
@@ -633,6 +662,7 @@ mod tests {
                 timeout,
                 output_cap: cap,
                 enclosure: None,
+                sandbox: None,
             },
         )
         .unwrap()
@@ -668,6 +698,7 @@ mod tests {
                 timeout: Duration::from_millis(300),
                 output_cap: 1024,
                 enclosure: None,
+                sandbox: None,
             },
         )
         .unwrap();
@@ -694,6 +725,7 @@ mod tests {
                 timeout: Duration::from_secs(10),
                 output_cap: 1024,
                 enclosure: None,
+                sandbox: None,
             },
         )
         .unwrap();

@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod ids;
 pub mod plan;
+pub mod sandbox;
 pub mod state;
 pub mod worker;
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ToWorker {
-    Start(WorkerStart),
+    Start(Box<WorkerStart>),
     ModelReply {
         seq: u64,
         #[serde(flatten)]
@@ -54,6 +54,9 @@ pub struct WorkerStart {
     /// first model call is in flight, and before it runs any tool.
     #[serde(default)]
     pub setup: WorktreeSetup,
+    /// The confinement of the commands the model runs (none when absent).
+    #[serde(default)]
+    pub sandbox: crate::sandbox::SandboxPolicy,
 }
 
 /// Preparing the attempt's worktree (see [`WorkerStart::setup`]).

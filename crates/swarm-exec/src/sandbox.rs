@@ -1,0 +1,867 @@
+//! Confinement of model-run and verify commands (docs/security.md).
+//!
+//! A [`Sandbox`] is prepared once for a directory (a task's worktree or the
+//! verify checkout) from a [`SandboxPolicy`]; [`crate::run_shell`] applies it
+//! to every command it starts there. A confined command:
+//!
+//! - writes only inside that directory, which holds its private `HOME` and
+//!   `TMPDIR` (`.agentswarm/`, excluded from git);
+//! - reads and executes the policy's read-only trees (the system), minus its
+//!   hidden paths (data directory, secrets, config, the service's home);
+//! - has no network unless the project allows it: an empty network namespace,
+//!   or where none can be made, Landlock's TCP rules;
+//! - runs with rlimits (open files, processes, file size, no core dumps) and
+//!   an environment built from an allow-list.
+//!
+//! Two mechanisms, strongest first:
+//!
+//! - **Landlock** (Linux 5.13+), through the `landlock` crate, which handles
+//!   the ABI versions. The ruleset is built once per sandbox; each command's
+//!   child applies it between fork and exec with two raw system calls
+//!   (`prctl(PR_SET_NO_NEW_PRIVS)`, `landlock_restrict_self`), the only kind
+//!   of code allowed there. Where permitted, the child first enters new user,
+//!   network, IPC and UTS namespaces (`unshare(2)` and its uid/gid maps,
+//!   written by hand: no crate does this between fork and exec) and brings up
+//!   the namespace's own loopback, so that a project's tests can still use
+//!   `127.0.0.1` among themselves.
+//! - **bubblewrap** (`bwrap`), when Landlock is missing: the same trees are
+//!   bind-mounted read-only into an empty root, with the directory read-write.
+//!
+//! What this machine offers is probed once per process ([`facilities`]).
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, BitFlags, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
+};
+pub use swarm_protocol::sandbox::{
+    CommandLimits, SandboxMechanism, SandboxMode, SandboxPolicy, DEFAULT_READ_ONLY,
+};
+
+/// The directory, inside the confined directory, that holds the command's
+/// private `home/` and `tmp/`. Listed in every project's git excludes.
+pub const PRIVATE_DIR: &str = ".agentswarm";
+
+/// The Landlock ABI whose rights are requested; older kernels get the subset
+/// they know (the crate's best-effort mode), newer ones nothing more.
+const REQUESTED_ABI: ABI = ABI::V6;
+
+/// What this machine offers for confinement, probed once.
+#[derive(Debug, Clone)]
+pub struct Facilities {
+    /// The kernel's Landlock ABI version, or why there is none.
+    pub landlock: Result<i32, String>,
+    /// Whether a child can enter new user and network namespaces.
+    pub namespaces: Result<(), String>,
+    /// The `bwrap` binary, when installed and able to run here.
+    pub bubblewrap: Result<PathBuf, String>,
+}
+
+/// Probes the machine once per process.
+pub fn facilities() -> &'static Facilities {
+    static FACILITIES: OnceLock<Facilities> = OnceLock::new();
+    FACILITIES.get_or_init(|| Facilities {
+        landlock: landlock_abi(),
+        namespaces: probe_namespaces(),
+        bubblewrap: probe_bubblewrap(),
+    })
+}
+
+fn landlock_abi() -> Result<i32, String> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute, size 0 and the VERSION flag the call only
+    // returns the ABI version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v > 0 {
+        return Ok(v as i32);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Err(
+            "Landlock is built into this kernel but not enabled: add `landlock` to the `lsm=` kernel boot parameter"
+                .into(),
+        ),
+        _ => Err("this kernel has no Landlock (it needs Linux 5.13 or later with CONFIG_SECURITY_LANDLOCK)".into()),
+    }
+}
+
+fn probe_namespaces() -> Result<(), String> {
+    let ns = Namespaces::new(true);
+    let mut cmd = Command::new("/bin/true");
+    cmd.env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the hook only makes system calls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || ns.enter());
+    }
+    let why = |e: String| {
+        format!(
+            "cannot create user and network namespaces ({e}); check `sysctl user.max_user_namespaces` \
+             (and kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns \
+             where they exist) and that the service unit allows them (RestrictNamespaces=)"
+        )
+    };
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(why(format!("a test process ended with {s}"))),
+        Err(e) => Err(why(e.to_string())),
+    }
+}
+
+fn probe_bubblewrap() -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let Some(bwrap) = std::env::split_paths(&path)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+    else {
+        return Err("bubblewrap is not installed (Debian: apt install bubblewrap)".into());
+    };
+    let out = Command::new(&bwrap)
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "/bin/true",
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(bwrap),
+        Ok(o) => Err(format!(
+            "{} cannot create its namespaces here: {}",
+            bwrap.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", bwrap.display())),
+    }
+}
+
+/// The mechanism a policy gets on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mechanism {
+    Landlock {
+        abi: i32,
+        namespaces: bool,
+    },
+    Bubblewrap {
+        path: PathBuf,
+    },
+    /// Nothing confines the command beyond rlimits and its environment.
+    None,
+}
+
+/// What a policy amounts to on this machine: the mechanism, what it leaves
+/// unconfined, and whether `sandbox = required` must refuse.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub mode: SandboxMode,
+    pub mechanism: Mechanism,
+    /// Protections the policy asks for that this machine cannot give.
+    pub gaps: Vec<String>,
+    /// Why a required sandbox cannot run commands here.
+    pub refusal: Option<String>,
+}
+
+impl Assessment {
+    /// One line for the operator: the mechanism and the network.
+    pub fn summary(&self, allow_network: bool) -> String {
+        let net = if allow_network {
+            "network allowed"
+        } else {
+            "no network"
+        };
+        match (&self.mode, &self.mechanism) {
+            (SandboxMode::Off, _) => "off (commands are not confined)".into(),
+            (_, Mechanism::Landlock { abi, namespaces }) => format!(
+                "landlock (ABI {abi}){}, {net}",
+                if *namespaces {
+                    " with user and network namespaces"
+                } else {
+                    ", no namespaces"
+                }
+            ),
+            (_, Mechanism::Bubblewrap { path }) => {
+                format!("bubblewrap ({}), {net}", path.display())
+            }
+            (_, Mechanism::None) => "none: commands run unconfined".into(),
+        }
+    }
+
+    /// The mechanism's short name, as recorded in manifests.
+    pub fn mechanism_name(&self) -> &'static str {
+        match (&self.mode, &self.mechanism) {
+            (SandboxMode::Off, _) | (_, Mechanism::None) => "none",
+            (_, Mechanism::Landlock { .. }) => "landlock",
+            (_, Mechanism::Bubblewrap { .. }) => "bubblewrap",
+        }
+    }
+}
+
+/// Decides what `policy` gets here. Pure: the facilities are passed in.
+pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
+    let mut gaps = Vec::new();
+    if policy.mode == SandboxMode::Off {
+        return Assessment {
+            mode: policy.mode,
+            mechanism: Mechanism::None,
+            gaps,
+            refusal: None,
+        };
+    }
+    let landlock = |abi: i32| Mechanism::Landlock {
+        abi,
+        namespaces: f.namespaces.is_ok(),
+    };
+    let bwrap = f
+        .bubblewrap
+        .as_ref()
+        .ok()
+        .map(|p| Mechanism::Bubblewrap { path: p.clone() });
+    let mechanism = match (policy.mechanism, &f.landlock, bwrap) {
+        (SandboxMechanism::Auto | SandboxMechanism::Landlock, Ok(abi), _) => landlock(*abi),
+        (SandboxMechanism::Auto | SandboxMechanism::Bubblewrap, _, Some(b)) => b,
+        (SandboxMechanism::Bubblewrap, Ok(abi), None) => {
+            gaps.push(format!(
+                "sandbox_mechanism = bubblewrap, but {}; using Landlock",
+                f.bubblewrap.as_ref().err().map_or("", String::as_str)
+            ));
+            landlock(*abi)
+        }
+        (SandboxMechanism::Landlock, Err(why), Some(b)) => {
+            gaps.push(format!(
+                "sandbox_mechanism = landlock, but {why}; using bubblewrap"
+            ));
+            b
+        }
+        (_, Err(why), None) => {
+            gaps.push(format!(
+                "{why}, and {}",
+                f.bubblewrap.as_ref().err().map_or("", String::as_str)
+            ));
+            Mechanism::None
+        }
+    };
+    let mut essential = !matches!(mechanism, Mechanism::None);
+    if let Mechanism::Landlock { abi, namespaces } = &mechanism {
+        if *abi < 3 {
+            essential = false;
+            gaps.push(format!(
+                "Landlock ABI {abi} does not control truncating files outside the worktree (ABI 3, Linux 6.2)"
+            ));
+        }
+        if !policy.allow_network && !namespaces && *abi < 4 {
+            essential = false;
+            gaps.push(format!(
+                "the network is open: no network namespace, and Landlock ABI {abi} has no TCP rules (ABI 4, Linux 6.7)"
+            ));
+        }
+        if *abi < 5 {
+            gaps.push(format!(
+                "Landlock ABI {abi} does not control ioctl on devices (ABI 5, Linux 6.10)"
+            ));
+        }
+        if *abi < 6 {
+            gaps.push(format!(
+                "Landlock ABI {abi} does not stop signals to processes outside the sandbox (ABI 6, Linux 6.12)"
+            ));
+        }
+        if let Err(why) = &f.namespaces {
+            gaps.push(why.clone());
+        }
+    }
+    let refusal = (policy.mode == SandboxMode::Required && !essential).then(|| {
+        format!(
+            "sandbox = required, but this machine cannot confine commands: {}. Install bubblewrap, \
+             or set sandbox = \"best-effort\" to run with what is available",
+            gaps.join("; ")
+        )
+    });
+    Assessment {
+        mode: policy.mode,
+        mechanism,
+        gaps,
+        refusal,
+    }
+}
+
+/// The refusal of a command under `sandbox = required`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+#[derive(Debug)]
+enum Kind {
+    Off,
+    Landlock {
+        /// `None` when the kernel has no Landlock (best effort).
+        ruleset: Option<Arc<OwnedFd>>,
+        namespaces: Option<Arc<Namespaces>>,
+    },
+    Bubblewrap {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+}
+
+/// A policy prepared for one directory; cheap to share between commands.
+#[derive(Debug)]
+pub struct Sandbox {
+    kind: Kind,
+    env: Vec<(OsString, OsString)>,
+    limits: CommandLimits,
+    assessment: Assessment,
+}
+
+impl Sandbox {
+    /// No confinement (`sandbox = off`, or tests).
+    pub fn off() -> Self {
+        Sandbox {
+            kind: Kind::Off,
+            env: Vec::new(),
+            limits: CommandLimits::default(),
+            assessment: Assessment {
+                mode: SandboxMode::Off,
+                mechanism: Mechanism::None,
+                gaps: Vec::new(),
+                refusal: None,
+            },
+        }
+    }
+
+    /// Prepares `policy` for commands running in `root`. Creates
+    /// `root/.agentswarm/{home,tmp}` afresh. Fails when a required sandbox
+    /// cannot be had, or when `root` cannot be prepared.
+    pub fn prepare(policy: &SandboxPolicy, root: &Path) -> Result<Sandbox, Refused> {
+        if policy.mode == SandboxMode::Off {
+            return Ok(Sandbox::off());
+        }
+        let assessment = assess(policy, facilities());
+        if let Some(why) = &assessment.refusal {
+            return Err(Refused(why.clone()));
+        }
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| Refused(format!("cannot prepare {}: {e}", root.display())))?;
+        let private = root.join(PRIVATE_DIR);
+        let home = private.join("home");
+        let tmp = private.join("tmp");
+        let _ = std::fs::remove_dir_all(&private);
+        for d in [&home, &tmp] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Refused(format!("cannot create {}: {e}", d.display())))?;
+        }
+        let readable = readable_trees(&policy.read_only, &policy.hidden);
+        let env = confined_env(&readable, &root, &home, &tmp);
+        let kind = match &assessment.mechanism {
+            Mechanism::Landlock { namespaces, .. } => {
+                let isolate_net = *namespaces && !policy.allow_network;
+                Kind::Landlock {
+                    ruleset: landlock_ruleset(
+                        &readable,
+                        &root,
+                        !policy.allow_network && !isolate_net,
+                    )
+                    .map_err(Refused)?,
+                    namespaces: namespaces.then(|| Arc::new(Namespaces::new(isolate_net))),
+                }
+            }
+            Mechanism::Bubblewrap { path } => Kind::Bubblewrap {
+                program: path.clone(),
+                args: bubblewrap_args(&readable, &policy.read_only, &root, policy.allow_network),
+            },
+            Mechanism::None => Kind::Landlock {
+                ruleset: None,
+                namespaces: None,
+            },
+        };
+        Ok(Sandbox {
+            kind,
+            env,
+            limits: policy.limits,
+            assessment,
+        })
+    }
+
+    pub fn assessment(&self) -> &Assessment {
+        &self.assessment
+    }
+
+    pub fn is_off(&self) -> bool {
+        matches!(self.kind, Kind::Off)
+    }
+
+    /// The program to start for `sh -c`, and the arguments before `-c`.
+    pub(crate) fn shell(&self) -> (PathBuf, Vec<OsString>) {
+        match &self.kind {
+            Kind::Bubblewrap { program, args } => {
+                let mut a = args.clone();
+                a.push("/bin/sh".into());
+                (program.clone(), a)
+            }
+            Kind::Off | Kind::Landlock { .. } => (PathBuf::from("/bin/sh"), Vec::new()),
+        }
+    }
+
+    /// The confined environment (replaces the allow-listed one), or `None`
+    /// when off.
+    pub(crate) fn env(&self) -> Option<&[(OsString, OsString)]> {
+        (!self.is_off()).then_some(self.env.as_slice())
+    }
+
+    /// Registers the between-fork-and-exec hook: rlimits, namespaces, then
+    /// Landlock. Call it after every other `pre_exec` hook.
+    pub(crate) fn install(&self, cmd: &mut Command) {
+        let limits = self.limits;
+        let (ruleset, namespaces) = match &self.kind {
+            Kind::Off => return,
+            Kind::Landlock {
+                ruleset,
+                namespaces,
+            } => (ruleset.clone(), namespaces.clone()),
+            Kind::Bubblewrap { .. } => (None, None),
+        };
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the hook makes system calls only (setrlimit, unshare, open,
+        // write, close, socket, ioctl, prctl, getppid, landlock_restrict_self)
+        // on data prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                set_limits(&limits)?;
+                if let Some(ns) = &namespaces {
+                    ns.enter()?;
+                }
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Entering a user namespace may clear the parent-death signal: set it again.
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                    || libc::getppid() != parent
+                {
+                    return Err(std::io::Error::other(
+                        "the parent exited before the child started",
+                    ));
+                }
+                if let Some(fd) = &ruleset {
+                    if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+fn set_limits(l: &CommandLimits) -> std::io::Result<()> {
+    let set = |resource, value: u64| -> std::io::Result<()> {
+        let lim = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit with a valid pointer to a local struct.
+        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::RLIMIT_CORE, 0)?;
+    // A limit above the current hard one cannot be set without privilege:
+    // keep the lower of the two.
+    let lower = |resource, value: u64| -> std::io::Result<()> {
+        if value == 0 {
+            return Ok(());
+        }
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a local struct.
+        if unsafe { libc::getrlimit(resource, &mut cur) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        set(resource, value.min(cur.rlim_max))
+    };
+    lower(libc::RLIMIT_NOFILE, l.open_files)?;
+    lower(libc::RLIMIT_NPROC, l.processes)?;
+    lower(
+        libc::RLIMIT_FSIZE,
+        l.file_size_mb.saturating_mul(1024 * 1024),
+    )?;
+    Ok(())
+}
+
+/// New user, network, IPC and UTS namespaces for a child, entered between
+/// fork and exec. Everything the child writes is formatted beforehand.
+#[derive(Debug)]
+pub(crate) struct Namespaces {
+    net: bool,
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+    setgroups_path: CString,
+    uid_map_path: CString,
+    gid_map_path: CString,
+}
+
+impl Namespaces {
+    fn new(net: bool) -> Self {
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let c = |s: &str| CString::new(s).unwrap_or_default();
+        Namespaces {
+            net,
+            uid_map: format!("{uid} {uid} 1\n").into_bytes(),
+            gid_map: format!("{gid} {gid} 1\n").into_bytes(),
+            setgroups_path: c("/proc/self/setgroups"),
+            uid_map_path: c("/proc/self/uid_map"),
+            gid_map_path: c("/proc/self/gid_map"),
+        }
+    }
+
+    /// Runs in the child between fork and exec: system calls only.
+    fn enter(&self) -> std::io::Result<()> {
+        let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if self.net {
+            flags |= libc::CLONE_NEWNET;
+        }
+        // SAFETY: unshare and the writes below act on this (single-threaded) child only.
+        unsafe {
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            write_proc(&self.setgroups_path, b"deny")?;
+            write_proc(&self.uid_map_path, &self.uid_map)?;
+            write_proc(&self.gid_map_path, &self.gid_map)?;
+            if self.net {
+                loopback_up();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// # Safety
+/// Async-signal-safe: open, write, close.
+unsafe fn write_proc(path: &CString, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a valid C string and buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in the child's new network namespace; a failure only
+/// leaves the namespace without loopback.
+///
+/// # Safety
+/// Async-signal-safe: socket, ioctl, close.
+unsafe fn loopback_up() {
+    // SAFETY: a zeroed ifreq is valid; the ioctls read and write only it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        }
+        libc::close(fd);
+    }
+}
+
+/// The Landlock ruleset: read and execute `readable`, everything in `root`,
+/// the harmless devices; with `deny_tcp`, no TCP bind or connect. `None`
+/// when the kernel has no Landlock.
+fn landlock_ruleset(
+    readable: &[PathBuf],
+    root: &Path,
+    deny_tcp: bool,
+) -> Result<Option<Arc<OwnedFd>>, String> {
+    let abi = REQUESTED_ABI;
+    let err = |e: landlock::RulesetError| format!("cannot build the Landlock ruleset: {e}");
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .scope(Scope::from_all(abi))
+        .map_err(err)?;
+    if deny_tcp {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(err)?;
+    }
+    let read = AccessFs::from_read(abi);
+    let dev_rw: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
+    let created = ruleset
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(readable, read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules([root], AccessFs::from_all(abi)))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(["/dev/null", "/dev/full"], dev_rw))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(
+            ["/dev/zero", "/dev/random", "/dev/urandom"],
+            AccessFs::ReadFile,
+        ))
+        .map_err(err)?;
+    let fd: Option<OwnedFd> = created.into();
+    Ok(fd.map(Arc::new))
+}
+
+/// The bwrap arguments before the program: `readable` bound read-only at its
+/// own path, symlinked roots (`/bin` -> `usr/bin`) recreated as symlinks.
+fn bubblewrap_args(
+    readable: &[PathBuf],
+    roots: &[PathBuf],
+    root: &Path,
+    allow_network: bool,
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["--unshare-all", "--die-with-parent"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    if allow_network {
+        a.push("--share-net".into());
+    }
+    for p in readable {
+        if p.starts_with("/proc") || p.starts_with("/dev") {
+            continue;
+        }
+        a.extend(["--ro-bind".into(), p.clone().into(), p.clone().into()]);
+    }
+    for r in roots {
+        if let Ok(target) = std::fs::read_link(r) {
+            a.extend(["--symlink".into(), target.into(), r.clone().into()]);
+        }
+    }
+    a.extend([
+        "--proc".into(),
+        "/proc".into(),
+        "--dev".into(),
+        "/dev".into(),
+    ]);
+    a.extend([
+        OsString::from("--bind"),
+        root.as_os_str().to_owned(),
+        root.as_os_str().to_owned(),
+        // The empty root bwrap builds the mount points in stays read-only:
+        // nothing outside the worktree is writable, not even a throwaway /tmp.
+        "--remount-ro".into(),
+        "/".into(),
+        "--chdir".into(),
+        root.as_os_str().to_owned(),
+        "--".into(),
+    ]);
+    a
+}
+
+/// The trees of `roots` minus `hidden`, as paths to allow. A root that holds
+/// a hidden path is replaced by its entries, recursively, leaving the hidden
+/// path out; a root inside a hidden path stays allowed (it was asked for).
+/// Symlinked entries are resolved, so that allowing one never exposes what it
+/// points at.
+pub fn readable_trees(roots: &[PathBuf], hidden: &[PathBuf]) -> Vec<PathBuf> {
+    let hidden: Vec<PathBuf> = hidden
+        .iter()
+        .map(|h| std::fs::canonicalize(h).unwrap_or_else(|_| h.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for root in roots {
+        if let Ok(c) = std::fs::canonicalize(root) {
+            let inner: Vec<&PathBuf> = hidden
+                .iter()
+                .filter(|h| h.starts_with(&c) && **h != c)
+                .collect();
+            carve(&c, &inner, &mut out, 0);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn carve(dir: &Path, hidden: &[&PathBuf], out: &mut Vec<PathBuf>, depth: u32) {
+    if hidden.is_empty() {
+        out.push(dir.to_owned());
+        return;
+    }
+    if depth > 32 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(target) = std::fs::canonicalize(entry.path()) else {
+            continue;
+        };
+        if hidden.iter().any(|h| target.starts_with(h)) {
+            continue;
+        }
+        let inner: Vec<&PathBuf> = hidden
+            .iter()
+            .copied()
+            .filter(|h| h.starts_with(&target))
+            .collect();
+        carve(&target, &inner, out, depth + 1);
+    }
+}
+
+/// The environment of a confined command: `PATH` without the entries it
+/// cannot read, a private `HOME` and `TMPDIR`, locale and terminal names.
+fn confined_env(
+    readable: &[PathBuf],
+    root: &Path,
+    home: &Path,
+    tmp: &Path,
+) -> Vec<(OsString, OsString)> {
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    let visible = |p: &Path| {
+        std::fs::canonicalize(p)
+            .is_ok_and(|c| c.starts_with(root) || readable.iter().any(|r| c.starts_with(r)))
+    };
+    let kept: Vec<PathBuf> = std::env::split_paths(&inherited)
+        .filter(|p| p.is_absolute() && visible(p))
+        .collect();
+    let path = if kept.is_empty() {
+        OsString::from("/usr/local/bin:/usr/bin:/bin")
+    } else {
+        std::env::join_paths(kept).unwrap_or_default()
+    };
+    let mut env = vec![
+        (OsString::from("PATH"), path),
+        ("HOME".into(), home.as_os_str().to_owned()),
+        ("TMPDIR".into(), tmp.as_os_str().to_owned()),
+        ("SHELL".into(), "/bin/sh".into()),
+    ];
+    for k in [
+        "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "USER", "LOGNAME",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            env.push((OsString::from(k), v));
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facilities_with(landlock: Result<i32, String>, ns: bool, bwrap: bool) -> Facilities {
+        Facilities {
+            landlock,
+            namespaces: if ns { Ok(()) } else { Err("no userns".into()) },
+            bubblewrap: if bwrap {
+                Ok(PathBuf::from("/usr/bin/bwrap"))
+            } else {
+                Err("bubblewrap is not installed".into())
+            },
+        }
+    }
+
+    fn policy(mode: SandboxMode) -> SandboxPolicy {
+        SandboxPolicy {
+            mode,
+            ..SandboxPolicy::default()
+        }
+    }
+
+    #[test]
+    fn required_refuses_only_what_cannot_be_confined() {
+        let req = policy(SandboxMode::Required);
+        let a = assess(&req, &facilities_with(Ok(7), true, false));
+        assert!(a.refusal.is_none(), "{:?}", a.gaps);
+        assert_eq!(a.mechanism_name(), "landlock");
+        // Old Landlock without namespaces leaves the network and truncation open.
+        let a = assess(&req, &facilities_with(Ok(2), false, false));
+        let why = a.refusal.expect("refused");
+        assert!(
+            why.contains("truncating") && why.contains("network"),
+            "{why}"
+        );
+        // ... but bubblewrap covers it when asked for.
+        let mut bw = req.clone();
+        bw.mechanism = SandboxMechanism::Bubblewrap;
+        let a = assess(&bw, &facilities_with(Ok(2), false, true));
+        assert!(a.refusal.is_none());
+        assert_eq!(a.mechanism_name(), "bubblewrap");
+        // Nothing at all.
+        let a = assess(
+            &req,
+            &facilities_with(Err("no landlock".into()), false, false),
+        );
+        assert!(a.refusal.unwrap().contains("Install bubblewrap"));
+        // Best effort runs anyway and says what is missing.
+        let a = assess(
+            &policy(SandboxMode::BestEffort),
+            &facilities_with(Err("no landlock".into()), false, false),
+        );
+        assert!(a.refusal.is_none());
+        assert_eq!(a.mechanism_name(), "none");
+        assert!(a.gaps[0].contains("no landlock"), "{:?}", a.gaps);
+        // ABI 4 TCP rules stand in for a network namespace.
+        let a = assess(&req, &facilities_with(Ok(4), false, false));
+        assert!(a.refusal.is_none(), "{:?}", a.gaps);
+    }
+
+    #[test]
+    fn hidden_paths_are_carved_out_of_readable_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        for d in ["sys/lib", "sys/data/store", "sys/other"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        std::fs::write(base.join("sys/file"), "x").unwrap();
+        std::os::unix::fs::symlink(base.join("sys/data"), base.join("sys/link")).unwrap();
+        let trees = readable_trees(&[base.join("sys")], &[base.join("sys/data/store")]);
+        assert_eq!(
+            trees,
+            vec![
+                base.join("sys/file"),
+                base.join("sys/lib"),
+                base.join("sys/other"),
+            ],
+            "the hidden tree, its parent's other entries and the symlink into it"
+        );
+        // A root asked for inside a hidden path stays readable.
+        let trees = readable_trees(&[base.join("sys/data/store")], &[base.join("sys/data")]);
+        assert_eq!(trees, vec![base.join("sys/data/store")]);
+    }
+}

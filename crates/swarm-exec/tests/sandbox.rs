@@ -1,0 +1,284 @@
+//! The sandbox against real commands, for every mechanism this machine has.
+//! Each escape is first shown to work without the sandbox, so that a test
+//! cannot pass because the command was wrong.
+//!
+//! `AGENTSWARM_TEST_SANDBOXES=landlock,bubblewrap` (set by `.ci/run`) makes a
+//! missing mechanism a failure instead of a skipped case.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_exec::sandbox::{
+    facilities, CommandLimits, SandboxMechanism, SandboxMode, SandboxPolicy, DEFAULT_READ_ONLY,
+};
+use swarm_exec::{run_shell, Sandbox, ShellOptions, ShellOutput};
+
+struct Layout {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    data: PathBuf,
+    root: PathBuf,
+    other: PathBuf,
+    secrets: PathBuf,
+}
+
+/// A data directory with a store and two worktrees, and a secrets file
+/// elsewhere, all under a fresh temporary directory.
+fn layout() -> Layout {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    let data = base.join("data");
+    let root = data.join("projects/p1/worktrees/w1");
+    let other = data.join("projects/p1/worktrees/w2");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(data.join("store.db"), "STORE-CONTENT").unwrap();
+    std::fs::write(other.join("notes.txt"), "OTHER-TASK-CONTENT").unwrap();
+    std::fs::create_dir_all(base.join("etc")).unwrap();
+    let secrets = base.join("etc/secrets.env");
+    std::fs::write(&secrets, "OPENAI_API_KEY=sk-test-FAKE-not-a-key\n").unwrap();
+    Layout {
+        _dir: dir,
+        base,
+        data,
+        root,
+        other,
+        secrets,
+    }
+}
+
+fn policy(l: &Layout, mechanism: SandboxMechanism, allow_network: bool) -> SandboxPolicy {
+    SandboxPolicy {
+        mode: SandboxMode::Required,
+        mechanism,
+        allow_network,
+        read_only: DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect(),
+        hidden: vec![l.data.clone(), l.secrets.clone()],
+        limits: CommandLimits::default(),
+    }
+}
+
+fn sh(root: &Path, sandbox: Option<&Arc<Sandbox>>, command: &str) -> ShellOutput {
+    run_shell(
+        command,
+        &ShellOptions {
+            cwd: root.to_owned(),
+            env: vec![],
+            timeout: Duration::from_secs(30),
+            output_cap: 1 << 16,
+            enclosure: None,
+            sandbox: sandbox.cloned(),
+        },
+    )
+    .unwrap()
+}
+
+/// The mechanisms to test: those available, and those CI says must be.
+fn mechanisms() -> Vec<SandboxMechanism> {
+    let required = std::env::var("AGENTSWARM_TEST_SANDBOXES").unwrap_or_default();
+    let f = facilities();
+    let mut out = Vec::new();
+    for (m, available, why) in [
+        (
+            SandboxMechanism::Landlock,
+            f.landlock.is_ok(),
+            f.landlock.as_ref().err().cloned(),
+        ),
+        (
+            SandboxMechanism::Bubblewrap,
+            f.bubblewrap.is_ok(),
+            f.bubblewrap.as_ref().err().cloned(),
+        ),
+    ] {
+        if available {
+            out.push(m);
+        } else if required.split(',').any(|r| r.trim() == m.as_str()) {
+            panic!(
+                "AGENTSWARM_TEST_SANDBOXES names {m}, but {}",
+                why.unwrap_or_default()
+            );
+        } else {
+            eprintln!("skipping the {m} sandbox: {}", why.unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn escapes(l: &Layout, port: u16, marker: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("write /tmp", format!("echo x > {}", marker.display())),
+        ("write ../other", "echo x > ../w2/planted".into()),
+        ("write the data dir", format!("echo x > {}/planted", l.data.display())),
+        ("read the store", format!("cat {}/store.db", l.data.display())),
+        ("read another worktree", "cat ../w2/notes.txt".into()),
+        ("read the secrets file", format!("cat {}", l.secrets.display())),
+        (
+            "read the supervisor's environment",
+            format!("cat /proc/{}/environ > /dev/null", std::process::id()),
+        ),
+        (
+            "connect to loopback",
+            format!(
+                "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\""
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn every_escape_fails_and_legitimate_work_passes() {
+    for mechanism in mechanisms() {
+        let l = layout();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let marker = std::env::temp_dir().join(format!(
+            "agentswarm-sandbox-{}-{}",
+            std::process::id(),
+            mechanism
+        ));
+        let _ = std::fs::remove_file(&marker);
+
+        // Unconfined, every escape works: the commands are right.
+        for (what, cmd) in escapes(&l, port, &marker) {
+            let out = sh(&l.root, None, &cmd);
+            assert!(
+                out.exit.success() && !out.output.contains("Permission denied"),
+                "{mechanism}: without a sandbox, `{what}` should work: {} {}",
+                out.exit,
+                out.output
+            );
+        }
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        std::fs::remove_file(l.other.join("planted")).unwrap();
+        std::fs::remove_file(l.data.join("planted")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        while listener.accept().is_ok() {}
+
+        let sandbox = Arc::new(Sandbox::prepare(&policy(&l, mechanism, false), &l.root).unwrap());
+        assert_eq!(sandbox.assessment().mechanism_name(), mechanism.as_str());
+        for (what, cmd) in escapes(&l, port, &marker) {
+            let out = sh(&l.root, Some(&sandbox), &cmd);
+            assert!(
+                !out.exit.success()
+                    && !out.output.contains("CONNECTED")
+                    && !out.output.contains("CONTENT")
+                    && !out.output.contains("sk-test"),
+                "{mechanism}: `{what}` escaped: {} {}",
+                out.exit,
+                out.output
+            );
+        }
+        assert!(!marker.exists(), "{mechanism}: wrote /tmp");
+        assert!(
+            !l.other.join("planted").exists(),
+            "{mechanism}: wrote ../w2"
+        );
+        assert!(
+            !l.data.join("planted").exists(),
+            "{mechanism}: wrote the data dir"
+        );
+        assert!(
+            listener.accept().is_err(),
+            "{mechanism}: a connection reached the test's listener"
+        );
+
+        // Legitimate work: files in the worktree, temp files, Python's unittest, sh scripts.
+        std::fs::write(
+            l.root.join("test_calc.py"),
+            "import os, tempfile, unittest\n\
+             class T(unittest.TestCase):\n    \
+                 def test_add(self):\n        self.assertEqual(1 + 1, 2)\n    \
+                 def test_tmp(self):\n        \
+                     with tempfile.NamedTemporaryFile() as f:\n            f.write(b'x')\n",
+        )
+        .unwrap();
+        std::fs::write(
+            l.root.join("build.sh"),
+            "#!/bin/sh\nset -e\nmkdir -p out\necho built > out/result\n",
+        )
+        .unwrap();
+        let out = sh(
+            &l.root,
+            Some(&sandbox),
+            "set -e; echo hi > made.txt; mkdir -p d; mv made.txt d/; cat d/made.txt; \
+             sh build.sh; chmod +x build.sh; ./build.sh; cat out/result; \
+             python3 -m unittest -q 2>&1; echo tmp=$TMPDIR home=$HOME; \
+             echo data > \"$TMPDIR/t\"; cat \"$TMPDIR/t\" > /dev/null; ulimit -c; ulimit -n",
+        );
+        assert!(out.exit.success(), "{mechanism}: {}", out.output);
+        assert!(
+            out.output.contains("hi\n") && out.output.contains("built\n"),
+            "{}",
+            out.output
+        );
+        assert!(
+            out.output.contains("OK"),
+            "{mechanism}: unittest: {}",
+            out.output
+        );
+        let private = l.root.join(".agentswarm");
+        assert!(
+            out.output
+                .contains(&format!("tmp={}", private.join("tmp").display()))
+                && out
+                    .output
+                    .contains(&format!("home={}", private.join("home").display())),
+            "{}",
+            out.output
+        );
+        let lines: Vec<&str> = out.output.lines().collect();
+        assert_eq!(lines[lines.len() - 2], "0", "core dumps: {}", out.output);
+        assert!(lines[lines.len() - 1].parse::<u64>().unwrap() <= 4096);
+        assert_eq!(
+            std::fs::read_to_string(l.root.join("d/made.txt")).unwrap(),
+            "hi\n"
+        );
+
+        // With the network allowed, loopback is reachable.
+        let open = Arc::new(Sandbox::prepare(&policy(&l, mechanism, true), &l.root).unwrap());
+        listener.set_nonblocking(false).unwrap();
+        let (_, cmd) = escapes(&l, port, &marker).pop().unwrap();
+        let out = sh(&l.root, Some(&open), &cmd);
+        assert!(
+            out.exit.success() && out.output.contains("CONNECTED"),
+            "{mechanism}: allow_network: {} {}",
+            out.exit,
+            out.output
+        );
+        // ... while the files stay confined.
+        let out = sh(
+            &l.root,
+            Some(&open),
+            &format!("cat {}", l.secrets.display()),
+        );
+        assert!(
+            !out.exit.success() && !out.output.contains("sk-test"),
+            "{}",
+            out.output
+        );
+        let _ = l.base;
+    }
+}
+
+#[test]
+fn commands_of_a_private_network_can_use_their_own_loopback() {
+    for mechanism in mechanisms() {
+        let l = layout();
+        let sandbox = Arc::new(Sandbox::prepare(&policy(&l, mechanism, false), &l.root).unwrap());
+        let out = sh(
+            &l.root,
+            Some(&sandbox),
+            "python3 -c \"import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); \
+             c = socket.create_connection(s.getsockname()); print('LOCAL-OK')\"",
+        );
+        assert!(
+            out.output.contains("LOCAL-OK"),
+            "{mechanism}: {}",
+            out.output
+        );
+    }
+}
