@@ -98,7 +98,10 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
                     "read the store",
                     format!("cat {}/agentswarm.db > /dev/null", data.display()),
                 ),
-                ("read another task's worktree", "cat ../*/other.txt".into()),
+                (
+                    "read another task's worktree",
+                    "cat ../w1/other.txt ../w2/other.txt".into(),
+                ),
                 (
                     "read the secrets file",
                     format!("cat {}", secrets.display()),
@@ -115,6 +118,13 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
         let hostile = escapes(&data, &secrets);
         let mut turns: Vec<Value> = vec![run_turn("sleep 1")];
         turns.extend(hostile.iter().map(|(_, c)| run_turn(c)));
+        // A daemon that leaves the command's process group is ended with the command.
+        turns.push(run_turn(
+            "setsid sh -c 'sleep 2; echo late > late.txt' > /dev/null 2>&1 < /dev/null & sleep 0.5; echo started",
+        ));
+        turns.push(run_turn(
+            "sleep 3; test -e late.txt && echo LATE || echo NO-LATE",
+        ));
         turns.push(write_turn("ok.txt", "fine\n"));
         turns.push(finish_turn("tried to leave; stayed"));
         let p = plan(
@@ -148,7 +158,16 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
         let out = h
             .cmd(&["run", "--json", "--max-workers", "2", "try to escape"])
             .env("AGENTSWARM_SECRETS_FILE", &secrets)
-            .env("AGENTSWARM_SANDBOX", "required")
+            // Landlock alone is not enough for `required` as root (no chmod rule).
+            .env(
+                "AGENTSWARM_SANDBOX",
+                // SAFETY: geteuid cannot fail.
+                if mechanism == "landlock" && unsafe { libc::geteuid() } == 0 {
+                    "best-effort"
+                } else {
+                    "required"
+                },
+            )
             .env("AGENTSWARM_SANDBOX_MECHANISM", mechanism)
             .output()
             .unwrap();
@@ -172,6 +191,8 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
                 "{mechanism}: `{what}` ({cmd}) was not stopped: {r}"
             );
         }
+        let late = &results[hostile.len() + 2];
+        assert!(late.contains("NO-LATE"), "{mechanism}: {late}");
         let legit = tool_results(&h, "other");
         assert!(
             legit[3].starts_with("exit code 0") && legit[3].contains("LEGIT-OK"),
@@ -195,7 +216,7 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
         let manifest = manifest_of(&report);
         assert_eq!(manifest["verify"]["passed"], true, "{manifest}");
         assert_eq!(manifest["sandbox"]["mechanism"], mechanism);
-        assert_eq!(manifest["sandbox"]["mode"], "required");
+        assert!(manifest["sandbox"]["mode"] == "required" || mechanism == "landlock");
         assert_eq!(manifest["sandbox"]["allow_network"], false);
         // The commands' private HOME and TMPDIR are not committed.
         let tracked = git(&repo, &["ls-files"]);

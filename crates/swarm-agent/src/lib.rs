@@ -17,6 +17,7 @@ pub mod tools;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 use swarm_protocol::chat::{ChatMessage, Role};
+use swarm_protocol::sandbox::SandboxMode;
 use swarm_protocol::worker::{
     FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
 };
@@ -162,6 +163,9 @@ fn agent_loop<R: BufRead, W: Write>(
                     detail: Tools::describe(name, &call.function.arguments),
                 })?;
                 let r: ToolResult = tools.execute(name, &call.function.arguments);
+                if name == "run_command" && start.sandbox.mode != SandboxMode::Off {
+                    kill_leftovers();
+                }
                 if let Some(summary) = r.finished {
                     finished = Some(summary);
                 }
@@ -207,6 +211,18 @@ fn agent_loop<R: BufRead, W: Write>(
 }
 
 /// Runs the start message's worktree setup on a thread.
+/// Kills whatever a command left running: a `setsid` daemon escapes the
+/// command's process group, and a process still running next to the
+/// worker's own file tools and git could swap a symlink under them. This
+/// process is a child subreaper, so every such orphan is its child now.
+fn kill_leftovers() {
+    for _ in 0..5 {
+        if swarm_exec::reap_orphans() == 0 {
+            break;
+        }
+    }
+}
+
 fn start_setup(start: &WorkerStart) -> Setup {
     let setup = start.setup.clone();
     let worktree = start.worktree.clone();

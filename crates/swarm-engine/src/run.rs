@@ -137,6 +137,43 @@ async fn run_inner(
     let project_dir = engine.config.project_dir(id.as_str());
     let outputs = packager::project_outputs(&engine.config.outputs_dir, id);
 
+    let sandbox = engine.sandbox_policy(&limits, &project_dir.join("repo"));
+    let assessment = swarm_exec::sandbox::assess(&sandbox, swarm_exec::sandbox::facilities());
+    // Checked before planning: a run whose commands cannot be confined as
+    // required must not spend anything first.
+    if let (Some(why), false) = (&assessment.refusal, mode == Mode::RecoverOnly) {
+        set_project(engine, id, ProjectState::Paused, Some(why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+    let summary = assessment.summary(sandbox.allow_network);
+    let announce = mode != Mode::RecoverOnly;
+    if announce {
+        engine.emit(id, None, "project", format!("sandbox: {summary}"));
+    }
+    if announce && !assessment.gaps.is_empty() {
+        engine.emit(
+            id,
+            None,
+            "project",
+            format!(
+                "sandbox ({}): not confined here: {}",
+                sandbox.mode,
+                assessment.gaps.join("; ")
+            ),
+        );
+    }
+    let sandbox_report = serde_json::json!({
+        "mode": sandbox.mode.as_str(),
+        "mechanism": assessment.mechanism_name(),
+        "summary": summary,
+        "allow_network": sandbox.allow_network,
+        "gaps": assessment.gaps,
+    });
+    if announce {
+        store.append_event(id, None, "sandbox", &sandbox_report)?;
+    }
+
     // Planning: asked once; a stored plan is never asked for again.
     if project.plan.is_none() {
         set_project(engine, id, ProjectState::Planning, None)?;
@@ -186,36 +223,6 @@ async fn run_inner(
             .await
             .map_err(|e| Error::Other(e.to_string()))??
     };
-
-    let sandbox = engine.sandbox_policy(&limits, repo.root());
-    let assessment = swarm_exec::sandbox::assess(&sandbox, swarm_exec::sandbox::facilities());
-    if let Some(why) = &assessment.refusal {
-        set_project(engine, id, ProjectState::Paused, Some(why))?;
-        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
-        return report(engine, id, None);
-    }
-    let summary = assessment.summary(sandbox.allow_network);
-    engine.emit(id, None, "project", format!("sandbox: {summary}"));
-    if !assessment.gaps.is_empty() {
-        engine.emit(
-            id,
-            None,
-            "project",
-            format!(
-                "sandbox ({}): not confined here: {}",
-                sandbox.mode,
-                assessment.gaps.join("; ")
-            ),
-        );
-    }
-    let sandbox_report = serde_json::json!({
-        "mode": sandbox.mode.as_str(),
-        "mechanism": assessment.mechanism_name(),
-        "summary": summary,
-        "allow_network": sandbox.allow_network,
-        "gaps": assessment.gaps,
-    });
-    store.append_event(id, None, "sandbox", &sandbox_report)?;
 
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(DriverContext {

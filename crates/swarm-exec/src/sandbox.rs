@@ -13,7 +13,9 @@
 //! - runs with rlimits (open files, processes, file size, no core dumps) and
 //!   an environment built from an allow-list.
 //!
-//! Two mechanisms, strongest first:
+//! Two mechanisms; `auto` takes bubblewrap when it is installed (its mount
+//! and PID namespaces also stop chmod/chown and end every process with the
+//! command), else Landlock:
 //!
 //! - **Landlock** (Linux 5.13+), through the `landlock` crate, which handles
 //!   the ABI versions. The ruleset is built once per sandbox; each command's
@@ -24,8 +26,8 @@
 //!   written by hand: no crate does this between fork and exec) and brings up
 //!   the namespace's own loopback, so that a project's tests can still use
 //!   `127.0.0.1` among themselves.
-//! - **bubblewrap** (`bwrap`), when Landlock is missing: the same trees are
-//!   bind-mounted read-only into an empty root, with the directory read-write.
+//! - **bubblewrap** (`bwrap`): the same trees are bind-mounted read-only into
+//!   an empty, read-only root, with the directory read-write, no capabilities.
 //!
 //! What this machine offers is probed once per process ([`facilities`]).
 
@@ -214,78 +216,114 @@ impl Assessment {
     }
 }
 
-/// Decides what `policy` gets here. Pure: the facilities are passed in.
-pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
+/// What Landlock leaves open on this machine, and whether what it gives is
+/// enough for `sandbox = required`.
+fn landlock_gaps(abi: i32, f: &Facilities, allow_network: bool) -> (bool, Vec<String>) {
     let mut gaps = Vec::new();
-    if policy.mode == SandboxMode::Off {
-        return Assessment {
-            mode: policy.mode,
-            mechanism: Mechanism::None,
-            gaps,
-            refusal: None,
-        };
+    let mut essential = true;
+    if abi < 3 {
+        essential = false;
+        gaps.push(format!(
+            "Landlock ABI {abi} does not control truncating files outside the worktree (ABI 3, Linux 6.2)"
+        ));
     }
-    let landlock = |abi: i32| Mechanism::Landlock {
-        abi,
-        namespaces: f.namespaces.is_ok(),
-    };
-    let bwrap = f
-        .bubblewrap
-        .as_ref()
-        .ok()
-        .map(|p| Mechanism::Bubblewrap { path: p.clone() });
-    let mechanism = match (policy.mechanism, &f.landlock, bwrap) {
-        (SandboxMechanism::Auto | SandboxMechanism::Landlock, Ok(abi), _) => landlock(*abi),
-        (SandboxMechanism::Auto | SandboxMechanism::Bubblewrap, _, Some(b)) => b,
-        (SandboxMechanism::Bubblewrap, Ok(abi), None) => {
-            gaps.push(format!(
-                "sandbox_mechanism = bubblewrap, but {}; using Landlock",
-                f.bubblewrap.as_ref().err().map_or("", String::as_str)
-            ));
-            landlock(*abi)
-        }
-        (SandboxMechanism::Landlock, Err(why), Some(b)) => {
-            gaps.push(format!(
-                "sandbox_mechanism = landlock, but {why}; using bubblewrap"
-            ));
-            b
-        }
-        (_, Err(why), None) => {
-            gaps.push(format!(
-                "{why}, and {}",
-                f.bubblewrap.as_ref().err().map_or("", String::as_str)
-            ));
-            Mechanism::None
-        }
-    };
-    let mut essential = !matches!(mechanism, Mechanism::None);
-    if let Mechanism::Landlock { abi, namespaces } = &mechanism {
-        if *abi < 3 {
+    if let Err(why) = &f.namespaces {
+        if !allow_network {
             essential = false;
-            gaps.push(format!(
-                "Landlock ABI {abi} does not control truncating files outside the worktree (ABI 3, Linux 6.2)"
-            ));
-        }
-        if !policy.allow_network && !namespaces && *abi < 4 {
-            essential = false;
-            gaps.push(format!(
-                "the network is open: no network namespace, and Landlock ABI {abi} has no TCP rules (ABI 4, Linux 6.7)"
-            ));
-        }
-        if *abi < 5 {
-            gaps.push(format!(
-                "Landlock ABI {abi} does not control ioctl on devices (ABI 5, Linux 6.10)"
-            ));
-        }
-        if *abi < 6 {
-            gaps.push(format!(
-                "Landlock ABI {abi} does not stop signals to processes outside the sandbox (ABI 6, Linux 6.12)"
-            ));
-        }
-        if let Err(why) = &f.namespaces {
+            gaps.push(if abi < 4 {
+                format!("the network is open: {why}, and Landlock ABI {abi} has no TCP rules (ABI 4, Linux 6.7)")
+            } else {
+                format!("only TCP is closed: {why}, and Landlock has no rules for UDP or other protocols")
+            });
+        } else {
             gaps.push(why.clone());
         }
     }
+    if abi < 5 {
+        gaps.push(format!(
+            "Landlock ABI {abi} does not control ioctl on devices (ABI 5, Linux 6.10)"
+        ));
+    }
+    if abi < 6 {
+        essential = false;
+        gaps.push(format!(
+            "Landlock ABI {abi} does not stop signals to processes outside the sandbox (ABI 6, Linux 6.12)"
+        ));
+    }
+    // Landlock has no rules for chmod, chown or utime: a command can change
+    // the metadata of any file the service user owns.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        essential = false;
+        gaps.push(
+            "the service runs as root, and Landlock does not stop chmod or chown: a command could change any file's permissions"
+                .into(),
+        );
+    } else {
+        gaps.push(
+            "Landlock does not stop chmod, chown or utime of files the service user owns (bubblewrap does)"
+                .into(),
+        );
+    }
+    (essential, gaps)
+}
+
+/// Decides what `policy` gets here; the facilities are passed in. `auto`
+/// takes bubblewrap when it is installed: its mount and PID namespaces also
+/// stop chmod/chown outside the worktree and end every process with the
+/// command, which Landlock alone does not. Landlock with namespaces is next.
+pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
+    let off = |gaps| Assessment {
+        mode: policy.mode,
+        mechanism: Mechanism::None,
+        gaps,
+        refusal: None,
+    };
+    if policy.mode == SandboxMode::Off {
+        return off(Vec::new());
+    }
+    let landlock = f.landlock.as_ref().map(|abi| {
+        let (essential, gaps) = landlock_gaps(*abi, f, policy.allow_network);
+        (
+            Mechanism::Landlock {
+                abi: *abi,
+                namespaces: f.namespaces.is_ok(),
+            },
+            essential,
+            gaps,
+        )
+    });
+    let bwrap = f
+        .bubblewrap
+        .as_ref()
+        .map(|p| (Mechanism::Bubblewrap { path: p.clone() }, true, Vec::new()));
+    let (mechanism, essential, mut gaps) = match (policy.mechanism, landlock, bwrap) {
+        (SandboxMechanism::Landlock, Ok(l), _) => l,
+        (SandboxMechanism::Bubblewrap, _, Ok(b)) => b,
+        (SandboxMechanism::Auto, Ok(l), Err(_)) => l,
+        (SandboxMechanism::Auto, _, Ok(b)) => b,
+        (SandboxMechanism::Bubblewrap, Ok(l), Err(no_bwrap)) => {
+            let (m, e, mut g) = l;
+            g.insert(
+                0,
+                format!("sandbox_mechanism = bubblewrap, but {no_bwrap}; using Landlock"),
+            );
+            (m, e, g)
+        }
+        (SandboxMechanism::Landlock, Err(no_landlock), Ok(b)) => {
+            let (m, e, mut g) = b;
+            g.insert(
+                0,
+                format!("sandbox_mechanism = landlock, but {no_landlock}; using bubblewrap"),
+            );
+            (m, e, g)
+        }
+        (_, Err(no_landlock), Err(no_bwrap)) => (
+            Mechanism::None,
+            false,
+            vec![format!("{no_landlock}, and {no_bwrap}")],
+        ),
+    };
     let refusal = (policy.mode == SandboxMode::Required && !essential).then(|| {
         format!(
             "sandbox = required, but this machine cannot confine commands: {}. Install bubblewrap, \
@@ -293,6 +331,9 @@ pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
             gaps.join("; ")
         )
     });
+    if policy.mode != SandboxMode::Required && !essential && gaps.is_empty() {
+        gaps.push("commands are not confined".into());
+    }
     Assessment {
         mode: policy.mode,
         mechanism,
@@ -367,13 +408,13 @@ impl Sandbox {
                 .map_err(|e| Refused(format!("cannot create {}: {e}", d.display())))?;
         }
         let readable = readable_trees(&policy.read_only, &policy.hidden);
-        let env = confined_env(&readable, &root, &home, &tmp);
+        let env = confined_env(&readable.trees, &root, &home, &tmp);
         let kind = match &assessment.mechanism {
             Mechanism::Landlock { namespaces, .. } => {
                 let isolate_net = *namespaces && !policy.allow_network;
                 Kind::Landlock {
                     ruleset: landlock_ruleset(
-                        &readable,
+                        &readable.trees,
                         &root,
                         !policy.allow_network && !isolate_net,
                     )
@@ -390,10 +431,19 @@ impl Sandbox {
                 namespaces: None,
             },
         };
+        let rlimits = match &kind {
+            // bwrap makes its own user namespace: a process limit set before it
+            // would count every process of the service user.
+            Kind::Bubblewrap { .. } => CommandLimits {
+                processes: 0,
+                ..policy.limits
+            },
+            Kind::Off | Kind::Landlock { .. } => policy.limits,
+        };
         Ok(Sandbox {
             kind,
             env,
-            limits: policy.limits,
+            limits: rlimits,
             assessment,
         })
     }
@@ -424,44 +474,56 @@ impl Sandbox {
         (!self.is_off()).then_some(self.env.as_slice())
     }
 
-    /// Registers the between-fork-and-exec hook: rlimits, namespaces, then
+    /// Registers the between-fork-and-exec hook: namespaces, rlimits, then
     /// Landlock. Call it after every other `pre_exec` hook.
     pub(crate) fn install(&self, cmd: &mut Command) {
         let limits = self.limits;
-        let (ruleset, namespaces) = match &self.kind {
+        let (landlock, ruleset, namespaces) = match &self.kind {
             Kind::Off => return,
             Kind::Landlock {
                 ruleset,
                 namespaces,
-            } => (ruleset.clone(), namespaces.clone()),
-            Kind::Bubblewrap { .. } => (None, None),
+            } => (true, ruleset.clone(), namespaces.clone()),
+            Kind::Bubblewrap { .. } => (false, None, None),
         };
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the hook makes system calls only (setrlimit, unshare, open,
-        // write, close, socket, ioctl, prctl, getppid, landlock_restrict_self)
-        // on data prepared before the fork; it allocates nothing.
+        // SAFETY: the hook makes system calls only (close_range, unshare,
+        // open, write, close, socket, ioctl, setrlimit, prctl, getppid,
+        // landlock_restrict_self) on data prepared before the fork; it
+        // allocates nothing, errors included.
         unsafe {
             cmd.pre_exec(move || {
-                set_limits(&limits)?;
+                // Descriptors the parent leaked without CLOEXEC end at exec:
+                // Landlock does not restrict what is already open.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 if let Some(ns) = &namespaces {
                     ns.enter()?;
                 }
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Entering a user namespace may clear the parent-death signal: set it again.
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                    || libc::getppid() != parent
-                {
-                    return Err(std::io::Error::other(
-                        "the parent exited before the child started",
-                    ));
+                // After the user namespace: its process count starts at zero.
+                set_limits(&limits)?;
+                if landlock {
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Entering a user namespace may clear the parent-death signal.
+                    if libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                    }
                 }
                 if let Some(fd) = &ruleset {
                     if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {
@@ -647,28 +709,32 @@ fn landlock_ruleset(
 /// The bwrap arguments before the program: `readable` bound read-only at its
 /// own path, symlinked roots (`/bin` -> `usr/bin`) recreated as symlinks.
 fn bubblewrap_args(
-    readable: &[PathBuf],
+    readable: &Readable,
     roots: &[PathBuf],
     root: &Path,
     allow_network: bool,
 ) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["--unshare-all", "--die-with-parent"]
+    // No capabilities inside, even for a root service: with them, a
+    // read-only bind could be remounted read-write.
+    let mut a: Vec<OsString> = ["--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
         .iter()
         .map(OsString::from)
         .collect();
     if allow_network {
         a.push("--share-net".into());
     }
-    for p in readable {
+    for p in &readable.trees {
         if p.starts_with("/proc") || p.starts_with("/dev") {
             continue;
         }
         a.extend(["--ro-bind".into(), p.clone().into(), p.clone().into()]);
     }
-    for r in roots {
-        if let Ok(target) = std::fs::read_link(r) {
-            a.extend(["--symlink".into(), target.into(), r.clone().into()]);
-        }
+    let links = roots
+        .iter()
+        .filter_map(|r| std::fs::read_link(r).ok().map(|t| (r.clone(), t)))
+        .chain(readable.symlinks.iter().cloned());
+    for (link, target) in links {
+        a.extend(["--symlink".into(), target.into(), link.into()]);
     }
     a.extend([
         "--proc".into(),
@@ -691,55 +757,72 @@ fn bubblewrap_args(
     a
 }
 
-/// The trees of `roots` minus `hidden`, as paths to allow. A root that holds
-/// a hidden path is replaced by its entries, recursively, leaving the hidden
-/// path out; a root inside a hidden path stays allowed (it was asked for).
-/// Symlinked entries are resolved, so that allowing one never exposes what it
-/// points at.
-pub fn readable_trees(roots: &[PathBuf], hidden: &[PathBuf]) -> Vec<PathBuf> {
+/// What a confined command may read: whole trees, and the symlinks found in
+/// directories that had to be carved (kept as links, never followed).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Readable {
+    pub trees: Vec<PathBuf>,
+    /// `(link, what it points at)`, for bubblewrap to recreate.
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The trees of `roots` minus `hidden`. A root that holds a hidden path is
+/// replaced by its entries, recursively, leaving the hidden path out; a root
+/// inside a hidden path stays readable (it was asked for). Symlinks met while
+/// carving are never followed: Landlock checks what they point at on access,
+/// and bubblewrap recreates them as links.
+pub fn readable_trees(roots: &[PathBuf], hidden: &[PathBuf]) -> Readable {
+    // A hidden path that does not exist cannot be read; leaving it out keeps
+    // its parent whole (and listable).
     let hidden: Vec<PathBuf> = hidden
         .iter()
-        .map(|h| std::fs::canonicalize(h).unwrap_or_else(|_| h.clone()))
+        .filter_map(|h| std::fs::canonicalize(h).ok())
         .collect();
-    let mut out = Vec::new();
+    let mut out = Readable::default();
     for root in roots {
         if let Ok(c) = std::fs::canonicalize(root) {
             let inner: Vec<&PathBuf> = hidden
                 .iter()
                 .filter(|h| h.starts_with(&c) && **h != c)
                 .collect();
-            carve(&c, &inner, &mut out, 0);
+            carve(&c, &inner, &mut out);
         }
     }
-    out.sort();
-    out.dedup();
+    out.trees.sort();
+    out.trees.dedup();
+    out.symlinks.sort();
+    out.symlinks.dedup();
     out
 }
 
-fn carve(dir: &Path, hidden: &[&PathBuf], out: &mut Vec<PathBuf>, depth: u32) {
+fn carve(dir: &Path, hidden: &[&PathBuf], out: &mut Readable) {
     if hidden.is_empty() {
-        out.push(dir.to_owned());
-        return;
-    }
-    if depth > 32 {
+        out.trees.push(dir.to_owned());
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let Ok(target) = std::fs::canonicalize(entry.path()) else {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if hidden.iter().any(|h| target.starts_with(h)) {
+        if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(&path) {
+                out.symlinks.push((path, target));
+            }
+            continue;
+        }
+        if hidden.iter().any(|h| path.starts_with(h)) {
             continue;
         }
         let inner: Vec<&PathBuf> = hidden
             .iter()
             .copied()
-            .filter(|h| h.starts_with(&target))
+            .filter(|h| h.starts_with(&path))
             .collect();
-        carve(&target, &inner, out, depth + 1);
+        carve(&path, &inner, out);
     }
 }
 
@@ -806,9 +889,17 @@ mod tests {
     #[test]
     fn required_refuses_only_what_cannot_be_confined() {
         let req = policy(SandboxMode::Required);
-        let a = assess(&req, &facilities_with(Ok(7), true, false));
+        // Auto takes bubblewrap when it is there.
+        let a = assess(&req, &facilities_with(Ok(7), true, true));
         assert!(a.refusal.is_none(), "{:?}", a.gaps);
+        assert_eq!(a.mechanism_name(), "bubblewrap");
+        // Landlock with namespaces otherwise; enough for an unprivileged service.
+        let a = assess(&req, &facilities_with(Ok(7), true, false));
         assert_eq!(a.mechanism_name(), "landlock");
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(a.refusal.is_some(), root, "{:?}", a.gaps);
+        assert!(a.gaps.iter().any(|g| g.contains("chmod")), "{:?}", a.gaps);
         // Old Landlock without namespaces leaves the network and truncation open.
         let a = assess(&req, &facilities_with(Ok(2), false, false));
         let why = a.refusal.expect("refused");
@@ -816,12 +907,17 @@ mod tests {
             why.contains("truncating") && why.contains("network"),
             "{why}"
         );
-        // ... but bubblewrap covers it when asked for.
-        let mut bw = req.clone();
-        bw.mechanism = SandboxMechanism::Bubblewrap;
-        let a = assess(&bw, &facilities_with(Ok(2), false, true));
-        assert!(a.refusal.is_none());
+        // ABI 4's TCP rules do not stand in for a network namespace (UDP stays
+        // open), and before ABI 6 signals leave the sandbox.
+        let a = assess(&req, &facilities_with(Ok(4), false, false));
+        let why = a.refusal.unwrap();
+        assert!(why.contains("UDP") && why.contains("signals"), "{why}");
+        // An explicit mechanism that is missing falls back to the other.
+        let mut ll = req.clone();
+        ll.mechanism = SandboxMechanism::Landlock;
+        let a = assess(&ll, &facilities_with(Err("no landlock".into()), true, true));
         assert_eq!(a.mechanism_name(), "bubblewrap");
+        assert!(a.gaps[0].contains("no landlock"), "{:?}", a.gaps);
         // Nothing at all.
         let a = assess(
             &req,
@@ -836,32 +932,43 @@ mod tests {
         assert!(a.refusal.is_none());
         assert_eq!(a.mechanism_name(), "none");
         assert!(a.gaps[0].contains("no landlock"), "{:?}", a.gaps);
-        // ABI 4 TCP rules stand in for a network namespace.
-        let a = assess(&req, &facilities_with(Ok(4), false, false));
-        assert!(a.refusal.is_none(), "{:?}", a.gaps);
     }
 
     #[test]
     fn hidden_paths_are_carved_out_of_readable_trees() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
-        for d in ["sys/lib", "sys/data/store", "sys/other"] {
+        for d in ["sys/lib", "sys/data/store", "sys/other", "private"] {
             std::fs::create_dir_all(base.join(d)).unwrap();
         }
         std::fs::write(base.join("sys/file"), "x").unwrap();
         std::os::unix::fs::symlink(base.join("sys/data"), base.join("sys/link")).unwrap();
-        let trees = readable_trees(&[base.join("sys")], &[base.join("sys/data/store")]);
+        std::os::unix::fs::symlink(base.join("private"), base.join("sys/elsewhere")).unwrap();
+        let r = readable_trees(
+            &[base.join("sys")],
+            &[base.join("sys/data/store"), base.join("missing")],
+        );
         assert_eq!(
-            trees,
+            r.trees,
             vec![
                 base.join("sys/file"),
                 base.join("sys/lib"),
-                base.join("sys/other"),
+                base.join("sys/other")
             ],
-            "the hidden tree, its parent's other entries and the symlink into it"
+            "the hidden tree, its parent's other entries; symlinks are not followed"
         );
+        assert_eq!(
+            r.symlinks,
+            vec![
+                (base.join("sys/elsewhere"), base.join("private")),
+                (base.join("sys/link"), base.join("sys/data")),
+            ]
+        );
+        // A hidden path that does not exist leaves its parent whole.
+        let r = readable_trees(&[base.join("sys")], &[base.join("sys/nothing")]);
+        assert_eq!(r.trees, vec![base.join("sys")]);
         // A root asked for inside a hidden path stays readable.
-        let trees = readable_trees(&[base.join("sys/data/store")], &[base.join("sys/data")]);
-        assert_eq!(trees, vec![base.join("sys/data/store")]);
+        let r = readable_trees(&[base.join("sys/data/store")], &[base.join("sys/data")]);
+        assert_eq!(r.trees, vec![base.join("sys/data/store")]);
     }
 }

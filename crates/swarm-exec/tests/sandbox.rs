@@ -50,12 +50,27 @@ fn layout() -> Layout {
     }
 }
 
+fn root_user() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The whole temporary directory is readable, so the hidden data directory
+/// and secrets file have to be carved out of it.
 fn policy(l: &Layout, mechanism: SandboxMechanism, allow_network: bool) -> SandboxPolicy {
+    let mut read_only: Vec<PathBuf> = DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect();
+    read_only.push(l.base.clone());
     SandboxPolicy {
-        mode: SandboxMode::Required,
+        // Landlock alone is not enough for `required` when the tests run as
+        // root (it cannot stop chmod); bubblewrap is.
+        mode: if mechanism == SandboxMechanism::Landlock && root_user() {
+            SandboxMode::BestEffort
+        } else {
+            SandboxMode::Required
+        },
         mechanism,
         allow_network,
-        read_only: DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect(),
+        read_only,
         hidden: vec![l.data.clone(), l.secrets.clone()],
         limits: CommandLimits::default(),
     }
@@ -107,8 +122,14 @@ fn mechanisms() -> Vec<SandboxMechanism> {
     out
 }
 
-fn escapes(l: &Layout, port: u16, marker: &Path) -> Vec<(&'static str, String)> {
-    vec![
+fn escapes(
+    l: &Layout,
+    port: u16,
+    udp_port: u16,
+    marker: &Path,
+    mechanism: SandboxMechanism,
+) -> Vec<(&'static str, String)> {
+    let mut e = vec![
         ("write /tmp", format!("echo x > {}", marker.display())),
         ("write ../other", "echo x > ../w2/planted".into()),
         ("write the data dir", format!("echo x > {}/planted", l.data.display())),
@@ -120,12 +141,34 @@ fn escapes(l: &Layout, port: u16, marker: &Path) -> Vec<(&'static str, String)> 
             format!("cat /proc/{}/environ > /dev/null", std::process::id()),
         ),
         (
+            "signal the supervisor",
+            format!("kill -0 {}", std::process::id()),
+        ),
+        (
+            "send UDP to loopback",
+            format!(
+                "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'EXFIL', ('127.0.0.1', {udp_port}))\""
+            ),
+        ),
+        (
             "connect to loopback",
             format!(
                 "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\""
             ),
         ),
-    ]
+    ];
+    // Landlock has no rule for chmod (docs/security.md); bubblewrap's
+    // read-only mounts stop it.
+    if mechanism == SandboxMechanism::Bubblewrap {
+        e.insert(
+            0,
+            (
+                "chmod the store",
+                format!("chmod 604 {}/store.db", l.data.display()),
+            ),
+        );
+    }
+    e
 }
 
 #[test]
@@ -134,6 +177,9 @@ fn every_escape_fails_and_legitimate_work_passes() {
         let l = layout();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
         let marker = std::env::temp_dir().join(format!(
             "agentswarm-sandbox-{}-{}",
             std::process::id(),
@@ -142,7 +188,7 @@ fn every_escape_fails_and_legitimate_work_passes() {
         let _ = std::fs::remove_file(&marker);
 
         // Unconfined, every escape works: the commands are right.
-        for (what, cmd) in escapes(&l, port, &marker) {
+        for (what, cmd) in escapes(&l, port, udp_port, &marker, mechanism) {
             let out = sh(&l.root, None, &cmd);
             assert!(
                 out.exit.success() && !out.output.contains("Permission denied"),
@@ -157,13 +203,25 @@ fn every_escape_fails_and_legitimate_work_passes() {
         std::fs::remove_file(l.data.join("planted")).unwrap();
         listener.set_nonblocking(true).unwrap();
         while listener.accept().is_ok() {}
+        let mut buf = [0u8; 16];
+        assert!(
+            udp.recv(&mut buf).is_ok(),
+            "the unconfined UDP datagram arrived"
+        );
+        while udp.recv(&mut buf).is_ok() {}
+        let store = l.data.join("store.db");
+        std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
 
         let sandbox = Arc::new(Sandbox::prepare(&policy(&l, mechanism, false), &l.root).unwrap());
         assert_eq!(sandbox.assessment().mechanism_name(), mechanism.as_str());
-        for (what, cmd) in escapes(&l, port, &marker) {
+        for (what, cmd) in escapes(&l, port, udp_port, &marker, mechanism) {
             let out = sh(&l.root, Some(&sandbox), &cmd);
+            // A datagram sent into an empty network namespace is not an
+            // error: whether it arrived is checked below.
+            let udp_send = what == "send UDP to loopback";
             assert!(
-                !out.exit.success()
+                (!out.exit.success() || udp_send)
                     && !out.output.contains("CONNECTED")
                     && !out.output.contains("CONTENT")
                     && !out.output.contains("sk-test"),
@@ -185,6 +243,19 @@ fn every_escape_fails_and_legitimate_work_passes() {
             listener.accept().is_err(),
             "{mechanism}: a connection reached the test's listener"
         );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            udp.recv(&mut buf).is_err(),
+            "{mechanism}: a UDP datagram left the sandbox"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        if mechanism == SandboxMechanism::Bubblewrap {
+            assert_eq!(
+                std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{mechanism}: chmod of the store"
+            );
+        }
 
         // Legitimate work: files in the worktree, temp files, Python's unittest, sh scripts.
         std::fs::write(
@@ -241,7 +312,9 @@ fn every_escape_fails_and_legitimate_work_passes() {
         // With the network allowed, loopback is reachable.
         let open = Arc::new(Sandbox::prepare(&policy(&l, mechanism, true), &l.root).unwrap());
         listener.set_nonblocking(false).unwrap();
-        let (_, cmd) = escapes(&l, port, &marker).pop().unwrap();
+        let (_, cmd) = escapes(&l, port, udp_port, &marker, mechanism)
+            .pop()
+            .unwrap();
         let out = sh(&l.root, Some(&open), &cmd);
         assert!(
             out.exit.success() && out.output.contains("CONNECTED"),

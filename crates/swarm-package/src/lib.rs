@@ -29,6 +29,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +247,15 @@ fn classify(root: &Path, paths: &[String]) -> Result<(Vec<String>, Vec<Excluded>
             continue;
         }
         let full = root.join(path);
+        // A directory on the way that is a symlink (a command swapped `d/`
+        // for a link) would lead the archive out of the tree: never follow it.
+        if under_symlink(root, path) {
+            excluded.push(Excluded {
+                path: path.clone(),
+                reason: "under a symbolic link".into(),
+            });
+            continue;
+        }
         match std::fs::symlink_metadata(&full) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(path.clone()),
             Err(source) => return Err(Error::Read { path: full, source }),
@@ -356,6 +366,19 @@ enum Outcome {
     Withheld(Withheld),
 }
 
+/// Whether a directory on the way from `root` to `path` is a symbolic link.
+fn under_symlink(root: &Path, path: &str) -> bool {
+    let mut dir = root.to_owned();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        dir.push(part);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Reads `root/path` once: scans its first [`SCAN_LIMIT`] bytes if it is
 /// text, and archives it unless `scan` finds a secret, hashing the bytes as
 /// they are archived.
@@ -371,7 +394,11 @@ fn pack_file(
         path: full.clone(),
         source,
     };
-    let mut file = std::fs::File::open(&full).map_err(rerr)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&full)
+        .map_err(rerr)?;
     let meta = file.metadata().map_err(rerr)?;
     let mut head = Vec::new();
     (&mut file)
@@ -867,6 +894,47 @@ mod tests {
         assert!(!p.manifest_txt.contains("withheld"), "{}", p.manifest_txt);
         let json: serde_json::Value = serde_json::from_slice(&p.manifest_json).unwrap();
         assert_eq!(json["withheld"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        let outside = dir.path().join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("agentswarm.db"), "SQLite format 3 STORE").unwrap();
+        std::fs::write(root.join("ok.txt"), "ok\n").unwrap();
+        // The task "changed" d/agentswarm.db; a command replaced d by a link out.
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.join("agentswarm.db"), root.join("direct")).unwrap();
+        let archive = dir.path().join("out/t.tar.gz");
+        let paths = vec!["ok.txt".into(), "d/agentswarm.db".into(), "direct".into()];
+        let p = write_archive(
+            &archive,
+            "t",
+            &root,
+            &paths,
+            serde_json::Value::Null,
+            &|_: &str| None,
+        )
+        .unwrap();
+        let files = read(&archive);
+        assert!(files.contains_key("t/ok.txt"), "{:?}", files.keys());
+        assert!(!contains(&tar_bytes(&archive), "STORE"));
+        let reasons: Vec<(&str, &str)> = p
+            .excluded
+            .iter()
+            .map(|e| (e.path.as_str(), e.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("d/agentswarm.db", "under a symbolic link")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("direct", "symbolic link")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

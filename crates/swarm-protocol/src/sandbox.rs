@@ -52,8 +52,8 @@ impl FromStr for SandboxMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxMechanism {
-    /// Landlock (plus user and network namespaces where permitted), else
-    /// bubblewrap when it is installed.
+    /// bubblewrap when it is installed, else Landlock (plus user and
+    /// network namespaces where permitted).
     #[default]
     Auto,
     Landlock,
@@ -162,7 +162,10 @@ pub const DEFAULT_READ_ONLY: &[&str] = &[
     "/proc",
     "/sys",
     "/nix/store",
-    "/run/systemd/resolve",
+    // Where /etc/resolv.conf points under systemd-resolved: the files only,
+    // not the directory, which holds resolved's socket.
+    "/run/systemd/resolve/stub-resolv.conf",
+    "/run/systemd/resolve/resolv.conf",
 ];
 
 #[cfg(test)]
