@@ -17,7 +17,6 @@ pub mod tools;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 use swarm_protocol::chat::{ChatMessage, Role};
-use swarm_protocol::sandbox::SandboxMode;
 use swarm_protocol::worker::{
     FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
 };
@@ -163,7 +162,7 @@ fn agent_loop<R: BufRead, W: Write>(
                     detail: Tools::describe(name, &call.function.arguments),
                 })?;
                 let r: ToolResult = tools.execute(name, &call.function.arguments);
-                if name == "run_command" && start.sandbox.mode != SandboxMode::Off {
+                if name == "run_command" && start.sandbox.sweep_after_command() {
                     kill_leftovers();
                 }
                 if let Some(summary) = r.finished {

@@ -213,6 +213,9 @@ pub struct SandboxSettings {
     pub mechanism: SandboxMechanism,
     /// `sandbox_read_paths`, with `~/` expanded.
     pub read_paths: Vec<PathBuf>,
+    /// The service user's home (`HOME`): hidden from commands, and what
+    /// `~/` means. `None` when unset or `/`.
+    pub home: Option<PathBuf>,
     pub limits: CommandLimits,
 }
 
@@ -406,7 +409,10 @@ impl Resolver<'_> {
                 &mechanism,
             )
         })?;
-        let home = dirs::home_dir();
+        let home = (self.env)("HOME")
+            .map(PathBuf::from)
+            .or_else(dirs::home_dir)
+            .filter(|h| h.is_absolute() && h.parent().is_some());
         let mut read_paths = Vec::new();
         for p in file.sandbox_read_paths.clone().unwrap_or_default() {
             let p = match (p.strip_prefix("~"), &home) {
@@ -460,6 +466,7 @@ impl Resolver<'_> {
             mode,
             mechanism,
             read_paths,
+            home,
             limits,
         })
     }
@@ -916,7 +923,10 @@ mod tests {
             Path::new("/x/agentswarm.toml"),
         )
         .unwrap();
-        let env = env_of(&[("AGENTSWARM_SANDBOX_MECHANISM", "bubblewrap")]);
+        let env = env_of(&[
+            ("AGENTSWARM_SANDBOX_MECHANISM", "bubblewrap"),
+            ("HOME", "/home/svc"),
+        ]);
         let c = Config::resolve(
             Some((file.clone(), "/x/agentswarm.toml".into())),
             &env,
@@ -926,9 +936,8 @@ mod tests {
         assert_eq!(c.sandbox.mode, SandboxMode::Required);
         assert_eq!(c.sandbox.mechanism, SandboxMechanism::Bubblewrap);
         assert_eq!(c.sandbox.read_paths[0], PathBuf::from("/opt/tool"));
-        assert!(
-            c.sandbox.read_paths[1].is_absolute() && c.sandbox.read_paths[1].ends_with(".rustup")
-        );
+        assert_eq!(c.sandbox.read_paths[1], PathBuf::from("/home/svc/.rustup"));
+        assert_eq!(c.sandbox.home, Some(PathBuf::from("/home/svc")));
         assert_eq!(c.sandbox.limits.processes, 64);
         assert!(c.run.allow_network);
         assert_eq!(

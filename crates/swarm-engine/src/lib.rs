@@ -298,11 +298,7 @@ impl Engine {
         ];
         hidden.extend(c.secrets_file.clone());
         hidden.extend(c.file.clone());
-        hidden.extend(
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|h| h.is_absolute() && h.parent().is_some()),
-        );
+        hidden.extend(c.sandbox.home.clone());
         SandboxPolicy {
             mode: c.sandbox.mode,
             mechanism: c.sandbox.mechanism,
@@ -310,6 +306,7 @@ impl Engine {
             read_only,
             hidden,
             limits: c.sandbox.limits,
+            resolved: None,
         }
     }
 

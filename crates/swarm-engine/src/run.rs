@@ -137,8 +137,10 @@ async fn run_inner(
     let project_dir = engine.config.project_dir(id.as_str());
     let outputs = packager::project_outputs(&engine.config.outputs_dir, id);
 
-    let sandbox = engine.sandbox_policy(&limits, &project_dir.join("repo"));
+    let mut sandbox = engine.sandbox_policy(&limits, &project_dir.join("repo"));
     let assessment = swarm_exec::sandbox::assess(&sandbox, swarm_exec::sandbox::facilities());
+    // Decided once here: workers and verify apply it without probing again.
+    sandbox.resolved = Some(assessment.mechanism.clone());
     // Checked before planning: a run whose commands cannot be confined as
     // required must not spend anything first.
     if let (Some(why), false) = (&assessment.refusal, mode == Mode::RecoverOnly) {

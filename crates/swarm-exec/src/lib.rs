@@ -478,28 +478,34 @@ fn read_capped(mut r: impl Read, cap: usize) -> (String, bool) {
 /// case the parent died before the call.
 fn set_parent_death_signal(cmd: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls (prctl, getppid).
+    // SAFETY: the hook only calls `arm_parent_death_signal`, which is
+    // async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "the parent exited before the child started",
-                ));
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || arm_parent_death_signal(parent));
     }
+}
+
+/// Between fork and exec: `PR_SET_PDEATHSIG(SIGKILL)`, then fails with
+/// `ESRCH` if `parent` is no longer the parent (it died before the call).
+/// System calls only; nothing is allocated, errors included.
+pub(crate) fn arm_parent_death_signal(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe system calls.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// Where a spawned child's stderr goes.

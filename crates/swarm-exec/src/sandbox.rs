@@ -29,7 +29,9 @@
 //! - **bubblewrap** (`bwrap`): the same trees are bind-mounted read-only into
 //!   an empty, read-only root, with the directory read-write, no capabilities.
 //!
-//! What this machine offers is probed once per process ([`facilities`]).
+//! What this machine offers is probed once, by the supervisor
+//! ([`facilities`], [`assess`]); the mechanism it decides travels in the
+//! policy (`resolved`), so workers do not probe again.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -43,7 +45,7 @@ use landlock::{
     RulesetCreatedAttr, Scope, ABI,
 };
 pub use swarm_protocol::sandbox::{
-    CommandLimits, SandboxMechanism, SandboxMode, SandboxPolicy, DEFAULT_READ_ONLY,
+    CommandLimits, Mechanism, SandboxMechanism, SandboxMode, SandboxPolicy, DEFAULT_READ_ONLY,
 };
 
 /// The directory, inside the confined directory, that holds the command's
@@ -155,20 +157,6 @@ fn probe_bubblewrap() -> Result<PathBuf, String> {
     }
 }
 
-/// The mechanism a policy gets on this machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mechanism {
-    Landlock {
-        abi: i32,
-        namespaces: bool,
-    },
-    Bubblewrap {
-        path: PathBuf,
-    },
-    /// Nothing confines the command beyond rlimits and its environment.
-    None,
-}
-
 /// What a policy amounts to on this machine: the mechanism, what it leaves
 /// unconfined, and whether `sandbox = required` must refuse.
 #[derive(Debug, Clone)]
@@ -182,6 +170,16 @@ pub struct Assessment {
 }
 
 impl Assessment {
+    /// `mechanism`, decided elsewhere (or nothing, for `sandbox = off`).
+    fn decided(mode: SandboxMode, mechanism: Mechanism) -> Self {
+        Assessment {
+            mode,
+            mechanism,
+            gaps: Vec::new(),
+            refusal: None,
+        }
+    }
+
     /// One line for the operator: the mechanism and the network.
     pub fn summary(&self, allow_network: bool) -> String {
         let net = if allow_network {
@@ -273,14 +271,8 @@ fn landlock_gaps(abi: i32, f: &Facilities, allow_network: bool) -> (bool, Vec<St
 /// stop chmod/chown outside the worktree and end every process with the
 /// command, which Landlock alone does not. Landlock with namespaces is next.
 pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
-    let off = |gaps| Assessment {
-        mode: policy.mode,
-        mechanism: Mechanism::None,
-        gaps,
-        refusal: None,
-    };
     if policy.mode == SandboxMode::Off {
-        return off(Vec::new());
+        return Assessment::decided(policy.mode, Mechanism::None);
     }
     let landlock = f.landlock.as_ref().map(|abi| {
         let (essential, gaps) = landlock_gaps(*abi, f, policy.allow_network);
@@ -297,7 +289,7 @@ pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
         .bubblewrap
         .as_ref()
         .map(|p| (Mechanism::Bubblewrap { path: p.clone() }, true, Vec::new()));
-    let (mechanism, essential, mut gaps) = match (policy.mechanism, landlock, bwrap) {
+    let (mechanism, essential, gaps) = match (policy.mechanism, landlock, bwrap) {
         (SandboxMechanism::Landlock, Ok(l), _) => l,
         (SandboxMechanism::Bubblewrap, _, Ok(b)) => b,
         (SandboxMechanism::Auto, Ok(l), Err(_)) => l,
@@ -331,9 +323,6 @@ pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
             gaps.join("; ")
         )
     });
-    if policy.mode != SandboxMode::Required && !essential && gaps.is_empty() {
-        gaps.push("commands are not confined".into());
-    }
     Assessment {
         mode: policy.mode,
         mechanism,
@@ -377,23 +366,23 @@ impl Sandbox {
             kind: Kind::Off,
             env: Vec::new(),
             limits: CommandLimits::default(),
-            assessment: Assessment {
-                mode: SandboxMode::Off,
-                mechanism: Mechanism::None,
-                gaps: Vec::new(),
-                refusal: None,
-            },
+            assessment: Assessment::decided(SandboxMode::Off, Mechanism::None),
         }
     }
 
     /// Prepares `policy` for commands running in `root`. Creates
-    /// `root/.agentswarm/{home,tmp}` afresh. Fails when a required sandbox
-    /// cannot be had, or when `root` cannot be prepared.
+    /// `root/.agentswarm/{home,tmp}` afresh. Uses the mechanism the policy
+    /// says was resolved, else probes this machine ([`facilities`]) and
+    /// decides. Fails when a required sandbox cannot be had, or when `root`
+    /// cannot be prepared.
     pub fn prepare(policy: &SandboxPolicy, root: &Path) -> Result<Sandbox, Refused> {
         if policy.mode == SandboxMode::Off {
             return Ok(Sandbox::off());
         }
-        let assessment = assess(policy, facilities());
+        let assessment = match &policy.resolved {
+            Some(m) => Assessment::decided(policy.mode, m.clone()),
+            None => assess(policy, facilities()),
+        };
         if let Some(why) = &assessment.refusal {
             return Err(Refused(why.clone()));
         }
@@ -511,19 +500,7 @@ impl Sandbox {
                         return Err(std::io::Error::last_os_error());
                     }
                     // Entering a user namespace may clear the parent-death signal.
-                    if libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                    }
+                    crate::arm_parent_death_signal(parent)?;
                 }
                 if let Some(fd) = &ruleset {
                     if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {

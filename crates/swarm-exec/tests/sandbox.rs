@@ -73,6 +73,7 @@ fn policy(l: &Layout, mechanism: SandboxMechanism, allow_network: bool) -> Sandb
         read_only,
         hidden: vec![l.data.clone(), l.secrets.clone()],
         limits: CommandLimits::default(),
+        resolved: None,
     }
 }
 

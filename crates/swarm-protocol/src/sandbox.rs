@@ -88,6 +88,22 @@ impl FromStr for SandboxMechanism {
     }
 }
 
+/// The mechanism the supervisor found on this machine for a policy
+/// ([`SandboxPolicy::resolved`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Mechanism {
+    Landlock {
+        abi: i32,
+        namespaces: bool,
+    },
+    Bubblewrap {
+        path: PathBuf,
+    },
+    /// Nothing confines the command beyond rlimits and its environment.
+    None,
+}
+
 /// Resource limits (rlimits) of a confined command. 0 leaves one unset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandLimits {
@@ -132,6 +148,22 @@ pub struct SandboxPolicy {
     pub hidden: Vec<PathBuf>,
     #[serde(default)]
     pub limits: CommandLimits,
+    /// What the supervisor found this machine gives for the policy: a worker
+    /// applies it as is rather than probe the machine again. `None`: decide
+    /// where the sandbox is prepared.
+    #[serde(default)]
+    pub resolved: Option<Mechanism>,
+}
+
+impl SandboxPolicy {
+    /// Whether the worker must kill what a command left running (a `setsid`
+    /// daemon) before its own tools run again: whenever commands are
+    /// confined, except under bubblewrap, whose PID namespace ends with the
+    /// command.
+    pub fn sweep_after_command(&self) -> bool {
+        self.mode != SandboxMode::Off
+            && !matches!(self.resolved, Some(Mechanism::Bubblewrap { .. }))
+    }
 }
 
 impl Default for SandboxPolicy {
@@ -144,6 +176,7 @@ impl Default for SandboxPolicy {
             read_only: Vec::new(),
             hidden: Vec::new(),
             limits: CommandLimits::default(),
+            resolved: None,
         }
     }
 }
@@ -187,6 +220,34 @@ mod tests {
         }
         assert!("strict".parse::<SandboxMode>().is_err());
         assert_eq!("bwrap".parse(), Ok(SandboxMechanism::Bubblewrap));
+    }
+
+    #[test]
+    fn the_resolved_mechanism_travels_tagged_and_decides_the_sweep() {
+        let mut p = SandboxPolicy {
+            mode: SandboxMode::BestEffort,
+            ..SandboxPolicy::default()
+        };
+        assert!(p.sweep_after_command(), "undecided: sweep");
+        p.resolved = Some(Mechanism::Bubblewrap {
+            path: "/usr/bin/bwrap".into(),
+        });
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json["resolved"],
+            serde_json::json!({"kind": "bubblewrap", "path": "/usr/bin/bwrap"})
+        );
+        assert_eq!(serde_json::from_value::<SandboxPolicy>(json).unwrap(), p);
+        assert!(
+            !p.sweep_after_command(),
+            "bubblewrap's PID namespace ends everything"
+        );
+        p.resolved = Some(Mechanism::Landlock {
+            abi: 7,
+            namespaces: true,
+        });
+        assert!(p.sweep_after_command());
+        assert!(!SandboxPolicy::default().sweep_after_command(), "off");
     }
 
     #[test]
