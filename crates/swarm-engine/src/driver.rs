@@ -3,6 +3,7 @@
 //! gateway, enforces the wall-time limit, and reports how the attempt ended.
 
 use crate::gateway::{CallError, Caller, Gateway};
+use crate::metrics::LiveEntry;
 use crate::Progress;
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
@@ -65,6 +66,9 @@ pub struct Job {
     pub task: TaskId,
     pub attempt: u32,
     pub start: WorkerStart,
+    /// The attempt's row in the engine's live table; dropped (the row
+    /// removed) when the attempt's worker is done, however it ends.
+    pub live: LiveEntry,
 }
 
 /// Runs the attempt; returns how it ended and the worktree it used (to be
@@ -74,6 +78,7 @@ pub async fn drive(
     job: Job,
     cancel: CancellationToken,
 ) -> (WorkerOutcome, Option<PathBuf>) {
+    let live = job.live;
     let branch = branch_name(&job.task, job.attempt);
     // The worker prepares the worktree itself, while its first model call
     // is in flight; here it only gets a path and what to do with it.
@@ -124,8 +129,10 @@ pub async fn drive(
         start,
         &cancel,
         &mut transcript,
+        &live,
     )
     .await;
+    drop(live);
     write_transcript(&ctx, &job.task, job.attempt, &transcript, &outcome);
     if matches!(&outcome, WorkerOutcome::Ended { reason, .. } if reason.starts_with(SETUP_FAILED)) {
         // Whatever state that worktree is in, it is not handed out again.
@@ -210,6 +217,7 @@ async fn run_process(
     start: WorkerStart,
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
+    live: &LiveEntry,
 ) -> WorkerOutcome {
     let enclosure = match ctx.limiter.enclose(ctx.memory_limit) {
         Ok(e) => Arc::new(e),
@@ -233,8 +241,9 @@ async fn run_process(
     };
     let outcome = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
         Ok(child) => {
+            live.set_pid(child.pid());
             talk(
-                ctx, task, attempt, start, cancel, transcript, child, &enclosure,
+                ctx, task, attempt, start, cancel, transcript, child, &enclosure, live,
             )
             .await
         }
@@ -262,6 +271,7 @@ async fn talk(
     transcript: &mut Vec<ChatMessage>,
     mut child: swarm_exec::ChildProcess,
     enclosure: &swarm_exec::Enclosure,
+    live: &LiveEntry,
 ) -> WorkerOutcome {
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ended(
@@ -349,6 +359,7 @@ async fn talk(
                 tools,
             } => {
                 turns = turn;
+                live.turn(turn);
                 *transcript = messages.clone();
                 let call = ctx
                     .gateway
@@ -398,6 +409,7 @@ async fn talk(
             }
             FromWorker::Progress { turn, tool, detail } => {
                 turns = turn;
+                live.tool(turn, &tool);
                 let data = serde_json::json!({"attempt": attempt, "turn": turn, "tool": tool, "detail": detail});
                 let _ = ctx
                     .store

@@ -62,6 +62,23 @@ impl StatsSource for FileStats {
     }
 }
 
+/// The gate as it stands, for the status API and the metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GateStatus {
+    /// Whether a new worker may start now.
+    pub open: bool,
+    /// Why not, when closed.
+    pub reason: Option<String>,
+    /// Available memory read now, in MB; `None` when it cannot be read.
+    pub free_memory_mb: Option<u64>,
+    /// The 1-minute load average read now; `None` when it cannot be read.
+    pub load_1m: Option<f64>,
+    /// `MIN_FREE_MEMORY_MB`; 0 = the check is off.
+    pub min_free_memory_mb: u64,
+    /// `MAX_LOAD_AVERAGE`; 0 = the check is off.
+    pub max_load_average: f64,
+}
+
 pub struct Gate {
     source: Box<dyn StatsSource>,
     min_free_mb: u64,
@@ -107,6 +124,25 @@ impl Gate {
             }
         };
         verdict(&r, self.min_free_mb, self.max_load)
+    }
+
+    /// Reads the machine once (also when both checks are off, for the
+    /// display) and says what [`Gate::check`] would.
+    pub fn status(&self) -> GateStatus {
+        let readings = self.source.read().ok();
+        let verdict = match &readings {
+            Some(r) => verdict(r, self.min_free_mb, self.max_load),
+            // As `check`: no readings, no holding back.
+            None => Ok(()),
+        };
+        GateStatus {
+            open: verdict.is_ok(),
+            reason: verdict.err(),
+            free_memory_mb: readings.map(|r| r.available_mb),
+            load_1m: readings.map(|r| r.load1),
+            min_free_memory_mb: self.min_free_mb,
+            max_load_average: self.max_load,
+        }
     }
 }
 
@@ -172,5 +208,28 @@ mod tests {
         assert!(gate.check().unwrap_err().contains("free memory 100 MB"));
         std::fs::write(&path, r#"{"available_mb": 2000, "load1": 0.1}"#).unwrap();
         assert!(gate.check().is_ok());
+    }
+
+    #[test]
+    fn status_reads_once_and_agrees_with_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.json");
+        std::fs::write(&path, r#"{"available_mb": 100, "load1": 4.5}"#).unwrap();
+        let gate = Gate::new(Box::new(FileStats(path.clone())), 1024, 3.0);
+        let s = gate.status();
+        assert!(!s.open);
+        assert_eq!(s.reason, gate.check().err());
+        assert_eq!(s.free_memory_mb, Some(100));
+        assert_eq!(s.load_1m, Some(4.5));
+        assert_eq!((s.min_free_memory_mb, s.max_load_average), (1024, 3.0));
+        // Checks off: open, readings still shown.
+        let off = Gate::new(Box::new(FileStats(path.clone())), 0, 0.0).status();
+        assert!(off.open && off.reason.is_none());
+        assert_eq!(off.free_memory_mb, Some(100));
+        // No readings: open, as `check`.
+        std::fs::remove_file(&path).unwrap();
+        let blind = gate.status();
+        assert!(blind.open);
+        assert_eq!((blind.free_memory_mb, blind.load_1m), (None, None));
     }
 }

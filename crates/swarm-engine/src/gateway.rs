@@ -10,12 +10,13 @@
 //! call, and the project ends `budget_exhausted` or `paused` — resumable,
 //! with nothing finished redone.
 
+use crate::metrics::{Metrics, ModelCall};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarm_config::{Config, ModelRole, Models, RunLimits};
 use swarm_llm::cassette::{Recorder, Replayer};
-use swarm_llm::ratelimit::{RequestLimiter, SlidingWindow, TokenWindow};
+use swarm_llm::ratelimit::{LimiterSnapshot, RequestLimiter, SlidingWindow, TokenWindow};
 use swarm_llm::redact::Redactor;
 use swarm_llm::router::{Failed, Route, Router, Served, Target};
 use swarm_llm::{CallMeta, ModelRequest, ProviderKind, ProviderSettings, RetryPolicy};
@@ -167,6 +168,10 @@ impl Routes {
 
 struct Inner {
     router: Router,
+    /// The router's shared request limiter, for its snapshot.
+    limiter: Arc<dyn RequestLimiter>,
+    /// Every call is counted here too (the engine renders these).
+    metrics: Arc<Metrics>,
     routes: Routes,
     models: Models,
     store: Arc<dyn Store>,
@@ -268,7 +273,9 @@ impl Gateway {
         let redactor = Redactor::new(models.key_values());
         Ok(Self {
             inner: Arc::new(Inner {
-                router: Router::new(limiter, RetryPolicy::default()),
+                router: Router::new(limiter.clone(), RetryPolicy::default()),
+                limiter,
+                metrics: Arc::new(Metrics::new()),
                 routes,
                 models,
                 store,
@@ -283,6 +290,17 @@ impl Gateway {
     /// Masks every configured key and key-shaped string in `text`.
     pub fn redactor(&self) -> &Redactor {
         &self.inner.redactor
+    }
+
+    /// The shared model-request limiter (`API_RATE_LIMIT_RPM`) now.
+    pub fn rate_limit(&self) -> LimiterSnapshot {
+        self.inner.limiter.snapshot()
+    }
+
+    /// The metrics this gateway counts its calls in; the engine built on
+    /// it renders them.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// What to say when a provider some role uses needs a key it lacks (the
@@ -464,6 +482,17 @@ impl Gateway {
             ),
         };
         let cost_usd = inner.models.cost(model, input, output);
+        inner.metrics.model_call(&ModelCall {
+            role: caller.role.as_str(),
+            provider,
+            model,
+            outcome: &outcome,
+            input_tokens: input,
+            output_tokens: output,
+            cost_usd,
+            retries,
+            waited,
+        });
         if let Some(a) = account {
             if let Ok(mut s) = a.spent.lock() {
                 s.tokens += input + output;
@@ -503,6 +532,70 @@ mod tests {
         let config = Config::resolve(Some((file, path)), &|_| None, &Default::default()).unwrap();
         let store = Arc::new(swarm_store::SqliteStore::in_memory().unwrap());
         Gateway::from_config(&config, store, Tape::Live).unwrap()
+    }
+
+    #[test]
+    fn a_recorded_call_is_counted_in_the_metrics_too() {
+        let gw = gateway(
+            "[providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [models.worker]\nprovider = \"local\"\nmodel = \"m\"\n\
+             [prices.m]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",
+        );
+        let project = ProjectId::new("p");
+        let task = TaskId::new("t");
+        let caller = Caller {
+            project: &project,
+            task: Some(&task),
+            attempt: Some(1),
+            role: ModelRole::Worker,
+            turn: 1,
+        };
+        let served = Served {
+            reply: swarm_llm::Reply {
+                message: ChatMessage::assistant("hi"),
+                usage: swarm_protocol::chat::Usage {
+                    prompt_tokens: 1000,
+                    completion_tokens: 500,
+                    total_tokens: 1500,
+                },
+            },
+            provider: "local".into(),
+            model: "m".into(),
+            retries: 1,
+            waited: Duration::from_millis(250),
+            latency: Duration::from_millis(40),
+        };
+        gw.account_for(&caller, &Ok(served), None);
+        let failed = Failed {
+            error: swarm_llm::Error::Timeout {
+                provider: "local".into(),
+                after: Duration::from_secs(1),
+            },
+            provider: "local".into(),
+            model: "m".into(),
+            retries: 3,
+            waited: Duration::ZERO,
+            latency: Duration::from_secs(1),
+        };
+        gw.account_for(&caller, &Err(failed), None);
+        let t = gw.metrics().render(crate::MetricsFormat::Prometheus).body;
+        let who = r#"role="worker",provider="local",model="m""#;
+        for line in [
+            format!(r#"agentswarm_model_calls_total{{{who},outcome="ok"}} 1"#),
+            format!(r#"agentswarm_model_calls_total{{{who},outcome="timeout"}} 1"#),
+            format!(r#"agentswarm_model_tokens_total{{{who},direction="input"}} 1000"#),
+            format!(r#"agentswarm_model_tokens_total{{{who},direction="output"}} 500"#),
+            format!("agentswarm_model_cost_usd_total{{{who}}} 0.002"),
+            r#"agentswarm_model_retries_total{provider="local",model="m"} 4"#.to_owned(),
+            "agentswarm_rate_limit_wait_seconds_total 0.25".to_owned(),
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} missing in:\n{t}");
+        }
+        // The store holds the same call.
+        let usage = gw.inner.store.usage(&project).unwrap();
+        assert_eq!(usage[0].calls, 2);
+        assert_eq!(usage[0].input_tokens, 1000);
+        assert_eq!(gw.rate_limit().limit, 20);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 mod driver;
 pub mod gate;
 mod gateway;
+pub mod metrics;
+pub mod operator;
 pub mod packager;
 pub mod plan;
 mod planner;
@@ -14,7 +16,9 @@ mod run;
 pub mod serve;
 mod verify;
 
+pub use gate::GateStatus;
 pub use gateway::{Gateway, Tape};
+pub use metrics::{LiveWorker, Metrics, MetricsFormat, MetricsText, RateLimitStatus, SwarmStatus};
 pub use prompts::CommandResult;
 
 use std::ffi::OsString;
@@ -40,6 +44,10 @@ pub enum Error {
     InvalidPlan(Vec<String>),
     #[error("project {0} was cancelled; it cannot be resumed")]
     Cancelled(ProjectId),
+    #[error("invalid options:\n  - {}", .0.join("\n  - "))]
+    InvalidOptions(Vec<String>),
+    #[error("project {0} is {1}: {hint}", hint = resume_hint(*.1))]
+    NotResumable(ProjectId, ProjectState),
     #[error(
         "project {0} is being run by another agentswarm process (the `serve` daemon or another \
          `run`/`resume`); `agentswarm status {0}` shows its progress, `agentswarm cancel {0}` stops it"
@@ -50,6 +58,21 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn resume_hint(state: ProjectState) -> &'static str {
+    match state {
+        ProjectState::Done => "nothing to resume; its delivery is written",
+        ProjectState::Cancelled => "a cancelled project cannot be resumed; submit the goal again",
+        ProjectState::Queued
+        | ProjectState::Planning
+        | ProjectState::Running
+        | ProjectState::Verifying => "it is queued or running already; the daemon carries it on",
+        ProjectState::Failed
+        | ProjectState::Interrupted
+        | ProjectState::BudgetExhausted
+        | ProjectState::Paused => "it can be resumed",
+    }
+}
 
 /// How the engine starts workers.
 #[derive(Debug, Clone)]
@@ -128,6 +151,10 @@ pub struct Engine {
     progress: broadcast::Sender<Progress>,
     limiter: Arc<swarm_exec::MemoryLimiter>,
     gate: Arc<gate::Gate>,
+    /// Shared with the gateway, which counts the model calls in it.
+    metrics: Arc<Metrics>,
+    /// The workers and verify runs running now.
+    live: Arc<metrics::LiveTable>,
 }
 
 impl Engine {
@@ -150,6 +177,7 @@ impl Engine {
             "memory limit"
         );
         let gate = Arc::new(gate::Gate::from_config(&config));
+        let metrics = gateway.metrics().clone();
         Self {
             config,
             store,
@@ -159,6 +187,8 @@ impl Engine {
             progress,
             limiter,
             gate,
+            metrics,
+            live: Arc::default(),
         }
     }
 
@@ -195,6 +225,100 @@ impl Engine {
     /// Why no new worker may start now, if so.
     pub fn gate_closed(&self) -> Option<String> {
         self.gate.check().err()
+    }
+
+    /// The workers (and verify runs) of every project running now, sorted
+    /// by project, then start time.
+    pub fn live_workers(&self) -> Vec<LiveWorker> {
+        self.live.snapshot()
+    }
+
+    /// A snapshot of the swarm: slots, ready tasks, the resource gate and
+    /// the rate limiter. Reads the store (every unfinished project's tasks)
+    /// and `/proc`: a few milliseconds at most, blocking.
+    pub fn swarm_status(&self) -> SwarmStatus {
+        let (ready_tasks, _) = self.store_counts();
+        self.status_with(ready_tasks)
+    }
+
+    fn status_with(&self, ready_tasks: u32) -> SwarmStatus {
+        let limiter = self.gateway.rate_limit();
+        SwarmStatus {
+            workers_running: u32::try_from(self.live.len()).unwrap_or(u32::MAX),
+            workers_cap: self.config.max_concurrent_workers,
+            ready_tasks,
+            gate: self.gate.status(),
+            rate_limit: RateLimitStatus {
+                rpm: limiter.limit,
+                started_in_window: limiter.started_in_window,
+                waiting: limiter.waiting,
+                wait_seconds_total: self.metrics.rate_limit_wait_seconds(),
+            },
+        }
+    }
+
+    /// Ready tasks over every unfinished project, and projects per state
+    /// (every state, 0 where none is in it). A store error is logged and
+    /// counts nothing.
+    fn store_counts(&self) -> (u32, Vec<(ProjectState, u32)>) {
+        let mut per_state: Vec<(ProjectState, u32)> =
+            ProjectState::ALL.iter().map(|s| (*s, 0)).collect();
+        let projects = match self.store.list_projects() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "status: cannot list the projects");
+                return (0, per_state);
+            }
+        };
+        let mut ready = 0u32;
+        for p in &projects {
+            if let Some(n) = per_state.iter_mut().find(|(s, _)| *s == p.state) {
+                n.1 += 1;
+            }
+            if p.state.is_terminal() || p.plan.is_none() {
+                continue;
+            }
+            match self.store.tasks(&p.id) {
+                Ok(tasks) => {
+                    let n = tasks
+                        .iter()
+                        .filter(|t| t.state == swarm_protocol::TaskState::Ready)
+                        .count();
+                    ready = ready.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+                Err(e) => {
+                    tracing::warn!(project = %p.id, error = %e, "status: cannot read the tasks");
+                }
+            }
+        }
+        (ready, per_state)
+    }
+
+    /// The metrics in the Prometheus text format (version 0.0.4), with the
+    /// gauges read afresh; see [`Engine::metrics_text_as`].
+    pub fn metrics_text(&self) -> MetricsText {
+        self.metrics_text_as(MetricsFormat::Prometheus)
+    }
+
+    /// The metrics in `format` (pick it with [`MetricsFormat::negotiate`]
+    /// from the request's `Accept` header), gauges refreshed from
+    /// [`Engine::swarm_status`] and the store. Families:
+    /// `agentswarm_workers_running`, `agentswarm_workers_max`,
+    /// `agentswarm_ready_tasks`, `agentswarm_gate_open`,
+    /// `agentswarm_gate_free_memory_mb`, `agentswarm_gate_load_average`,
+    /// `agentswarm_model_calls_total{role,provider,model,outcome}`,
+    /// `agentswarm_model_tokens_total{role,provider,model,direction}`,
+    /// `agentswarm_model_cost_usd_total{role,provider,model}`,
+    /// `agentswarm_model_retries_total{provider,model}`,
+    /// `agentswarm_rate_limit_wait_seconds_total`,
+    /// `agentswarm_rate_limit_waiting`, `agentswarm_rate_limit_rpm`,
+    /// `agentswarm_attempt_duration_seconds{kind,outcome}` and
+    /// `agentswarm_task_duration_seconds{kind}` (histograms),
+    /// `agentswarm_projects{state}`, `agentswarm_tasks_finished_total{state}`.
+    pub fn metrics_text_as(&self, format: MetricsFormat) -> MetricsText {
+        let (ready, projects) = self.store_counts();
+        self.metrics.refresh(&self.status_with(ready), &projects);
+        self.metrics.render(format)
     }
 
     pub fn config(&self) -> &Config {
@@ -372,7 +496,18 @@ pub fn create_project(
     goal: &str,
     plan: Option<Plan>,
 ) -> Result<ProjectLock> {
-    let limits = config.run.clone();
+    create_project_with(config, store, goal, plan, config.run.clone())
+}
+
+/// [`create_project`] with run limits other than the configured ones (a
+/// project submitted through the API with its own budget).
+pub fn create_project_with(
+    config: &Config,
+    store: &dyn Store,
+    goal: &str,
+    plan: Option<Plan>,
+    limits: RunLimits,
+) -> Result<ProjectLock> {
     if let Some(p) = &plan {
         let problems = plan::validate_plan(p, limits.max_tasks);
         if !problems.is_empty() {

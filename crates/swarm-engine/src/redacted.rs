@@ -136,6 +136,12 @@ impl Store for RedactedStore {
     fn events(&self, id: &ProjectId, after: i64, limit: usize) -> Result<Vec<EventRecord>> {
         self.inner.events(id, after, limit)
     }
+    fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64> {
+        self.inner.last_event_id(project)
+    }
+    fn all_events(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>> {
+        self.inner.all_events(after, limit)
+    }
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()> {
         self.inner.record_model_call(call)
     }

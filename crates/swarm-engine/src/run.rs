@@ -124,7 +124,9 @@ async fn run_inner(
     match project.state {
         ProjectState::Cancelled => return Err(Error::Cancelled(id.clone())),
         ProjectState::Done => return report(engine, id, None),
-        ProjectState::Failed => reopen_failed(engine, id)?,
+        ProjectState::Failed => {
+            reopen_failed(engine, id)?;
+        }
         ProjectState::Queued
         | ProjectState::Planning
         | ProjectState::Running
@@ -276,6 +278,7 @@ async fn run_inner(
         last_verify: None,
         turns: Default::default(),
         worktrees: Default::default(),
+        attempt_started: Default::default(),
         cancel,
     };
     run.reload()?;
@@ -320,7 +323,9 @@ async fn run_inner(
 
 /// A failed project can be resumed: its failed tasks get fresh attempts and
 /// the tasks they blocked wait again.
-fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<()> {
+/// Failed and blocked tasks get fresh attempts and the project becomes
+/// `interrupted`; `false` if it was no longer `failed`.
+pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
     let store = &engine.store;
     for t in store.tasks(id)? {
         let update = match t.state {
@@ -345,8 +350,7 @@ fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<()> {
         };
         store.update_task(id, &t.id, &update)?;
     }
-    store.set_project_state(id, &[ProjectState::Failed], ProjectState::Interrupted, None)?;
-    Ok(())
+    Ok(store.set_project_state(id, &[ProjectState::Failed], ProjectState::Interrupted, None)?)
 }
 
 fn set_project(
@@ -451,12 +455,59 @@ struct Run<'e> {
     worktrees: std::collections::HashMap<(TaskId, u32), PathBuf>,
     /// Model turns of attempts that finished and wait for their merge.
     turns: std::collections::HashMap<(TaskId, u32), u32>,
+    /// When each attempt started by this run started, until it ends (for
+    /// `agentswarm_attempt_duration_seconds`).
+    attempt_started: std::collections::HashMap<(TaskId, u32), std::time::Instant>,
     cancel: CancellationToken,
 }
 
 impl Run<'_> {
     fn store(&self) -> &dyn swarm_store::Store {
         self.engine.store.as_ref()
+    }
+
+    /// Records how an attempt ended; one started by this run is also
+    /// observed in `agentswarm_attempt_duration_seconds`.
+    fn finish_attempt(
+        &mut self,
+        task: &TaskId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        reason: Option<&str>,
+        turns: u32,
+        commit: Option<&str>,
+    ) -> Result<()> {
+        self.store()
+            .finish_attempt(&self.id, task, attempt, outcome, reason, turns, commit)?;
+        if let Some(started) = self.attempt_started.remove(&(task.clone(), attempt)) {
+            let kind = self.tasks.get(task).map(|t| t.kind).unwrap_or_default();
+            self.engine
+                .metrics
+                .attempt_ended(kind, outcome, started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// `task` reached `done` through an attempt of this run: observes its
+    /// time from its first attempt's start (in the store, so attempts of
+    /// earlier runs count) in `agentswarm_task_duration_seconds`.
+    fn observe_task_done(&self, task: &TaskId) {
+        let Some(kind) = self.tasks.get(task).map(|t| t.kind) else {
+            return;
+        };
+        let first = match self.store().attempts(&self.id, task) {
+            Ok(attempts) => attempts.iter().map(|a| a.started_ms).min(),
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "cannot read the task's attempts");
+                None
+            }
+        };
+        if let Some(first) = first {
+            let ms = u64::try_from(now_ms().saturating_sub(first)).unwrap_or(0);
+            self.engine
+                .metrics
+                .task_done(kind, Duration::from_millis(ms));
+        }
     }
 
     fn reload(&mut self) -> Result<()> {
@@ -482,6 +533,9 @@ impl Run<'_> {
             return Ok(false);
         }
         let before = self.tasks.get(task).map(|t| t.state);
+        if let Some(to) = update.to {
+            self.engine.metrics.task_finished(to);
+        }
         if let Some(t) = self.store().task(&self.id, task)? {
             if let (Some(to), Some(from)) = (update.to, before) {
                 let mut msg = format!(
@@ -552,8 +606,7 @@ impl Run<'_> {
                 .iter()
                 .find(|c| c.task == t.id.as_str() && c.attempt == t.attempt);
             if let Some(c) = merged {
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &t.id,
                     t.attempt,
                     AttemptOutcome::Merged,
@@ -573,8 +626,7 @@ impl Run<'_> {
                 )?;
             } else {
                 let reason = "interrupted: the supervisor stopped during this attempt";
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &t.id,
                     t.attempt,
                     AttemptOutcome::Interrupted,
@@ -723,8 +775,11 @@ impl Run<'_> {
             }
             self.store()
                 .start_attempt(&self.id, &id, attempt, started)?;
+            self.attempt_started
+                .insert((id.clone(), attempt), std::time::Instant::now());
+            let live = self.engine.live.enter(&self.id, &id, attempt);
             match t.kind {
-                TaskKind::Verify => self.start_verify(&t, attempt, permit),
+                TaskKind::Verify => self.start_verify(&t, attempt, permit, live),
                 TaskKind::Code => {
                     let start = WorkerStart {
                         project_id: self.id.clone(),
@@ -753,6 +808,7 @@ impl Run<'_> {
                                 task: id.clone(),
                                 attempt,
                                 start,
+                                live,
                             },
                             cancel,
                         )
@@ -798,6 +854,7 @@ impl Run<'_> {
         t: &TaskRecord,
         attempt: u32,
         permit: tokio::sync::OwnedSemaphorePermit,
+        live: crate::metrics::LiveEntry,
     ) {
         let repo = self.repo.clone();
         let checkout = self.ctx.worktrees_dir.join(format!("{}-{attempt}", t.id));
@@ -840,6 +897,7 @@ impl Run<'_> {
             if let Some(e) = enclosure {
                 e.release();
             }
+            drop(live);
             let _ = tx.send(Msg::Verified { attempt, result });
         });
     }
@@ -924,8 +982,7 @@ impl Run<'_> {
             }
             if let Some(v) = self.verify_task() {
                 let reason = "interrupted: the supervisor is shutting down";
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &v,
                     attempt,
                     AttemptOutcome::Interrupted,
@@ -991,6 +1048,7 @@ impl Run<'_> {
                     }
                 } else {
                     // A result for an attempt that is no longer current.
+                    self.attempt_started.remove(&(task.clone(), attempt));
                     self.release_worktree(&task, attempt, false);
                 }
             }
@@ -999,15 +1057,7 @@ impl Run<'_> {
                 reason,
                 turns,
             } => {
-                self.store().finish_attempt(
-                    &self.id,
-                    &task,
-                    attempt,
-                    outcome,
-                    Some(&reason),
-                    turns,
-                    None,
-                )?;
+                self.finish_attempt(&task, attempt, outcome, Some(&reason), turns, None)?;
                 let counted = outcome != AttemptOutcome::Interrupted;
                 self.retry_or_fail(
                     &task,
@@ -1076,8 +1126,7 @@ impl Run<'_> {
                 commit: merge_commit,
             }) => {
                 let task_commit = self.tasks.get(&task).and_then(|t| t.commit.clone());
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &task,
                     attempt,
                     AttemptOutcome::Merged,
@@ -1085,7 +1134,7 @@ impl Run<'_> {
                     turns,
                     task_commit.as_deref(),
                 )?;
-                self.set(
+                if self.set(
                     &task,
                     TaskUpdate {
                         from: vec![TaskState::Merging],
@@ -1096,7 +1145,9 @@ impl Run<'_> {
                         finished_ms: Some(now_ms()),
                         ..Default::default()
                     },
-                )?;
+                )? {
+                    self.observe_task_done(&task);
+                }
                 self.archive_task(&task, attempt);
             }
             Ok(MergeOutcome::Conflict { paths }) => {
@@ -1104,8 +1155,7 @@ impl Run<'_> {
                     "merge conflict in {}; re-running on the new main",
                     paths.join(", ")
                 );
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &task,
                     attempt,
                     AttemptOutcome::Conflict,
@@ -1118,8 +1168,7 @@ impl Run<'_> {
             }
             Err(e) => {
                 let reason = format!("merge failed: {e}");
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &task,
                     attempt,
                     AttemptOutcome::Failed,
@@ -1189,8 +1238,7 @@ impl Run<'_> {
         let results = match result {
             Ok(r) => r,
             Err(reason) => {
-                self.store().finish_attempt(
-                    &self.id,
+                self.finish_attempt(
                     &verify_id,
                     attempt,
                     AttemptOutcome::Failed,
@@ -1234,17 +1282,9 @@ impl Run<'_> {
         }
         self.last_verify = Some(results.clone());
         if passed {
-            self.store().finish_attempt(
-                &self.id,
-                &verify_id,
-                attempt,
-                AttemptOutcome::Merged,
-                None,
-                0,
-                None,
-            )?;
+            self.finish_attempt(&verify_id, attempt, AttemptOutcome::Merged, None, 0, None)?;
             let head = self.repo.head().ok();
-            self.set(
+            if self.set(
                 &verify_id,
                 TaskUpdate {
                     from: vec![TaskState::Running],
@@ -1255,7 +1295,9 @@ impl Run<'_> {
                     finished_ms: Some(now_ms()),
                     ..Default::default()
                 },
-            )?;
+            )? {
+                self.observe_task_done(&verify_id);
+            }
             return Ok(());
         }
         let failed: Vec<&CommandResult> = results.iter().filter(|r| !r.passed).collect();
@@ -1267,8 +1309,7 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.store().finish_attempt(
-            &self.id,
+        self.finish_attempt(
             &verify_id,
             attempt,
             AttemptOutcome::Failed,

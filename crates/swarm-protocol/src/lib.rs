@@ -1,8 +1,10 @@
 //! Serde types only: ids, the plan document, task and project states, the
-//! worker ⇄ supervisor messages and the OpenAI-compatible chat wire format.
+//! worker ⇄ supervisor messages, the HTTP API's payloads and the
+//! OpenAI-compatible chat wire format.
 //!
 //! This crate depends on nothing of ours; every other crate may depend on it.
 
+pub mod api;
 pub mod chat;
 pub mod ids;
 pub mod plan;

@@ -308,6 +308,12 @@ pub trait Store: Send + Sync {
     /// Events with `id > after`, oldest first, at most `limit`.
     fn events(&self, id: &ProjectId, after: i64, limit: usize) -> Result<Vec<EventRecord>>;
 
+    /// The newest event's id: of `project`, or of the whole store (0: none).
+    fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64>;
+    /// Every project's events with `id > after`, oldest first, at most
+    /// `limit` (event ids are unique over the store).
+    fn all_events(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>>;
+
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()>;
     fn usage(&self, id: &ProjectId) -> Result<Vec<UsageTotals>>;
     fn spent(&self, id: &ProjectId) -> Result<Spent>;

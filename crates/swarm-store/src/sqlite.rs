@@ -782,6 +782,36 @@ impl Store for SqliteStore {
         })
     }
 
+    fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64> {
+        self.read(|c| {
+            let id: Option<i64> = match project {
+                Some(p) => c.query_row(
+                    "SELECT MAX(id) FROM events WHERE project_id = ?1",
+                    params![p.as_str()],
+                    |r| r.get(0),
+                )?,
+                None => c.query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))?,
+            };
+            Ok(id.unwrap_or(0))
+        })
+    }
+
+    fn all_events(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, project_id, task_id, ts_ms, kind, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?))
+            })?;
+            rows.map(|r| {
+                let (eid, project, task, ts_ms, kind, data) = r?;
+                Ok(EventRecord { id: eid, project_id: ProjectId::new(project), task_id: task.map(TaskId::new), ts_ms, kind, data: from_json(&data, "event data")? })
+            })
+            .collect()
+        })
+    }
+
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()> {
         self.write(|tx| {
             tx.execute(
@@ -943,6 +973,40 @@ mod tests {
             .collect();
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].data["to"], "running");
+    }
+
+    #[test]
+    fn all_events_interleave_projects_in_id_order() {
+        let s = SqliteStore::in_memory().unwrap();
+        let p1 = setup(&s);
+        let p2 = ProjectId::new("p2");
+        s.create_project(&NewProject {
+            id: p2.clone(),
+            goal: "g2".into(),
+            options: serde_json::json!({}),
+        })
+        .unwrap();
+        let a = s
+            .append_event(&p1, None, "info", &serde_json::json!({"n": 1}))
+            .unwrap();
+        let b = s
+            .append_event(&p2, None, "info", &serde_json::json!({"n": 2}))
+            .unwrap();
+        let all = s.all_events(0, 1000).unwrap();
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        let tail: Vec<_> = all
+            .iter()
+            .filter(|e| e.id >= a)
+            .map(|e| (e.project_id.as_str(), e.id))
+            .collect();
+        assert_eq!(tail, [(p1.as_str(), a), ("p2", b)]);
+        let after_a = s.all_events(a, 10).unwrap();
+        assert_eq!(after_a.len(), 1);
+        assert_eq!(after_a[0].data["n"], 2);
+        assert_eq!(s.all_events(0, 1).unwrap().len(), 1, "the limit holds");
+        assert_eq!(s.last_event_id(None).unwrap(), b);
+        assert_eq!(s.last_event_id(Some(&p1)).unwrap(), a);
+        assert_eq!(s.last_event_id(Some(&ProjectId::new("none"))).unwrap(), 0);
     }
 
     #[test]
