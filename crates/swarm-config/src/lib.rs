@@ -103,6 +103,10 @@ pub struct FileConfig {
     pub api_rate_limit_rpm: Option<u32>,
     /// `KEY=value` lines holding API keys; must be mode 600.
     pub secrets_file: Option<PathBuf>,
+    /// Where `agentswarm serve` answers HTTP (API, dashboard, metrics):
+    /// `ADDRESS:PORT`, default `127.0.0.1:7700`. Any address but loopback
+    /// needs `AGENTSWARM_API_TOKEN`.
+    pub bind: Option<String>,
     /// `[providers.NAME]`: the model endpoints.
     pub providers: Option<BTreeMap<String, FileProvider>>,
     /// `[models.planner]`, `[models.worker]`, `[models.fixer]`.
@@ -247,6 +251,11 @@ pub struct Config {
     /// (`AGENTSWARM_RATE_WINDOW_MS`).
     pub rate_window_ms: u64,
     pub secrets_file: Option<PathBuf>,
+    /// The HTTP API's address (`serve`).
+    pub bind: std::net::SocketAddr,
+    /// `AGENTSWARM_API_TOKEN` from the environment or the secrets file: the
+    /// bearer token the API asks for.
+    pub api_token: Option<secrecy::SecretString>,
     pub sandbox: SandboxSettings,
     /// `Err` keeps why no model is configured until a command needs one.
     models: std::result::Result<Models, ModelMissing>,
@@ -764,6 +773,28 @@ impl Config {
             Some(path) => Secrets::load(path)?,
             None => Secrets::default(),
         };
+        let bind: std::net::SocketAddr = r.pick(
+            "bind",
+            None, // `serve --bind` is applied by the daemon
+            Some("AGENTSWARM_BIND"),
+            match &file.bind {
+                Some(raw) => Some(raw.trim().parse().map_err(|_| Error::Invalid {
+                    name: "bind",
+                    expected: "ADDRESS:PORT, such as 127.0.0.1:7700",
+                    value: raw.clone(),
+                    origin: r.file_source(),
+                })?),
+                None => None,
+            },
+            std::net::SocketAddr::from(([127, 0, 0, 1], 7700)),
+            "ADDRESS:PORT, such as 127.0.0.1:7700",
+        )?;
+        let api_token = r
+            .key("AGENTSWARM_API_TOKEN", &secrets, secrets_file.as_deref())
+            .map(|(token, source)| {
+                r.sources.insert("api_token", source);
+                token
+            });
         let sandbox = r.sandbox(&file)?;
         let models = r.models(ModelInputs {
             providers: file.providers.as_ref(),
@@ -790,6 +821,8 @@ impl Config {
             api_rate_limit_rpm,
             rate_window_ms,
             secrets_file,
+            bind,
+            api_token,
             sandbox,
             models,
             sources: r.sources,
@@ -804,6 +837,15 @@ impl Config {
             Err(ModelMissing::Nothing) => Err(Error::NoModel),
             Err(ModelMissing::Name) => Err(Error::NoModelName),
         }
+    }
+
+    /// Every secret value this config holds (model keys, the API token): what
+    /// the redactor masks.
+    pub fn secret_values(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut v = self.models().map(|m| m.key_values()).unwrap_or_default();
+        v.extend(self.api_token.iter().map(|t| t.expose_secret().to_owned()));
+        v
     }
 
     /// Replace the models (used by `agentswarm demo`, which starts its own server).
@@ -1163,6 +1205,34 @@ output_per_mtok = 75.0
             err.contains("A_KEY") && err.contains("secrets file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_api_address_and_token() {
+        let c = resolve_file("", &[]).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:7700");
+        assert!(c.api_token.is_none());
+        let c = resolve_file("bind = \"0.0.0.0:8080\"\n", &[]).unwrap();
+        assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
+        let c = resolve_file(
+            "bind = \"0.0.0.0:8080\"\n",
+            &[
+                ("AGENTSWARM_BIND", "127.0.0.1:9000"),
+                ("AGENTSWARM_API_TOKEN", "tok-not-real"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.sources["bind"], Source::Env("AGENTSWARM_BIND"));
+        assert!(c.secret_values().contains(&"tok-not-real".to_owned()));
+        assert!(
+            !format!("{c:?}").contains("tok-not-real"),
+            "Debug never prints the token"
+        );
+        let err = resolve_file("bind = \"localhost\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ADDRESS:PORT"), "{err}");
     }
 
     #[test]

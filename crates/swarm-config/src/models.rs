@@ -265,7 +265,7 @@ pub(crate) struct ModelInputs<'a> {
 
 impl Resolver<'_> {
     /// A key by variable name: the environment first, then the secrets file.
-    fn key(
+    pub(crate) fn key(
         &self,
         name: &str,
         secrets: &Secrets,
