@@ -45,6 +45,11 @@ pub enum Command {
     /// The daemon: run every queued or unfinished project of the store,
     /// sharing one worker pool; speaks the systemd notify protocol.
     Serve {
+        /// Where the HTTP API, dashboard and metrics answer (default
+        /// 127.0.0.1:7700; over AGENTSWARM_BIND and `bind` in the config).
+        /// Any address but loopback needs AGENTSWARM_API_TOKEN.
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        bind: Option<std::net::SocketAddr>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -66,6 +71,19 @@ pub enum Command {
     Status {
         project: Option<String>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a project's event log, one line per event (state changes, tool
+    /// calls, plan, verify…); `--follow` keeps printing until its run ends.
+    Logs {
+        project: String,
+        /// Only this task's events.
+        task: Option<String>,
+        /// Keep printing new events until the project's run ends (Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object a line: the raw events.
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +174,9 @@ pub struct OutputArgs {
     /// Also print every tool call of every worker.
     #[arg(long)]
     pub show_tools: bool,
+    /// Plain progress lines even in a terminal (no live bars).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -5,7 +5,6 @@ use crate::output;
 use anyhow::{bail, Context, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 use swarm_config::{Config, FileConfig, Overrides};
 use swarm_engine::{Engine, EngineSettings, Gateway, ProjectLock, RunReport, Tape};
 use swarm_protocol::{Plan, ProjectId, ProjectState};
@@ -33,16 +32,22 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ref limits,
             ref tape,
         } => resume(&cli, project, out, limits, tape).await,
-        Command::Status { ref project, json } => status(&cli, project.as_deref(), json),
+        Command::Status { ref project, json } => status(&cli, project.as_deref(), json).await,
+        Command::Logs {
+            ref project,
+            ref task,
+            follow,
+            json,
+        } => crate::logs::logs(&cli, project, task.as_deref(), follow, json).await,
         Command::Demo {
             ref out,
             ref limits,
             ref tape,
         } => demo(&cli, out, limits, tape).await,
         Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
-        Command::Serve { ref limits } => crate::daemon::serve(&cli, limits).await,
-        Command::Submit(ref args) => crate::daemon::submit(&cli, args),
-        Command::Cancel { ref project } => crate::daemon::cancel(&cli, project),
+        Command::Serve { bind, ref limits } => crate::daemon::serve(&cli, limits, bind).await,
+        Command::Submit(ref args) => crate::daemon::submit(&cli, args).await,
+        Command::Cancel { ref project } => crate::daemon::cancel(&cli, project).await,
         Command::Doctor { json } => crate::doctor::doctor(&cli, json),
         Command::Service(ServiceCommand::Install {
             ref output,
@@ -84,10 +89,8 @@ pub fn load_config(
         allow_network: limits.allow_network.then_some(true),
     };
     let config = Config::resolve(file, &env_lookup, &flags)?;
-    // From here on, every log line masks the configured keys.
-    if let Ok(models) = config.models() {
-        swarm_llm::redact::install_global(swarm_llm::redact::Redactor::new(models.key_values()));
-    }
+    // From here on, every log line masks the configured keys and the API token.
+    swarm_llm::redact::install_global(swarm_llm::redact::Redactor::new(config.secret_values()));
     Ok(config)
 }
 
@@ -161,11 +164,11 @@ pub fn become_supervisor() {
 async fn drive(engine: &Engine, project: &ProjectLock, out: &OutputArgs) -> Result<ExitCode> {
     become_supervisor();
     let cancel = CancellationToken::new();
-    let printer = output::spawn_progress(engine.subscribe(), out.show_tools);
+    let mut printer = output::Printer::start(engine, project.id(), out);
     let signals = spawn_signal_handler(cancel.clone());
     let sweeping = CancellationToken::new();
     let sweeper = Engine::spawn_orphan_sweeper(sweeping.clone());
-    let report = engine.run(project, cancel).await;
+    let report = printer.watch(engine, engine.run(project, cancel)).await;
     sweeping.cancel();
     let _ = sweeper.await;
     signals.abort();
@@ -173,9 +176,7 @@ async fn drive(engine: &Engine, project: &ProjectLock, out: &OutputArgs) -> Resu
     if orphans > 0 {
         tracing::info!(orphans, "killed and reaped processes left by workers");
     }
-    // Let the printer drain what is queued.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    printer.abort();
+    printer.finish().await;
     let report = report?;
     output::print_report(&report, out.json);
     Ok(exit_code(&report))
@@ -211,6 +212,8 @@ pub fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandl
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
+        // The live view's bars go first, so that they do not draw over this.
+        crate::live::release_terminal();
         eprintln!("agentswarm: stopping — no new workers; running ones get SIGTERM, then SIGKILL after the grace; state is saved. Press Ctrl-C again to exit at once.");
         cancel.cancel();
         int.recv().await;
@@ -270,6 +273,9 @@ async fn resume(
     let store = open_store(&config)?;
     let id = ProjectId::new(project);
     let p = store.project(&id)?;
+    if p.state == ProjectState::Cancelled {
+        return Err(swarm_engine::Error::Cancelled(id).into());
+    }
     if p.state == ProjectState::Done {
         println!(
             "project {id} is already done; delivery: {}",
@@ -283,8 +289,20 @@ async fn resume(
     drive(&engine, &lock, out).await
 }
 
-fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
+/// Through the daemon's API when it is up, else from the store; the same
+/// view either way.
+async fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    if let Some(client) = crate::client::Client::discover(&config).await? {
+        match project {
+            Some(id) => {
+                let d = client.get(&crate::client::project_path(id)?).await?;
+                output::print_project_status(&d, json);
+            }
+            None => output::print_projects(&client.get("/api/v1/projects").await?, json),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = config.store_path();
     if !path.exists() {
         if json {
@@ -299,8 +317,11 @@ fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode> {
     }
     let store = open_store(&config)?;
     match project {
-        Some(id) => output::print_project_status(store.as_ref(), &ProjectId::new(id), json)?,
-        None => output::print_projects(store.as_ref(), json)?,
+        Some(id) => {
+            let d = swarm_server::views::project_detail(store.as_ref(), &ProjectId::new(id), &[])?;
+            output::print_project_status(&d, json);
+        }
+        None => output::print_projects(&swarm_server::views::project_list(store.as_ref())?, json),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,11 @@
-//! `serve`, `submit` and `cancel`: the daemon and the commands that talk to
-//! it through the store.
+//! `serve`, `submit` and `cancel`: the daemon (with its HTTP API) and the
+//! commands that talk to it, through its API when it is up, else through
+//! the store.
 
 use crate::cli::{Cli, LimitArgs, RunArgs};
+use crate::client::{ApiFailure, Client};
 use crate::commands::{build_engine, goal_and_plan, load_config, open_store};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use sd_notify::NotifyState;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,11 +17,36 @@ use tokio_util::sync::CancellationToken;
 /// `agentswarm serve`. Notifies systemd: `READY=1` after recovery,
 /// `STATUS=` as it changes, `WATCHDOG=1` when `WatchdogSec` is set,
 /// `STOPPING=1` at shutdown. Exits 0 after a clean stop.
-pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
+pub async fn serve(
+    cli: &Cli,
+    limits: &LimitArgs,
+    bind: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
     crate::commands::become_supervisor();
-    let config = load_config(cli, limits, None, None)?;
+    let mut config = load_config(cli, limits, None, None)?;
+    if let Some(b) = bind {
+        config.bind = b;
+        config
+            .sources
+            .insert("bind", swarm_config::Source::Flag("--bind"));
+    }
+    let token = config.api_token.clone();
+    if let Err(why) = swarm_server::check_bind(config.bind, token.as_ref()) {
+        bail!("{why}");
+    }
+    // Listen before recovery: /healthz answers `recovering` until it is done.
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another `agentswarm serve` running? choose another address with --bind or AGENTSWARM_BIND)",
+                config.bind
+            )
+        })?;
+    let address = listener.local_addr()?;
     let store = open_store(&config)?;
     let grace = config.shutdown_grace_secs;
+    let data_dir = config.data_dir.clone();
     let engine = Arc::new(build_engine(
         config,
         store,
@@ -46,6 +73,26 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
         }
     });
     let cancel = CancellationToken::new();
+    let phase = swarm_server::Phase::default();
+    let http_stop = CancellationToken::new();
+    let app = swarm_server::router(swarm_server::AppState::new(
+        engine.clone(),
+        phase.clone(),
+        token.clone(),
+        http_stop.clone(),
+    ));
+    let http = tokio::spawn(swarm_server::serve(
+        listener,
+        app,
+        http_stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let endpoint = crate::client::Endpoint::advertise(&data_dir, address)?;
+    tracing::info!(
+        address = %address,
+        token = if token.is_some() { "required" } else { "none (loopback only)" },
+        "HTTP API and dashboard: http://{address}/"
+    );
     let signals = crate::commands::spawn_signal_handler(cancel.clone());
     let sweeper = swarm_engine::Engine::spawn_orphan_sweeper(cancel.clone());
     let watchdog = sd_notify::watchdog_enabled();
@@ -53,6 +100,7 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     let sent = std::sync::Mutex::new((Instant::now(), String::new()));
     let result = swarm_engine::serve::serve(engine.clone(), cancel.clone(), |event| match event {
         ServeEvent::Ready { recovered } => {
+            phase.set_ready();
             tracing::info!(recovered, "recovery done; ready");
             let _ = sd_notify::notify(&[NotifyState::Ready]);
         }
@@ -74,6 +122,7 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
             tracing::info!(project = %project, outcome = %outcome, "project ended")
         }
         ServeEvent::Stopping => {
+            phase.set_stopping();
             tracing::info!(
                 grace_seconds = grace,
                 "shutdown: no new workers; SIGTERM to every worker's process tree, SIGKILL after the grace"
@@ -86,6 +135,13 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     })
     .await;
     signals.abort();
+    http_stop.cancel();
+    match http.await {
+        Ok(Ok(())) => tracing::info!("shutdown: HTTP API closed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP API ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP API task failed"),
+    }
+    drop(endpoint);
     let _ = sweeper.await;
     let orphans = swarm_exec::reap_orphans();
     tracing::info!(orphans, "shutdown: every worker reaped");
@@ -96,17 +152,46 @@ pub async fn serve(cli: &Cli, limits: &LimitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `agentswarm submit`: a queued project for the daemon.
-pub fn submit(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+/// The per-project options among the limit flags.
+fn project_options(l: &LimitArgs) -> swarm_protocol::api::ProjectOptions {
+    swarm_protocol::api::ProjectOptions {
+        max_tasks: l.max_tasks,
+        max_attempts: l.max_attempts,
+        max_turns: l.max_turns,
+        max_fix_rounds: l.max_fix_rounds,
+        max_cost_usd: l.max_cost_usd,
+        max_tokens: l.max_tokens,
+        allow_network: l.allow_network.then_some(true),
+    }
+}
+
+/// `agentswarm submit`: a queued project for the daemon, through its API
+/// when it is up, else straight into the store.
+pub async fn submit(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     if args.model.is_some() || args.base_url.is_some() {
         bail!("`submit` queues the project for `agentswarm serve`, which uses its own model settings; drop --model/--base-url and set them in the daemon's environment or agentswarm.toml");
     }
     let (goal, plan) = goal_and_plan(args)?;
     let config = load_config(cli, &args.limits, None, None)?;
-    let store = open_store(&config)?;
-    let lock = swarm_engine::create_project(&config, store.as_ref(), &goal, plan)?;
-    let id = lock.id().clone();
-    drop(lock);
+    let id = match Client::discover(&config).await? {
+        Some(client) => {
+            let body = serde_json::to_value(swarm_protocol::api::SubmitRequest {
+                goal,
+                plan: plan.map(serde_json::to_value).transpose()?,
+                options: project_options(&args.limits),
+            })?;
+            let created: swarm_protocol::api::ProjectSummary =
+                client.post("/api/v1/projects", &body).await?;
+            ProjectId::new(created.id)
+        }
+        None => {
+            let store = open_store(&config)?;
+            let lock = swarm_engine::create_project(&config, store.as_ref(), &goal, plan)?;
+            let id = lock.id().clone();
+            drop(lock);
+            id
+        }
+    };
     if args.out.json {
         println!(
             "{}",
@@ -121,30 +206,46 @@ pub fn submit(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `agentswarm cancel`: marks the project cancelled in the store; a daemon
-/// running it stops its workers within a second.
-pub fn cancel(cli: &Cli, project: &str) -> Result<ExitCode> {
+/// `agentswarm cancel`: through the daemon's API when it is up (it stops the
+/// project's workers within a second), else marks the project cancelled in
+/// the store.
+pub async fn cancel(cli: &Cli, project: &str) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
-    let store = open_store(&config)?;
     let id = ProjectId::new(project);
+    if let Some(client) = Client::discover(&config).await? {
+        let path = crate::client::project_path(id.as_str())?;
+        let before: swarm_protocol::api::ProjectDetail = client.get(&path).await?;
+        let before = before.project.state;
+        let cancelled = client
+            .post::<swarm_protocol::api::ProjectSummary>(
+                &format!("{path}/cancel"),
+                &serde_json::json!({}),
+            )
+            .await;
+        match cancelled {
+            Ok(_) => println!("project {id}: cancelled (was {before})"),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 409) =>
+            {
+                match before {
+                    ProjectState::Cancelled => println!("project {id} was already cancelled"),
+                    s => println!("project {id} has already ended ({s}); nothing to cancel"),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e),
+        }
+        if client.is_local() {
+            wait_for_runner(&config, &id).await?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = open_store(&config)?;
     let p = store.project(&id)?;
     if store.cancel_project(&id)? {
         println!("project {id}: cancelled (was {})", p.state);
-        // Wait briefly for a runner to let go, so that the answer is complete.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match swarm_engine::lock_project(&config, &id) {
-                Ok(_) => break,
-                Err(swarm_engine::Error::Busy(_)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(swarm_engine::Error::Busy(_)) => {
-                    eprintln!("its runner is still stopping its workers");
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        wait_for_runner(&config, &id).await?;
         Ok(ExitCode::SUCCESS)
     } else {
         match p.state {
@@ -152,5 +253,24 @@ pub fn cancel(cli: &Cli, project: &str) -> Result<ExitCode> {
             s => println!("project {id} has already ended ({s}); nothing to cancel"),
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Waits (at most 30 s) for whoever runs the project to let go of it, so
+/// that `cancel` answers once its workers are stopped.
+async fn wait_for_runner(config: &swarm_config::Config, id: &ProjectId) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match swarm_engine::lock_project(config, id) {
+            Ok(_) => return Ok(()),
+            Err(swarm_engine::Error::Busy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(swarm_engine::Error::Busy(_)) => {
+                eprintln!("its runner is still stopping its workers");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -49,6 +49,19 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "none".into()),
         ),
+        ("bind", config.bind.to_string()),
+        (
+            "api_token",
+            // Never the value: whether it is set, and (below) from where.
+            match (&config.api_token, config.bind.ip().is_loopback()) {
+                (Some(_), _) => "set".into(),
+                (None, true) => "not set (loopback only)".into(),
+                (None, false) => {
+                    "MISSING: `serve` refuses a non-loopback bind without AGENTSWARM_API_TOKEN"
+                        .into()
+                }
+            },
+        ),
         ("sandbox", config.sandbox.mode.to_string()),
         ("sandbox_mechanism", config.sandbox.mechanism.to_string()),
         (

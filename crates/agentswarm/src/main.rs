@@ -4,9 +4,12 @@
 
 mod bench;
 mod cli;
+mod client;
 mod commands;
 mod daemon;
 mod doctor;
+mod live;
+mod logs;
 mod output;
 mod service;
 

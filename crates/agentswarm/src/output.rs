@@ -1,11 +1,56 @@
-//! What the commands print: live progress lines, the final report, status tables.
+//! What the commands print: live progress (plain lines, or the live view of
+//! [`crate::live`] in a terminal), the final report, status tables.
 
-use anyhow::Result;
+use crate::cli::OutputArgs;
+use std::future::Future;
 use std::io::Write;
-use swarm_engine::{Progress, RunReport};
-use swarm_protocol::{ProjectId, TaskState};
-use swarm_store::Store;
+use swarm_engine::{Engine, Progress, RunReport};
+use swarm_protocol::{api, ProjectId, TaskState};
 use tokio::sync::broadcast;
+
+/// What shows a run's progress: the live view in a terminal
+/// ([`crate::live`]), else plain lines ([`spawn_progress`]).
+pub enum Printer {
+    Plain(tokio::task::JoinHandle<()>),
+    Live(Box<crate::live::LiveView>),
+}
+
+impl Printer {
+    /// The live view when stdout is a terminal and `--no-progress` was not
+    /// given; plain lines otherwise.
+    pub fn start(engine: &Engine, project: &ProjectId, out: &OutputArgs) -> Self {
+        if crate::live::wanted(out.no_progress) {
+            Printer::Live(Box::new(crate::live::LiveView::start(
+                engine,
+                project,
+                out.show_tools,
+            )))
+        } else {
+            Printer::Plain(spawn_progress(engine.subscribe(), out.show_tools))
+        }
+    }
+
+    /// Runs `run` to its end, keeping the live view (if any) up to date.
+    pub async fn watch<F: Future>(&mut self, engine: &Engine, run: F) -> F::Output {
+        match self {
+            Printer::Plain(_) => run.await,
+            Printer::Live(view) => view.watch(engine, run).await,
+        }
+    }
+
+    /// Prints what is still queued and takes the bars off the screen: what
+    /// follows (the report) is printed below the story.
+    pub async fn finish(self) {
+        match self {
+            Printer::Plain(handle) => {
+                // Let the printer drain what is queued.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                handle.abort();
+            }
+            Printer::Live(view) => view.finish(),
+        }
+    }
+}
 
 /// Prints one line per progress event (tool calls only with `show_tools`).
 pub fn spawn_progress(
@@ -78,44 +123,39 @@ pub fn print_report(r: &RunReport, json: bool) {
     }
 }
 
-pub fn print_projects(store: &dyn Store, json: bool) -> Result<()> {
-    let projects = store.list_projects()?;
-    let mut rows = Vec::new();
-    for p in &projects {
-        let tasks = store.tasks(&p.id)?;
-        let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
-        rows.push((p, done, tasks.len()));
-    }
+/// `agentswarm status` without a project: the list, from the daemon's API
+/// or the store (the same view either way).
+pub fn print_projects(list: &api::ProjectList, json: bool) {
     if json {
-        let v: Vec<serde_json::Value> = rows
+        let v: Vec<serde_json::Value> = list
+            .projects
             .iter()
-            .map(|(p, done, total)| serde_json::json!({
+            .map(|p| serde_json::json!({
                 "project_id": p.id, "name": p.name, "state": p.state, "goal": p.goal,
-                "tasks_done": done, "tasks_total": total, "delivery": p.delivery, "error": p.error,
+                "tasks_done": p.tasks_done, "tasks_total": p.tasks_total, "delivery": p.delivery, "error": p.error,
             }))
             .collect();
         println!("{}", serde_json::Value::Array(v));
-        return Ok(());
+        return;
     }
-    if rows.is_empty() {
+    if list.projects.is_empty() {
         println!("no projects yet");
-        return Ok(());
+        return;
     }
     println!(
         "{:<22} {:<12} {:>7}  {:<16} GOAL",
         "PROJECT", "STATE", "TASKS", "NAME"
     );
-    for (p, done, total) in rows {
+    for p in &list.projects {
         println!(
             "{:<22} {:<12} {:>7}  {:<16} {}",
             p.id,
             p.state.as_str(),
-            format!("{done}/{total}"),
+            format!("{}/{}", p.tasks_done, p.tasks_total),
             p.name,
             one_line(&p.goal, 60)
         );
     }
-    Ok(())
 }
 
 /// A cost total, saying when some calls had no price in the config.
@@ -127,43 +167,34 @@ fn cost_text(cost: f64, unpriced: bool) -> String {
     }
 }
 
-pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Result<()> {
-    let p = store.project(id)?;
-    let tasks = store.tasks(id)?;
-    let usage = store.usage(id)?;
-    let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
-    // Every attempt with how it ended: exit code or signal, memory_limit,
-    // timeout, interrupted, conflict…
-    let mut attempts = Vec::new();
-    for t in &tasks {
-        attempts.push(store.attempts(id, &t.id)?);
-    }
+/// `agentswarm status PROJECT`, from the daemon's API or the store (the
+/// same view either way).
+pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
+    let p = &d.project;
+    let usage = &d.usage;
     if json {
         let v = serde_json::json!({
             "project_id": p.id, "name": p.name, "state": p.state, "goal": p.goal, "error": p.error,
-            "tasks_total": tasks.len(), "tasks_done": done, "fix_rounds": p.fix_round,
-            "planner_calls": p.planner_calls, "delivery": p.delivery, "final_commit": p.final_commit,
+            "tasks_total": p.tasks_total, "tasks_done": p.tasks_done, "fix_rounds": d.fix_round,
+            "planner_calls": d.planner_calls, "delivery": p.delivery, "final_commit": d.final_commit,
             "waiting": p.waiting,
             "usage": usage,
-            "cost_usd": usage.iter().map(|u| u.cost_usd).sum::<f64>(),
-            "tasks": tasks.iter().zip(&attempts).map(|(t, a)| serde_json::json!({
-                "id": t.id, "title": t.title, "kind": t.kind.as_str(), "state": t.state,
+            "cost_usd": d.totals.cost_usd,
+            "tasks": d.tasks.iter().map(|t| serde_json::json!({
+                "id": t.id, "title": t.title, "kind": t.kind, "state": t.state,
                 "attempts": t.attempt, "attempts_counted": t.attempts_counted,
                 "last_error": t.last_error, "depends_on": t.depends_on, "commit": t.commit,
-                "attempt_history": a.iter().map(|a| serde_json::json!({
+                "attempt_history": t.attempts.iter().map(|a| serde_json::json!({
                     "attempt": a.attempt, "outcome": a.outcome, "reason": a.reason, "turns": a.turns,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
-        return Ok(());
+        return;
     }
     println!(
-        "project {}  {}  state: {}  tasks: {done}/{} done",
-        p.id,
-        p.name,
-        p.state,
-        tasks.len()
+        "project {}  {}  state: {}  tasks: {}/{} done",
+        p.id, p.name, p.state, p.tasks_done, p.tasks_total
     );
     println!("goal: {}", one_line(&p.goal, 100));
     if let Some(e) = &p.error {
@@ -172,23 +203,21 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
     if let Some(w) = p.waiting.as_ref().filter(|_| !p.state.is_terminal()) {
         println!("{w}");
     }
-    if let Some(d) = &p.delivery {
-        println!("delivery: {d}");
+    if let Some(path) = &p.delivery {
+        println!("delivery: {path}");
     }
-    let (calls, tin, tout, cost) = usage.iter().fold((0, 0, 0, 0.0), |a, u| {
-        (
-            a.0 + u.calls,
-            a.1 + u.input_tokens,
-            a.2 + u.output_tokens,
-            a.3 + u.cost_usd,
-        )
-    });
     println!(
-        "model: {calls} calls, {tin} input + {tout} output tokens, {} (planner asked {} time(s))",
-        cost_text(cost, usage.iter().any(|u| u.unpriced_calls > 0)),
-        p.planner_calls
+        "model: {} calls, {} input + {} output tokens, {} (planner asked {} time(s))",
+        d.totals.calls,
+        d.totals.input_tokens,
+        d.totals.output_tokens,
+        cost_text(
+            d.totals.cost_usd,
+            usage.iter().any(|u| u.unpriced_calls > 0)
+        ),
+        d.planner_calls
     );
-    for u in &usage {
+    for u in usage {
         println!(
             "  {:<8} {:<36} {:>5} calls ({} failed, {} retries)  {} in + {} out tokens  {}",
             u.role,
@@ -206,7 +235,7 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
         "{:<24} {:<9} {:>8}  {:<36} LAST ERROR",
         "TASK", "STATE", "ATTEMPTS", "TITLE"
     );
-    for t in &tasks {
+    for t in &d.tasks {
         let err = t
             .last_error
             .as_deref()
@@ -214,17 +243,18 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
             .unwrap_or("");
         println!(
             "{:<24} {:<9} {:>8}  {:<36} {}",
-            t.id.as_str(),
+            t.id,
             t.state.as_str(),
             t.attempt,
             one_line(&t.title, 36),
             one_line(err, 80)
         );
     }
-    let ended: Vec<_> = attempts
+    let ended: Vec<(&api::Task, &api::Attempt)> = d
+        .tasks
         .iter()
-        .flatten()
-        .filter(|a| {
+        .flat_map(|t| t.attempts.iter().map(move |a| (t, a)))
+        .filter(|(_, a)| {
             !matches!(
                 a.outcome,
                 swarm_protocol::AttemptOutcome::Merged | swarm_protocol::AttemptOutcome::Running
@@ -234,20 +264,19 @@ pub fn print_project_status(store: &dyn Store, id: &ProjectId, json: bool) -> Re
     if !ended.is_empty() {
         println!();
         println!("attempts that did not land:");
-        for a in ended {
+        for (t, a) in ended {
             println!(
                 "  {} #{}: {} — {}",
-                a.task_id,
+                t.id,
                 a.attempt,
                 a.outcome,
                 one_line(a.reason.as_deref().unwrap_or(""), 100)
             );
         }
     }
-    Ok(())
 }
 
-fn one_line(s: &str, n: usize) -> String {
+pub(crate) fn one_line(s: &str, n: usize) -> String {
     let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() > n {
         format!(

@@ -56,6 +56,9 @@ impl Harness {
             .env("MAX_LOAD_AVERAGE", "0")
             // The scripted model has no quota; the rate limit has tests of its own.
             .env("API_RATE_LIMIT_RPM", "0")
+            // Tests run in parallel: each `serve` takes a free port and
+            // advertises it in <data dir>/serve.json.
+            .env("AGENTSWARM_BIND", "127.0.0.1:0")
             .stdin(Stdio::null());
         c
     }
@@ -288,4 +291,28 @@ pub fn write_turn(path: &str, content: &str) -> Value {
 
 pub fn finish_turn(summary: &str) -> Value {
     json!({"calls": [{"name": "finish", "arguments": {"summary": summary}}]})
+}
+
+/// The address a `serve` of this harness advertised in `<data dir>/serve.json`
+/// (it binds 127.0.0.1:0, a free port), once that daemon answers
+/// `/healthz` with 200; `None` until then.
+pub fn ready_daemon(h: &Harness) -> Option<String> {
+    let text = std::fs::read_to_string(h.data_dir().join("serve.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let base = v["url"].as_str()?.to_owned();
+    let addr = base.strip_prefix("http://")?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    use std::io::Write;
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 16];
+    let n = s.read(&mut head).ok()?;
+    String::from_utf8_lossy(&head[..n])
+        .starts_with("HTTP/1.1 200")
+        .then_some(base)
 }

@@ -1,0 +1,511 @@
+//! The API's handlers: projects, tasks, transcripts, downloads, status,
+//! health and metrics. Store reads are single local statements (see
+//! `swarm_store::Store`); file reads go through `spawn_blocking`.
+
+use crate::error::{ApiError, ApiResult};
+use crate::views::{project_summary, project_url};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::path::PathBuf;
+use swarm_engine::Engine;
+use swarm_protocol::api::{self, ProjectOptions};
+use swarm_protocol::{Plan, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_store::TaskRecord;
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such path; GET /openapi.json describes the API")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this path does not take that method; GET /openapi.json describes the API",
+    )
+}
+
+pub async fn health(State(s): State<AppState>) -> Response {
+    let body = api::Health {
+        status: s.phase.name().to_owned(),
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+    };
+    let code = if s.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let engine = s.engine.clone();
+    let format = swarm_engine::MetricsFormat::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
+    match tokio::task::spawn_blocking(move || engine.metrics_text_as(format)).await {
+        Ok(m) => ([(header::CONTENT_TYPE, m.content_type)], m.body).into_response(),
+        Err(e) => ApiError::internal(format!("rendering the metrics failed: {e}")).into_response(),
+    }
+}
+
+pub async fn status(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let engine = s.engine.clone();
+    let ready = s.is_ready();
+    let (status, workers) =
+        tokio::task::spawn_blocking(move || (engine.swarm_status(), engine.live_workers()))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        o.insert("ready".into(), ready.into());
+        // The CLI checks that the daemon it found is the one that advertised itself.
+        o.insert("pid".into(), std::process::id().into());
+        o.insert(
+            "workers".into(),
+            serde_json::to_value(&workers).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+    }
+    Ok(Json(v))
+}
+
+// ---- projects ----
+
+pub async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<api::ProjectList>> {
+    let engine = s.engine.clone();
+    let list =
+        tokio::task::spawn_blocking(move || crate::views::project_list(engine.store().as_ref()))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(list))
+}
+
+/// A JSON body: 415 unless `application/json`, 400 unless JSON, 422 unless
+/// of the right shape; an empty body is `{}` when `empty_ok`.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty_ok: bool,
+) -> ApiResult<T> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        return serde_json::from_str("{}").map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::unprocessable(format!(
+            "the body has the wrong shape: {e} (see the schema in GET /openapi.json)"
+        ))
+    })
+}
+
+pub async fn submit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<api::ProjectSummary>)> {
+    let req: api::SubmitRequest = json_body(&headers, body, false)?;
+    let goal = req.goal.trim();
+    if goal.is_empty() {
+        return Err(ApiError::unprocessable(
+            "the goal is empty; describe the software to build",
+        ));
+    }
+    let plan = match req.plan {
+        None => None,
+        Some(v) => {
+            let text = v.to_string();
+            let plan: Plan = swarm_engine::plan::extract_plan(&text).map_err(|p| {
+                ApiError::unprocessable(format!("the plan is invalid:\n  - {}", p.join("\n  - ")))
+            })?;
+            Some(plan)
+        }
+    };
+    let engine = s.engine.clone();
+    let goal = goal.to_owned();
+    let id = tokio::task::spawn_blocking(move || engine.submit(&goal, plan, &req.options))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(project = %id, "project submitted through the API");
+    Ok((
+        StatusCode::CREATED,
+        Json(project_summary(s.engine.store().as_ref(), &id)?),
+    ))
+}
+
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Json<api::ProjectSummary>> {
+    let id = ProjectId::new(project);
+    let before = s.engine.store().project(&id)?;
+    if !s.engine.store().cancel_project(&id)? {
+        return Err(ApiError::conflict(format!(
+            "project {id} has already ended ({}); nothing to cancel",
+            before.state
+        )));
+    }
+    tracing::info!(project = %id, "project cancelled through the API");
+    Ok(Json(project_summary(s.engine.store().as_ref(), &id)?))
+}
+
+pub async fn resume(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<api::ProjectSummary>)> {
+    let req: api::ResumeRequest = json_body(&headers, body, true)?;
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let options: ProjectOptions = req.options;
+    let rid = id.clone();
+    tokio::task::spawn_blocking(move || engine.resume_project(&rid, &options))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(project = %id, "project resumed through the API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(project_summary(s.engine.store().as_ref(), &id)?),
+    ))
+}
+
+pub async fn project(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Json<api::ProjectDetail>> {
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let detail = tokio::task::spawn_blocking(move || {
+        crate::views::project_detail(engine.store().as_ref(), &id, &engine.live_workers())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(detail))
+}
+
+fn find_task(engine: &Engine, id: &ProjectId, task: &str) -> ApiResult<TaskRecord> {
+    engine.store().project(id)?;
+    engine.store().task(id, &TaskId::new(task))?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "project {id} has no task {task}; GET {} lists its tasks",
+            project_url(id)
+        ))
+    })
+}
+
+pub async fn task(
+    State(s): State<AppState>,
+    Path((project, task)): Path<(String, String)>,
+) -> ApiResult<Json<api::Task>> {
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        let t = find_task(&engine, &id, &task)?;
+        Ok::<_, ApiError>(crate::views::task_view(
+            engine.store().as_ref(),
+            &t,
+            &engine.live_workers(),
+        )?)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(view))
+}
+
+// ---- files ----
+
+/// Streams a file (archives can be large) as an attachment.
+async fn send_file(path: PathBuf, content_type: &'static str, name: String) -> ApiResult<Response> {
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "{name} is not there (it may have been moved or deleted from OUTPUTS_DIR)"
+            )))
+        }
+        Err(e) => return Err(ApiError::internal(format!("cannot read {name}: {e}"))),
+    };
+    let length = file.metadata().await.map(|m| m.len()).ok();
+    let disposition = format!("attachment; filename=\"{name}\"");
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response();
+    if let Some(n) = length {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(response)
+}
+
+pub async fn delivery(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Response> {
+    let id = ProjectId::new(project);
+    let p = s.engine.store().project(&id)?;
+    let Some(path) = p.delivery else {
+        return Err(ApiError::not_found(format!(
+            "project {id} has no delivery yet ({}); it is written when the project is done",
+            p.state
+        )));
+    };
+    let path = PathBuf::from(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!("{id}-delivery.tar.gz"));
+    send_file(path, "application/gzip", name).await
+}
+
+pub async fn manifest(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Response> {
+    let id = ProjectId::new(project);
+    let p = s.engine.store().project(&id)?;
+    if p.delivery.is_none() {
+        return Err(ApiError::not_found(format!(
+            "project {id} has no manifest yet ({}); it is written with the delivery",
+            p.state
+        )));
+    }
+    send_file(
+        s.engine.manifest_path(&id),
+        "application/json",
+        "manifest.json".into(),
+    )
+    .await
+}
+
+pub async fn task_archive(
+    State(s): State<AppState>,
+    Path((project, task)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = ProjectId::new(project);
+    let t = find_task(&s.engine, &id, &task)?;
+    if t.state != TaskState::Done || t.kind != TaskKind::Code {
+        return Err(ApiError::not_found(format!(
+            "task {task} has no archive ({}, {}); a code task's archive is written when it merges",
+            t.kind.as_str(),
+            t.state
+        )));
+    }
+    send_file(
+        s.engine.task_archive_path(&id, &t.id),
+        "application/gzip",
+        format!("{id}-{task}.tar.gz"),
+    )
+    .await
+}
+
+fn parse_attempt(raw: &str) -> ApiResult<u32> {
+    raw.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        ApiError::bad_request(format!("attempt must be a number from 1, not {raw:?}"))
+    })
+}
+
+/// The transcript file of an ended attempt.
+async fn read_transcript(
+    s: &AppState,
+    id: &ProjectId,
+    task: &str,
+    attempt: u32,
+) -> ApiResult<(TaskRecord, Option<serde_json::Value>)> {
+    let t = find_task(&s.engine, id, task)?;
+    if attempt > t.attempt {
+        return Err(ApiError::not_found(format!(
+            "task {task} has had {} attempt(s), not {attempt}",
+            t.attempt
+        )));
+    }
+    if t.kind == TaskKind::Verify {
+        return Ok((t, None));
+    }
+    let path = s.engine.transcript_path(id, &t.id, attempt);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let v = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::internal(format!(
+                    "the transcript of {task} attempt {attempt} is unreadable: {e}"
+                ))
+            })?;
+            Ok((t, Some(v)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let running = t.attempt == attempt && !t.state.is_terminal();
+            Err(ApiError::not_found(if running {
+                format!("attempt {attempt} of {task} is still running; its transcript is written when it ends (its tool calls are in the event stream now)")
+            } else {
+                format!("no transcript of {task} attempt {attempt} (the worker ended before writing one)")
+            }))
+        }
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot read the transcript: {e}"
+        ))),
+    }
+}
+
+pub async fn transcript(
+    State(s): State<AppState>,
+    Path((project, task, attempt)): Path<(String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = ProjectId::new(project);
+    let attempt = parse_attempt(&attempt)?;
+    match read_transcript(&s, &id, &task, attempt).await? {
+        (_, Some(v)) => Ok(Json(v)),
+        (_, None) => Err(ApiError::not_found(format!(
+            "{task} is the verify task: it has no conversation; GET …/attempts/{attempt}/output has its commands"
+        ))),
+    }
+}
+
+pub async fn command_output(
+    State(s): State<AppState>,
+    Path((project, task, attempt)): Path<(String, String, String)>,
+) -> ApiResult<Json<api::CommandOutput>> {
+    let id = ProjectId::new(project);
+    let attempt = parse_attempt(&attempt)?;
+    let (t, doc) = read_transcript(&s, &id, &task, attempt).await?;
+    let commands = match doc {
+        Some(doc) => commands_of(&doc),
+        None => verify_commands(&s.engine, &id, &t.id, attempt)?,
+    };
+    Ok(Json(api::CommandOutput {
+        task: t.id.to_string(),
+        attempt,
+        commands,
+    }))
+}
+
+/// The `run_command` calls of a transcript, each with the tool's answer.
+fn commands_of(doc: &serde_json::Value) -> Vec<api::CommandRun> {
+    let empty = Vec::new();
+    let messages = doc["messages"].as_array().unwrap_or(&empty);
+    let mut out = Vec::new();
+    let mut turn = 0u32;
+    for (i, m) in messages.iter().enumerate() {
+        if m["role"] != "assistant" {
+            continue;
+        }
+        turn += 1;
+        for call in m["tool_calls"].as_array().unwrap_or(&empty) {
+            if call["function"]["name"] != "run_command" {
+                continue;
+            }
+            let args: serde_json::Value = call["function"]["arguments"]
+                .as_str()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default();
+            let command = args["command"].as_str().unwrap_or_default().to_owned();
+            let output = messages[i + 1..]
+                .iter()
+                .find(|r| r["role"] == "tool" && r["tool_call_id"] == call["id"])
+                .and_then(|r| r["content"].as_str())
+                .unwrap_or("(no answer recorded)")
+                .to_owned();
+            out.push(api::CommandRun {
+                command,
+                output,
+                turn: Some(turn),
+                passed: None,
+                duration_ms: None,
+            });
+        }
+    }
+    out
+}
+
+fn verify_commands(
+    engine: &Engine,
+    id: &ProjectId,
+    task: &TaskId,
+    attempt: u32,
+) -> ApiResult<Vec<api::CommandRun>> {
+    let mut after = 0;
+    loop {
+        let page = engine.store().events(id, after, 1000)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let found = page.iter().find(|e| {
+            e.kind == "verify"
+                && e.task_id.as_ref() == Some(task)
+                && e.data["attempt"].as_u64() == Some(attempt as u64)
+        });
+        if let Some(e) = found {
+            let empty = Vec::new();
+            return Ok(e.data["results"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| api::CommandRun {
+                    command: r["command"].as_str().unwrap_or_default().to_owned(),
+                    output: r["output"].as_str().unwrap_or_default().to_owned(),
+                    turn: None,
+                    passed: r["passed"].as_bool(),
+                    duration_ms: r["duration_ms"].as_u64(),
+                })
+                .collect());
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Err(ApiError::not_found(format!(
+        "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_pair_calls_with_their_answers() {
+        let doc = serde_json::json!({"messages": [
+            {"role": "system", "content": "s"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "write_file", "arguments": "{\"path\":\"a\",\"content\":\"x\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "run_command", "arguments": "{\"command\":\"ls\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "wrote a"},
+            {"role": "tool", "tool_call_id": "c2", "content": "exit code 0\na\n"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c3", "type": "function", "function": {"name": "run_command", "arguments": "{\"command\":\"false\"}"}}]},
+            {"role": "tool", "tool_call_id": "c3", "content": "exit code 1\n"}
+        ]});
+        let c = commands_of(&doc);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].command.as_str(), c[0].output.as_str(), c[0].turn),
+            ("ls", "exit code 0\na\n", Some(1))
+        );
+        assert_eq!((c[1].command.as_str(), c[1].turn), ("false", Some(2)));
+    }
+}

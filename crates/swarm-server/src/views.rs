@@ -1,0 +1,196 @@
+//! The API's views of the store: what `GET /api/v1/projects…` answers and
+//! what `agentswarm status` prints when no daemon is up, built by the same
+//! functions.
+
+use swarm_engine::LiveWorker;
+use swarm_protocol::api;
+use swarm_protocol::{AttemptOutcome, ProjectId, TaskKind, TaskState};
+use swarm_store::{ProjectRecord, Store, TaskRecord};
+
+pub fn project_url(id: &ProjectId) -> String {
+    format!("/api/v1/projects/{id}")
+}
+
+pub fn summary(p: &ProjectRecord, tasks: &[TaskRecord]) -> api::ProjectSummary {
+    api::ProjectSummary {
+        id: p.id.to_string(),
+        goal: p.goal.clone(),
+        name: p.name.clone(),
+        state: p.state,
+        error: p.error.clone(),
+        waiting: p.waiting.clone(),
+        tasks_total: tasks.len(),
+        tasks_done: tasks.iter().filter(|t| t.state == TaskState::Done).count(),
+        created_ms: p.created_ms,
+        updated_ms: p.updated_ms,
+        delivery: p.delivery.clone(),
+        delivery_url: p
+            .delivery
+            .as_ref()
+            .map(|_| format!("{}/delivery", project_url(&p.id))),
+    }
+}
+
+/// Every project, newest first, with the store's newest event id read
+/// before them (a stream started after it misses nothing listed).
+pub fn project_list(store: &dyn Store) -> swarm_store::Result<api::ProjectList> {
+    let last_event_id = store.last_event_id(None)?;
+    let mut projects = Vec::new();
+    for p in store.list_projects()? {
+        let tasks = store.tasks(&p.id)?;
+        projects.push(summary(&p, &tasks));
+    }
+    Ok(api::ProjectList {
+        projects,
+        last_event_id,
+    })
+}
+
+pub fn project_summary(
+    store: &dyn Store,
+    id: &ProjectId,
+) -> swarm_store::Result<api::ProjectSummary> {
+    let p = store.project(id)?;
+    let tasks = store.tasks(id)?;
+    Ok(summary(&p, &tasks))
+}
+
+/// One project with its tasks, attempts, usage and last verify run;
+/// `live` names the workers running now (none outside the daemon).
+pub fn project_detail(
+    store: &dyn Store,
+    id: &ProjectId,
+    live: &[LiveWorker],
+) -> swarm_store::Result<api::ProjectDetail> {
+    // Read first: a stream started after it misses nothing of this view.
+    let last_event_id = store.last_event_id(Some(id))?;
+    let p = store.project(id)?;
+    let records = store.tasks(id)?;
+    let mut tasks = Vec::with_capacity(records.len());
+    for t in &records {
+        tasks.push(task_view(store, t, live)?);
+    }
+    let usage: Vec<api::Usage> = store
+        .usage(id)?
+        .into_iter()
+        .map(|u| api::Usage {
+            role: u.role,
+            provider: u.provider,
+            model: u.model,
+            calls: u.calls,
+            failed_calls: u.failed_calls,
+            retries: u.retries,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cost_usd: u.cost_usd,
+            unpriced_calls: u.unpriced_calls,
+        })
+        .collect();
+    let totals = usage.iter().fold(api::UsageTotals::default(), |mut t, u| {
+        t.calls += u.calls;
+        t.input_tokens += u.input_tokens;
+        t.output_tokens += u.output_tokens;
+        t.cost_usd += u.cost_usd;
+        t
+    });
+    Ok(api::ProjectDetail {
+        project: summary(&p, &records),
+        options: p.options.clone(),
+        fix_round: p.fix_round,
+        planner_calls: p.planner_calls,
+        final_commit: p.final_commit.clone(),
+        tasks,
+        usage,
+        totals,
+        verify: last_verify(store, id)?,
+        last_event_id,
+    })
+}
+
+/// The newest `verify` event of the project.
+fn last_verify(store: &dyn Store, id: &ProjectId) -> swarm_store::Result<Option<api::VerifyRun>> {
+    let mut after = 0;
+    let mut found = None;
+    loop {
+        let page = store.events(id, after, 1000)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for e in page.iter().filter(|e| e.kind == "verify") {
+            found = Some(e.clone());
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(found.map(|e| api::VerifyRun {
+        task: e.task_id.map(|t| t.to_string()).unwrap_or_default(),
+        attempt: e.data["attempt"].as_u64().unwrap_or(0) as u32,
+        passed: e.data["passed"].as_bool().unwrap_or(false),
+        results: e.data["results"].as_array().cloned().unwrap_or_default(),
+    }))
+}
+
+pub fn task_view(
+    store: &dyn Store,
+    t: &TaskRecord,
+    live: &[LiveWorker],
+) -> swarm_store::Result<api::Task> {
+    let base = format!("{}/tasks/{}", project_url(&t.project_id), t.id);
+    let attempts = store
+        .attempts(&t.project_id, &t.id)?
+        .into_iter()
+        .map(|a| api::Attempt {
+            attempt: a.attempt,
+            outcome: a.outcome,
+            reason: a.reason,
+            turns: a.turns,
+            commit: a.commit,
+            started_ms: a.started_ms,
+            ended_ms: a.ended_ms,
+            transcript_url: (t.kind == TaskKind::Code && a.outcome != AttemptOutcome::Running)
+                .then(|| format!("{base}/attempts/{}/transcript", a.attempt)),
+            output_url: format!("{base}/attempts/{}/output", a.attempt),
+        })
+        .collect();
+    let worker = live
+        .iter()
+        .find(|w| w.project == t.project_id && w.task == t.id)
+        .map(|w| api::Worker {
+            attempt: w.attempt,
+            pid: w.pid,
+            started_ms: w.started_ms,
+            turns: w.turns,
+            last_tool: w.last_tool.clone(),
+        });
+    let duration_ms = t.started_ms.map(|start| {
+        let end = if t.state.is_terminal() {
+            t.finished_ms.unwrap_or(start)
+        } else {
+            swarm_store::now_ms()
+        };
+        (end - start).max(0)
+    });
+    Ok(api::Task {
+        id: t.id.to_string(),
+        title: t.title.clone(),
+        description: t.description.clone(),
+        kind: t.kind.as_str().to_owned(),
+        depends_on: t.depends_on.iter().map(|d| d.to_string()).collect(),
+        state: t.state,
+        attempt: t.attempt,
+        attempts_counted: t.attempts_counted,
+        fix_round: t.fix_round,
+        last_error: t.last_error.clone(),
+        commit: t.commit.clone(),
+        merge_commit: t.merge_commit.clone(),
+        summary: t.summary.clone(),
+        changed_files: t.changed_files.clone(),
+        started_ms: t.started_ms,
+        finished_ms: t.finished_ms,
+        duration_ms,
+        worker,
+        attempts,
+        archive_url: (t.state == TaskState::Done && t.kind == TaskKind::Code)
+            .then(|| format!("{base}/archive")),
+    })
+}
