@@ -432,7 +432,8 @@ fn memory_hog_run(limiter: &str) {
     assert_eq!(hog[0].0, "memory_limit", "{hog:?}");
     assert!(hog[0].1.contains("96 MB"), "{hog:?}");
     assert_eq!(hog[1].0, "merged");
-    assert_eq!(attempts_of(&status, "calm")[0].0, "merged");
+    let calm = attempts_of(&status, "calm");
+    assert_eq!(calm[0].0, "merged", "{calm:?}");
     // `status` shows the reason to a person too.
     let table = h.run(&["status", report["project_id"].as_str().unwrap()]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("hog #1: memory_limit"));
