@@ -136,6 +136,9 @@ impl Store for RedactedStore {
     fn events(&self, id: &ProjectId, after: i64, limit: usize) -> Result<Vec<EventRecord>> {
         self.inner.events(id, after, limit)
     }
+    fn events_of_kind(&self, id: &ProjectId, kind: &str, limit: usize) -> Result<Vec<EventRecord>> {
+        self.inner.events_of_kind(id, kind, limit)
+    }
     fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64> {
         self.inner.last_event_id(project)
     }

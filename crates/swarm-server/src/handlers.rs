@@ -449,34 +449,28 @@ fn verify_commands(
     task: &TaskId,
     attempt: u32,
 ) -> ApiResult<Vec<api::CommandRun>> {
-    let mut after = 0;
-    loop {
-        let page = engine.store().events(id, after, 1000)?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        let found = page.iter().find(|e| {
-            e.kind == "verify"
-                && e.task_id.as_ref() == Some(task)
-                && e.data["attempt"].as_u64() == Some(attempt as u64)
+    // Every verify run of the project is one event; there are a few.
+    let found = engine
+        .store()
+        .events_of_kind(id, "verify", 10_000)?
+        .into_iter()
+        .find(|e| {
+            e.task_id.as_ref() == Some(task) && e.data["attempt"].as_u64() == Some(attempt as u64)
         });
-        if let Some(e) = found {
-            let empty = Vec::new();
-            return Ok(e.data["results"]
-                .as_array()
-                .unwrap_or(&empty)
-                .iter()
-                .map(|r| api::CommandRun {
-                    command: r["command"].as_str().unwrap_or_default().to_owned(),
-                    output: r["output"].as_str().unwrap_or_default().to_owned(),
-                    turn: None,
-                    passed: r["passed"].as_bool(),
-                    duration_ms: r["duration_ms"].as_u64(),
-                })
-                .collect());
-        }
-        if page.len() < 1000 {
-            break;
-        }
+    if let Some(e) = found {
+        let empty = Vec::new();
+        return Ok(e.data["results"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|r| api::CommandRun {
+                command: r["command"].as_str().unwrap_or_default().to_owned(),
+                output: r["output"].as_str().unwrap_or_default().to_owned(),
+                turn: None,
+                passed: r["passed"].as_bool(),
+                duration_ms: r["duration_ms"].as_u64(),
+            })
+            .collect());
     }
     Err(ApiError::not_found(format!(
         "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"

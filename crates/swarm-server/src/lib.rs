@@ -178,3 +178,29 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_loopback_only_with_a_token() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(check_bind(addr("127.0.0.1:7700"), None).is_ok());
+        assert!(check_bind(addr("[::1]:7700"), None).is_ok());
+        let err = check_bind(addr("0.0.0.0:7700"), None).unwrap_err();
+        assert!(err.contains("AGENTSWARM_API_TOKEN"), "{err}");
+        assert!(check_bind(addr("192.0.2.7:7700"), None).is_err());
+        let token = SecretString::from("test-token-not-real".to_owned());
+        assert!(check_bind(addr("0.0.0.0:7700"), Some(&token)).is_ok());
+    }
+
+    #[test]
+    fn the_route_table_has_no_duplicates() {
+        let mut routes = route_table();
+        let n = routes.len();
+        routes.sort();
+        routes.dedup();
+        assert_eq!(routes.len(), n);
+    }
+}

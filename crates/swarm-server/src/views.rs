@@ -109,19 +109,7 @@ pub fn project_detail(
 
 /// The newest `verify` event of the project.
 fn last_verify(store: &dyn Store, id: &ProjectId) -> swarm_store::Result<Option<api::VerifyRun>> {
-    let mut after = 0;
-    let mut found = None;
-    loop {
-        let page = store.events(id, after, 1000)?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        for e in page.iter().filter(|e| e.kind == "verify") {
-            found = Some(e.clone());
-        }
-        if page.len() < 1000 {
-            break;
-        }
-    }
+    let found = store.events_of_kind(id, "verify", 1)?.into_iter().next();
     Ok(found.map(|e| api::VerifyRun {
         task: e.task_id.map(|t| t.to_string()).unwrap_or_default(),
         attempt: e.data["attempt"].as_u64().unwrap_or(0) as u32,

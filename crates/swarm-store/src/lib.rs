@@ -308,6 +308,8 @@ pub trait Store: Send + Sync {
     /// Events with `id > after`, oldest first, at most `limit`.
     fn events(&self, id: &ProjectId, after: i64, limit: usize) -> Result<Vec<EventRecord>>;
 
+    /// The project's events of one kind, newest first, at most `limit`.
+    fn events_of_kind(&self, id: &ProjectId, kind: &str, limit: usize) -> Result<Vec<EventRecord>>;
     /// The newest event's id: of `project`, or of the whole store (0: none).
     fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64>;
     /// Every project's events with `id > after`, oldest first, at most

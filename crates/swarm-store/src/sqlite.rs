@@ -782,6 +782,22 @@ impl Store for SqliteStore {
         })
     }
 
+    fn events_of_kind(&self, id: &ProjectId, kind: &str, limit: usize) -> Result<Vec<EventRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, task_id, ts_ms, data FROM events WHERE project_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![id.as_str(), kind, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            })?;
+            rows.map(|r| {
+                let (eid, task, ts_ms, data) = r?;
+                Ok(EventRecord { id: eid, project_id: id.clone(), task_id: task.map(TaskId::new), ts_ms, kind: kind.to_owned(), data: from_json(&data, "event data")? })
+            })
+            .collect()
+        })
+    }
+
     fn last_event_id(&self, project: Option<&ProjectId>) -> Result<i64> {
         self.read(|c| {
             let id: Option<i64> = match project {
@@ -1005,7 +1021,24 @@ mod tests {
         assert_eq!(after_a[0].data["n"], 2);
         assert_eq!(s.all_events(0, 1).unwrap().len(), 1, "the limit holds");
         assert_eq!(s.last_event_id(None).unwrap(), b);
-        assert_eq!(s.last_event_id(Some(&p1)).unwrap(), a);
+        let c = s
+            .append_event(&p1, None, "info", &serde_json::json!({"n": 3}))
+            .unwrap();
+        s.append_event(&p1, None, "other", &serde_json::json!({}))
+            .unwrap();
+        let newest: Vec<i64> = s
+            .events_of_kind(&p1, "info", 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            &newest[..2],
+            [c, a],
+            "newest first, this project and kind only"
+        );
+        assert_eq!(s.events_of_kind(&p1, "info", 1).unwrap().len(), 1);
+        assert!(s.last_event_id(Some(&p1)).unwrap() > c);
         assert_eq!(s.last_event_id(Some(&ProjectId::new("none"))).unwrap(), 0);
     }
 
