@@ -144,6 +144,17 @@ impl Served {
     }
 }
 
+/// A test that fails before `stop` must not leave its daemon running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.helper.try_wait() {
+            kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.helper.kill();
+            let _ = self.helper.wait();
+        }
+    }
+}
+
 fn wait_status(h: &Harness, project: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     let ok = swarm_testkit::wait_for(Duration::from_secs(secs), || {
