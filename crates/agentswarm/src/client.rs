@@ -85,7 +85,6 @@ impl Client {
                 None => return Ok(None),
             },
         };
-        let required = advertised_pid.is_none();
         let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(2));
@@ -114,7 +113,7 @@ impl Client {
                 Ok(None)
             }
             Ok(_) => Ok(Some(client)),
-            Err(e) if required => Err(e.context(format!(
+            Err(e) if !client.local => Err(e.context(format!(
                 "the daemon at AGENTSWARM_API_URL={} does not answer",
                 client.base
             ))),

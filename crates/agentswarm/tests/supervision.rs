@@ -337,17 +337,7 @@ fn kill_9_at_any_moment_then_resume_merges_each_task_once() {
     }));
 
     // 1. Killed while the planner is thinking.
-    let mut child = h
-        .cmd(&["run", "--json", "chaos goal"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let project = first.trim().strip_prefix("project ").unwrap().to_owned();
+    let (mut child, _, project) = h.spawn_run(&["run", "--json", "chaos goal"]);
     std::thread::sleep(Duration::from_millis(500));
     kill(child.id(), nix::sys::signal::Signal::SIGKILL);
     child.wait().unwrap();
@@ -632,16 +622,7 @@ fn a_running_project_cannot_be_resumed_twice() {
         json!({"latency_ms": 300, "tasks": scripts("r", 2, &[json!({"content": "x"}), json!({"content": "y"})])}),
     );
     let path = write_plan(&h, &wide_plan("busy", "r", 2), "plan.json");
-    let mut child = h
-        .cmd(&["run", "--plan", &path, "busy goal"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let project = first.trim().strip_prefix("project ").unwrap().to_owned();
+    let (mut child, mut stdout, project) = h.spawn_run(&["run", "--plan", &path, "busy goal"]);
     let out = h.run(&["resume", &project]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -301,16 +300,7 @@ fn no_progress_under_a_pty_prints_plain_lines() {
 #[test]
 fn logs_follow_exits_when_the_project_is_done() {
     let (h, plan) = harness(300);
-    let mut run = h
-        .cmd(&["run", "--plan", &plan, "terminal goal"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(run.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let project = first.trim().strip_prefix("project ").unwrap().to_owned();
+    let (mut run, mut stdout, project) = h.spawn_run(&["run", "--plan", &plan, "terminal goal"]);
 
     let mut follow = h
         .cmd(&["logs", &project, "--follow"])

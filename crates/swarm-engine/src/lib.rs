@@ -393,8 +393,14 @@ impl Engine {
             "run.max_tokens" => max_tokens,
             "run.allow_network" => allow_network
         );
-        if limits != before {
-            let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
+        self.replace_limits(id, &before, &limits)
+    }
+
+    /// Stores `after` as the project's limits, with a `limits` event, when
+    /// they differ from `before`.
+    fn replace_limits(&self, id: &ProjectId, before: &RunLimits, after: &RunLimits) -> Result<()> {
+        if after != before {
+            let options = serde_json::to_value(after).map_err(|e| Error::Other(e.to_string()))?;
             self.store.set_project_options(id, &options)?;
             self.store.append_event(id, None, "limits", &options)?;
         }

@@ -34,14 +34,6 @@ pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     limits
 }
 
-/// What [`Engine::resume_project`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// The project was stopped in this state and is now `interrupted`: the
-    /// daemon (or `agentswarm resume`) carries it on.
-    From(ProjectState),
-}
-
 impl Engine {
     /// Queues a project with the configured limits and `options` over them;
     /// `serve` picks it up. An invalid plan or option is an error listing
@@ -68,24 +60,21 @@ impl Engine {
     /// `interrupted`, which the daemon carries on within a second. Finished
     /// tasks are never run again. `Busy` while another process runs it;
     /// `NotResumable` when it is done, cancelled or still running.
-    pub fn resume_project(&self, id: &ProjectId, options: &ProjectOptions) -> Result<Resumed> {
+    pub fn resume_project(&self, id: &ProjectId, options: &ProjectOptions) -> Result<()> {
         let problems = options.problems();
         if !problems.is_empty() {
             return Err(Error::InvalidOptions(problems));
         }
-        let project = self.store.project(id)?;
+        // Known before its lock file is made (the id comes from a client).
+        self.store.project(id)?;
         let lock = self.lock(id)?;
-        // Read again under the lock: a run may have ended in between.
-        let project = match self.store.project(id) {
-            Ok(p) => p,
-            Err(_) => project,
-        };
+        // Read under the lock: a run may have ended in between.
+        let project = self.store.project(id)?;
         let state = project.state;
         match state {
-            ProjectState::Done | ProjectState::Cancelled => {
-                return Err(Error::NotResumable(id.clone(), state))
-            }
-            ProjectState::Queued
+            ProjectState::Done
+            | ProjectState::Cancelled
+            | ProjectState::Queued
             | ProjectState::Planning
             | ProjectState::Running
             | ProjectState::Verifying => return Err(Error::NotResumable(id.clone(), state)),
@@ -94,12 +83,8 @@ impl Engine {
             | ProjectState::BudgetExhausted
             | ProjectState::Paused => {}
         }
-        let limits = apply_options(self.limits_of(&project.options), options);
-        let stored = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
-        if stored != project.options {
-            self.store.set_project_options(id, &stored)?;
-            self.store.append_event(id, None, "limits", &stored)?;
-        }
+        let before = self.limits_of(&project.options);
+        self.replace_limits(id, &before, &apply_options(before.clone(), options))?;
         let reopened = match state {
             ProjectState::Failed => crate::run::reopen_failed(self, id)?,
             ProjectState::BudgetExhausted | ProjectState::Paused => {
@@ -114,7 +99,7 @@ impl Engine {
             return Err(Error::NotResumable(id.clone(), now));
         }
         drop(lock);
-        Ok(Resumed::From(state))
+        Ok(())
     }
 
     /// `<data dir>/projects/<id>/transcripts/<task>-<attempt>.json`, written

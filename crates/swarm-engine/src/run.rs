@@ -321,10 +321,9 @@ async fn run_inner(
     run.finish().await
 }
 
-/// A failed project can be resumed: its failed tasks get fresh attempts and
-/// the tasks they blocked wait again.
-/// Failed and blocked tasks get fresh attempts and the project becomes
-/// `interrupted`; `false` if it was no longer `failed`.
+/// A failed project can be resumed: its failed tasks get fresh attempts, the
+/// tasks they blocked wait again, and the project becomes `interrupted`;
+/// `false` if it was no longer `failed`.
 pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
     let store = &engine.store;
     for t in store.tasks(id)? {

@@ -148,8 +148,10 @@ pub struct Task {
     pub merge_commit: Option<String>,
     pub summary: Option<String>,
     pub changed_files: Vec<String>,
+    /// When its current (or last) attempt started.
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// From `started_ms` to the finish, or to now while it runs.
     pub duration_ms: Option<i64>,
     pub worker: Option<Worker>,
     pub attempts: Vec<Attempt>,

@@ -130,9 +130,8 @@ async fn respond(
     if !wants_stream(headers) {
         let limit = page_limit(q)?;
         let engine = s.engine.clone();
-        let events = tokio::task::spawn_blocking(move || fetch(&engine, after, limit))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??
+        let events = crate::handlers::blocking(move || fetch(&engine, after, limit))
+            .await?
             .into_iter()
             .map(to_api)
             .collect();

@@ -1,6 +1,8 @@
 //! The API's handlers: projects, tasks, transcripts, downloads, status,
-//! health and metrics. Store reads are single local statements (see
-//! `swarm_store::Store`); file reads go through `spawn_blocking`.
+//! health and metrics. What reads many rows (views, lists, the status, the
+//! metrics) runs on the blocking pool ([`blocking`]); single-row store
+//! reads run inline (one short local statement, see `swarm_store::Store`);
+//! files are read with `tokio::fs`.
 
 use crate::error::{ApiError, ApiResult};
 use crate::views::{project_summary, project_url};
@@ -13,9 +15,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::path::PathBuf;
 use swarm_engine::Engine;
-use swarm_protocol::api::{self, ProjectOptions};
+use swarm_protocol::api;
 use swarm_protocol::{Plan, ProjectId, TaskId, TaskKind, TaskState};
 use swarm_store::TaskRecord;
+
+/// Runs `f` on the blocking pool; its error, or a panic, is the answer.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(ApiError::internal(format!(
+            "the request's work failed: {e}"
+        ))),
+    }
+}
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such path; GET /openapi.json describes the API")
@@ -50,42 +68,45 @@ pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response 
     let format = swarm_engine::MetricsFormat::negotiate(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
-    match tokio::task::spawn_blocking(move || engine.metrics_text_as(format)).await {
+    match blocking(move || Ok::<_, ApiError>(engine.metrics_text_as(format))).await {
         Ok(m) => ([(header::CONTENT_TYPE, m.content_type)], m.body).into_response(),
-        Err(e) => ApiError::internal(format!("rendering the metrics failed: {e}")).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-pub async fn status(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/status`: the engine's snapshot with what only the server knows.
+#[derive(serde::Serialize)]
+pub struct StatusBody {
+    version: &'static str,
+    /// Start-up recovery is done.
+    ready: bool,
+    /// The CLI checks that the daemon it found is the one that advertised itself.
+    pid: u32,
+    #[serde(flatten)]
+    status: swarm_engine::SwarmStatus,
+    workers: Vec<swarm_engine::LiveWorker>,
+}
+
+pub async fn status(State(s): State<AppState>) -> ApiResult<Json<StatusBody>> {
     let engine = s.engine.clone();
-    let ready = s.is_ready();
     let (status, workers) =
-        tokio::task::spawn_blocking(move || (engine.swarm_status(), engine.live_workers()))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-        o.insert("ready".into(), ready.into());
-        // The CLI checks that the daemon it found is the one that advertised itself.
-        o.insert("pid".into(), std::process::id().into());
-        o.insert(
-            "workers".into(),
-            serde_json::to_value(&workers).map_err(|e| ApiError::internal(e.to_string()))?,
-        );
-    }
-    Ok(Json(v))
+        blocking(move || Ok::<_, ApiError>((engine.swarm_status(), engine.live_workers()))).await?;
+    Ok(Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: s.is_ready(),
+        pid: std::process::id(),
+        status,
+        workers,
+    }))
 }
 
 // ---- projects ----
 
 pub async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<api::ProjectList>> {
     let engine = s.engine.clone();
-    let list =
-        tokio::task::spawn_blocking(move || crate::views::project_list(engine.store().as_ref()))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(list))
+    Ok(Json(
+        blocking(move || crate::views::project_list(engine.store().as_ref())).await?,
+    ))
 }
 
 /// A JSON body: 415 unless `application/json`, 400 unless JSON, 422 unless
@@ -143,9 +164,7 @@ pub async fn submit(
     };
     let engine = s.engine.clone();
     let goal = goal.to_owned();
-    let id = tokio::task::spawn_blocking(move || engine.submit(&goal, plan, &req.options))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let id = blocking(move || engine.submit(&goal, plan, &req.options)).await?;
     tracing::info!(project = %id, "project submitted through the API");
     Ok((
         StatusCode::CREATED,
@@ -178,11 +197,8 @@ pub async fn resume(
     let req: api::ResumeRequest = json_body(&headers, body, true)?;
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
-    let options: ProjectOptions = req.options;
     let rid = id.clone();
-    tokio::task::spawn_blocking(move || engine.resume_project(&rid, &options))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    blocking(move || engine.resume_project(&rid, &req.options)).await?;
     tracing::info!(project = %id, "project resumed through the API");
     Ok((
         StatusCode::ACCEPTED,
@@ -196,11 +212,10 @@ pub async fn project(
 ) -> ApiResult<Json<api::ProjectDetail>> {
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
-    let detail = tokio::task::spawn_blocking(move || {
+    let detail = blocking(move || {
         crate::views::project_detail(engine.store().as_ref(), &id, &engine.live_workers())
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .await?;
     Ok(Json(detail))
 }
 
@@ -220,7 +235,7 @@ pub async fn task(
 ) -> ApiResult<Json<api::Task>> {
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
-    let view = tokio::task::spawn_blocking(move || {
+    let view = blocking(move || {
         let t = find_task(&engine, &id, &task)?;
         Ok::<_, ApiError>(crate::views::task_view(
             engine.store().as_ref(),
@@ -228,8 +243,7 @@ pub async fn task(
             &engine.live_workers(),
         )?)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .await?;
     Ok(Json(view))
 }
 

@@ -63,6 +63,35 @@ impl Harness {
         c
     }
 
+    /// `agentswarm ARGS` (a `run`) in the background, stderr discarded; the
+    /// child, its stdout after the first line, and the project that line
+    /// names (`project <id>`).
+    pub fn spawn_run(
+        &self,
+        args: &[&str],
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+        String,
+    ) {
+        use std::io::BufRead;
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agentswarm starts");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("a first line");
+        let project = first
+            .trim()
+            .strip_prefix("project ")
+            .unwrap_or_else(|| panic!("the first line names the project: {first:?}"))
+            .to_owned();
+        (child, stdout, project)
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("agentswarm runs")
     }
