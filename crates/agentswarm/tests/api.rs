@@ -679,6 +679,16 @@ fn budget_exhausted_then_resumed_through_the_api_and_cancel_stops_a_run() {
     let id = created["id"].as_str().unwrap().to_owned();
     let p = api.wait_state(&id, 60, &["budget_exhausted"]);
     assert_eq!(p["options"]["max_tokens"], 1);
+    // A task whose attempt was stopped waits for the next one: no
+    // duration ticking on while nothing runs.
+    let waiting: Vec<&Value> = p["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "ready" && t["started_ms"].is_i64())
+        .collect();
+    assert!(!waiting.is_empty(), "{p}");
+    assert!(waiting.iter().all(|t| t["duration_ms"].is_null()), "{p}");
     let base = format!("/api/v1/projects/{id}");
     let (code, e) = api.call(
         "POST",

@@ -151,7 +151,8 @@ pub struct Task {
     /// When its current (or last) attempt started.
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
-    /// From `started_ms` to the finish, or to now while it runs.
+    /// From `started_ms` to the finish, or to now while it runs (running,
+    /// merging); none while it waits for an attempt (pending, ready).
     pub duration_ms: Option<i64>,
     pub worker: Option<Worker>,
     pub attempts: Vec<Attempt>,

@@ -150,14 +150,18 @@ pub fn task_view(
             turns: w.turns,
             last_tool: w.last_tool.clone(),
         });
-    let duration_ms = t.started_ms.map(|start| {
-        let end = if t.state.is_terminal() {
-            t.finished_ms.unwrap_or(start)
-        } else {
-            swarm_store::now_ms()
-        };
-        (end - start).max(0)
-    });
+    // A task waiting for its next attempt (ready, pending) has no duration.
+    let end = match t.state {
+        TaskState::Running | TaskState::Merging => Some(swarm_store::now_ms()),
+        TaskState::Done | TaskState::Failed | TaskState::Blocked | TaskState::Cancelled => {
+            t.finished_ms
+        }
+        TaskState::Pending | TaskState::Ready => None,
+    };
+    let duration_ms = t
+        .started_ms
+        .zip(end)
+        .map(|(start, end)| (end - start).max(0));
     Ok(api::Task {
         id: t.id.to_string(),
         title: t.title.clone(),
