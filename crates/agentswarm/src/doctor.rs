@@ -86,6 +86,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             "sandbox_max_file_size_mb",
             config.sandbox.limits.file_size_mb.to_string(),
         ),
+        ("sandbox_uid", config.sandbox.uid.to_string()),
         ("run.allow_network", config.run.allow_network.to_string()),
         ("run.max_tasks", config.run.max_tasks.to_string()),
         ("run.max_attempts", config.run.max_attempts.to_string()),
@@ -169,6 +170,7 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         mode: config.sandbox.mode,
         mechanism: config.sandbox.mechanism,
         allow_network: config.run.allow_network,
+        uid: config.sandbox.uid,
         ..Default::default()
     };
     let facilities = swarm_exec::sandbox::facilities();
@@ -184,8 +186,12 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         "gaps": assessment.gaps,
         "refusal": assessment.refusal,
         "landlock": available(facilities.landlock.as_ref().map(|abi| format!("ABI {abi}"))),
-        "namespaces": available(facilities.namespaces.as_ref().map(|()| "user and network namespaces".to_owned())),
+        "namespaces": available(facilities.namespaces.as_ref().map(|()| "network namespaces".to_owned())),
         "bubblewrap": available(facilities.bubblewrap.as_ref().map(|p| p.display().to_string())),
+        // Only a root service's commands drop to `sandbox_uid`.
+        "uid_drop": swarm_exec::sandbox::running_as_root().then(|| available(
+            facilities.uid_drop.as_ref().map(|()| format!("commands run as uid {}", config.sandbox.uid)),
+        )),
     });
     let gate = Gate::from_config(&config);
     let readings = gate.readings();
@@ -240,8 +246,11 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         config.sandbox.mode,
         assessment.summary(policy.allow_network)
     );
-    for name in ["landlock", "namespaces", "bubblewrap"] {
+    for name in ["landlock", "namespaces", "bubblewrap", "uid_drop"] {
         let f = &sandbox[name];
+        if f.is_null() {
+            continue;
+        }
         match f["available"].as_bool() {
             Some(true) => println!(
                 "  {name:<11} available: {}",

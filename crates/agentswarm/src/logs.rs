@@ -300,6 +300,10 @@ pub fn describe(e: &EventRecord) -> String {
         "sandbox" => sandbox(d),
         "limits" => limits(d),
         "halt" => halt(d),
+        "note" => d
+            .get("message")
+            .and_then(Value::as_str)
+            .map(|m| format!("note: {m}")),
         "run_stats" => d
             .get("spawned")
             .and_then(Value::as_u64)

@@ -98,6 +98,11 @@ fn agent_loop<R: BufRead, W: Write>(
     )
     .with_sandbox(start.sandbox.clone());
     let specs = tool_specs();
+    // A root service's commands run as this uid and must own the worktree.
+    let dropped_uid = swarm_exec::sandbox::dropped_uid(&start.sandbox);
+    // `None` until the first command; then whether the worktree is still all
+    // the sandbox uid's.
+    let mut handed_over: Option<bool> = None;
     let mut messages = vec![
         ChatMessage::system(&start.system_prompt),
         ChatMessage::user(&start.prompt),
@@ -150,7 +155,7 @@ fn agent_loop<R: BufRead, W: Write>(
                 });
             }
         }
-        let mut finished: Option<String> = None;
+        let mut finished: Option<FromWorker> = None;
         for call in &calls {
             let name = call.function.name.as_str();
             let text = if finished.is_some() {
@@ -161,52 +166,109 @@ fn agent_loop<R: BufRead, W: Write>(
                     tool: name.to_owned(),
                     detail: Tools::describe(name, &call.function.arguments),
                 })?;
+                if name == "run_command" && handed_over.is_some_and(|done| !done) {
+                    // What the file tools wrote (as root) since the last
+                    // command goes to the sandbox uid, as the rest of the
+                    // worktree did when the sandbox was prepared.
+                    if let Some(uid) = dropped_uid {
+                        if let Err(e) = swarm_exec::sandbox::hand_over(&start.worktree, uid) {
+                            eprintln!(
+                                "agentswarm worker: cannot give the worktree to uid {uid}: {e}"
+                            );
+                        }
+                    }
+                }
                 let r: ToolResult = tools.execute(name, &call.function.arguments);
+                handed_over = match name {
+                    // The first command's sandbox hands the whole worktree over.
+                    "run_command" => Some(true),
+                    "read_file" | "list_files" | "finish" => handed_over,
+                    _ => handed_over.map(|_| false),
+                };
                 if name == "run_command" && start.sandbox.sweep_after_command() {
                     kill_leftovers();
                 }
-                if let Some(summary) = r.finished {
-                    finished = Some(summary);
+                match r.finished {
+                    Some(summary) => match commit(start, summary, turn) {
+                        Ok(outcome) => {
+                            finished = Some(outcome);
+                            r.text
+                        }
+                        // The model can fix this one: it is told, and goes on.
+                        Err(refused) => refused,
+                    },
+                    None => r.text,
                 }
-                r.text
             };
             messages.push(ChatMessage::tool_result(&call.id, text));
         }
-        if let Some(summary) = finished {
-            let trailers = swarm_git::Trailers {
-                project: start.project_id.to_string(),
-                task: start.task_id.to_string(),
-                attempt: start.attempt,
-            };
-            let committed = open_repo(&start.repo).and_then(|repo| {
-                swarm_git::commit_all(
-                    &repo,
-                    &start.worktree,
-                    &start.commit_subject,
-                    &summary,
-                    &trailers,
-                )
-            });
-            return Ok(match committed {
-                Ok(commit) => {
-                    report_link(&start.worktree, commit.link);
-                    FromWorker::Finished {
-                        summary,
-                        commit: commit.sha,
-                        turns: turn,
-                    }
-                }
-                Err(e) => FromWorker::Failed {
-                    reason: format!("cannot commit the work: {e}"),
-                    turns: turn,
-                },
-            });
+        if let Some(outcome) = finished {
+            return Ok(outcome);
         }
     }
     Ok(FromWorker::Failed {
         reason: format!("max_turns ({}) reached without finish", start.max_turns),
         turns: start.max_turns,
     })
+}
+
+/// Commits the worktree for `finish`: the attempt's outcome, or the error
+/// the model gets when the work cannot be committed as it is (paths with
+/// control characters).
+fn commit(
+    start: &WorkerStart,
+    summary: String,
+    turn: u32,
+) -> std::result::Result<FromWorker, String> {
+    let trailers = swarm_git::Trailers {
+        project: start.project_id.to_string(),
+        task: start.task_id.to_string(),
+        attempt: start.attempt,
+    };
+    let mut summary = summary;
+    let committed = open_repo(&start.repo, &start.sandbox).and_then(|repo| {
+        // What git is told to do with nested repositories is known only by
+        // scanning; the summary records it for the operator and the commit.
+        swarm_git::commit_all(
+            &repo,
+            &start.worktree,
+            &start.commit_subject,
+            &summary,
+            &trailers,
+        )
+    });
+    Ok(match committed {
+        Ok(commit) => {
+            report_link(&start.worktree, commit.link);
+            if !commit.nested.is_empty() {
+                let note = nested_note(&commit.nested);
+                eprintln!("agentswarm worker: {note}");
+                summary = format!("{summary}\n\n[agentswarm] {note}");
+            }
+            FromWorker::Finished {
+                summary,
+                commit: commit.sha,
+                turns: turn,
+            }
+        }
+        Err(e @ swarm_git::Error::UnsafeNames { .. }) => {
+            return Err(format!(
+                "error: the work was not committed: {e}; then call finish again"
+            ))
+        }
+        Err(e) => FromWorker::Failed {
+            reason: format!("cannot commit the work: {e}"),
+            turns: turn,
+        },
+    })
+}
+
+/// What the operator and the commit are told about nested repositories.
+fn nested_note(dirs: &[String]) -> String {
+    format!(
+        "nested git repositories are not kept: removed the .git of {}; their files are committed as plain content",
+        dirs.join(", ")
+    )
 }
 
 /// Runs the start message's worktree setup on a thread.
@@ -226,30 +288,42 @@ fn start_setup(start: &WorkerStart) -> Setup {
     let setup = start.setup.clone();
     let worktree = start.worktree.clone();
     let repo = start.repo.clone();
+    let policy = start.sandbox.clone();
     std::thread::spawn(move || match setup {
         WorktreeSetup::Ready => Ok(()),
-        WorktreeSetup::Create { repo, branch, base } => swarm_git::Repo::open(repo)
+        WorktreeSetup::Create { repo, branch, base } => open_repo(&repo, &policy)
             .and_then(|r| r.add_worktree_at(&worktree, &branch, &base))
             .map_err(|e| e.to_string()),
         WorktreeSetup::Reset {
             branch,
             base,
             clean,
-        } => open_repo(&repo)
+        } => open_repo(&repo, &policy)
             .and_then(|r| swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean))
             .map(|link| report_link(&worktree, link))
             .map_err(|e| e.to_string()),
     })
 }
 
-/// The project repository named by the start message (`repo`).
-fn open_repo(repo: &std::path::Path) -> swarm_git::Result<swarm_git::Repo> {
+/// The project repository named by the start message (`repo`). Unless
+/// commands run unconfined, git on the worktree runs in a Landlock domain
+/// that reaches the system's trees (as commands may read them), the
+/// worktree and the repository only.
+fn open_repo(
+    repo: &std::path::Path,
+    policy: &swarm_exec::sandbox::SandboxPolicy,
+) -> swarm_git::Result<swarm_git::Repo> {
     if repo.as_os_str().is_empty() {
         return Err(swarm_git::Error::Io(std::io::Error::other(
             "the start message names no repository (`repo`)",
         )));
     }
-    swarm_git::Repo::open(repo)
+    let repo = swarm_git::Repo::open(repo)?;
+    if policy.mode == swarm_exec::sandbox::SandboxMode::Off {
+        return Ok(repo);
+    }
+    let read = swarm_exec::sandbox::readable_trees(&policy.read_only, &policy.hidden).trees;
+    Ok(repo.confine(read))
 }
 
 /// Says on stderr (the supervisor's log of this worker) when the worktree's

@@ -127,6 +127,9 @@ pub struct FileConfig {
     pub sandbox_max_processes: Option<u64>,
     /// The largest file a confined command may write, in MB (`RLIMIT_FSIZE`; 0: unchanged).
     pub sandbox_max_file_size_mb: Option<u64>,
+    /// The unprivileged uid a root service's commands run as under Landlock
+    /// (default 65534, `nobody`; never 0).
+    pub sandbox_uid: Option<u32>,
     pub run: Option<FileRun>,
 }
 
@@ -221,6 +224,8 @@ pub struct SandboxSettings {
     /// `~/` means. `None` when unset or `/`.
     pub home: Option<PathBuf>,
     pub limits: CommandLimits,
+    /// `sandbox_uid`: the uid a root service's commands run as under Landlock.
+    pub uid: u32,
 }
 
 /// The resolved configuration.
@@ -471,12 +476,29 @@ impl Resolver<'_> {
                 "",
             )?,
         };
+        let uid: u32 = self.pick(
+            "sandbox_uid",
+            None,
+            Some("AGENTSWARM_SANDBOX_UID"),
+            file.sandbox_uid,
+            swarm_protocol::sandbox::DEFAULT_SANDBOX_UID,
+            "an unprivileged uid (not 0)",
+        )?;
+        if uid == 0 {
+            return Err(self.invalid(
+                "sandbox_uid",
+                "sandbox_uid",
+                "an unprivileged uid (not 0)",
+                uid,
+            ));
+        }
         Ok(SandboxSettings {
             mode,
             mechanism,
             read_paths,
             home,
             limits,
+            uid,
         })
     }
 }

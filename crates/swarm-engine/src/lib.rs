@@ -436,6 +436,7 @@ impl Engine {
             read_only,
             hidden,
             limits: c.sandbox.limits,
+            uid: c.sandbox.uid,
             resolved: None,
         }
     }

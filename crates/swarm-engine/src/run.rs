@@ -1023,6 +1023,21 @@ impl Run<'_> {
                     .map(|t| t.title.clone())
                     .unwrap_or_default();
                 self.turns.insert((task.clone(), attempt), turns);
+                // What the worker changed in the work before committing it
+                // (nested repositories removed) is the operator's to know.
+                for note in summary
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("[agentswarm] "))
+                {
+                    self.store().append_event(
+                        &self.id,
+                        Some(&task),
+                        "note",
+                        &serde_json::json!({"attempt": attempt, "message": note}),
+                    )?;
+                    self.engine
+                        .emit(&self.id, Some(&task), "info", format!("{task}: {note}"));
+                }
                 if self.set(
                     &task,
                     TaskUpdate {

@@ -30,7 +30,7 @@ pub mod limit;
 pub mod sandbox;
 pub mod tree;
 
-pub use sandbox::Sandbox;
+pub use sandbox::{Jail, Sandbox};
 
 pub use limit::{Enclosure, LimiterChoice, Mechanism, MemoryLimiter};
 
@@ -222,6 +222,8 @@ pub struct RunOptions {
     /// Written to the child's stdin, which is closed otherwise.
     pub stdin: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
+    /// The program runs in this Landlock domain (no `posix_spawn` then).
+    pub jail: Option<Arc<sandbox::Jail>>,
 }
 
 /// What [`run`] captured.
@@ -249,6 +251,9 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(jail) = &opts.jail {
+        jail.install(&mut cmd);
+    }
     let child = spawn_registered(|| cmd.spawn(), std::process::Child::id).map_err(|source| {
         Error::Spawn {
             program: name.clone(),

@@ -46,6 +46,7 @@ use landlock::{
 };
 pub use swarm_protocol::sandbox::{
     CommandLimits, Mechanism, SandboxMechanism, SandboxMode, SandboxPolicy, DEFAULT_READ_ONLY,
+    DEFAULT_SANDBOX_UID,
 };
 
 /// The directory, inside the confined directory, that holds the command's
@@ -61,8 +62,12 @@ const REQUESTED_ABI: ABI = ABI::V6;
 pub struct Facilities {
     /// The kernel's Landlock ABI version, or why there is none.
     pub landlock: Result<i32, String>,
-    /// Whether a child can enter new user and network namespaces.
+    /// Whether a child can enter new network namespaces (and, for a service
+    /// that is not root, the user namespace that needs).
     pub namespaces: Result<(), String>,
+    /// For a root service: whether a child can drop to an unprivileged uid
+    /// (see [`SandboxPolicy::uid`]). `Err` for any other service.
+    pub uid_drop: Result<(), String>,
     /// The `bwrap` binary, when installed and able to run here.
     pub bubblewrap: Result<PathBuf, String>,
 }
@@ -73,6 +78,7 @@ pub fn facilities() -> &'static Facilities {
     FACILITIES.get_or_init(|| Facilities {
         landlock: landlock_abi(),
         namespaces: probe_namespaces(),
+        uid_drop: probe_uid_drop(),
         bubblewrap: probe_bubblewrap(),
     })
 }
@@ -101,8 +107,38 @@ fn landlock_abi() -> Result<i32, String> {
     }
 }
 
+/// Whether this process runs as root (then commands drop to an unprivileged
+/// uid under Landlock, and need no user namespace for their network one).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn probe_uid_drop() -> Result<(), String> {
+    if !running_as_root() {
+        return Err("the service is not root".into());
+    }
+    let drop = UidDrop::new(swarm_protocol::sandbox::DEFAULT_SANDBOX_UID);
+    let mut cmd = Command::new("/bin/true");
+    cmd.env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the hook only makes system calls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || drop.apply());
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!(
+            "a test process that dropped to an unprivileged uid ended with {s}"
+        )),
+        Err(e) => Err(format!("cannot drop a command to an unprivileged uid: {e}")),
+    }
+}
+
 fn probe_namespaces() -> Result<(), String> {
-    let ns = Namespaces::new(true);
+    let ns = Namespaces::new(true, !running_as_root());
     let mut cmd = Command::new("/bin/true");
     cmd.env_clear()
         .stdin(Stdio::null())
@@ -189,12 +225,23 @@ impl Assessment {
         };
         match (&self.mode, &self.mechanism) {
             (SandboxMode::Off, _) => "off (commands are not confined)".into(),
-            (_, Mechanism::Landlock { abi, namespaces }) => format!(
-                "landlock (ABI {abi}){}, {net}",
-                if *namespaces {
-                    " with user and network namespaces"
-                } else {
-                    ", no namespaces"
+            (
+                _,
+                Mechanism::Landlock {
+                    abi,
+                    namespaces,
+                    uid,
+                },
+            ) => format!(
+                "landlock (ABI {abi}){}{}, {net}",
+                match (*namespaces, uid.is_some()) {
+                    (true, false) => " with user and network namespaces",
+                    (true, true) => " with a network namespace",
+                    (false, _) => ", no namespaces",
+                },
+                match uid {
+                    Some(uid) => format!(", as uid {uid}"),
+                    None => String::new(),
                 }
             ),
             (_, Mechanism::Bubblewrap { path }) => {
@@ -249,14 +296,16 @@ fn landlock_gaps(abi: i32, f: &Facilities, allow_network: bool) -> (bool, Vec<St
         ));
     }
     // Landlock has no rules for chmod, chown or utime: a command can change
-    // the metadata of any file the service user owns.
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        essential = false;
-        gaps.push(
-            "the service runs as root, and Landlock does not stop chmod or chown: a command could change any file's permissions"
-                .into(),
-        );
+    // the metadata of any file its uid owns. A root service's commands run
+    // as an unprivileged uid, which owns nothing outside the worktree.
+    if running_as_root() {
+        if let Err(why) = &f.uid_drop {
+            essential = false;
+            gaps.push(format!(
+                "the service runs as root and its commands cannot drop to an unprivileged uid ({why}): \
+                 Landlock does not stop chmod, chown or utime, and the process limit does not bind root"
+            ));
+        }
     } else {
         gaps.push(
             "Landlock does not stop chmod, chown or utime of files the service user owns (bubblewrap does)"
@@ -280,6 +329,7 @@ pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
             Mechanism::Landlock {
                 abi: *abi,
                 namespaces: f.namespaces.is_ok(),
+                uid: (running_as_root() && f.uid_drop.is_ok()).then_some(policy.uid),
             },
             essential,
             gaps,
@@ -343,6 +393,8 @@ enum Kind {
         /// `None` when the kernel has no Landlock (best effort).
         ruleset: Option<Arc<OwnedFd>>,
         namespaces: Option<Arc<Namespaces>>,
+        /// A root service's commands become this unprivileged uid.
+        drop: Option<Arc<UidDrop>>,
     },
     Bubblewrap {
         program: PathBuf,
@@ -397,18 +449,38 @@ impl Sandbox {
                 .map_err(|e| Refused(format!("cannot create {}: {e}", d.display())))?;
         }
         let readable = readable_trees(&policy.read_only, &policy.hidden);
-        let env = confined_env(&readable.trees, &root, &home, &tmp);
+        let mut env = confined_env(&readable.trees, &root, &home, &tmp);
         let kind = match &assessment.mechanism {
-            Mechanism::Landlock { namespaces, .. } => {
+            Mechanism::Landlock {
+                namespaces, uid, ..
+            } => {
                 let isolate_net = *namespaces && !policy.allow_network;
+                let ruleset = landlock_ruleset(
+                    &readable.trees,
+                    &root,
+                    !policy.allow_network && !isolate_net,
+                )
+                .map_err(Refused)?;
+                // Only with Landlock in force: the uid keeps the right to
+                // read and search any directory, which Landlock narrows.
+                let drop = match (uid, &ruleset) {
+                    (Some(uid), Some(_)) => {
+                        hand_over(&root, *uid).map_err(|e| {
+                            Refused(format!(
+                                "cannot give {} to the sandbox uid {uid}: {e}",
+                                root.display()
+                            ))
+                        })?;
+                        env.extend(unowned_checkout_env());
+                        Some(Arc::new(UidDrop::new(*uid)))
+                    }
+                    _ => None,
+                };
                 Kind::Landlock {
-                    ruleset: landlock_ruleset(
-                        &readable.trees,
-                        &root,
-                        !policy.allow_network && !isolate_net,
-                    )
-                    .map_err(Refused)?,
-                    namespaces: namespaces.then(|| Arc::new(Namespaces::new(isolate_net))),
+                    ruleset,
+                    namespaces: namespaces
+                        .then(|| Arc::new(Namespaces::new(isolate_net, drop.is_none()))),
+                    drop,
                 }
             }
             Mechanism::Bubblewrap { path } => Kind::Bubblewrap {
@@ -418,6 +490,7 @@ impl Sandbox {
             Mechanism::None => Kind::Landlock {
                 ruleset: None,
                 namespaces: None,
+                drop: None,
             },
         };
         let rlimits = match &kind {
@@ -439,6 +512,18 @@ impl Sandbox {
 
     pub fn assessment(&self) -> &Assessment {
         &self.assessment
+    }
+
+    /// The unprivileged uid commands run as (a root service under
+    /// Landlock): files written in the directory by anyone else must be
+    /// given to it ([`hand_over`]) before the next command.
+    pub fn uid(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Landlock {
+                drop: Some(drop), ..
+            } => Some(drop.uid),
+            Kind::Off | Kind::Landlock { .. } | Kind::Bubblewrap { .. } => None,
+        }
     }
 
     pub fn is_off(&self) -> bool {
@@ -467,19 +552,20 @@ impl Sandbox {
     /// Landlock. Call it after every other `pre_exec` hook.
     pub(crate) fn install(&self, cmd: &mut Command) {
         let limits = self.limits;
-        let (landlock, ruleset, namespaces) = match &self.kind {
+        let (landlock, ruleset, namespaces, drop) = match &self.kind {
             Kind::Off => return,
             Kind::Landlock {
                 ruleset,
                 namespaces,
-            } => (true, ruleset.clone(), namespaces.clone()),
-            Kind::Bubblewrap { .. } => (false, None, None),
+                drop,
+            } => (true, ruleset.clone(), namespaces.clone(), drop.clone()),
+            Kind::Bubblewrap { .. } => (false, None, None, None),
         };
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the hook makes system calls only (close_range, unshare,
-        // open, write, close, socket, ioctl, setrlimit, prctl, getppid,
-        // landlock_restrict_self) on data prepared before the fork; it
-        // allocates nothing, errors included.
+        // open, write, close, socket, ioctl, setgroups, setresuid, capset,
+        // setrlimit, prctl, getppid, landlock_restrict_self) on data
+        // prepared before the fork; it allocates nothing, errors included.
         unsafe {
             cmd.pre_exec(move || {
                 // Descriptors the parent leaked without CLOEXEC end at exec:
@@ -493,7 +579,13 @@ impl Sandbox {
                 if let Some(ns) = &namespaces {
                     ns.enter()?;
                 }
+                // After the namespaces, which need root's capabilities when
+                // there is no user namespace.
+                if let Some(d) = &drop {
+                    d.apply()?;
+                }
                 // After the user namespace: its process count starts at zero.
+                // After the uid drop: root's processes are never counted.
                 set_limits(&limits)?;
                 if landlock {
                     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -556,6 +648,9 @@ fn set_limits(l: &CommandLimits) -> std::io::Result<()> {
 #[derive(Debug)]
 pub(crate) struct Namespaces {
     net: bool,
+    /// A new user namespace first (what an unprivileged service needs for
+    /// the others); root makes them directly.
+    user: bool,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
     setgroups_path: CString,
@@ -564,12 +659,13 @@ pub(crate) struct Namespaces {
 }
 
 impl Namespaces {
-    fn new(net: bool) -> Self {
+    fn new(net: bool, user: bool) -> Self {
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let c = |s: &str| CString::new(s).unwrap_or_default();
         Namespaces {
             net,
+            user,
             uid_map: format!("{uid} {uid} 1\n").into_bytes(),
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
             setgroups_path: c("/proc/self/setgroups"),
@@ -580,7 +676,10 @@ impl Namespaces {
 
     /// Runs in the child between fork and exec: system calls only.
     fn enter(&self) -> std::io::Result<()> {
-        let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        let mut flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if self.user {
+            flags |= libc::CLONE_NEWUSER;
+        }
         if self.net {
             flags |= libc::CLONE_NEWNET;
         }
@@ -589,14 +688,253 @@ impl Namespaces {
             if libc::unshare(flags) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            write_proc(&self.setgroups_path, b"deny")?;
-            write_proc(&self.uid_map_path, &self.uid_map)?;
-            write_proc(&self.gid_map_path, &self.gid_map)?;
+            if self.user {
+                write_proc(&self.setgroups_path, b"deny")?;
+                write_proc(&self.uid_map_path, &self.uid_map)?;
+                write_proc(&self.gid_map_path, &self.gid_map)?;
+            }
             if self.net {
                 loopback_up();
             }
         }
         Ok(())
+    }
+}
+
+/// `CAP_DAC_READ_SEARCH`: the one capability a dropped command keeps.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+/// A root service's command becomes an unprivileged uid between fork and
+/// exec, keeping its group and one capability, `CAP_DAC_READ_SEARCH`, so
+/// that it still reaches its worktree below directories only root may
+/// search (`/root`, a `0700` data directory) — what it may read is Landlock's
+/// to say, and Landlock is always in force with it. It owns its worktree
+/// ([`hand_over`]) and no file outside it, so `chmod`, `chown` and `utime`
+/// of those fail, and `RLIMIT_NPROC` binds it (the kernel never counts
+/// root's processes).
+///
+/// Written by hand: the `caps` crate allocates, which is not allowed between
+/// fork and exec.
+#[derive(Debug)]
+pub(crate) struct UidDrop {
+    uid: libc::uid_t,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+impl UidDrop {
+    fn new(uid: u32) -> Self {
+        UidDrop { uid }
+    }
+
+    /// Runs in the child between fork and exec: system calls only.
+    fn apply(&self) -> std::io::Result<()> {
+        let fail = || Err(std::io::Error::last_os_error());
+        // SAFETY: prctl, setgroups, setresuid and capset act on this
+        // (single-threaded) child only, with valid pointers to locals.
+        unsafe {
+            // The bounding set first (it needs CAP_SETPCAP): nothing regained
+            // by any program this command runs.
+            for cap in 0..64u32 {
+                if cap == CAP_DAC_READ_SEARCH {
+                    continue;
+                }
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                    // EINVAL: past the last capability this kernel knows.
+                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                        break;
+                    }
+                    return fail();
+                }
+            }
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                return fail();
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return fail();
+            }
+            if libc::setresuid(self.uid, self.uid, self.uid) != 0 {
+                return fail();
+            }
+            let bit = 1u32 << CAP_DAC_READ_SEARCH;
+            let header = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let data = [
+                CapData {
+                    effective: bit,
+                    permitted: bit,
+                    inheritable: bit,
+                },
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+            ];
+            if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+                return fail();
+            }
+            // Ambient: kept across exec by a program without file capabilities.
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                CAP_DAC_READ_SEARCH as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
+                return fail();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives the tree at `root` to `uid` (the sandbox uid of a root service's
+/// commands): every file and directory this process owns there, never
+/// through a symlink. The commands then work in it as its owner (write,
+/// `chmod +x`), and own nothing outside it. Cheap when nothing changed: a
+/// `readdir` per directory and a `stat` per entry.
+pub fn hand_over(root: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let give = |path: &Path, meta: &std::fs::Metadata| -> std::io::Result<()> {
+        if meta.uid() == me && me != uid {
+            // lchown: a symlink itself, never what it points at.
+            std::os::unix::fs::lchown(path, Some(uid), None)?;
+        }
+        Ok(())
+    };
+    give(root, &std::fs::symlink_metadata(root)?)?;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let path = entry.path();
+            give(&path, &meta)?;
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The uid a root service's commands drop to under `policy`, as the
+/// supervisor decided it (see [`hand_over`]).
+pub fn dropped_uid(policy: &SandboxPolicy) -> Option<u32> {
+    match (&policy.mode, &policy.resolved) {
+        (SandboxMode::Off, _) => None,
+        (_, Some(Mechanism::Landlock { uid, .. })) => *uid,
+        (_, _) => None,
+    }
+}
+
+/// Git refuses a repository its uid does not own ("dubious ownership"); a
+/// dropped command runs git on the service's checkout. Configuration from
+/// the environment counts as the command line's, which git trusts for this.
+fn unowned_checkout_env() -> Vec<(OsString, OsString)> {
+    vec![
+        ("GIT_CONFIG_COUNT".into(), "1".into()),
+        ("GIT_CONFIG_KEY_0".into(), "safe.directory".into()),
+        ("GIT_CONFIG_VALUE_0".into(), "*".into()),
+    ]
+}
+
+/// A Landlock domain for the helper programs the worker itself runs on a
+/// task's worktree (git): it may read the system's trees and the
+/// repository, and change only the worktree and what git writes for a task
+/// (objects, task branches, the worktree's administrative files). Nothing
+/// in a worktree should make git run a program, but if some configuration
+/// did, that program would reach no secret, no other project, no TCP and no
+/// process outside the domain.
+#[derive(Debug)]
+pub struct Jail {
+    ruleset: OwnedFd,
+}
+
+impl Jail {
+    /// `read`: trees that may be read and executed; `write`: trees that may
+    /// also be changed. Paths that do not exist are left out. `None` when
+    /// this kernel has no Landlock.
+    pub fn new(read: &[PathBuf], write: &[PathBuf]) -> Result<Option<Jail>, String> {
+        let abi = REQUESTED_ABI;
+        let err = |e: landlock::RulesetError| format!("cannot build the Landlock ruleset: {e}");
+        let existing = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths.iter().filter(|p| p.exists()).cloned().collect()
+        };
+        let created = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))
+            .map_err(err)?
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(err)?
+            .scope(Scope::from_all(abi))
+            .map_err(err)?
+            .create()
+            .map_err(err)?
+            .add_rules(path_beneath_rules(existing(read), AccessFs::from_read(abi)))
+            .map_err(err)?
+            .add_rules(path_beneath_rules(existing(write), AccessFs::from_all(abi)))
+            .map_err(err)?
+            .add_rules(path_beneath_rules(
+                ["/dev/null"],
+                AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate,
+            ))
+            .map_err(err)?
+            .add_rules(path_beneath_rules(
+                ["/dev/zero", "/dev/random", "/dev/urandom"],
+                AccessFs::ReadFile,
+            ))
+            .map_err(err)?;
+        let fd: Option<OwnedFd> = created.into();
+        Ok(fd.map(|ruleset| Jail { ruleset }))
+    }
+
+    /// Registers the between-fork-and-exec hook that enters the domain.
+    pub(crate) fn install(self: &Arc<Self>, cmd: &mut Command) {
+        let jail = Arc::clone(self);
+        // SAFETY: prctl and landlock_restrict_self on an fd opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    jail.ruleset.as_raw_fd(),
+                    0u32,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
 }
 
@@ -848,6 +1186,11 @@ mod tests {
         Facilities {
             landlock,
             namespaces: if ns { Ok(()) } else { Err("no userns".into()) },
+            uid_drop: if running_as_root() {
+                Ok(())
+            } else {
+                Err("the service is not root".into())
+            },
             bubblewrap: if bwrap {
                 Ok(PathBuf::from("/usr/bin/bwrap"))
             } else {
@@ -873,10 +1216,31 @@ mod tests {
         // Landlock with namespaces otherwise; enough for an unprivileged service.
         let a = assess(&req, &facilities_with(Ok(7), true, false));
         assert_eq!(a.mechanism_name(), "landlock");
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert_eq!(a.refusal.is_some(), root, "{:?}", a.gaps);
-        assert!(a.gaps.iter().any(|g| g.contains("chmod")), "{:?}", a.gaps);
+        // A root service's commands drop to the sandbox uid: confined too.
+        assert!(a.refusal.is_none(), "{:?}", a.gaps);
+        if running_as_root() {
+            assert!(
+                matches!(
+                    a.mechanism,
+                    Mechanism::Landlock {
+                        uid: Some(65534),
+                        ..
+                    }
+                ),
+                "{:?}",
+                a.mechanism
+            );
+            // Without the drop, root keeps its power over file metadata.
+            let mut f = facilities_with(Ok(7), true, false);
+            f.uid_drop = Err("no CAP_SETUID".into());
+            let why = assess(&req, &f).refusal.expect("refused");
+            assert!(
+                why.contains("chmod") && why.contains("no CAP_SETUID"),
+                "{why}"
+            );
+        } else {
+            assert!(a.gaps.iter().any(|g| g.contains("chmod")), "{:?}", a.gaps);
+        }
         // Old Landlock without namespaces leaves the network and truncation open.
         let a = assess(&req, &facilities_with(Ok(2), false, false));
         let why = a.refusal.expect("refused");

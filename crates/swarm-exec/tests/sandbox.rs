@@ -50,6 +50,7 @@ fn layout() -> Layout {
     }
 }
 
+#[allow(dead_code)]
 fn root_user() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -61,18 +62,15 @@ fn policy(l: &Layout, mechanism: SandboxMechanism, allow_network: bool) -> Sandb
     let mut read_only: Vec<PathBuf> = DEFAULT_READ_ONLY.iter().map(PathBuf::from).collect();
     read_only.push(l.base.clone());
     SandboxPolicy {
-        // Landlock alone is not enough for `required` when the tests run as
-        // root (it cannot stop chmod); bubblewrap is.
-        mode: if mechanism == SandboxMechanism::Landlock && root_user() {
-            SandboxMode::BestEffort
-        } else {
-            SandboxMode::Required
-        },
+        // Both mechanisms are enough for `required`, for a root service too
+        // (its commands drop to an unprivileged uid under Landlock).
+        mode: SandboxMode::Required,
         mechanism,
         allow_network,
         read_only,
         hidden: vec![l.data.clone(), l.secrets.clone()],
         limits: CommandLimits::default(),
+        uid: swarm_exec::sandbox::DEFAULT_SANDBOX_UID,
         resolved: None,
     }
 }
@@ -273,6 +271,10 @@ fn every_escape_fails_and_legitimate_work_passes() {
             "#!/bin/sh\nset -e\nmkdir -p out\necho built > out/result\n",
         )
         .unwrap();
+        // What the worker does after its file tools wrote (as root).
+        if let Some(uid) = sandbox.uid() {
+            swarm_exec::sandbox::hand_over(&l.root, uid).unwrap();
+        }
         let out = sh(
             &l.root,
             Some(&sandbox),
@@ -355,4 +357,92 @@ fn commands_of_a_private_network_can_use_their_own_loopback() {
             out.output
         );
     }
+}
+
+/// What a root service's command tries against files it does not own, and
+/// how many processes it makes (limit 40); prints one line per result.
+fn root_attacks(target: &Path, secrets: &Path) -> String {
+    format!(
+        "chmod 4755 {t} 2>/dev/null && echo SETUID; \
+         chmod 644 {s} 2>/dev/null && echo SECRETS-OPENED; \
+         touch -d 2001-01-01 {t} 2>/dev/null && echo TIMES-CHANGED; \
+         python3 -c \"
+import os, time
+n = 0
+try:
+    for i in range(80):
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+print('FORKED', n)
+\"",
+        t = target.display(),
+        s = secrets.display()
+    )
+}
+
+#[test]
+fn a_root_service_command_under_landlock_owns_nothing_outside_its_worktree() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use swarm_exec::sandbox::Mechanism;
+    if !root_user() || facilities().landlock.is_err() {
+        eprintln!("skipped: needs a root service and Landlock");
+        return;
+    }
+    let abi = *facilities().landlock.as_ref().unwrap();
+    let namespaces = facilities().namespaces.is_ok();
+    let attempt = |uid: Option<u32>| {
+        let l = layout();
+        let target = l.base.join("root-owned.bin");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&l.secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mtime = std::fs::metadata(&target).unwrap().mtime();
+        let mut p = policy(&l, SandboxMechanism::Landlock, false);
+        p.limits = CommandLimits {
+            processes: 40,
+            ..CommandLimits::default()
+        };
+        // Decided as the supervisor would, or (uid None) as before the fix:
+        // root in a user namespace that maps it to root.
+        p.resolved = Some(Mechanism::Landlock {
+            abi,
+            namespaces,
+            uid,
+        });
+        p.mode = SandboxMode::BestEffort;
+        let sandbox = Arc::new(Sandbox::prepare(&p, &l.root).unwrap());
+        let out = sh(&l.root, Some(&sandbox), &root_attacks(&target, &l.secrets));
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+        let secrets = std::fs::metadata(&l.secrets).unwrap().permissions().mode() & 0o777;
+        let moved = std::fs::metadata(&target).unwrap().mtime() != mtime;
+        (out.output, mode, secrets, moved)
+    };
+
+    // Before: root mapped to root keeps its power over file metadata, and
+    // the process limit does not bind it.
+    let (out, mode, secrets, moved) = attempt(None);
+    assert!(out.contains("SETUID") && mode == 0o4755, "{out}");
+    assert!(out.contains("SECRETS-OPENED") && secrets == 0o644, "{out}");
+    assert!(out.contains("TIMES-CHANGED") && moved, "{out}");
+    assert!(out.contains("FORKED 80"), "{out}");
+
+    // After: the command is the sandbox uid.
+    let (out, mode, secrets, moved) = attempt(Some(swarm_exec::sandbox::DEFAULT_SANDBOX_UID));
+    assert_eq!(mode, 0o644, "{out}");
+    assert_eq!(secrets, 0o600, "{out}");
+    assert!(!moved, "{out}");
+    assert!(
+        !out.contains("SETUID") && !out.contains("SECRETS") && !out.contains("TIMES"),
+        "{out}"
+    );
+    let forked: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FORKED "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(forked < 40, "the process limit did not bind: {out}");
 }

@@ -14,7 +14,14 @@
 //! trusted, its `.git` link included: git runs there (see [`commit_all`],
 //! [`reset_worktree_at`]) with `GIT_DIR` set to the worktree's
 //! administrative directory, found from the repository's side, and the link
-//! is put back the way git wrote it first.
+//! is put back the way git wrote it first. Nested repositories (a `.git`
+//! directory or file anywhere below the worktree's root) are removed before
+//! git runs there, so git never enters one and never obeys its
+//! configuration; their files are committed as plain content. Every git call
+//! also turns off what could run a program from configuration git does read
+//! (fsmonitor, hooks, submodule recursion, transports), and with
+//! [`Repo::confine`] git on a worktree runs in a Landlock domain that
+//! reaches only the worktree and the repository (docs/security.md).
 
 mod pool;
 
@@ -24,6 +31,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +55,18 @@ pub enum Error {
         repo.display()
     )]
     NotAWorktree { repo: PathBuf, worktree: PathBuf },
+    #[error(
+        "these paths have control characters or are not UTF-8, and would be \
+         misread in listings and manifests: {}; rename or delete them",
+        paths.join(", ")
+    )]
+    UnsafeNames {
+        /// The paths, relative to the worktree, with control characters
+        /// escaped.
+        paths: Vec<String>,
+    },
+    #[error("cannot confine git on a worktree: {0}")]
+    Confine(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -126,6 +146,28 @@ fn git_status(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_e
     git_status_env(dir, Vec::new(), args, stdin)
 }
 
+/// Configuration on every git call. Given with `-c`, it outranks every
+/// configuration file and reaches every git process this one starts
+/// (through `GIT_CONFIG_PARAMETERS`), a nested repository's included.
+const HARDENED: &[&str] = &[
+    // Nothing runs a program: no hooks, no filesystem monitor, no pager, no
+    // signing program, no submodule work (which would run git inside them).
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.pager=cat",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "status.submoduleSummary=false",
+    "-c",
+    "diff.ignoreSubmodules=all",
+];
+
 /// Runs git in `dir` with `env` added to [`git_env`].
 fn git_status_env(
     dir: &Path,
@@ -133,12 +175,24 @@ fn git_status_env(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<swarm_exec::Captured> {
-    // No hooks; no automatic gc/maintenance child process after commits and
-    // merges; no reflogs (a file created per task branch): creating files and
-    // processes is most of what git costs here.
-    let mut full: Vec<&str> = vec![
-        "-c",
-        "core.hooksPath=/dev/null",
+    git_confined(dir, env, &[], args, stdin, None)
+}
+
+/// Runs git in `dir` with `env` added to [`git_env`], `extra` configuration
+/// before `args`, in `jail` when given.
+fn git_confined(
+    dir: &Path,
+    env: Vec<(OsString, OsString)>,
+    extra: &[&str],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    jail: Option<Arc<swarm_exec::Jail>>,
+) -> Result<swarm_exec::Captured> {
+    // No automatic gc/maintenance child process after commits and merges; no
+    // reflogs (a file created per task branch): creating files and processes
+    // is most of what git costs here.
+    let mut full: Vec<&str> = HARDENED.to_vec();
+    full.extend_from_slice(&[
         "-c",
         "core.quotepath=false",
         "-c",
@@ -147,7 +201,8 @@ fn git_status_env(
         "maintenance.auto=false",
         "-c",
         "core.logAllRefUpdates=false",
-    ];
+    ]);
+    full.extend_from_slice(extra);
     full.extend_from_slice(args);
     let mut full_env = git_env();
     full_env.extend(env);
@@ -156,6 +211,7 @@ fn git_status_env(
         env: full_env,
         stdin: stdin.map(<[u8]>::to_vec),
         timeout: Some(Duration::from_secs(600)),
+        jail,
     };
     Ok(swarm_exec::run("git", &full, &opts)?)
 }
@@ -224,6 +280,11 @@ impl std::fmt::Display for LinkFound {
 struct WorktreeGit {
     work_tree: PathBuf,
     admin: PathBuf,
+    jail: Option<Arc<swarm_exec::Jail>>,
+    /// Nested repositories removed before git ran (relative paths).
+    nested: Vec<String>,
+    /// Paths git would misreport (control characters, not UTF-8).
+    unsafe_names: Vec<String>,
 }
 
 impl WorktreeGit {
@@ -245,7 +306,25 @@ impl WorktreeGit {
                 "the worktree's .git was not the file git wrote; restored it"
             );
         }
-        Ok((Self { work_tree, admin }, link))
+        let scan = scan_worktree(&work_tree)?;
+        for nested in &scan.nested {
+            tracing::warn!(
+                worktree = %work_tree.display(),
+                nested = %nested,
+                "removed a nested repository's .git; its files are plain content"
+            );
+        }
+        let jail = repo.jail_for(&work_tree)?;
+        Ok((
+            Self {
+                work_tree,
+                admin,
+                jail,
+                nested: scan.nested,
+                unsafe_names: scan.unsafe_names,
+            },
+            link,
+        ))
     }
 
     fn git(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Captured> {
@@ -259,12 +338,137 @@ impl WorktreeGit {
                 self.work_tree.clone().into_os_string(),
             ),
         ];
-        let out = git_status_env(&self.work_tree, env, args, stdin)?;
+        // No transport either: nothing here fetches, so no URL or command
+        // from configuration is ever used.
+        let extra = ["-c", "protocol.allow=never"];
+        let out = git_confined(&self.work_tree, env, &extra, args, stdin, self.jail.clone())?;
         if !out.exit.success() {
             return Err(command_error(args, &out));
         }
         Ok(out)
     }
+}
+
+impl WorktreeGit {
+    /// Replaces every gitlink in the index (a nested repository an earlier
+    /// version committed, or one in `main`) by the plain files under its
+    /// path, and returns those paths. Without a gitlink (the index holds no
+    /// mode 160000 entry: checked on its bytes first) no process runs.
+    fn unlink_gitlinks(&self) -> Result<Vec<String>> {
+        let index = std::fs::read(self.admin.join("index")).unwrap_or_default();
+        // An entry's mode is a big-endian u32: 0o160000 for a gitlink.
+        if !index.windows(4).any(|w| w == [0, 0, 0xe0, 0]) {
+            return Ok(Vec::new());
+        }
+        let out = self.git(&["ls-files", "--stage", "-z"], None)?;
+        let links: Vec<String> = nul_split(&out.stdout)
+            .into_iter()
+            .filter_map(|entry| {
+                let (meta, path) = entry.split_once('\t')?;
+                meta.starts_with("160000 ").then(|| path.to_owned())
+            })
+            .collect();
+        if links.is_empty() {
+            return Ok(links);
+        }
+        let mut args = vec!["rm", "-q", "--cached", "--"];
+        args.extend(links.iter().map(String::as_str));
+        self.git(&args, None)?;
+        let mut args = vec!["add", "-A", "--"];
+        args.extend(links.iter().map(String::as_str));
+        self.git(&args, None)?;
+        Ok(links)
+    }
+}
+
+/// What [`scan_worktree`] found and did.
+#[derive(Debug, Default)]
+struct Scan {
+    nested: Vec<String>,
+    unsafe_names: Vec<String>,
+}
+
+/// Walks a worktree (never following symlinks) and removes every `.git`
+/// below its root — a directory, a file or a link: a nested repository,
+/// which git would record as a gitlink and later run `git status` in,
+/// obeying that repository's configuration. Also lists the names git would
+/// misreport (control characters, not UTF-8), outside the commands' private
+/// directory. Cheap next to git's own walk of the same tree.
+fn scan_worktree(work_tree: &Path) -> Result<Scan> {
+    let private = work_tree.join(swarm_exec::sandbox::PRIVATE_DIR);
+    let mut scan = Scan::default();
+    let mut stack = vec![work_tree.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // Removed meanwhile, or unreadable: git will say so if it matters.
+            Err(e) if dir != work_tree => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot scan a directory");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if name == ".git" {
+                if dir == work_tree {
+                    continue; // the worktree's own link, restored by `open`
+                }
+                let removed = if kind.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                scan.nested.push(relative(work_tree, &dir));
+                continue;
+            }
+            if !path.starts_with(&private) && !safe_name(&name) {
+                scan.unsafe_names
+                    .push(escape_path(&relative(work_tree, &path)));
+            }
+            if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    scan.nested.sort();
+    scan.unsafe_names.sort();
+    Ok(scan)
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    if rel.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned()
+    }
+}
+
+/// A name that prints as itself: UTF-8 without control characters.
+fn safe_name(name: &std::ffi::OsStr) -> bool {
+    std::str::from_utf8(name.as_bytes()).is_ok_and(|s| !s.chars().any(char::is_control))
+}
+
+/// `path` with control characters written as escapes (`\n`, `\u{1b}`).
+fn escape_path(path: &str) -> String {
+    path.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// The canonical path of the directory under `<root>/.git/worktrees` whose
@@ -388,6 +592,9 @@ pub struct Commit {
     /// What the worktree's `.git` was before the commit (restored if it was
     /// not git's file; also logged with `tracing::warn!`).
     pub link: GitLink,
+    /// Directories (relative to the worktree) that held a nested repository:
+    /// its `.git` was removed and its files committed as plain content.
+    pub nested: Vec<String>,
 }
 
 /// Stages everything in `dir`, a worktree of `repo`, and commits it, even
@@ -403,7 +610,16 @@ pub fn commit_all(
     trailers: &Trailers,
 ) -> Result<Commit> {
     let (wt, link) = WorktreeGit::open(repo, dir)?;
+    if !wt.unsafe_names.is_empty() {
+        return Err(Error::UnsafeNames {
+            paths: wt.unsafe_names,
+        });
+    }
     wt.git(&["add", "-A"], None)?;
+    let mut nested = wt.nested.clone();
+    nested.extend(wt.unlink_gitlinks()?);
+    nested.sort();
+    nested.dedup();
     let mut message = subject.trim().to_owned();
     if !body.trim().is_empty() {
         message.push_str("\n\n");
@@ -435,6 +651,7 @@ pub fn commit_all(
         Ok(Commit {
             sha: sha.to_owned(),
             link,
+            nested,
         })
     } else {
         Err(Error::Parse(format!(
@@ -509,6 +726,9 @@ pub struct TaskCommit {
 #[derive(Debug, Clone)]
 pub struct Repo {
     root: PathBuf,
+    /// With [`Repo::confine`]: the trees git on a task worktree may read
+    /// besides the repository.
+    confined: Option<Arc<Vec<PathBuf>>>,
 }
 
 impl Repo {
@@ -521,7 +741,42 @@ impl Repo {
                 format!("{} is not a git repository", root.display()),
             )));
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            confined: None,
+        })
+    }
+
+    /// Runs git on task worktrees in a Landlock domain (where the kernel has
+    /// Landlock): `read` (the system's trees) and the repository readable;
+    /// writable only the worktree, the object store, the task branches
+    /// (`refs/heads/task/`) and the worktrees' administrative directories —
+    /// not `main`, not the repository's configuration or hooks.
+    pub fn confine(mut self, read: Vec<PathBuf>) -> Self {
+        self.confined = Some(Arc::new(read));
+        self
+    }
+
+    /// The domain for git on the worktree at `work_tree` (which exists).
+    fn jail_for(&self, work_tree: &Path) -> Result<Option<Arc<swarm_exec::Jail>>> {
+        let Some(read) = &self.confined else {
+            return Ok(None);
+        };
+        let git_dir = std::fs::canonicalize(self.root.join(".git"))?;
+        let task_refs = git_dir.join("refs/heads/task");
+        std::fs::create_dir_all(&task_refs)?;
+        std::fs::create_dir_all(git_dir.join("worktrees"))?;
+        let mut readable = read.as_ref().clone();
+        readable.push(git_dir.clone());
+        let writable = [
+            work_tree.to_owned(),
+            git_dir.join("objects"),
+            task_refs,
+            git_dir.join("worktrees"),
+        ];
+        swarm_exec::Jail::new(&readable, &writable)
+            .map(|j| j.map(Arc::new))
+            .map_err(Error::Confine)
     }
 
     /// Opens the repository at `root`, creating it (branch `main`, one empty
@@ -529,7 +784,10 @@ impl Repo {
     pub fn init(root: impl Into<PathBuf>, project: &str) -> Result<Self> {
         let root = root.into();
         if root.join(".git").is_dir() {
-            let repo = Self { root };
+            let repo = Self {
+                root,
+                confined: None,
+            };
             repo.write_excludes()?;
             if repo.head().is_ok() {
                 return Ok(repo);
@@ -540,7 +798,10 @@ impl Repo {
         }
         std::fs::create_dir_all(&root)?;
         git(&root, &["init", "-q", "-b", MAIN], None)?;
-        let repo = Self { root };
+        let repo = Self {
+            root,
+            confined: None,
+        };
         repo.write_excludes()?;
         repo.initial_commit(project)?;
         Ok(repo)
@@ -594,11 +855,19 @@ impl Repo {
     /// A new worktree at `path` on a new branch `branch` at commit `start`.
     pub fn add_worktree_at(&self, path: &Path, branch: &str, start: &str) -> Result<()> {
         let p = path.to_string_lossy();
-        git(
-            &self.root,
-            &["worktree", "add", "-q", "-B", branch, &p, start],
-            None,
-        )?;
+        let args = ["worktree", "add", "-q", "-B", branch, &p, start];
+        if self.confined.is_none() {
+            git(&self.root, &args, None)?;
+            return Ok(());
+        }
+        // The domain names the worktree, so it must exist (git fills an
+        // empty directory).
+        std::fs::create_dir_all(path)?;
+        let jail = self.jail_for(&std::fs::canonicalize(path)?)?;
+        let out = git_confined(&self.root, Vec::new(), &[], &args, None, jail)?;
+        if !out.exit.success() {
+            return Err(command_error(&args, &out));
+        }
         Ok(())
     }
 
@@ -1054,7 +1323,14 @@ mod tests {
 
         plant_fsmonitor(dir.path(), "evil1", &wt, &marker);
         // The attack is real: git finding `.git` by itself runs the command.
-        git_status(&wt, &["add", "-A"], None).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["add", "-A"])
+            .current_dir(&wt)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
         assert!(marker.exists(), "plain discovery ran the planted fsmonitor");
         std::fs::remove_file(&marker).unwrap();
 
@@ -1203,6 +1479,269 @@ mod tests {
             Err(Error::NotAWorktree { .. })
         ));
         assert!(!stray.join(".git").exists());
+    }
+
+    /// Runs `script` in `dir` with `sh`, outside git (a task's command).
+    fn sh(dir: &Path, script: &str) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env_remove("GIT_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    }
+
+    /// `git add -A` the way the worker ran it before nested repositories
+    /// were removed: GIT_DIR from the repository's side, hooks off.
+    fn old_add(repo: &Repo, wt: &Path) {
+        let admin = find_admin_dir(repo.root(), &wt.canonicalize().unwrap()).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["-c", "core.hooksPath=/dev/null", "add", "-A"])
+            .current_dir(wt)
+            .env("GIT_DIR", admin)
+            .env("GIT_WORK_TREE", wt)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        // It may fail after the fact (a nested repository without a commit).
+        let _ = out;
+    }
+
+    /// The ways a command can make git, run by the worker in its worktree,
+    /// run a program: each plants `touch <marker>` behind a nested repository.
+    fn plant_nested(wt: &Path, variant: &str, marker: &Path) {
+        let m = marker.display();
+        let script = match variant {
+            // A nested repository's own configuration (the review's case).
+            "fsmonitor" => format!(
+                "mkdir -p sub && cd sub && git init -q && echo hi > f && \
+                 git config core.fsmonitor 'touch {m}; false'"
+            ),
+            // Reached through a `.git` file naming a git directory elsewhere.
+            "gitfile" => format!(
+                "mkdir -p hidden sub && git init -q --bare hidden/repo.git && \
+                 git --git-dir=hidden/repo.git config core.bare false && \
+                 git --git-dir=hidden/repo.git config core.fsmonitor 'touch {m}; false' && \
+                 echo 'gitdir: ../hidden/repo.git' > sub/.git && echo hi > sub/f"
+            ),
+            // Another key that runs a program: a clean filter named by the
+            // nested repository's attributes.
+            "filter" => format!(
+                "mkdir -p sub && cd sub && git init -q && echo hi > f && git add f && \
+                 git config filter.x.clean 'touch {m}; cat' && \
+                 echo '* filter=x' > .gitattributes && echo ho > f"
+            ),
+            other => panic!("{other}"),
+        };
+        sh(wt, &script);
+    }
+
+    #[test]
+    fn a_nested_repository_never_makes_git_run_a_program() {
+        for variant in ["fsmonitor", "gitfile", "filter"] {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+            let marker = dir.path().join("marker");
+
+            // Task a leaves a nested repository in main, as the old worker
+            // committed it: a gitlink (the review's first step).
+            let a = dir.path().join("a");
+            repo.add_worktree(&a, "task/a/1").unwrap();
+            sh(
+                &a,
+                "mkdir sub && cd sub && git init -q && echo hi > f && git add f && \
+                 git -c user.name=x -c user.email=x@x commit -qm init",
+            );
+            old_add(&repo, &a);
+            sh(
+                &a, "true", // the worktree is ready for the old commit
+            );
+            let admin = find_admin_dir(repo.root(), &a.canonicalize().unwrap()).unwrap();
+            let out = std::process::Command::new("git")
+                .args(["commit", "-qm", "a"])
+                .current_dir(&a)
+                .env("GIT_DIR", &admin)
+                .env("GIT_WORK_TREE", &a)
+                .env("GIT_AUTHOR_NAME", "x")
+                .env("GIT_AUTHOR_EMAIL", "x@x")
+                .env("GIT_COMMITTER_NAME", "x")
+                .env("GIT_COMMITTER_EMAIL", "x@x")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert!(matches!(
+                repo.merge("task/a/1", "m").unwrap(),
+                MergeOutcome::Merged { .. }
+            ));
+
+            // Task b plants the program. Defence off: git obeys it.
+            let b = dir.path().join("b");
+            repo.add_worktree(&b, "task/b/1").unwrap();
+            sh(&b, "rm -rf sub");
+            plant_nested(&b, variant, &marker);
+            old_add(&repo, &b);
+            assert!(
+                marker.exists(),
+                "{variant}: the attack did not work unguarded"
+            );
+            std::fs::remove_file(&marker).unwrap();
+
+            // Defence on: the same plant (again: the old add staged it), then commit_all.
+            let c = dir.path().join("c");
+            repo.add_worktree(&c, "task/c/1").unwrap();
+            sh(&c, "rm -rf sub");
+            plant_nested(&c, variant, &marker);
+            let commit = commit_all(&repo, &c, "c", "", &trailers("c", 1)).unwrap();
+            assert!(
+                !marker.exists(),
+                "{variant}: commit_all ran the planted program"
+            );
+            assert_eq!(commit.nested, vec!["sub".to_owned()], "{variant}");
+            assert!(!c.join("sub/.git").exists(), "{variant}");
+            // The files are plain content now: no gitlink in the commit.
+            let tree = git(repo.root(), &["ls-tree", "-r", &commit.sha], None).unwrap();
+            let tree = String::from_utf8_lossy(&tree.stdout).into_owned();
+            assert!(!tree.contains("160000"), "{variant}: {tree}");
+            assert!(tree.contains("sub/f"), "{variant}: {tree}");
+
+            // A reused worktree is reset without running it either.
+            plant_nested(&c, variant, &marker);
+            let main = repo.head().unwrap();
+            reset_worktree_at(&repo, &c, "task/d/1", &main, true).unwrap();
+            assert!(
+                !marker.exists(),
+                "{variant}: the reset ran the planted program"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_with_control_characters_are_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let wt = dir.path().join("w");
+        repo.add_worktree(&wt, "task/a/1").unwrap();
+        std::fs::write(wt.join("ok.txt"), "fine").unwrap();
+        std::fs::write(wt.join("evil\nb2.py 0 x"), "spoof").unwrap();
+        std::fs::create_dir(wt.join("d\u{1b}[31m")).unwrap();
+        let err = commit_all(&repo, &wt, "a", "", &trailers("a", 1)).unwrap_err();
+        let Error::UnsafeNames { paths } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            paths,
+            &["d\\u{1b}[31m".to_owned(), "evil\\nb2.py 0 x".to_owned()]
+        );
+        assert!(!err.to_string().contains('\n'), "{err}");
+        assert_eq!(branch_head(&repo, "task/a/1"), repo.head().unwrap());
+        // Renamed: committed.
+        std::fs::remove_dir(wt.join("d\u{1b}[31m")).unwrap();
+        std::fs::rename(wt.join("evil\nb2.py 0 x"), wt.join("evil.py")).unwrap();
+        let c = commit_all(&repo, &wt, "a", "", &trailers("a", 1)).unwrap();
+        assert_eq!(repo.changed_files(&c.sha).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn confined_git_reaches_only_the_worktree_and_the_repository() {
+        if swarm_exec::sandbox::facilities().landlock.is_err() {
+            eprintln!("skipped: no Landlock");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let secret = base.join("secrets.env");
+        std::fs::write(&secret, "KEY=test-key-not-a-real-secret\n").unwrap();
+        let system: Vec<PathBuf> = swarm_exec::sandbox::DEFAULT_READ_ONLY
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let plain = Repo::init(base.join("repo"), "p1").unwrap();
+        let confined = plain.clone().confine(system);
+        // A new worktree, a commit and a reset all work confined.
+        let wt = base.join("wt/w1");
+        std::fs::create_dir_all(base.join("wt")).unwrap();
+        confined
+            .add_worktree_at(&wt, "task/a/1", &plain.head().unwrap())
+            .unwrap();
+        std::fs::write(wt.join("a.txt"), "a").unwrap();
+        let c = commit_all(&confined, &wt, "a", "", &trailers("a", 1)).unwrap();
+        assert_eq!(branch_head(&plain, "task/a/1"), c.sha);
+        assert!(matches!(
+            plain.merge("task/a/1", "m").unwrap(),
+            MergeOutcome::Merged { .. }
+        ));
+        reset_worktree_at(&confined, &wt, "task/b/1", &plain.head().unwrap(), true).unwrap();
+
+        // Should some configuration make git run a program anyway (here one
+        // given on purpose), that program reaches nothing else.
+        let payload = base.join("wt/w1/payload.sh");
+        std::fs::write(
+            &payload,
+            format!(
+                "cat {s} > {w}/stolen 2>/dev/null; echo x > {o} 2>/dev/null; \
+                 echo '[core] fsmonitor = evil' >> {r}/.git/config 2>/dev/null; \
+                 echo 0000000000000000000000000000000000000000 > {r}/.git/refs/heads/main 2>/dev/null; \
+                 echo ran > {w}/ran; false",
+                s = secret.display(),
+                w = wt.display(),
+                o = base.join("outside").display(),
+                r = base.join("repo").display(),
+            ),
+        )
+        .unwrap();
+        let run = |repo: &Repo| {
+            let (w, _) = WorktreeGit::open(repo, &wt).unwrap();
+            let env = vec![
+                (OsString::from("GIT_DIR"), w.admin.clone().into_os_string()),
+                (
+                    OsString::from("GIT_WORK_TREE"),
+                    w.work_tree.clone().into_os_string(),
+                ),
+            ];
+            let fsmonitor = format!("core.fsmonitor=sh {}", payload.display());
+            git_confined(
+                &wt,
+                env,
+                &["-c", &fsmonitor],
+                &["status"],
+                None,
+                w.jail.clone(),
+            )
+            .unwrap();
+            assert!(wt.join("ran").exists(), "the payload did not run");
+            std::fs::remove_file(wt.join("ran")).unwrap();
+        };
+        let main = plain.head().unwrap();
+        // Unconfined, it takes the secret, writes outside, rewrites config and main.
+        run(&plain);
+        assert!(std::fs::read_to_string(wt.join("stolen"))
+            .unwrap()
+            .contains("test-key"));
+        assert!(base.join("outside").exists());
+        let config = std::fs::read_to_string(base.join("repo/.git/config")).unwrap();
+        assert!(config.contains("evil"));
+        // Put things back.
+        std::fs::remove_file(wt.join("stolen")).unwrap();
+        std::fs::remove_file(base.join("outside")).unwrap();
+        std::fs::write(
+            base.join("repo/.git/config"),
+            config.replace("[core] fsmonitor = evil\n", ""),
+        )
+        .unwrap();
+        std::fs::write(base.join("repo/.git/refs/heads/main"), format!("{main}\n")).unwrap();
+
+        run(&confined);
+        let stolen = std::fs::read_to_string(wt.join("stolen")).unwrap_or_default();
+        assert!(!stolen.contains("test-key"), "{stolen}");
+        assert!(!base.join("outside").exists());
+        let config = std::fs::read_to_string(base.join("repo/.git/config")).unwrap();
+        assert!(!config.contains("evil"), "{config}");
+        assert_eq!(plain.head().unwrap(), main);
     }
 
     #[test]

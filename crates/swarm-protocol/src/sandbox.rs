@@ -96,6 +96,10 @@ pub enum Mechanism {
     Landlock {
         abi: i32,
         namespaces: bool,
+        /// The unprivileged uid a root service's commands run as (see
+        /// [`SandboxPolicy::uid`]); `None`: the service's own uid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
     },
     Bubblewrap {
         path: PathBuf,
@@ -148,6 +152,11 @@ pub struct SandboxPolicy {
     pub hidden: Vec<PathBuf>,
     #[serde(default)]
     pub limits: CommandLimits,
+    /// The uid a root service's commands run as under Landlock (`sandbox_uid`):
+    /// an unprivileged id, so that a command neither owns root's files (no
+    /// chmod, chown or utime of them) nor escapes the process limit.
+    #[serde(default = "default_sandbox_uid")]
+    pub uid: u32,
     /// What the supervisor found this machine gives for the policy: a worker
     /// applies it as is rather than probe the machine again. `None`: decide
     /// where the sandbox is prepared.
@@ -176,9 +185,17 @@ impl Default for SandboxPolicy {
             read_only: Vec::new(),
             hidden: Vec::new(),
             limits: CommandLimits::default(),
+            uid: DEFAULT_SANDBOX_UID,
             resolved: None,
         }
     }
+}
+
+/// `sandbox_uid` by default: `nobody`.
+pub const DEFAULT_SANDBOX_UID: u32 = 65534;
+
+fn default_sandbox_uid() -> u32 {
+    DEFAULT_SANDBOX_UID
 }
 
 /// The system trees a confined command may read by default.
@@ -245,6 +262,7 @@ mod tests {
         p.resolved = Some(Mechanism::Landlock {
             abi: 7,
             namespaces: true,
+            uid: None,
         });
         assert!(p.sweep_after_command());
         assert!(!SandboxPolicy::default().sweep_after_command(), "off");
