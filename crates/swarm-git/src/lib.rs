@@ -673,7 +673,9 @@ pub fn reset_worktree_at(
     clean: bool,
 ) -> Result<GitLink> {
     let (wt, link) = WorktreeGit::open(repo, path)?;
+    let lock = repo.worktree_lock(false)?;
     wt.git(&["checkout", "-q", "-f", "-B", branch, start], None)?;
+    drop(lock);
     if clean {
         wt.git(&["clean", "-q", "-ffdx"], None)?;
     }
@@ -828,6 +830,27 @@ impl Repo {
         &self.root
     }
 
+    /// Holds the repository's worktree lock (a `flock` on
+    /// `.git/agentswarm-worktrees.lock`, across processes) until dropped:
+    /// `exclusive` for what creates or removes a worktree's administrative
+    /// directory, shared for git commands that read every one of them
+    /// (`checkout -B`, `branch -D` check where a branch is checked out). Git
+    /// writes those files non-atomically, so a reader could find one
+    /// half-made ("failed to read .git/worktrees/w2/commondir").
+    fn worktree_lock(&self, exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(".git/agentswarm-worktrees.lock"))?;
+        let arg = if exclusive {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockShared
+        };
+        nix::fcntl::Flock::lock(file, arg).map_err(|(_, e)| Error::Io(std::io::Error::from(e)))
+    }
+
     /// The commit `main` points at. Reads the loose ref when there is one
     /// (no process), else asks git.
     pub fn head(&self) -> Result<String> {
@@ -856,6 +879,7 @@ impl Repo {
     pub fn add_worktree_at(&self, path: &Path, branch: &str, start: &str) -> Result<()> {
         let p = path.to_string_lossy();
         let args = ["worktree", "add", "-q", "-B", branch, &p, start];
+        let _lock = self.worktree_lock(true)?;
         if self.confined.is_none() {
             git(&self.root, &args, None)?;
             return Ok(());
@@ -875,6 +899,7 @@ impl Repo {
     pub fn add_detached_worktree(&self, path: &Path) -> Result<()> {
         let p = path.to_string_lossy();
         let start = self.head()?;
+        let _lock = self.worktree_lock(true)?;
         git(
             &self.root,
             &["worktree", "add", "-q", "--detach", &p, &start],
@@ -898,6 +923,7 @@ impl Repo {
     /// Removes a worktree and its directory, whatever state it is in.
     pub fn remove_worktree(&self, path: &Path) -> Result<()> {
         let p = path.to_string_lossy();
+        let lock = self.worktree_lock(true)?;
         let out = git_status(
             &self.root,
             &["worktree", "remove", "--force", "--force", &p],
@@ -911,10 +937,12 @@ impl Repo {
         if path.exists() {
             std::fs::remove_dir_all(path)?;
         }
+        drop(lock);
         self.prune_worktrees()
     }
 
     pub fn prune_worktrees(&self) -> Result<()> {
+        let _lock = self.worktree_lock(true)?;
         git(&self.root, &["worktree", "prune"], None)?;
         Ok(())
     }
@@ -932,6 +960,7 @@ impl Repo {
         if branches.is_empty() {
             return Ok(0);
         }
+        let _lock = self.worktree_lock(false)?;
         let mut args = vec!["branch", "-q", "-D"];
         args.extend(branches.iter().copied());
         if git(&self.root, &args, None).is_ok() {
@@ -1742,6 +1771,36 @@ mod tests {
         let config = std::fs::read_to_string(base.join("repo/.git/config")).unwrap();
         assert!(!config.contains("evil"), "{config}");
         assert_eq!(plain.head().unwrap(), main);
+    }
+
+    /// Workers create worktrees of one repository at once, while others
+    /// reset theirs and the supervisor removes and prunes: git reads every
+    /// worktree's admin directory for most of these, and a half-made one
+    /// made `git worktree add` fail ("failed to read .git/worktrees/w2/commondir").
+    #[test]
+    fn concurrent_worktree_work_on_one_repository_never_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let main = repo.head().unwrap();
+        for round in 0..15 {
+            let threads: Vec<_> = (0..12)
+                .map(|i| {
+                    let repo = repo.clone();
+                    let main = main.clone();
+                    let wt = dir.path().join(format!("r{round}/w{i}"));
+                    std::thread::spawn(move || -> Result<()> {
+                        std::fs::create_dir_all(wt.parent().unwrap())?;
+                        repo.add_worktree_at(&wt, &format!("task/t{i}/{round}"), &main)?;
+                        reset_worktree_at(&repo, &wt, &format!("task/t{i}/{round}b"), &main, true)?;
+                        repo.remove_worktree(&wt)?;
+                        repo.prune_worktrees()
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]
