@@ -20,6 +20,37 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Holds `<data dir>/serve.lock` (a `flock`, released when the process
+    /// ends, however it ends) for as long as the value lives, or says which
+    /// daemon holds it.
+    pub fn claim(data_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let path = data_dir.join("serve.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let who = match advertised(data_dir) {
+                    Some((url, pid)) => format!(" (pid {pid}, {url})"),
+                    None => String::new(),
+                };
+                Err(anyhow!(
+                    "another `agentswarm serve`{who} is running on the data directory {}; \
+                     stop it first (`systemctl stop agentswarm`, or kill that pid), or give this one \
+                     another data directory (AGENTSWARM_HOME)",
+                    data_dir.display()
+                ))
+            }
+            Err((_, e)) => Err(anyhow!("cannot lock {}: {e}", path.display())),
+        }
+    }
+
     /// Writes `{"url", "pid"}` for clients on this machine. An address on
     /// every interface is advertised as loopback.
     pub fn advertise(data_dir: &Path, address: SocketAddr) -> Result<Endpoint> {

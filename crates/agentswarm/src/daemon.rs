@@ -34,6 +34,9 @@ pub async fn serve(
     if let Err(why) = swarm_server::check_bind(config.bind, token.as_ref()) {
         bail!("{why}");
     }
+    // One daemon a data directory: a second would run the same projects and,
+    // on exit, take the first one's advertisement with it.
+    let _only_daemon = crate::client::Endpoint::claim(&config.data_dir)?;
     // Listen before recovery: /healthz answers `recovering` until it is done.
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

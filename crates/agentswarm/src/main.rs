@@ -20,6 +20,19 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, cli::Command::Worker) {
         return commands::worker();
     }
+    // Commands that only print end quietly when their reader goes away
+    // (`status | head -n1`), as Unix tools do, instead of panicking in
+    // `println!`. Not the ones that run workers: a worker that died must not
+    // take its supervisor with it through a pipe.
+    if matches!(
+        cli.command,
+        cli::Command::Status { .. } | cli::Command::Doctor { .. } | cli::Command::Logs { .. }
+    ) {
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The daemon logs what it does (to the journal under systemd).
     let verbose = match cli.command {
         cli::Command::Serve { .. } => cli.verbose.max(1),
@@ -39,7 +52,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             std::process::ExitCode::from(1)
         }
     }
@@ -53,10 +66,57 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTSWARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal, and never with NO_COLOR (no-color.org):
+    // a log file or the journal gets plain text.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         // Every line masks the configured keys and key-shaped strings.
         .with_writer(|| swarm_llm::redact::RedactingWriter::new(std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// An error and its causes on one line, each said once: a cause whose text
+/// an earlier part already holds is left out, and one that repeats the last
+/// part and adds to it replaces it (`cannot open X: cannot open X: why`
+/// reads `cannot open X: why`).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if text.contains(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "No such file or directory (os error 2)",
+        );
+        let e = anyhow::Error::new(io)
+            .context("cannot read /x: No such file or directory (os error 2)");
+        assert_eq!(
+            super::error_text(&e),
+            "cannot read /x: No such file or directory (os error 2)"
+        );
+        let inner = anyhow::anyhow!("cannot open the store at /d: locked");
+        let e = inner.context("cannot open the store at /d");
+        assert_eq!(super::error_text(&e), "cannot open the store at /d: locked");
+        let e = anyhow::anyhow!("disk full").context("cannot write the plan");
+        assert_eq!(super::error_text(&e), "cannot write the plan: disk full");
+    }
 }

@@ -781,3 +781,52 @@ fn soak_three_projects_back_to_back() {
     assert_eq!(code, 0);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A second `serve` on the same data directory is refused while the first
+/// lives, names it, and leaves its advertisement alone.
+#[test]
+fn a_second_serve_on_one_data_dir_is_refused() {
+    let h = Harness::new(json!({"tasks": {}}));
+    let first = Served::start(&h, &[]);
+    assert!(
+        swarm_testkit::wait_for(Duration::from_secs(30), || ready_daemon(&h).is_some()),
+        "the first daemon never answered: {}",
+        first.log()
+    );
+    let advert = std::fs::read_to_string(h.data_dir().join("serve.json")).unwrap();
+    let mut second = h
+        .cmd(&["serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = swarm_testkit::wait_for(Duration::from_secs(20), || {
+        matches!(second.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(ended, "the second serve kept running");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another `agentswarm serve`") && err.contains(&format!("pid {}", first.pid)),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.data_dir().join("serve.json")).unwrap(),
+        advert,
+        "the first daemon's advertisement was touched"
+    );
+    let (code, _, _, _) = first.stop();
+    assert_eq!(code, 0);
+    // Once the first is gone, a new one may start.
+    let again = Served::start(&h, &[]);
+    assert!(
+        swarm_testkit::wait_for(Duration::from_secs(30), || ready_daemon(&h).is_some()),
+        "{}",
+        again.log()
+    );
+    again.stop();
+}

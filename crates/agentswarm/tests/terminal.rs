@@ -349,3 +349,46 @@ fn logs_follow_exits_when_the_project_is_done() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(run.wait().unwrap().success(), "{rest}");
 }
+
+/// `doctor | head -n1`, `status | head -n1`: a reader that goes away ends
+/// the command quietly (SIGPIPE, as `cat` would), never with a panic
+/// (exit 101, "failed printing to stdout").
+#[test]
+fn a_closed_pipe_ends_printing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (h, _) = harness(0);
+    for args in [&["doctor"][..], &["doctor", "--json"], &["status"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = h.cmd(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code() != Some(101),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
+
+/// Log lines written to a file (or the journal) are plain text: no colour
+/// escapes unless stderr is a terminal.
+#[test]
+fn log_lines_to_a_file_have_no_colour_escapes() {
+    let (h, plan) = harness(0);
+    let out = h
+        .cmd(&["run", "--json", "--plan", &plan, "terminal goal"])
+        .env("AGENTSWARM_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("INFO"),
+        "no log line: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
