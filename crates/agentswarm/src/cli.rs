@@ -108,13 +108,15 @@ pub enum ServiceCommand {
     /// Write the systemd unit for `agentswarm serve` with this machine's
     /// paths and print the commands that enable it.
     Install {
-        /// Where the unit goes.
-        #[arg(
-            long,
-            value_name = "FILE",
-            default_value = "/etc/systemd/system/agentswarm.service"
-        )]
-        output: PathBuf,
+        /// Where the unit goes (default: /etc/systemd/system/agentswarm.service,
+        /// only on a host whose init is systemd).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The binary the unit starts (default: this one if it is installed
+        /// under /usr or /opt, else /usr/local/bin/agentswarm, to which it
+        /// must be copied).
+        #[arg(long, value_name = "PATH")]
+        exe: Option<PathBuf>,
         /// The dedicated user the service runs as.
         #[arg(long, default_value = "agentswarm")]
         user: String,

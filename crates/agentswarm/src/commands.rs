@@ -51,10 +51,20 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor { json } => crate::doctor::doctor(&cli, json),
         Command::Service(ServiceCommand::Install {
             ref output,
+            ref exe,
             ref user,
             ref service_data_dir,
             ref env_file,
-        }) => crate::service::install(&cli, output, user, service_data_dir.as_deref(), env_file),
+        }) => crate::service::install(
+            &cli,
+            crate::service::Target {
+                output: output.as_deref(),
+                exe: exe.as_deref(),
+                user,
+                data_dir: service_data_dir.as_deref(),
+                env_file,
+            },
+        ),
         Command::Worker => Ok(worker()),
     }
 }

@@ -41,16 +41,50 @@ pub fn render(p: &UnitParams<'_>) -> String {
         .replace("{stop_timeout}", &stop_timeout.to_string())
 }
 
-pub fn install(
-    cli: &Cli,
-    output: &Path,
-    user: &str,
-    data_dir: Option<&Path>,
-    env_file: &Path,
-) -> Result<ExitCode> {
+/// What `service install` was asked for.
+pub struct Target<'a> {
+    pub output: Option<&'a Path>,
+    pub exe: Option<&'a Path>,
+    pub user: &'a str,
+    pub data_dir: Option<&'a Path>,
+    pub env_file: &'a Path,
+}
+
+/// Where the unit goes by default.
+const SYSTEM_UNIT: &str = "/etc/systemd/system/agentswarm.service";
+/// Where the binary belongs when it is not installed yet.
+const INSTALLED_EXE: &str = "/usr/local/bin/agentswarm";
+/// Where the keys go (docs/operations.md): never the environment file.
+const SECRETS_FILE: &str = "/etc/agentswarm/secrets.env";
+
+/// Whether this host runs systemd as its init (what `sd_booted()` checks).
+fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+pub fn install(cli: &Cli, t: Target<'_>) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
-    let exe = std::env::current_exe().context("cannot find the agentswarm executable")?;
-    let data: PathBuf = data_dir
+    let booted = systemd_booted();
+    let output = match t.output {
+        Some(o) => o.to_owned(),
+        None if booted => PathBuf::from(SYSTEM_UNIT),
+        None => anyhow::bail!(
+            "this host's init is not systemd (no /run/systemd/system), so a unit in {SYSTEM_UNIT} \
+             would never run; start `agentswarm serve` with your init system instead \
+             (docs/operations.md), or write the unit for another host with --output FILE"
+        ),
+    };
+    // The unit must start an installed binary: a build tree may go away, and
+    // under ProtectHome=yes one in /home or /root cannot be run at all.
+    let running = std::env::current_exe().context("cannot find the agentswarm executable")?;
+    let installed = |p: &Path| p.starts_with("/usr") || p.starts_with("/opt");
+    let (exe, copy_from) = match t.exe {
+        Some(e) => (e.to_owned(), None),
+        None if installed(&running) => (running.clone(), None),
+        None => (PathBuf::from(INSTALLED_EXE), Some(running.clone())),
+    };
+    let data: PathBuf = t
+        .data_dir
         .map(Path::to_owned)
         .or_else(|| cli.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("/var/lib/agentswarm"));
@@ -58,34 +92,47 @@ pub fn install(
         .outputs_dir
         .clone()
         .unwrap_or_else(|| data.join("outputs"));
-    for p in [&data, &outputs] {
+    for p in [&data, &outputs, &exe] {
         if p.starts_with("/home") || p.starts_with("/root") {
             anyhow::bail!(
-                "{} is under /home or /root, which the service cannot see (ProtectHome=yes); pick a directory such as /var/lib/agentswarm with --service-data-dir",
+                "{} is under /home or /root, which the service cannot see (ProtectHome=yes); pick a \
+                 directory such as /var/lib/agentswarm with --service-data-dir, and install the \
+                 binary to {INSTALLED_EXE}",
                 p.display()
             );
         }
     }
+    let user = t.user;
     let text = render(&UnitParams {
         exe: &exe,
         user,
         data_dir: &data,
         outputs_dir: &outputs,
-        env_file,
+        env_file: t.env_file,
         shutdown_grace_secs: config.shutdown_grace_secs,
     });
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(output, text).with_context(|| {
+    std::fs::write(&output, text).with_context(|| {
         format!(
             "cannot write {} (run as root, or pass --output FILE)",
             output.display()
         )
     })?;
     println!("wrote {}", output.display());
+    if !booted {
+        println!("note: this host's init is not systemd; the unit is for a host whose init is");
+    }
     println!();
     println!("To enable it (as root):");
+    if let Some(from) = copy_from {
+        println!(
+            "  install -m 0755 {} {}   # the unit starts this path",
+            from.display(),
+            exe.display()
+        );
+    }
     println!(
         "  useradd --system --home-dir {} --shell /usr/sbin/nologin {user}",
         data.display()
@@ -94,11 +141,19 @@ pub fn install(
         "  install -d -o {user} -g {user} -m 0750 {}",
         data.display()
     );
+    let env_file = t.env_file;
     if let Some(dir) = env_file.parent() {
         println!("  install -d -m 0755 {}", dir.display());
     }
     println!(
-        "  install -m 0640 -g {user} /dev/null {}   # then put OPENAI_BASE_URL, OPENAI_API_KEY, AGENTSWARM_MODEL and limits in it",
+        "  install -m 0640 -g {user} /dev/null {}   # AGENTSWARM_MODEL, OPENAI_BASE_URL, limits: no keys here",
+        env_file.display()
+    );
+    println!(
+        "  install -m 0600 -o {user} -g {user} /dev/null {SECRETS_FILE}   # the keys (OPENAI_API_KEY=…), only here"
+    );
+    println!(
+        "  echo AGENTSWARM_SECRETS_FILE={SECRETS_FILE} >> {}",
         env_file.display()
     );
     println!("  systemctl daemon-reload");

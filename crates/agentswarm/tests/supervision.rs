@@ -655,11 +655,41 @@ fn service_install_writes_a_unit_systemd_accepts() {
         "{stdout}"
     );
     let text_unit = std::fs::read_to_string(&unit).unwrap();
-    assert!(text_unit.contains(&format!(
-        "ExecStart={} serve",
-        env!("CARGO_BIN_EXE_agentswarm")
-    )));
+    // A binary in a build tree is not what a unit should start: it names the
+    // installed path and says how to put the binary there.
+    assert!(text_unit.contains("ExecStart=/usr/local/bin/agentswarm serve"));
+    assert!(
+        stdout.contains(&format!(
+            "install -m 0755 {} /usr/local/bin/agentswarm",
+            env!("CARGO_BIN_EXE_agentswarm")
+        )),
+        "{stdout}"
+    );
+    // Keys go in the secrets file, as docs/operations.md says.
+    assert!(
+        stdout.contains("secrets.env") && stdout.contains("no keys here"),
+        "{stdout}"
+    );
+    // Without --output, a host whose init is not systemd gets an error.
+    if !Path::new("/run/systemd/system").is_dir() {
+        let out = h.run(&["service", "install"]);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("init is not systemd"), "{}", text(&out));
+        assert!(!Path::new("/etc/systemd/system/agentswarm.service").exists());
+    }
     assert!(text_unit.contains("ReadWritePaths=/var/lib/agentswarm-test"));
+    // systemd-analyze checks that the binary exists: name this one.
+    let out = h.run(&[
+        "service",
+        "install",
+        "--output",
+        unit.to_str().unwrap(),
+        "--exe",
+        env!("CARGO_BIN_EXE_agentswarm"),
+        "--service-data-dir",
+        "/var/lib/agentswarm-test",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
     let verify = Command::new("systemd-analyze")
         .args(["verify", unit.to_str().unwrap()])
         .output()
