@@ -34,6 +34,7 @@ pub enum Command {
     /// budget, paused); finished tasks are not run again. Limits given here
     /// (e.g. a higher --max-cost-usd) replace the project's stored ones.
     Resume {
+        /// The project's id, as `status` lists it.
         project: String,
         #[command(flatten)]
         out: OutputArgs,
@@ -56,7 +57,10 @@ pub enum Command {
     /// Queue a project for `agentswarm serve` (same options as `run`); prints its id.
     Submit(RunArgs),
     /// Stop a project for good: the daemon stops its workers; it cannot be resumed.
-    Cancel { project: String },
+    Cancel {
+        /// The project's id, as `status` lists it.
+        project: String,
+    },
     /// Show the resolved configuration and where each value came from, the
     /// memory-limit mechanism, the resource gate's readings, git and the store.
     Doctor {
@@ -69,6 +73,8 @@ pub enum Command {
     Service(ServiceCommand),
     /// Show projects, or one project's tasks.
     Status {
+        /// One project's id: its tasks, attempts and verify results
+        /// (without: every project, one line each).
         project: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -77,6 +83,7 @@ pub enum Command {
     /// Print a project's event log, one line per event (state changes, tool
     /// calls, plan, verify…); `--follow` keeps printing until its run ends.
     Logs {
+        /// The project's id, as `status` lists it.
         project: String,
         /// Only this task's events.
         task: Option<String>,
@@ -98,6 +105,14 @@ pub enum Command {
     },
     /// Measure orchestration overhead and makespan against the scripted model.
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `agentswarm completions bash >
+    /// /etc/bash_completion.d/agentswarm`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `agentswarm man > /usr/local/share/man/man1/agentswarm.1`.
+    Man,
     /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
     #[command(hide = true)]
     Worker,

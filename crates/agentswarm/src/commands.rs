@@ -65,6 +65,19 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 env_file,
             },
         ),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "agentswarm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(crate::cli::Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Worker => Ok(worker()),
     }
 }

@@ -26,7 +26,11 @@ fn main() -> std::process::ExitCode {
     // take its supervisor with it through a pipe.
     if matches!(
         cli.command,
-        cli::Command::Status { .. } | cli::Command::Doctor { .. } | cli::Command::Logs { .. }
+        cli::Command::Status { .. }
+            | cli::Command::Doctor { .. }
+            | cli::Command::Logs { .. }
+            | cli::Command::Completions { .. }
+            | cli::Command::Man
     ) {
         // SAFETY: restoring a signal's default disposition before any thread starts.
         unsafe {
@@ -101,6 +105,28 @@ fn error_text(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        use clap::CommandFactory;
+        let cmd = crate::cli::Cli::command();
+        let mut undocumented = Vec::new();
+        let mut stack = vec![(cmd.get_name().to_owned(), cmd.clone())];
+        while let Some((path, c)) = stack.pop() {
+            for a in c.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    undocumented.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in c.get_subcommands() {
+                if !sub.is_hide_set() {
+                    stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+                }
+            }
+        }
+        assert!(undocumented.is_empty(), "no help text: {undocumented:?}");
+    }
+
     #[test]
     fn an_error_says_each_cause_once() {
         let io = std::io::Error::new(

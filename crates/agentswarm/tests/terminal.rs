@@ -392,3 +392,24 @@ fn log_lines_to_a_file_have_no_colour_escapes() {
     );
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// Shell completions and the man page come from the binary itself.
+#[test]
+fn completions_and_the_man_page_name_every_command() {
+    let (h, _) = harness(0);
+    for shell in ["bash", "zsh", "fish"] {
+        let out = h.run(&["completions", shell]);
+        assert!(out.status.success(), "{}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for cmd in [
+            "run", "resume", "serve", "submit", "status", "logs", "doctor",
+        ] {
+            assert!(script.contains(cmd), "{shell}: no `{cmd}`");
+        }
+    }
+    let out = h.run(&["man"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH agentswarm 1"), "{page}");
+    assert!(page.contains("resume") && page.contains("serve"), "{page}");
+}
