@@ -67,6 +67,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also send one tiny request to each role's model (planner, worker,
+        /// fixer) and report whether and how fast it answers.
+        #[arg(long)]
+        check_model: bool,
     },
     /// Install AgentSwarm as a systemd service.
     #[command(subcommand)]

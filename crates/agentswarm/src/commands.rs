@@ -48,7 +48,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve { bind, ref limits } => crate::daemon::serve(&cli, limits, bind).await,
         Command::Submit(ref args) => crate::daemon::submit(&cli, args).await,
         Command::Cancel { ref project } => crate::daemon::cancel(&cli, project).await,
-        Command::Doctor { json } => crate::doctor::doctor(&cli, json),
+        Command::Doctor { json, check_model } => {
+            crate::doctor::doctor(&cli, json, check_model).await
+        }
         Command::Service(ServiceCommand::Install {
             ref output,
             ref exe,

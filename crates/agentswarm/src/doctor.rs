@@ -8,7 +8,11 @@ use serde_json::json;
 use std::process::ExitCode;
 use swarm_engine::gate::Gate;
 
-pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
+/// Prints what a run would use; exits 1 when something a run needs is
+/// missing or broken (no model, a missing key, git, the store, a sandbox
+/// that `required` refuses, and with `check_model` a model that does not
+/// answer).
+pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
     let src = |k: &str| {
         config
@@ -198,6 +202,42 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     let verdict = gate.check();
     let git = swarm_git::version().map_err(|e| e.to_string());
     let store = store_health(&config);
+    let checks = if check_model && config.models().is_ok() {
+        swarm_engine::probe::check_models(&config, std::time::Duration::from_secs(30)).await
+    } else {
+        Vec::new()
+    };
+    // What stops a run from starting or from getting anywhere.
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(e) = model.get("error").and_then(|e| e.as_str()) {
+        problems.push(format!("no model: {e}"));
+    }
+    for e in model["missing_keys"].as_array().into_iter().flatten() {
+        problems.push(e.as_str().unwrap_or_default().to_owned());
+    }
+    for c in checks.iter().filter(|c| !c.ok) {
+        problems.push(format!(
+            "the {} model ({} at {}) does not answer: {}",
+            c.role,
+            c.model,
+            c.provider,
+            c.error.as_deref().unwrap_or("")
+        ));
+    }
+    if let Err(e) = &git {
+        problems.push(format!("git is not usable: {e}"));
+    }
+    if let Some(e) = store.get("error").and_then(|e| e.as_str()) {
+        problems.push(format!("the store cannot be opened: {e}"));
+    }
+    if let Some(why) = &assessment.refusal {
+        problems.push(why.clone());
+    }
+    let code = if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
 
     if as_json {
         let v = json!({
@@ -215,9 +255,12 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             },
             "git": git,
             "store": store,
+            "model_checks": checks,
+            "ready": problems.is_empty(),
+            "problems": problems,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
         "config file: {}",
@@ -235,6 +278,18 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     }
     for e in model["missing_keys"].as_array().into_iter().flatten() {
         println!("model: {}", e.as_str().unwrap_or_default());
+    }
+    for c in &checks {
+        match &c.error {
+            None => println!(
+                "model check: {} → {} at {} ({}): answered in {} ms",
+                c.role, c.model, c.provider, c.base_url, c.latency_ms
+            ),
+            Some(e) => println!(
+                "model check: {} → {} at {} ({}): FAILED after {} ms — {e}",
+                c.role, c.model, c.provider, c.base_url, c.latency_ms
+            ),
+        }
     }
     println!(
         "memory limit: {} — {}",
@@ -298,7 +353,22 @@ pub fn doctor(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             store["integrity"].as_str().unwrap_or("?")
         ),
     }
-    Ok(ExitCode::SUCCESS)
+    if problems.is_empty() {
+        println!(
+            "ready to run{}",
+            if check_model {
+                ""
+            } else {
+                " (the model endpoints were not contacted: `agentswarm doctor --check-model` does)"
+            }
+        );
+    } else {
+        println!("NOT READY:");
+        for p in &problems {
+            println!("  - {p}");
+        }
+    }
+    Ok(code)
 }
 
 fn store_health(config: &swarm_config::Config) -> serde_json::Value {

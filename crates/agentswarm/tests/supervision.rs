@@ -860,3 +860,72 @@ fn a_second_serve_on_one_data_dir_is_refused() {
     );
     again.stop();
 }
+
+/// `doctor --check-model` asks each role's model once and says how it went;
+/// `doctor` exits 1 when a run could not start or get anywhere.
+#[test]
+fn doctor_checks_the_model_and_says_when_a_run_cannot_work() {
+    let h = Harness::new(json!({}));
+    let out = h.run(&["doctor", "--check-model"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout.matches("answered in").count(), 3, "{stdout}");
+    assert!(stdout.contains("ready to run"), "{stdout}");
+    let probes = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Probe)
+        .count();
+    assert_eq!(probes, 3, "one request per role");
+    assert!(
+        h.server.violations().is_empty(),
+        "{:?}",
+        h.server.violations()
+    );
+
+    // A closed port: said plainly, and soon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let out = h
+        .cmd(&["doctor", "--check-model"])
+        .env("OPENAI_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout.contains("connection refused") && stdout.contains("NOT READY"),
+        "{stdout}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+
+    // No model at all: not ready, and no request is sent.
+    let out = h
+        .cmd(&["doctor"])
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("AGENTSWARM_MODEL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no model"), "{}", text(&out));
+    // Only a model name: OpenAI's endpoint needs a key, said before any request.
+    let out = h
+        .cmd(&["doctor"])
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("OPENAI_API_KEY is not set"),
+        "{}",
+        text(&out)
+    );
+}

@@ -332,6 +332,9 @@ impl Resolver<'_> {
                 )?;
                 let mut default = ProviderConfig::new("default", ProviderKind::OpenAi, &base_url);
                 default.api_key_env = Some("OPENAI_API_KEY".into());
+                // Local servers need no key; OpenAI (the default endpoint)
+                // and OpenRouter always do: say so before any request.
+                default.key_required = !given || hosted_needs_key(&base_url);
                 if let Some((value, src)) = key {
                     self.sources.insert("providers.default.api_key", src);
                     default.api_key = Some(value);
@@ -561,4 +564,19 @@ fn check_url(r: &Resolver<'_>, key: &str, name: &'static str, url: &str) -> Resu
         return Ok(());
     }
     Err(r.invalid(key, name, "an http:// or https:// URL", url))
+}
+
+/// Whether `url` is a hosted endpoint that refuses requests without a key.
+fn hosted_needs_key(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    ["openai.com", "openrouter.ai"]
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
 }

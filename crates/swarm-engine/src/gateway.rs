@@ -19,7 +19,7 @@ use swarm_llm::cassette::{Recorder, Replayer};
 use swarm_llm::ratelimit::{LimiterSnapshot, RequestLimiter, SlidingWindow, TokenWindow};
 use swarm_llm::redact::Redactor;
 use swarm_llm::router::{Failed, Route, Router, Served, Target};
-use swarm_llm::{CallMeta, ModelRequest, ProviderKind, ProviderSettings, RetryPolicy};
+use swarm_llm::{CallMeta, ModelRequest, RetryPolicy};
 use swarm_protocol::chat::{ChatMessage, ToolSpec};
 use swarm_protocol::{ProjectId, ProjectState, TaskId};
 use swarm_store::{ModelCallRecord, Spent, Store};
@@ -213,23 +213,7 @@ impl Gateway {
         let mut providers = HashMap::new();
         let mut missing_keys = BTreeMap::new();
         for (name, p) in &models.providers {
-            let settings = ProviderSettings {
-                name: name.clone(),
-                kind: match p.kind {
-                    swarm_config::ProviderKind::OpenAi => ProviderKind::OpenAi,
-                    swarm_config::ProviderKind::Anthropic => ProviderKind::Anthropic,
-                },
-                base_url: p.base_url.clone(),
-                api_key: p.api_key.clone(),
-                api_key_env: p.api_key_env.clone(),
-                headers: p
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                request_timeout: Duration::from_secs(p.request_timeout_secs),
-                connect_timeout: Duration::from_secs(p.connect_timeout_secs),
-            };
+            let settings = crate::probe::provider_settings(name, p);
             let provider = swarm_llm::build_provider(settings)
                 .map_err(|e| crate::Error::Other(e.to_string()))?;
             let tokens = (p.tokens_per_minute > 0).then(|| {

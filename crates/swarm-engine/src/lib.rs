@@ -10,6 +10,7 @@ pub mod operator;
 pub mod packager;
 pub mod plan;
 mod planner;
+pub mod probe;
 pub mod prompts;
 mod redacted;
 mod run;

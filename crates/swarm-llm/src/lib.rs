@@ -330,8 +330,35 @@ pub(crate) fn transport_error(s: &ProviderSettings, url: &str, e: reqwest::Error
         Error::Connect {
             provider: s.name.clone(),
             url: url.to_owned(),
-            message: e.to_string(),
+            message: connect_detail(&e),
         }
+    }
+}
+
+/// What went wrong on the way to a server, as a person would say it:
+/// reqwest's own text ("error sending request for url …") names the URL
+/// again and hides the cause, which is the innermost error of the chain.
+fn connect_detail(e: &reqwest::Error) -> String {
+    let mut innermost: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = std::error::Error::source(e);
+    while let Some(c) = next {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return "connection refused (is the server running, on that port?)".into()
+                }
+                std::io::ErrorKind::ConnectionReset => {
+                    return "connection reset by the server".into()
+                }
+                _ => {}
+            }
+        }
+        innermost = Some(c);
+        next = c.source();
+    }
+    match innermost {
+        Some(c) => c.to_string(),
+        None => e.to_string(),
     }
 }
 

@@ -211,8 +211,13 @@ pub enum RequestKind {
     Planner,
     Fixer,
     Worker,
+    /// `agentswarm doctor --check-model`'s one-line request; answered `OK`.
+    Probe,
     Unknown,
 }
+
+/// The first user message of `agentswarm doctor --check-model`'s request.
+pub const PROBE_PROMPT: &str = "Reply with the single word OK.";
 
 /// The API a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -518,6 +523,14 @@ fn classify(body: &Value) -> Classified {
             turn,
         };
     }
+    if first_user == PROBE_PROMPT {
+        return Classified {
+            kind: RequestKind::Probe,
+            task: None,
+            attempt: None,
+            turn,
+        };
+    }
     if first_user.starts_with("Verify failed") {
         return Classified {
             kind: RequestKind::Fixer,
@@ -756,6 +769,7 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<wire::ScriptedRep
                 .collect();
             Ok(wire::ScriptedReply { content: turn.content, calls })
         }
+        RequestKind::Probe => Ok(wire::ScriptedReply { content: Some("OK".into()), calls: Vec::new() }),
         RequestKind::Unknown => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
     }
 }
