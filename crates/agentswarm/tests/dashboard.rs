@@ -666,6 +666,28 @@ async fn dashboard_submits_a_goal_follows_it_live_and_downloads_the_delivery() {
         graph[0].as_u64() > graph[1].as_u64(),
         "the graph scrolls inside its box: {graph}"
     );
+    // ...and says so while part of it is cut off, not once scrolled to the end.
+    page.wait(
+        "the graph's scroll hint",
+        10,
+        "!document.querySelector('#graph-hint').hidden",
+    )
+    .await;
+    page.js("const g = document.querySelector('#graph'); g.scrollLeft = g.scrollWidth; g.dispatchEvent(new Event('scroll'));")
+        .await;
+    page.wait(
+        "the hint gone at the graph's end",
+        10,
+        "document.querySelector('#graph-hint').hidden",
+    )
+    .await;
+    page.js("document.querySelector('#graph').scrollLeft = 0;").await;
+    // A finished project: no live indicator, a whole delivery.
+    assert_eq!(
+        page.js("return [document.querySelector('.project-head .live').hidden, document.querySelector('#download-btn').textContent];")
+            .await,
+        json!([true, "Download delivery"])
+    );
     page.js("window.scrollTo(0, 0);").await;
     let png = page.screenshot().await;
     save_screenshot("dashboard-phone.png", &png);
@@ -726,6 +748,11 @@ async fn dashboard_asks_for_the_api_token_and_sends_it_everywhere() {
         "!document.querySelector('#auth').hidden && document.querySelector('#token').value === ''",
     )
     .await;
+    // ...which says why it came back.
+    assert!(
+        page.text("#auth-error").await.contains("refused"),
+        "no word on the refused token"
+    );
     page.type_into("#token", token).await;
     page.click("#auth-form button[type=submit]").await;
     page.wait(

@@ -261,6 +261,11 @@ const auth = {
   needed() {
     if (this.shown) return;
     this.shown = true;
+    // A token was sent and refused: say so, or the empty form looks like nothing happened.
+    const refused = Boolean(getToken() || memoryToken);
+    const why = document.getElementById('auth-error');
+    why.textContent = refused ? 'That token was refused: check it against AGENTSWARM_API_TOKEN of the daemon.' : '';
+    why.hidden = !refused;
     // A token that was refused is not worth keeping.
     setToken('');
     updateForgetButton();
@@ -598,7 +603,7 @@ class ListView {
             h('span', { class: 'pr-sub muted' },
               p.name ? h('span', { class: 'pr-name' }, p.name) : null,
               h('code', { class: 'pr-id' }, p.id),
-              p.waiting ? h('span', { class: 'pr-waiting' }, `waiting: ${p.waiting}`) : null,
+              p.waiting ? h('span', { class: 'pr-waiting' }, `waiting: ${p.waiting.replace(/^waiting:\s*/i, '')}`) : null,
               p.error ? h('span', { class: 'pr-error' }, truncate(p.error, 120)) : null)),
           h('span', { class: 'pr-tasks' },
             h('span', { class: 'pr-count' }, `${p.tasks_done} / ${p.tasks_total}`),
@@ -942,18 +947,22 @@ class ProjectView {
         onOpen: () => this.refresh(),
         onState: (st) => {
           this.liveDot.dataset.live = st;
-          this.liveDot.title = `event stream: ${st}`;
+          this.liveText.textContent = st === 'live' ? 'live' : st;
         },
       });
     });
     this.ticker = setInterval(() => this.tick(), 1000);
     this.onResize = debounce(() => this.fitGraph(), 100);
     window.addEventListener('resize', this.onResize);
+    // The box itself may change width without the window (the layout settling).
+    this.boxWatch = typeof ResizeObserver === 'function' ? new ResizeObserver(this.onResize) : null;
+    this.boxWatch?.observe(this.graphBox);
   }
 
   destroy() {
     this.destroyed = true;
     window.removeEventListener('resize', this.onResize);
+    this.boxWatch?.disconnect();
     this.stream?.stop();
     this.refresh.cancel();
     clearInterval(this.ticker);
@@ -966,7 +975,10 @@ class ProjectView {
   build() {
     this.goal = h('h1', { id: 'project-goal', class: 'goal' });
     this.stateBadge = h('span', { id: 'project-state', class: 'badge' });
-    this.liveDot = h('span', { class: 'live-dot', title: 'event stream', dataset: { live: 'connecting' } });
+    this.liveDot = h('span', { class: 'live-dot', dataset: { live: 'connecting' } });
+    this.liveText = h('span', { class: 'live-text' }, 'connecting');
+    // While the project runs: whether its updates arrive by themselves.
+    this.live = h('span', { class: 'live', title: 'updates arrive by themselves while this is green' }, this.liveDot, this.liveText);
     this.counts = h('span', { id: 'project-tasks', class: 'muted' });
     this.meta = h('div', { class: 'project-meta muted' });
     this.errorBox = h('p', { id: 'project-error', class: 'alert', hidden: true });
@@ -980,6 +992,8 @@ class ProjectView {
     this.downloadBtn = h('button', { id: 'download-btn', type: 'button', class: 'primary', hidden: true, onclick: () => this.downloadDelivery() }, 'Download delivery');
 
     this.graphBox = h('div', { id: 'graph', class: 'graph-box' });
+    this.graphHint = h('p', { id: 'graph-hint', class: 'scroll-hint', hidden: true }, 'The graph is wider than the screen: scroll it sideways →');
+    this.graphBox.addEventListener('scroll', () => this.showGraphHint());
     this.taskPanel = h('section', { id: 'task-panel', class: 'card task-panel', hidden: true });
     this.taskInfo = h('div', { class: 'task-info' });
     this.viewerBox = h('div', { class: 'viewer' });
@@ -992,7 +1006,7 @@ class ProjectView {
       h('div', { id: 'project-view', class: 'project-view', dataset: { project: this.id } },
         h('nav', { class: 'crumbs' }, h('a', { href: '#/' }, '← Projects')),
         h('section', { class: 'card project-head' },
-          h('div', { class: 'head-top' }, this.stateBadge, this.liveDot, this.counts),
+          h('div', { class: 'head-top' }, this.stateBadge, this.live, this.counts),
           this.goal,
           this.meta,
           this.errorBox,
@@ -1001,7 +1015,8 @@ class ProjectView {
           this.actionError),
         h('section', { class: 'card graph-card' },
           h('div', { class: 'card-head' }, h('h2', null, 'Tasks'), legend()),
-          this.graphBox),
+          this.graphBox,
+          this.graphHint),
         h('div', { class: 'columns' },
           h('div', { class: 'col-main' }, this.taskHint, this.taskPanel),
           h('div', { class: 'col-side' }, this.verify, this.usage))),
@@ -1079,11 +1094,17 @@ class ProjectView {
     fill(this.meta, ...meta);
     this.errorBox.textContent = p.error || '';
     this.errorBox.hidden = !p.error;
-    this.waitingBox.textContent = p.waiting ? `Waiting: ${p.waiting}` : '';
+    // The engine's text may already say "waiting: …".
+    this.waitingBox.textContent = p.waiting ? `Waiting: ${p.waiting.replace(/^waiting:\s*/i, '')}` : '';
+    this.live.hidden = TERMINAL.has(p.state);
     this.waitingBox.hidden = !p.waiting;
     this.cancelBtn.hidden = TERMINAL.has(p.state);
     this.resumeForm.hidden = !RESUMABLE.has(p.state);
     this.downloadBtn.hidden = !p.delivery_url;
+    // A project that did not finish ships what it merged: say it is partial.
+    this.downloadBtn.textContent = p.state === 'done'
+      ? 'Download delivery'
+      : `Download partial delivery (${p.tasks_done} of ${p.tasks_total} tasks)`;
   }
 
   select(id) {
@@ -1283,10 +1304,15 @@ class ProjectView {
         h('td', { class: 'num' }, `${fmtInt(totals.input_tokens)} in`, h('span', { class: 'sub' }, `${fmtInt(totals.output_tokens)} out`)),
         h('td', { class: 'num', id: 'usage-cost' }, fmtCost(totals.cost_usd))))
       : null;
-    box.append(h('div', { class: 'table-wrap' }, h('table', { class: 'usage' },
+    const wrap = h('div', { class: 'table-wrap' }, h('table', { class: 'usage' },
       h('thead', null, h('tr', null, cols.map(([c, cls]) => h('th', { class: cls || null }, c)))),
       h('tbody', null, rows),
-      foot)));
+      foot));
+    const hint = h('p', { id: 'usage-hint', class: 'scroll-hint', hidden: true }, 'The table is wider than the screen: scroll it sideways for the cost →');
+    const show = () => { hint.hidden = !(wrap.scrollWidth - wrap.clientWidth - wrap.scrollLeft > 2); };
+    wrap.addEventListener('scroll', show);
+    box.append(wrap, hint);
+    requestAnimationFrame(show);
   }
 
   /** A graph a little wider than its box is scaled down to fit; a much wider one scrolls. */
@@ -1299,6 +1325,13 @@ class ProjectView {
     const scale = width > avail && avail / width >= 0.8 ? avail / width : 1;
     el.setAttribute('width', String(Math.floor(width * scale)));
     el.setAttribute('height', String(Math.floor(height * scale)));
+    this.showGraphHint();
+  }
+
+  /** Says so while part of the graph is cut off at the right edge. */
+  showGraphHint() {
+    const b = this.graphBox;
+    this.graphHint.hidden = !(b.scrollWidth - b.clientWidth - b.scrollLeft > 2);
   }
 
   /** Running durations tick between refreshes. */
