@@ -57,6 +57,14 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
+            if disk_full(&e) {
+                eprintln!(
+                    "hint: a disk is full: the one holding the data directory or OUTPUTS_DIR \
+                     (`agentswarm doctor` shows both; `df -h` how full each is). Nothing that \
+                     finished is lost: free some space, then `agentswarm resume PROJECT` carries \
+                     on where the run stopped (`agentswarm status` lists the projects)."
+                );
+            }
             std::process::ExitCode::from(1)
         }
     }
@@ -103,8 +111,32 @@ fn error_text(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether `e` comes from a full disk: an I/O error saying so, or SQLite's
+/// "database or disk is full".
+fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || {
+                let t = c.to_string();
+                t.contains("database or disk is full") || t.contains("No space left on device")
+            }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_full_disk_is_recognised() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(super::disk_full(
+            &anyhow::Error::new(full).context("cannot write the archive")
+        ));
+        let sqlite = anyhow::anyhow!("store database error: database or disk is full");
+        assert!(super::disk_full(&sqlite.context("cannot record the task")));
+        assert!(!super::disk_full(&anyhow::anyhow!("connection refused")));
+    }
+
     #[test]
     fn every_argument_of_every_command_is_described() {
         use clap::CommandFactory;

@@ -681,7 +681,8 @@ async fn dashboard_submits_a_goal_follows_it_live_and_downloads_the_delivery() {
         "document.querySelector('#graph-hint').hidden",
     )
     .await;
-    page.js("document.querySelector('#graph').scrollLeft = 0;").await;
+    page.js("document.querySelector('#graph').scrollLeft = 0;")
+        .await;
     // A finished project: no live indicator, a whole delivery.
     assert_eq!(
         page.js("return [document.querySelector('.project-head .live').hidden, document.querySelector('#download-btn').textContent];")
