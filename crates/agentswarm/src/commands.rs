@@ -252,11 +252,25 @@ pub fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandl
 pub fn goal_and_plan(args: &RunArgs) -> Result<(String, Option<Plan>)> {
     let goal = match (&args.goal, &args.goal_file) {
         (Some(g), _) => g.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read the goal file {}", f.display()))?,
+        (None, Some(f)) => {
+            // Not read whole when it cannot be a goal (4 bytes a character at most).
+            let len = std::fs::metadata(f)
+                .with_context(|| format!("cannot read the goal file {}", f.display()))?
+                .len();
+            if len > 4 * swarm_engine::MAX_GOAL_CHARS as u64 {
+                bail!(
+                    "the goal file {} is {len} bytes, more than a goal may be ({} characters); \
+                     keep the goal to what to build and put the details in the plan or the repository",
+                    f.display(),
+                    swarm_engine::MAX_GOAL_CHARS
+                );
+            }
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the goal file {}", f.display()))?
+        }
         (None, None) => bail!("give a goal: `agentswarm run \"Build …\"` or `--goal-file FILE` (or try `agentswarm demo`)"),
     };
-    if goal.trim().is_empty() {
-        bail!("the goal is empty; describe the software to build");
+    if let Some(why) = swarm_engine::goal_problem(&goal) {
+        bail!("{why}");
     }
     let plan: Option<Plan> = match &args.plan {
         Some(path) => {

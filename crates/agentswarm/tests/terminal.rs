@@ -413,3 +413,42 @@ fn completions_and_the_man_page_name_every_command() {
     assert!(page.contains(".TH agentswarm 1"), "{page}");
     assert!(page.contains("resume") && page.contains("serve"), "{page}");
 }
+
+/// A goal that cannot be one is refused before anything is stored or sent:
+/// only whitespace, longer than 256 Ki characters, a goal file of megabytes.
+#[test]
+fn an_oversized_or_empty_goal_is_refused_before_it_is_stored() {
+    let (h, _) = harness(0);
+    let long = h.home.path().join("long.txt");
+    std::fs::write(&long, "x".repeat(300 * 1024)).unwrap();
+    let file = h.home.path().join("goal.txt");
+    std::fs::write(&file, "y".repeat(5 * 1024 * 1024)).unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["run", "   "], "the goal is empty"),
+        (
+            &["submit", "--goal-file", long.to_str().unwrap()],
+            "more than the 262144",
+        ),
+        (
+            &["run", "--goal-file", file.to_str().unwrap()],
+            "more than a goal may be",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = h.run(args);
+        assert!(!out.status.success(), "{:?}: {}", &args[..1], text(&out));
+        assert!(
+            text(&out).contains(want),
+            "{:?}: {}",
+            &args[..1],
+            text(&out)
+        );
+    }
+    assert!(h.server.requests().is_empty(), "a model was asked");
+    let out = h.run(&["status", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("\"id\""),
+        "a project was stored: {}",
+        text(&out)
+    );
+}

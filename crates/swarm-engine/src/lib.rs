@@ -47,6 +47,9 @@ pub enum Error {
     Cancelled(ProjectId),
     #[error("invalid options:\n  - {}", .0.join("\n  - "))]
     InvalidOptions(Vec<String>),
+    /// Empty, or longer than [`MAX_GOAL_CHARS`]: refused before it is stored.
+    #[error("{0}")]
+    InvalidGoal(String),
     #[error("project {0} is {1}: {hint}", hint = resume_hint(*.1))]
     NotResumable(ProjectId, ProjectState),
     #[error(
@@ -494,6 +497,25 @@ pub fn lock_project(config: &Config, project: &ProjectId) -> Result<ProjectLock>
     }
 }
 
+/// The longest goal a project takes, in characters (256 Ki): a goal is sent
+/// in every planner request and listed by the API; details belong in the
+/// repository or the plan.
+pub const MAX_GOAL_CHARS: usize = 256 * 1024;
+
+/// Why `goal` cannot be a project's goal, if it cannot.
+pub fn goal_problem(goal: &str) -> Option<String> {
+    if goal.trim().is_empty() {
+        return Some("the goal is empty; describe the software to build".into());
+    }
+    let chars = goal.chars().count();
+    (chars > MAX_GOAL_CHARS).then(|| {
+        format!(
+            "the goal is {chars} characters long, more than the {MAX_GOAL_CHARS} a project takes; \
+             put the details in the plan or the repository and keep the goal to what to build"
+        )
+    })
+}
+
 /// Creates a project for `goal` and holds its lock (drop the lock to leave
 /// the project to `agentswarm serve`). With `plan`, the planner is skipped:
 /// the plan is validated (an invalid one is an error listing every problem)
@@ -516,6 +538,9 @@ pub fn create_project_with(
     plan: Option<Plan>,
     limits: RunLimits,
 ) -> Result<ProjectLock> {
+    if let Some(why) = goal_problem(goal) {
+        return Err(Error::InvalidGoal(why));
+    }
     if let Some(p) = &plan {
         let problems = plan::validate_plan(p, limits.max_tasks);
         if !problems.is_empty() {

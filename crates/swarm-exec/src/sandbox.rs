@@ -116,7 +116,7 @@ pub fn running_as_root() -> bool {
 
 fn probe_uid_drop() -> Result<(), String> {
     if !running_as_root() {
-        return Err("the service is not root".into());
+        return Err("AgentSwarm does not run as root".into());
     }
     let drop = UidDrop::new(swarm_protocol::sandbox::DEFAULT_SANDBOX_UID);
     let mut cmd = Command::new("/bin/true");
@@ -302,13 +302,13 @@ fn landlock_gaps(abi: i32, f: &Facilities, allow_network: bool) -> (bool, Vec<St
         if let Err(why) = &f.uid_drop {
             essential = false;
             gaps.push(format!(
-                "the service runs as root and its commands cannot drop to an unprivileged uid ({why}): \
+                "AgentSwarm runs as root and its commands cannot drop to an unprivileged uid ({why}): \
                  Landlock does not stop chmod, chown or utime, and the process limit does not bind root"
             ));
         }
     } else {
         gaps.push(
-            "Landlock does not stop chmod, chown or utime of files the service user owns (bubblewrap does)"
+            "Landlock does not stop chmod, chown or utime of files AgentSwarm's user owns (bubblewrap does)"
                 .into(),
         );
     }
@@ -1189,7 +1189,7 @@ mod tests {
             uid_drop: if running_as_root() {
                 Ok(())
             } else {
-                Err("the service is not root".into())
+                Err("AgentSwarm does not run as root".into())
             },
             bubblewrap: if bwrap {
                 Ok(PathBuf::from("/usr/bin/bwrap"))
