@@ -172,21 +172,25 @@ pub fn own_children() -> Vec<u32> {
     children_of(std::process::id())
 }
 
-/// SIGKILL to `root` and, first, to everything below it, found through the
-/// `children` files (no full scan of `/proc`, so that a process that forks
-/// quickly has little time between the listing and the kill). What forks in
-/// between is adopted by the nearest subreaper when its parent dies: the
-/// caller lists again ([`crate::reap_orphans`]).
+/// SIGKILL to `root` and everything below it, found through the `children`
+/// files (no full scan of `/proc`, so that a process that forks quickly has
+/// little time between the listing and the kill). The tree is stopped
+/// first, parents before children, and killed after: a shell must not see
+/// its `sleep` die and run its next command (`sleep 2; echo late > f`)
+/// between two kills. What forks in between is adopted by the nearest
+/// subreaper when its parent dies: the caller lists again
+/// ([`crate::reap_orphans`]). Returns how many processes were signalled.
 pub fn kill_tree_now(root: u32) -> usize {
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() && tree.len() < 100_000 {
-        let below = children_of(tree[i]);
+        let pid = tree[i];
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+        let below = children_of(pid);
         tree.extend(below);
         i += 1;
     }
     tree.iter()
-        .rev()
         .filter(|p| kill(Pid::from_raw(**p as i32), Signal::SIGKILL).is_ok())
         .count()
 }
