@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use swarm_engine::{Engine, Progress};
+use swarm_protocol::text::escape_control;
 use swarm_protocol::{ProjectId, TaskId, TaskKind, TaskState};
 use tokio::sync::broadcast;
 
@@ -175,7 +176,7 @@ impl LiveView {
                 }
                 let secs = self.started.elapsed().as_secs_f64();
                 (
-                    format!("{secs:7.2}s  {}", p.message),
+                    format!("{secs:7.2}s  {}", escape_control(&p.message)),
                     p.kind == "task_state",
                 )
             }
@@ -240,7 +241,7 @@ impl LiveView {
                 "running the verify commands".to_owned()
             } else {
                 match (&w.last_tool, w.turns) {
-                    (Some(tool), turn) => format!("turn {turn}  {tool}"),
+                    (Some(tool), turn) => format!("turn {turn}  {}", escape_control(tool)),
                     (None, 0) => "starting".to_owned(),
                     (None, turn) => format!("turn {turn}  thinking"),
                 }
@@ -366,15 +367,17 @@ fn columns() -> usize {
 }
 
 /// `s` cut to fewer than `cols` characters, so that a line of the bars never
-/// wraps (the bars are redrawn by moving the cursor up their line count).
+/// wraps (the bars are redrawn by moving the cursor up their line count);
+/// control characters are escaped, so none moves the cursor either.
 fn fit(s: &str, cols: usize) -> String {
+    let s = escape_control(s);
     let room = cols.saturating_sub(1).max(10);
     if s.chars().count() > room {
         let mut cut: String = s.chars().take(room - 1).collect();
         cut.push('…');
         cut
     } else {
-        s.to_owned()
+        s.into_owned()
     }
 }
 
@@ -408,6 +411,7 @@ mod tests {
         assert_eq!(fit(&long, 80).chars().count(), 79);
         assert!(fit(&long, 80).ends_with('…'));
         assert_eq!(fit(&"y".repeat(79), 80).chars().count(), 79);
+        assert_eq!(fit("a\nb\u{1b}[2J", 80), "a\\nb\\e[2J");
     }
 
     #[test]

@@ -278,13 +278,15 @@ async fn print_new(
 }
 
 /// One line: local time (with the date when it is not today), the task id
-/// if any, and [`describe`].
+/// if any, and [`describe`]. Control characters are escaped: a model-made
+/// name or message can neither add a line nor send the terminal a sequence.
 pub fn format_line(e: &EventRecord) -> String {
     let when = local_time(e.ts_ms);
-    match &e.task_id {
+    let line = match &e.task_id {
         Some(t) => format!("{when}  {t}  {}", describe(e)),
         None => format!("{when}  {}", describe(e)),
-    }
+    };
+    swarm_protocol::text::escape_control(&line).into_owned()
 }
 
 /// A human sentence for one event, by kind; `kind {json}` for a kind it does

@@ -5,6 +5,7 @@ use crate::cli::OutputArgs;
 use std::future::Future;
 use std::io::Write;
 use swarm_engine::{Engine, Progress, RunReport};
+use swarm_protocol::text::escape_control;
 use swarm_protocol::{api, ProjectId, TaskState};
 use tokio::sync::broadcast;
 
@@ -67,7 +68,7 @@ pub fn spawn_progress(
                     }
                     let secs = started.elapsed().as_secs_f64();
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{secs:7.2}s  {}", p.message);
+                    let _ = writeln!(out, "{secs:7.2}s  {}", escape_control(&p.message));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     println!("          … {n} progress lines skipped");
@@ -85,7 +86,7 @@ pub fn print_report(r: &RunReport, json: bool) {
         r.project_id, r.status, r.tasks_done, r.tasks_total
     );
     if let Some(e) = &r.error {
-        println!("why: {e}");
+        println!("why: {}", escape_control(e));
     }
     if let Some(d) = &r.delivery {
         println!("delivery: {}", d.display());
@@ -152,7 +153,7 @@ pub fn print_projects(list: &api::ProjectList, json: bool) {
             p.id,
             p.state.as_str(),
             format!("{}/{}", p.tasks_done, p.tasks_total),
-            p.name,
+            escape_control(&p.name),
             one_line(&p.goal, 60)
         );
     }
@@ -194,14 +195,18 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
     }
     println!(
         "project {}  {}  state: {}  tasks: {}/{} done",
-        p.id, p.name, p.state, p.tasks_done, p.tasks_total
+        p.id,
+        escape_control(&p.name),
+        p.state,
+        p.tasks_done,
+        p.tasks_total
     );
     println!("goal: {}", one_line(&p.goal, 100));
     if let Some(e) = &p.error {
-        println!("error: {e}");
+        println!("error: {}", escape_control(e));
     }
     if let Some(w) = p.waiting.as_ref().filter(|_| !p.state.is_terminal()) {
-        println!("{w}");
+        println!("{}", escape_control(w));
     }
     if let Some(path) = &p.delivery {
         println!("delivery: {path}");
@@ -276,8 +281,11 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
     }
 }
 
+/// `s` on one line of at most `n` characters: runs of whitespace become one
+/// space and the other control characters are escaped (docs/outputs.md).
 pub(crate) fn one_line(s: &str, n: usize) -> String {
     let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = escape_control(&flat).into_owned();
     if flat.chars().count() > n {
         format!(
             "{}…",

@@ -277,11 +277,8 @@ fn nested_note(dirs: &[String]) -> String {
 /// worker's own file tools and git could swap a symlink under them. This
 /// process is a child subreaper, so every such orphan is its child now.
 fn kill_leftovers() {
-    for _ in 0..5 {
-        if swarm_exec::reap_orphans() == 0 {
-            break;
-        }
-    }
+    // Lists, kills and reaps until nothing is left (within its deadline).
+    swarm_exec::reap_orphans();
 }
 
 fn start_setup(start: &WorkerStart) -> Setup {

@@ -1,10 +1,17 @@
-//! Resolving a path a tool received to a path inside the worktree.
+//! Checking a path a tool received, before anything is opened.
 //!
 //! Refused, with an error the model sees: absolute paths, `..` that climbs
-//! out of the worktree, anything under `.git`, and paths whose existing part
-//! resolves (through symlinks) outside the worktree.
+//! out of the worktree, anything under `.git`, and names with control
+//! characters (a newline in a file name would split `manifest.txt` and the
+//! operator's log lines). What is left is a list of plain names below the
+//! worktree root, which [`beneath`] opens one by one without following a
+//! symlink at any of them.
 
+pub mod beneath;
+
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
+use swarm_protocol::text::first_unsafe_char;
 
 /// What the path is for; listing may name the worktree itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,17 +21,56 @@ pub enum Purpose {
     Write,
 }
 
-/// Resolves `path` (relative to `root`) or says why not, as `error: …`.
-pub fn resolve(root: &Path, path: &str, purpose: Purpose) -> Result<PathBuf, String> {
+/// A checked path: plain names below the worktree root (none: the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    parts: Vec<OsString>,
+}
+
+impl RelPath {
+    /// A path of plain names already checked (a directory being listed).
+    pub(crate) fn from_parts(parts: Vec<OsString>) -> Self {
+        Self { parts }
+    }
+
+    pub fn parts(&self) -> &[OsString] {
+        &self.parts
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The path relative to the root (`.` for the root).
+    pub fn to_path(&self) -> PathBuf {
+        if self.parts.is_empty() {
+            return PathBuf::from(".");
+        }
+        self.parts.iter().collect()
+    }
+
+    /// The parent's names and the last name; `None` for the root.
+    pub fn split_last(&self) -> Option<(&[OsString], &OsString)> {
+        self.parts.split_last().map(|(last, parent)| (parent, last))
+    }
+}
+
+/// Checks `path` (relative to the worktree root) or says why not, as `error: …`.
+pub fn check(path: &str, purpose: Purpose) -> Result<RelPath, String> {
     let trimmed = path.trim();
     if trimmed.is_empty() || trimmed == "." {
         return match purpose {
-            Purpose::List => Ok(root.to_owned()),
+            Purpose::List => Ok(RelPath { parts: Vec::new() }),
             Purpose::Read | Purpose::Write => Err("error: a file path is required".into()),
         };
     }
     if trimmed.contains('\0') {
         return Err("error: the path contains a NUL byte".into());
+    }
+    if let Some(c) = first_unsafe_char(trimmed) {
+        return Err(format!(
+            "error: the path contains a control character ({c}); file names may not contain newlines, escape sequences or other control characters"
+        ));
     }
     let p = Path::new(trimmed);
     if p.is_absolute() || trimmed.starts_with('~') {
@@ -33,10 +79,10 @@ pub fn resolve(root: &Path, path: &str, purpose: Purpose) -> Result<PathBuf, Str
         ));
     }
     // Lexical normalisation: `..` may not climb above the root.
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut parts: Vec<OsString> = Vec::new();
     for c in p.components() {
         match c {
-            Component::Normal(s) => parts.push(s),
+            Component::Normal(s) => parts.push(s.to_owned()),
             Component::CurDir => {}
             Component::ParentDir => {
                 if parts.pop().is_none() {
@@ -52,55 +98,15 @@ pub fn resolve(root: &Path, path: &str, purpose: Purpose) -> Result<PathBuf, Str
             }
         }
     }
-    if parts.first().is_some_and(|s| *s == ".git") {
+    if parts.first().is_some_and(|s| s == ".git") {
         return Err(format!(
             "error: `{trimmed}` is inside .git, which the tools may not touch"
         ));
     }
-    if parts.is_empty() {
-        return match purpose {
-            Purpose::List => Ok(root.to_owned()),
-            Purpose::Read | Purpose::Write => Err("error: a file path is required".into()),
-        };
+    if parts.is_empty() && purpose != Purpose::List {
+        return Err("error: a file path is required".into());
     }
-    let candidate: PathBuf = parts.iter().fold(root.to_owned(), |acc, s| acc.join(s));
-
-    // Symlinks: the longest existing prefix must resolve inside the root.
-    let real_root = root
-        .canonicalize()
-        .map_err(|e| format!("error: the worktree is not accessible: {e}"))?;
-    let mut existing = candidate.as_path();
-    loop {
-        if std::fs::symlink_metadata(existing).is_ok() {
-            break;
-        }
-        match existing.parent() {
-            Some(parent) => existing = parent,
-            None => break,
-        }
-    }
-    match existing.canonicalize() {
-        Ok(real) if real.starts_with(&real_root) => {
-            if real
-                .strip_prefix(&real_root)
-                .ok()
-                .and_then(|r| r.components().next())
-                .is_some_and(|c| c.as_os_str() == ".git")
-            {
-                return Err(format!(
-                    "error: `{trimmed}` resolves into .git, which the tools may not touch"
-                ));
-            }
-            Ok(candidate)
-        }
-        Ok(_) => Err(format!(
-            "error: `{trimmed}` resolves (through a symlink) outside the worktree; refused"
-        )),
-        // A dangling symlink: refuse, it could be aimed anywhere.
-        Err(_) => Err(format!(
-            "error: `{trimmed}` goes through a broken symlink; refused"
-        )),
-    }
+    Ok(RelPath { parts })
 }
 
 #[cfg(test)]
@@ -108,42 +114,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inside_paths_resolve() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
+    fn inside_paths_are_names_below_the_root() {
         assert_eq!(
-            resolve(root, "a/b.txt", Purpose::Write).unwrap(),
-            root.join("a/b.txt")
+            check("a/b.txt", Purpose::Write).unwrap().to_path(),
+            PathBuf::from("a/b.txt")
         );
         assert_eq!(
-            resolve(root, "./a/../c", Purpose::Read).unwrap(),
-            root.join("c")
+            check("./a/../c", Purpose::Read).unwrap().to_path(),
+            PathBuf::from("c")
         );
-        assert_eq!(resolve(root, "", Purpose::List).unwrap(), root.to_owned());
+        assert!(check("", Purpose::List).unwrap().is_root());
+        assert!(check("a/..", Purpose::List).unwrap().is_root());
+        assert!(check("a/..", Purpose::Read).is_err());
     }
 
     #[test]
-    fn escapes_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("wt");
-        std::fs::create_dir_all(&root).unwrap();
+    fn escapes_and_control_characters_are_refused() {
         for bad in [
             "../outside",
             "/etc/passwd",
             "a/../../x",
             ".git/config",
             "~/x",
+            "a\nb",
+            "x\u{1b}[2J",
+            "tab\there",
+            "del\u{7f}",
+            "rlo\u{202e}gnp.exe",
         ] {
-            let e = resolve(&root, bad, Purpose::Write).unwrap_err();
+            let e = check(bad, Purpose::Write).unwrap_err();
             assert!(e.starts_with("error: "), "{bad}: {e}");
         }
-        std::os::unix::fs::symlink(dir.path(), root.join("link")).unwrap();
-        let e = resolve(&root, "link/secret", Purpose::Write).unwrap_err();
-        assert!(e.contains("symlink"), "{e}");
-        std::os::unix::fs::symlink("/nonexistent/zzz", root.join("dangling")).unwrap();
-        assert!(resolve(&root, "dangling", Purpose::Write).is_err());
-        std::fs::create_dir(root.join("inner")).unwrap();
-        std::os::unix::fs::symlink(root.join("inner"), root.join("ok")).unwrap();
-        assert!(resolve(&root, "ok/file", Purpose::Write).is_ok());
+        let e = check("evil\nname", Purpose::Write).unwrap_err();
+        assert!(e.contains("control character (U+000A)"), "{e}");
     }
 }

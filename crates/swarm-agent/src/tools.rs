@@ -1,14 +1,24 @@
 //! The worker's tools (docs/worker-tools.md). Results are plain text for the
 //! model; errors start with `error:` and never end the attempt.
 
-use crate::paths::{resolve, Purpose};
+use crate::paths::beneath::{self, Resolver};
+use crate::paths::{check, Purpose, RelPath};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, SFlag};
 use serde_json::{json, Value};
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use swarm_exec::sandbox::SandboxPolicy;
 use swarm_exec::Sandbox;
 use swarm_protocol::chat::ToolSpec;
+use swarm_protocol::text::escape_control;
 
 /// Bytes of a file `read_file` returns.
 pub const READ_CAP: usize = 256 * 1024;
@@ -184,40 +194,91 @@ impl Tools {
         }
     }
 
+    fn root_fd(&self) -> Result<OwnedFd, String> {
+        beneath::open_root(&self.root)
+            .map_err(|e| format!("error: the worktree is not accessible: {e}"))
+    }
+
     fn list_files(&self, path: &str) -> String {
-        let dir = match resolve(&self.root, path, Purpose::List) {
-            Ok(d) => d,
+        let rel = match check(path, Purpose::List) {
+            Ok(r) => r,
             Err(e) => return e,
         };
-        if !dir.is_dir() {
-            return format!("error: `{path}` is not a directory");
+        let root = match self.root_fd() {
+            Ok(fd) => fd,
+            Err(e) => return e,
+        };
+        let open_dir = |parts: &[OsString]| {
+            let rel = RelPath::from_parts(parts.to_vec());
+            beneath::open_beneath(
+                root.as_fd(),
+                &rel,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Resolver::Auto,
+            )
+        };
+        if let Err(e) = open_dir(rel.parts()) {
+            return match e {
+                Errno::ENOTDIR if !final_is_symlink(root.as_fd(), &rel) => {
+                    format!("error: `{path}` is not a directory")
+                }
+                Errno::ENOTDIR => open_error("list", path, Errno::ELOOP),
+                e => open_error("list", path, e),
+            };
         }
         let mut out = Vec::new();
-        let mut stack = vec![dir.clone()];
+        let mut stack = vec![rel.parts().to_vec()];
         let mut more = false;
-        while let Some(d) = stack.pop() {
-            let mut entries: Vec<_> = match std::fs::read_dir(&d) {
-                Ok(rd) => rd.flatten().collect(),
+        while let Some(parts) = stack.pop() {
+            // Each directory is opened anew from the root, never through a
+            // symlink: one swapped in meanwhile is skipped, not followed.
+            let Ok(fd) = open_dir(&parts) else {
+                continue;
+            };
+            let mut dir = match Dir::from_fd(fd) {
+                Ok(d) => d,
                 Err(e) => return format!("error: cannot list `{path}`: {e}"),
             };
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries.into_iter().rev() {
-                let p = e.path();
-                let Ok(rel) = p.strip_prefix(&self.root) else {
-                    continue;
-                };
+            let mut entries: Vec<(OsString, Option<Type>)> = dir
+                .iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        OsStr::from_bytes(e.file_name().to_bytes()).to_owned(),
+                        e.file_type(),
+                    )
+                })
+                .filter(|(name, _)| name != "." && name != "..")
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, kind) in entries.into_iter().rev() {
                 // Git's files, and the commands' private HOME and TMPDIR.
-                if rel.components().next().is_some_and(|c| {
-                    c.as_os_str() == ".git" || c.as_os_str() == swarm_exec::sandbox::PRIVATE_DIR
-                }) {
+                if parts.is_empty() && (name == ".git" || name == swarm_exec::sandbox::PRIVATE_DIR)
+                {
                     continue;
                 }
-                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                let is_dir = match kind {
+                    Some(t) => t == Type::Directory,
+                    None => fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| {
+                            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+                        }),
+                };
+                let mut child = parts.clone();
+                child.push(name);
+                let shown = escape_control(
+                    &child
+                        .iter()
+                        .map(|p| p.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                )
+                .into_owned();
                 if is_dir {
-                    stack.push(p.clone());
-                    out.push(format!("{}/", rel.display()));
+                    stack.push(child);
+                    out.push(format!("{shown}/"));
                 } else {
-                    out.push(rel.display().to_string());
+                    out.push(shown);
                 }
             }
             if out.len() > LIST_CAP {
@@ -240,50 +301,64 @@ impl Tools {
     }
 
     fn read_file(&self, path: &str) -> String {
-        let p = match resolve(&self.root, path, Purpose::Read) {
-            Ok(p) => p,
+        self.read_file_with(path, Resolver::Auto)
+    }
+
+    /// `read_file` with the given resolver (tests take the fallback walk).
+    pub fn read_file_with(&self, path: &str, how: Resolver) -> String {
+        let rel = match check(path, Purpose::Read) {
+            Ok(r) => r,
             Err(e) => return e,
         };
-        if p.is_dir() {
-            return format!("error: `{path}` is a directory; use list_files");
-        }
-        match std::fs::read(&p) {
-            Ok(bytes) => {
-                let total = bytes.len();
-                let mut s = String::from_utf8_lossy(&bytes[..total.min(READ_CAP)]).into_owned();
-                if total > READ_CAP {
-                    s.push_str(&format!("\n[file cut at {READ_CAP} of {total} bytes]"));
-                }
-                s
+        let root = match self.root_fd() {
+            Ok(fd) => fd,
+            Err(e) => return e,
+        };
+        // O_NONBLOCK: a FIFO a command left does not hang the worker.
+        let fd = match beneath::open_beneath(
+            root.as_fd(),
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+            how,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => return open_error("read", path, e),
+        };
+        let file = std::fs::File::from(fd);
+        let size = match file.metadata() {
+            Ok(m) if m.is_dir() => {
+                return format!("error: `{path}` is a directory; use list_files")
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                format!("error: `{path}` does not exist")
-            }
-            Err(e) => format!("error: cannot read `{path}`: {e}"),
+            Ok(m) if !m.is_file() => return format!("error: `{path}` is not a regular file"),
+            Ok(m) => m.len(),
+            Err(e) => return format!("error: cannot read `{path}`: {e}"),
+        };
+        let mut bytes = Vec::new();
+        // One byte more than the cap says whether there is more.
+        if let Err(e) = file.take(READ_CAP as u64 + 1).read_to_end(&mut bytes) {
+            return format!("error: cannot read `{path}`: {e}");
         }
+        let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(READ_CAP)]).into_owned();
+        if bytes.len() > READ_CAP {
+            let total = size.max(bytes.len() as u64);
+            s.push_str(&format!("\n[file cut at {READ_CAP} of {total} bytes]"));
+        }
+        s
     }
 
     fn write_file(&self, path: &str, content: &str) -> String {
-        let p = match resolve(&self.root, path, Purpose::Write) {
-            Ok(p) => p,
+        let rel = match check(path, Purpose::Write) {
+            Ok(r) => r,
             Err(e) => return e,
         };
-        if p.is_dir() {
-            return format!("error: `{path}` is a directory");
-        }
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            // Replace a symlink rather than write through it.
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-                std::fs::remove_file(&p)?;
-            }
-            std::fs::write(&p, content)
+        let root = match self.root_fd() {
+            Ok(fd) => fd,
+            Err(e) => return e,
         };
-        match write() {
+        match beneath::replace_file(root.as_fd(), &rel, content.as_bytes()) {
             Ok(()) => format!("wrote {} bytes to {path}", content.len()),
-            Err(e) => format!("error: cannot write `{path}`: {e}"),
+            Err(Errno::EISDIR) => format!("error: `{path}` is a directory"),
+            Err(e) => open_error("write", path, e),
         }
     }
 
@@ -314,6 +389,28 @@ impl Tools {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Whether the last name of `rel` is a symlink (its parents are opened
+/// without following any).
+fn final_is_symlink(root: std::os::fd::BorrowedFd<'_>, rel: &RelPath) -> bool {
+    rel.split_last().is_some_and(|(parents, last)| {
+        beneath::walk_dirs(root, parents, false)
+            .is_ok_and(|dir| beneath::is_symlink(dir.as_fd(), last))
+    })
+}
+
+/// The `error:` result for a failed open of `path`.
+fn open_error(verb: &str, path: &str, e: Errno) -> String {
+    match e {
+        Errno::ENOENT => format!("error: `{path}` does not exist"),
+        Errno::ELOOP => format!(
+            "error: `{path}` is or goes through a symlink; the file tools do not follow symlinks (read the file it points to by its own path, or use run_command)"
+        ),
+        Errno::ENOTDIR => format!("error: a part of `{path}` is not a directory (or is a symlink, which the file tools do not follow)"),
+        Errno::EXDEV => format!("error: `{path}` leads outside the worktree; refused"),
+        e => format!("error: cannot {verb} `{path}`: {}", std::io::Error::from(e)),
     }
 }
 
@@ -396,6 +493,57 @@ mod tests {
             "{}",
             r.text
         );
+    }
+
+    #[test]
+    fn symlinks_fifos_and_control_characters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        std::fs::create_dir_all(root.join("inner")).unwrap();
+        std::fs::write(root.join("inner/f"), "inner").unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cr3t").unwrap();
+        std::os::unix::fs::symlink("inner", root.join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("out")).unwrap();
+        let t = tools(&root);
+        for how in [Resolver::Auto, Resolver::Walk] {
+            for p in ["link/f", "out/secret", "link"] {
+                let r = t.read_file_with(p, how);
+                assert!(
+                    r.starts_with("error: ") && r.contains("symlink"),
+                    "{p}: {r}"
+                );
+            }
+            assert_eq!(t.read_file_with("inner/f", how), "inner");
+        }
+        // Listing shows a symlink as a name and does not descend into it.
+        assert_eq!(
+            t.execute("list_files", "{}").text,
+            "inner/\ninner/f\nlink\nout"
+        );
+        let r = t.execute("list_files", r#"{"path": "out"}"#).text;
+        assert!(r.starts_with("error: ") && r.contains("symlink"), "{r}");
+        // A FIFO does not hang the worker.
+        nix::unistd::mkfifo(
+            &root.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let r = t.execute("read_file", r#"{"path": "fifo"}"#).text;
+        assert_eq!(r, "error: `fifo` is not a regular file");
+        // Names with control characters are refused, and escaped when a
+        // command made one.
+        let r = t
+            .execute("write_file", r#"{"path": "a\nb", "content": "x"}"#)
+            .text;
+        assert!(r.contains("control character (U+000A)"), "{r}");
+        let r = t
+            .execute("write_file", r#"{"path": "x\u001b[2J", "content": "x"}"#)
+            .text;
+        assert!(r.contains("control character (U+001B)"), "{r}");
+        std::fs::remove_file(root.join("fifo")).unwrap();
+        std::fs::write(root.join("inner/evil\nname\u{1b}[31m"), "").unwrap();
+        let listing = t.execute("list_files", r#"{"path": "inner"}"#).text;
+        assert_eq!(listing, "inner/evil\\nname\\e[31m\ninner/f");
     }
 
     #[test]

@@ -331,10 +331,23 @@ impl Gateway {
     pub async fn complete(
         &self,
         caller: Caller<'_>,
-        messages: Vec<ChatMessage>,
+        mut messages: Vec<ChatMessage>,
         tools: Vec<ToolSpec>,
     ) -> Result<Served, CallError> {
         let inner = &self.inner;
+        // A configured key that a command or a file tool read (or that the
+        // model repeated) never reaches the endpoint: the worker cannot mask
+        // it (it never holds the keys), so the gateway does, before any
+        // provider request, recording or replay is built from the messages.
+        let masked = inner.redactor.redact_messages(&mut messages);
+        if masked > 0 {
+            tracing::warn!(
+                masked,
+                role = caller.role.as_str(),
+                task = caller.task.map(|t| t.to_string()).unwrap_or_default(),
+                "a configured API key was in the conversation; masked it before the model call"
+            );
+        }
         let account = self.account(caller.project);
         if let Some(a) = &account {
             if let Some(h) = a.halted() {

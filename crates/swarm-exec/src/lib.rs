@@ -115,31 +115,72 @@ fn unregister(pid: u32) {
     }
 }
 
+/// How long [`reap_orphans`] keeps killing before it gives up.
+pub const ORPHAN_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Kills and reaps the processes this process adopted as a child subreaper
 /// ([`tree::become_subreaper`]): anything whose parent is this process but
-/// that it did not spawn, i.e. what outlived a worker or a verify command.
-/// Returns how many were found.
+/// that it did not spawn, i.e. what outlived a worker or a verify command,
+/// and everything below them. Repeats until none is left or
+/// [`ORPHAN_DEADLINE`] has passed (see [`reap_orphans_within`]).
+/// Returns how many adopted processes were found.
 pub fn reap_orphans() -> usize {
-    let me = std::process::id();
-    // Listed with the registry held (no spawn in between), killed after: an
-    // adopted pid cannot be reused until this process reaps it.
-    let adopted: Vec<tree::ProcStat> = {
-        let guard = children();
-        tree::snapshot()
-            .into_values()
-            .filter(|s| s.ppid == me && !guard.as_ref().is_some_and(|set| set.contains(&s.pid)))
-            .collect()
-    };
-    for s in &adopted {
-        if s.state != 'Z' {
-            tree::signal_tree(s.pid, Signal::SIGKILL);
+    reap_orphans_within(ORPHAN_DEADLINE)
+}
+
+/// [`reap_orphans`] with its deadline. One pass is not enough: a process
+/// that forks and `setsid`s in a loop (each generation exits right after its
+/// fork) leaves a fresh orphan behind every time one is killed a moment
+/// too late. Each killed process's children are adopted by this process in
+/// turn, so listing this process's children again and again, killing them
+/// and their trees and reaping the dead, ends the chase: a generation is
+/// caught before it forks, or its child is caught in the next round.
+pub fn reap_orphans_within(deadline: Duration) -> usize {
+    let until = Instant::now() + deadline;
+    let mut found: HashSet<u32> = HashSet::new();
+    loop {
+        // Listed with the registry held (no spawn in between), killed after:
+        // an adopted pid cannot be reused until this process reaps it.
+        let adopted: Vec<u32> = {
+            let guard = children();
+            tree::own_children()
+                .into_iter()
+                .filter(|p| !guard.as_ref().is_some_and(|set| set.contains(p)))
+                .collect()
+        };
+        if adopted.is_empty() {
+            break;
         }
-        let _ = nix::sys::wait::waitpid(
-            Pid::from_raw(s.pid as i32),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+        for &pid in &adopted {
+            found.insert(pid);
+            tree::kill_tree_now(pid);
+        }
+        let mut reaped = 0;
+        for &pid in &adopted {
+            if let Ok(status) = nix::sys::wait::waitpid(
+                Pid::from_raw(pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                if status != nix::sys::wait::WaitStatus::StillAlive {
+                    reaped += 1;
+                }
+            }
+        }
+        if Instant::now() >= until {
+            tracing::warn!(
+                left = adopted.len() - reaped,
+                "adopted processes still alive after {} ms of killing",
+                deadline.as_millis()
+            );
+            break;
+        }
+        if reaped == 0 {
+            // Killed but not dead yet (the signal is delivered on the way
+            // back from the kernel): give them a moment.
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
-    adopted.len()
+    found.len()
 }
 
 /// Processes this process has spawned through this module (the benchmark

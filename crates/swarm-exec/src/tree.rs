@@ -137,6 +137,64 @@ pub fn signal_tree(root: u32, signal: Signal) -> usize {
     total
 }
 
+/// The children of `pid`, from `/proc/<pid>/task/*/children` (one file a
+/// thread: an orphan is adopted by any thread of its subreaper), or from a
+/// full [`snapshot`] where the kernel lacks those files.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    let mut listed = false;
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    if !listed {
+        out = snapshot()
+            .into_values()
+            .filter(|s| s.ppid == pid)
+            .map(|s| s.pid)
+            .collect();
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The children of this process (see [`children_of`]).
+pub fn own_children() -> Vec<u32> {
+    children_of(std::process::id())
+}
+
+/// SIGKILL to `root` and everything below it, found through the `children`
+/// files (no full scan of `/proc`, so that a process that forks quickly has
+/// little time between the listing and the kill). The tree is stopped
+/// first, parents before children, and killed after: a shell must not see
+/// its `sleep` die and run its next command (`sleep 2; echo late > f`)
+/// between two kills. What forks in between is adopted by the nearest
+/// subreaper when its parent dies: the caller lists again
+/// ([`crate::reap_orphans`]). Returns how many processes were signalled.
+pub fn kill_tree_now(root: u32) -> usize {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() && tree.len() < 100_000 {
+        let pid = tree[i];
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+        let below = children_of(pid);
+        tree.extend(below);
+        i += 1;
+    }
+    tree.iter()
+        .filter(|p| kill(Pid::from_raw(**p as i32), Signal::SIGKILL).is_ok())
+        .count()
+}
+
 /// Makes this process a child subreaper: orphans of its descendants are
 /// re-parented to it instead of to init, so a double-forked `setsid`
 /// grandchild stays in its tree where [`signal_tree`] finds it.

@@ -181,6 +181,49 @@ impl Redactor {
         out
     }
 
+    /// `text` with every configured value replaced by `[REDACTED]`; key
+    /// shapes are left alone. For what goes to the model endpoint: a key a
+    /// command or a file tool read must not reach it, but a key-shaped
+    /// string in a project's own files (a test fixture, an example config)
+    /// is the model's work and is passed on as it is.
+    pub fn redact_configured<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for secret in self.secrets.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+        out
+    }
+
+    /// Masks the configured values ([`Redactor::redact_configured`]) in
+    /// every message of a conversation before it is sent to a provider: the
+    /// text, tool results and tool-call arguments. Returns how many
+    /// messages changed.
+    pub fn redact_messages(&self, messages: &mut [swarm_protocol::chat::ChatMessage]) -> usize {
+        if self.secrets.is_empty() {
+            return 0;
+        }
+        let mut changed = 0;
+        for m in messages.iter_mut() {
+            let mut hit = false;
+            if let Some(text) = m.content.as_mut() {
+                if let Cow::Owned(masked) = self.redact_configured(text) {
+                    *text = masked;
+                    hit = true;
+                }
+            }
+            for call in m.tool_calls.iter_mut() {
+                if let Cow::Owned(masked) = self.redact_configured(&call.function.arguments) {
+                    call.function.arguments = masked;
+                    hit = true;
+                }
+            }
+            changed += usize::from(hit);
+        }
+        changed
+    }
+
     /// Redacts every string of `v` in place: values at any depth, including
     /// JSON documents held inside strings (tool arguments). Object keys are
     /// left alone: they are field names, not data.
@@ -334,6 +377,41 @@ impl<W: Write> std::fmt::Debug for RedactingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_values_are_masked_in_a_conversation_and_shapes_kept() {
+        use swarm_protocol::chat::{ChatMessage, FunctionCall, ToolCall};
+        let r = Redactor::new(["test-key-not-a-real-secret".to_owned()]);
+        let shaped = "sk-proj-FAKEFAKEFAKEFAKEFAKEFAKE1234";
+        let mut assistant = ChatMessage::assistant("");
+        assistant.tool_calls.push(ToolCall {
+            id: "c1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "write_file".into(),
+                arguments: r#"{"content": "KEY=test-key-not-a-real-secret"}"#.into(),
+            },
+        });
+        let mut messages = vec![
+            ChatMessage::user("Task t1: test"),
+            assistant,
+            ChatMessage::tool_result(
+                "c1",
+                format!(
+                    "exit code 0\nOPENAI_API_KEY=test-key-not-a-real-secret\nfixture {shaped}\n"
+                ),
+            ),
+        ];
+        assert_eq!(r.redact_messages(&mut messages), 2);
+        let all = serde_json::to_string(&messages).unwrap();
+        assert!(!all.contains("test-key-not-a-real-secret"), "{all}");
+        assert!(all.contains("OPENAI_API_KEY=[REDACTED]"), "{all}");
+        assert!(
+            all.contains(shaped),
+            "key shapes are the model's work: {all}"
+        );
+        assert_eq!(Redactor::default().redact_messages(&mut messages), 0);
+    }
 
     // Made-up keys of the right shapes (the AWS one is AWS's documented example).
     const OPENAI: &str = "sk-abcdEFGH1234ijklMNOP5678qrstUVWX";

@@ -23,6 +23,16 @@
 //! engine passes a scanner built from its key-shape detector and the
 //! configured key values.
 //!
+//! File names are model-controlled too. A name with a control character (a
+//! newline would split `manifest.txt` into a spoofed extra line; an ESC
+//! sequence would reach the terminal of whoever reads it) is left out with
+//! the reason, shown escaped ([`swarm_protocol::text::escape_control`]). A
+//! name in which the scanner finds a secret (a file named like an API key)
+//! is left out too, and every manifest gives it with the secret-bearing
+//! parts of the path replaced by `[REDACTED]`: neither the archive nor a
+//! manifest carries the key. Every path manifest.txt prints is escaped as a
+//! last guard.
+//!
 //! Archives are written to a temporary file and renamed into place, so a
 //! crash or a full disk never leaves a truncated archive under the final name.
 
@@ -31,6 +41,7 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use swarm_protocol::text::{escape_control, has_unsafe_chars};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -220,18 +231,53 @@ fn manifest_text(files: &[FileEntry], total: u64, withheld: &[Withheld]) -> Stri
             if n == 1 { "file" } else { "files" }
         ));
         for w in withheld {
-            s.push_str(&format!("# withheld  {}  {}\n", w.path, w.reason()));
+            s.push_str(&format!(
+                "# withheld  {}  {}\n",
+                escape_control(&w.path),
+                escape_control(&w.reason())
+            ));
         }
     }
     for f in files {
-        s.push_str(&format!("{}  {}  {}\n", f.sha256, f.size, f.path));
+        s.push_str(&format!(
+            "{}  {}  {}\n",
+            f.sha256,
+            f.size,
+            escape_control(&f.path)
+        ));
     }
     s
 }
 
+/// `path` with every component in which `scan` finds a secret replaced by
+/// `[REDACTED]` (the whole path if only the whole holds one), for the
+/// manifests of a file whose name holds a secret.
+pub fn redacted_name(path: &str, scan: &Scanner<'_>) -> String {
+    let parts: Vec<String> = path
+        .split('/')
+        .map(|part| {
+            if scan(part).is_some() {
+                "[REDACTED]".to_owned()
+            } else {
+                escape_control(part).into_owned()
+            }
+        })
+        .collect();
+    let joined = parts.join("/");
+    if scan(&joined).is_some() {
+        "[REDACTED]".to_owned()
+    } else {
+        joined
+    }
+}
+
 /// Sorts `paths` into the regular files to pack, the excluded paths and the
 /// deleted ones. Reads metadata only.
-fn classify(root: &Path, paths: &[String]) -> Result<(Vec<String>, Vec<Excluded>, Vec<String>)> {
+fn classify(
+    root: &Path,
+    paths: &[String],
+    scan: &Scanner<'_>,
+) -> Result<(Vec<String>, Vec<Excluded>, Vec<String>)> {
     let mut sorted: Vec<&String> = paths.iter().collect();
     sorted.sort();
     sorted.dedup();
@@ -239,6 +285,29 @@ fn classify(root: &Path, paths: &[String]) -> Result<(Vec<String>, Vec<Excluded>
     let mut excluded = Vec::new();
     let mut deleted = Vec::new();
     for path in sorted {
+        // Names first: what follows would print them.
+        if let Some(holds) = scan(path) {
+            let shown = redacted_name(path, scan);
+            match std::fs::symlink_metadata(root.join(path)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(shown),
+                _ => excluded.push(Excluded {
+                    path: shown,
+                    reason: format!("its name holds {holds}"),
+                }),
+            }
+            continue;
+        }
+        if has_unsafe_chars(path) {
+            let shown = escape_control(path).into_owned();
+            match std::fs::symlink_metadata(root.join(path)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(shown),
+                _ => excluded.push(Excluded {
+                    path: shown,
+                    reason: "its name holds a control character".into(),
+                }),
+            }
+            continue;
+        }
         if let Some(reason) = exclusion_reason(path) {
             excluded.push(Excluded {
                 path: path.clone(),
@@ -285,7 +354,7 @@ pub fn write_archive(
     scan: &Scanner<'_>,
 ) -> Result<Packed> {
     let prefix = safe_name(prefix);
-    let (regular, excluded, deleted) = classify(root, paths)?;
+    let (regular, excluded, deleted) = classify(root, paths, scan)?;
     let dir = archive.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_owned(),
@@ -852,6 +921,62 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_and_key_shaped_names_never_ship_nor_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        std::fs::create_dir_all(root.join("keys")).unwrap();
+        let spoof =
+            "a\n0000000000000000000000000000000000000000000000000000000000000000  1  fake.txt";
+        let esc = "b\u{1b}[2J\u{1b}]0;owned\u{7}.txt";
+        let key_name = format!("keys/{FAKE_OPENAI}.txt");
+        std::fs::write(root.join("ok.txt"), "ok\n").unwrap();
+        std::fs::write(root.join(spoof), "x").unwrap();
+        std::fs::write(root.join(esc), "x").unwrap();
+        std::fs::write(root.join(&key_name), "x").unwrap();
+        let gone = format!("{FAKE_OPENAI}-deleted");
+        let paths = vec![
+            "ok.txt".to_owned(),
+            spoof.into(),
+            esc.into(),
+            key_name.clone(),
+            gone.clone(),
+        ];
+        let d = write_delivery(
+            &dir.path().join("out"),
+            "names",
+            &root,
+            &paths,
+            serde_json::json!({}),
+            &key_scanner,
+        )
+        .unwrap();
+        let payload = check_manifests(&d.packed, "names");
+        assert_eq!(payload.keys().collect::<Vec<_>>(), ["ok.txt"]);
+        let json: serde_json::Value = serde_json::from_slice(&d.packed.manifest_json).unwrap();
+        assert_eq!(
+            json["excluded"],
+            serde_json::json!([
+                {"path": "a\\n0000000000000000000000000000000000000000000000000000000000000000  1  fake.txt", "reason": "its name holds a control character"},
+                {"path": "b\\e[2J\\e]0;owned\\x07.txt", "reason": "its name holds a control character"},
+                {"path": "keys/[REDACTED]", "reason": "its name holds OpenAI-style key (sk-…)"},
+            ])
+        );
+        assert_eq!(json["deleted"], serde_json::json!(["[REDACTED]"]));
+        let everything = [
+            tar_bytes(&d.packed.archive),
+            std::fs::read(&d.manifest_txt).unwrap(),
+            std::fs::read(&d.manifest_json).unwrap(),
+        ]
+        .concat();
+        assert!(!contains(&everything, FAKE_OPENAI));
+        assert!(!everything.contains(&0x1b));
+        assert_eq!(
+            redacted_name(&format!("{FAKE_OPENAI}/x\ny"), &key_scanner),
+            "[REDACTED]/x\\ny"
+        );
+    }
+
+    #[test]
     fn a_task_archive_withholds_too_and_says_nothing_when_clean() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("wt");
@@ -947,8 +1072,11 @@ mod tests {
         std::fs::write(root.join("logo.png"), &png).unwrap();
         std::fs::write(root.join("notes.md"), "plain text\n").unwrap();
         let scanned = std::cell::RefCell::new(Vec::new());
-        // Finds a "secret" in every text it is shown.
+        // Finds a "secret" in every text it is shown but the file names.
         let scan = |text: &str| {
+            if text == "logo.png" || text == "notes.md" {
+                return None;
+            }
             scanned.borrow_mut().push(text.to_owned());
             Some("a secret".to_owned())
         };

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod plan;
 pub mod sandbox;
 pub mod state;
+pub mod text;
 pub mod worker;
 
 pub use ids::{ProjectId, TaskId};
