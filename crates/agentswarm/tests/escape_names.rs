@@ -91,7 +91,10 @@ fn model_made_names_and_read_keys_never_reach_the_operator_or_the_model() {
             run_turn("echo '\u{1b}[31mred\u{1b}[0m' && touch plain.txt"),
             write_turn("bell\u{7}\u{1b}[2J.txt", "x"),
             write_turn("ok.txt", "fine\n"),
+            // Refused: such names are not committed (the model is told).
             finish_turn("made names \u{1b}[5mblink"),
+            run_turn("rm -f evil?* esc?*"),
+            finish_turn("made names, then removed the unprintable ones"),
         ]});
         let leak = json!({"turns": [
             // The configured key, put together by the command: the model's
@@ -127,6 +130,15 @@ fn model_made_names_and_read_keys_never_reach_the_operator_or_the_model() {
             results[2].contains("control character (U+0007)"),
             "{mechanism}: write_file took a name with control characters: {}",
             results[2]
+        );
+        // `finish` refused to commit the names a command made, and said
+        // which, escaped.
+        assert!(
+            results[4].contains("the work was not committed")
+                && results[4].contains("evil\\n")
+                && !results[4].contains('\u{1b}'),
+            "{mechanism}: {}",
+            results[4]
         );
 
         // Defence off: the names were made and are on `main` (unless the
