@@ -277,6 +277,11 @@ async fn run_case(
         .env("AGENTSWARM_HOME", &data)
         .env("OPENAI_BASE_URL", server.base_url())
         .env("AGENTSWARM_MODEL", "scripted-bench")
+        // The resource gate off: a load average over MAX_LOAD_AVERAGE (3 by
+        // default: a 2-core machine doing anything else) would hold the
+        // measured runs back for seconds at a time.
+        .env("MAX_LOAD_AVERAGE", "0")
+        .env("MIN_FREE_MEMORY_MB", "0")
         .env(
             "API_RATE_LIMIT_RPM",
             rate.map_or(0, |r| r.limit).to_string(),
