@@ -54,8 +54,8 @@ pub enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Queue a project for `agentswarm serve` (same options as `run`); prints its id.
-    Submit(RunArgs),
+    /// Queue a project for `agentswarm serve`; prints its id.
+    Submit(SubmitArgs),
     /// Stop a project for good: the daemon stops its workers; it cannot be resumed.
     Cancel {
         /// The project's id, as `status` lists it.
@@ -174,6 +174,67 @@ pub struct RunArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub tape: TapeArgs,
+}
+
+/// What `submit` takes: the goal, a plan and the project's own limits; the
+/// model, the worker cap and recording are the daemon's.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The software goal.
+    pub goal: Option<String>,
+    /// Read the goal from a file.
+    #[arg(long, value_name = "FILE", conflicts_with = "goal")]
+    pub goal_file: Option<PathBuf>,
+    /// Run this plan document instead of asking the planner.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Print `{"project_id", "status"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub limits: ProjectLimitArgs,
+}
+
+/// A project's own limits (`submit`); the same flags as in [`LimitArgs`]
+/// but the worker cap, which is the daemon's.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ProjectLimitArgs {
+    /// Most tasks a plan may have.
+    #[arg(long, value_name = "N")]
+    pub max_tasks: Option<u32>,
+    /// Attempts per task before it fails for good.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Model turns per attempt.
+    #[arg(long, value_name = "N")]
+    pub max_turns: Option<u32>,
+    /// Fix rounds after a failed verify.
+    #[arg(long, value_name = "N")]
+    pub max_fix_rounds: Option<u32>,
+    /// Budget: the project ends `budget_exhausted` when its model calls cost this much (US dollars).
+    #[arg(long, value_name = "USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget: … or use this many tokens (input + output).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+    /// Let the project's commands use the network (package installs); recorded in the manifest.
+    #[arg(long)]
+    pub allow_network: bool,
+}
+
+impl From<&ProjectLimitArgs> for LimitArgs {
+    fn from(p: &ProjectLimitArgs) -> Self {
+        LimitArgs {
+            max_workers: None,
+            max_tasks: p.max_tasks,
+            max_attempts: p.max_attempts,
+            max_turns: p.max_turns,
+            max_fix_rounds: p.max_fix_rounds,
+            max_cost_usd: p.max_cost_usd,
+            max_tokens: p.max_tokens,
+            allow_network: p.allow_network,
+        }
+    }
 }
 
 /// Recording and replaying model calls (docs/providers.md).

@@ -249,9 +249,13 @@ pub fn spawn_signal_handler(cancel: CancellationToken) -> tokio::task::JoinHandl
 }
 
 /// The goal and the optional plan document of `run` and `submit`.
-pub fn goal_and_plan(args: &RunArgs) -> Result<(String, Option<Plan>)> {
-    let goal = match (&args.goal, &args.goal_file) {
-        (Some(g), _) => g.clone(),
+pub fn goal_and_plan(
+    goal: Option<&str>,
+    goal_file: Option<&std::path::Path>,
+    plan: Option<&std::path::Path>,
+) -> Result<(String, Option<Plan>)> {
+    let goal = match (goal, goal_file) {
+        (Some(g), _) => g.to_owned(),
         (None, Some(f)) => {
             // Not read whole when it cannot be a goal (4 bytes a character at most).
             let len = std::fs::metadata(f)
@@ -272,7 +276,7 @@ pub fn goal_and_plan(args: &RunArgs) -> Result<(String, Option<Plan>)> {
     if let Some(why) = swarm_engine::goal_problem(&goal) {
         bail!("{why}");
     }
-    let plan: Option<Plan> = match &args.plan {
+    let plan: Option<Plan> = match plan {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the plan {}", path.display()))?;
@@ -291,7 +295,11 @@ pub fn goal_and_plan(args: &RunArgs) -> Result<(String, Option<Plan>)> {
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    let (goal, plan) = goal_and_plan(args)?;
+    let (goal, plan) = goal_and_plan(
+        args.goal.as_deref(),
+        args.goal_file.as_deref(),
+        args.plan.as_deref(),
+    )?;
     let config = load_config(cli, &args.limits, args.model.clone(), args.base_url.clone())?;
     let store = open_store(&config)?;
     let engine = build_engine(config, store, &args.tape)?;

@@ -2,7 +2,7 @@
 //! commands that talk to it, through its API when it is up, else through
 //! the store.
 
-use crate::cli::{Cli, LimitArgs, RunArgs};
+use crate::cli::{Cli, LimitArgs, SubmitArgs};
 use crate::client::{ApiFailure, Client};
 use crate::commands::{build_engine, goal_and_plan, load_config, open_store};
 use anyhow::{bail, Context, Result};
@@ -170,24 +170,28 @@ fn project_options(l: &LimitArgs) -> swarm_protocol::api::ProjectOptions {
 
 /// `agentswarm submit`: a queued project for the daemon, through its API
 /// when it is up, else straight into the store.
-pub async fn submit(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    if args.model.is_some() || args.base_url.is_some() {
-        bail!("`submit` queues the project for `agentswarm serve`, which uses its own model settings; drop --model/--base-url and set them in the daemon's environment or agentswarm.toml");
-    }
-    let (goal, plan) = goal_and_plan(args)?;
-    let config = load_config(cli, &args.limits, None, None)?;
+pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<ExitCode> {
+    let (goal, plan) = goal_and_plan(
+        args.goal.as_deref(),
+        args.goal_file.as_deref(),
+        args.plan.as_deref(),
+    )?;
+    let limits = LimitArgs::from(&args.limits);
+    let config = load_config(cli, &limits, None, None)?;
+    let mut daemon = true;
     let id = match Client::discover(&config).await? {
         Some(client) => {
             let body = serde_json::to_value(swarm_protocol::api::SubmitRequest {
                 goal,
                 plan: plan.map(serde_json::to_value).transpose()?,
-                options: project_options(&args.limits),
+                options: project_options(&limits),
             })?;
             let created: swarm_protocol::api::ProjectSummary =
                 client.post("/api/v1/projects", &body).await?;
             ProjectId::new(created.id)
         }
         None => {
+            daemon = false;
             let store = open_store(&config)?;
             let lock = swarm_engine::create_project(&config, store.as_ref(), &goal, plan)?;
             let id = lock.id().clone();
@@ -195,15 +199,22 @@ pub async fn submit(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             id
         }
     };
-    if args.out.json {
+    if args.json {
         println!(
             "{}",
-            serde_json::json!({"project_id": id, "status": "queued"})
+            serde_json::json!({"project_id": id, "status": "queued", "daemon": daemon})
         );
     } else {
         println!("{id}");
+    }
+    if daemon {
+        eprintln!("queued; the daemon starts it within a second (`agentswarm status {id}`)");
+    } else {
         eprintln!(
-            "queued; `agentswarm serve` picks it up within a second (`agentswarm status {id}`)"
+            "queued, but no `agentswarm serve` is running on {}: the project starts when one \
+             does (`agentswarm serve`, or `systemctl start agentswarm` for the service), or run \
+             it in the foreground now with `agentswarm resume {id}`",
+            config.data_dir.display()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -452,3 +452,45 @@ fn an_oversized_or_empty_goal_is_refused_before_it_is_stored() {
         text(&out)
     );
 }
+
+/// `submit` with no daemon queues the project and says that nothing runs it
+/// yet, and how to change that; it takes only the flags it uses.
+#[test]
+fn submit_without_a_daemon_says_so_and_takes_only_its_flags() {
+    let (h, plan) = harness(0);
+    let out = h.run(&[
+        "submit",
+        "--json",
+        "--plan",
+        &plan,
+        "--max-attempts",
+        "2",
+        "queued goal",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["daemon"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no `agentswarm serve` is running") && err.contains("agentswarm resume"),
+        "{err}"
+    );
+    for flag in [
+        &["--record", "x"][..],
+        &["--replay", "x"],
+        &["--show-tools"],
+        &["--no-progress"],
+        &["--max-workers", "2"],
+        &["--model", "m"],
+    ] {
+        let mut args = vec!["submit"];
+        args.extend_from_slice(flag);
+        args.push("goal");
+        let out = h.run(&args);
+        assert!(!out.status.success(), "{flag:?} was accepted");
+        assert!(
+            text(&out).contains("unexpected argument"),
+            "{flag:?}: {}",
+            text(&out)
+        );
+    }
+}
