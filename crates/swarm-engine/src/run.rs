@@ -19,7 +19,7 @@ use swarm_config::RunLimits;
 use swarm_git::{MergeOutcome, Repo};
 use swarm_protocol::worker::{WorkerStart, WorktreeSetup};
 use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ProjectState, TaskId, TaskKind, TaskState};
-use swarm_store::{now_ms, TaskRecord, TaskUpdate};
+use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -467,22 +467,20 @@ impl Run<'_> {
 
     /// Records how an attempt ended; one started by this run is also
     /// observed in `agentswarm_attempt_duration_seconds`.
-    fn finish_attempt(
-        &mut self,
-        task: &TaskId,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        reason: Option<&str>,
-        turns: u32,
-        commit: Option<&str>,
-    ) -> Result<()> {
-        self.store()
-            .finish_attempt(&self.id, task, attempt, outcome, reason, turns, commit)?;
-        if let Some(started) = self.attempt_started.remove(&(task.clone(), attempt)) {
-            let kind = self.tasks.get(task).map(|t| t.kind).unwrap_or_default();
+    fn finish_attempt(&mut self, end: AttemptEnd) -> Result<()> {
+        self.store().finish_attempt(&self.id, &end)?;
+        if let Some(started) = self
+            .attempt_started
+            .remove(&(end.task.clone(), end.attempt))
+        {
+            let kind = self
+                .tasks
+                .get(&end.task)
+                .map(|t| t.kind)
+                .unwrap_or_default();
             self.engine
                 .metrics
-                .attempt_ended(kind, outcome, started.elapsed());
+                .attempt_ended(kind, end.outcome, started.elapsed());
         }
         Ok(())
     }
@@ -605,14 +603,7 @@ impl Run<'_> {
                 .iter()
                 .find(|c| c.task == t.id.as_str() && c.attempt == t.attempt);
             if let Some(c) = merged {
-                self.finish_attempt(
-                    &t.id,
-                    t.attempt,
-                    AttemptOutcome::Merged,
-                    None,
-                    0,
-                    Some(&c.sha),
-                )?;
+                self.finish_attempt(AttemptEnd::merged(&t.id, t.attempt, 0, Some(c.sha.clone())))?;
                 self.set(
                     &t.id,
                     TaskUpdate {
@@ -625,14 +616,13 @@ impl Run<'_> {
                 )?;
             } else {
                 let reason = "interrupted: the supervisor stopped during this attempt";
-                self.finish_attempt(
+                self.finish_attempt(AttemptEnd::ended(
                     &t.id,
                     t.attempt,
                     AttemptOutcome::Interrupted,
-                    Some(reason),
+                    reason,
                     0,
-                    None,
-                )?;
+                ))?;
                 self.set(
                     &t.id,
                     TaskUpdate {
@@ -981,14 +971,13 @@ impl Run<'_> {
             }
             if let Some(v) = self.verify_task() {
                 let reason = "interrupted: the supervisor is shutting down";
-                self.finish_attempt(
+                self.finish_attempt(AttemptEnd::ended(
                     &v,
                     attempt,
                     AttemptOutcome::Interrupted,
-                    Some(reason),
+                    reason,
                     0,
-                    None,
-                )?;
+                ))?;
                 self.set(
                     &v,
                     TaskUpdate {
@@ -1056,7 +1045,13 @@ impl Run<'_> {
                 reason,
                 turns,
             } => {
-                self.finish_attempt(&task, attempt, outcome, Some(&reason), turns, None)?;
+                self.finish_attempt(AttemptEnd::ended(
+                    &task,
+                    attempt,
+                    outcome,
+                    reason.clone(),
+                    turns,
+                ))?;
                 let counted = outcome != AttemptOutcome::Interrupted;
                 self.retry_or_fail(
                     &task,
@@ -1125,14 +1120,7 @@ impl Run<'_> {
                 commit: merge_commit,
             }) => {
                 let task_commit = self.tasks.get(&task).and_then(|t| t.commit.clone());
-                self.finish_attempt(
-                    &task,
-                    attempt,
-                    AttemptOutcome::Merged,
-                    None,
-                    turns,
-                    task_commit.as_deref(),
-                )?;
+                self.finish_attempt(AttemptEnd::merged(&task, attempt, turns, task_commit))?;
                 if self.set(
                     &task,
                     TaskUpdate {
@@ -1154,27 +1142,25 @@ impl Run<'_> {
                     "merge conflict in {}; re-running on the new main",
                     paths.join(", ")
                 );
-                self.finish_attempt(
+                self.finish_attempt(AttemptEnd::ended(
                     &task,
                     attempt,
                     AttemptOutcome::Conflict,
-                    Some(&reason),
+                    reason.clone(),
                     turns,
-                    None,
-                )?;
+                ))?;
                 self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, paths)?;
                 self.release_worktree(&task, attempt, false);
             }
             Err(e) => {
                 let reason = format!("merge failed: {e}");
-                self.finish_attempt(
+                self.finish_attempt(AttemptEnd::ended(
                     &task,
                     attempt,
                     AttemptOutcome::Failed,
-                    Some(&reason),
+                    reason.clone(),
                     turns,
-                    None,
-                )?;
+                ))?;
                 self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, Vec::new())?;
                 self.release_worktree(&task, attempt, false);
             }
@@ -1237,14 +1223,13 @@ impl Run<'_> {
         let results = match result {
             Ok(r) => r,
             Err(reason) => {
-                self.finish_attempt(
+                self.finish_attempt(AttemptEnd::ended(
                     &verify_id,
                     attempt,
                     AttemptOutcome::Failed,
-                    Some(&reason),
+                    reason.clone(),
                     0,
-                    None,
-                )?;
+                ))?;
                 return self.retry_or_fail(
                     &verify_id,
                     attempt,
@@ -1281,7 +1266,7 @@ impl Run<'_> {
         }
         self.last_verify = Some(results.clone());
         if passed {
-            self.finish_attempt(&verify_id, attempt, AttemptOutcome::Merged, None, 0, None)?;
+            self.finish_attempt(AttemptEnd::merged(&verify_id, attempt, 0, None))?;
             let head = self.repo.head().ok();
             if self.set(
                 &verify_id,
@@ -1308,14 +1293,13 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.finish_attempt(
+        self.finish_attempt(AttemptEnd::ended(
             &verify_id,
             attempt,
             AttemptOutcome::Failed,
-            Some(&reason),
+            reason.clone(),
             0,
-            None,
-        )?;
+        ))?;
         let project = self.store().project(&self.id)?;
         let round = project.fix_round + 1;
         if round > self.limits.max_fix_rounds || self.cancel.is_cancelled() {
