@@ -2,19 +2,25 @@
 //! queue, verify, packager and recovery. The only crate that knows all the
 //! others. See docs/architecture.md.
 
+mod delivery;
 mod driver;
 pub mod gate;
 mod gateway;
+mod mainline;
 pub mod metrics;
 pub mod operator;
 pub mod packager;
 pub mod plan;
 mod planner;
 pub mod prompts;
+mod recovery;
 mod redacted;
 mod run;
+pub mod runner;
+mod scheduler;
 pub mod serve;
 mod verify;
+pub mod wording;
 
 pub use gate::GateStatus;
 pub use gateway::{Gateway, Tape};

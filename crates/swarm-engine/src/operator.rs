@@ -86,7 +86,7 @@ impl Engine {
         let before = self.limits_of(&project.options);
         self.replace_limits(id, &before, &apply_options(before.clone(), options))?;
         let reopened = match state {
-            ProjectState::Failed => crate::run::reopen_failed(self, id)?,
+            ProjectState::Failed => crate::recovery::reopen_failed(self, id)?,
             ProjectState::BudgetExhausted | ProjectState::Paused => {
                 self.store
                     .set_project_state(id, &[state], ProjectState::Interrupted, None)?
