@@ -1,11 +1,43 @@
-//! The API's views of the store: what `GET /api/v1/projects…` answers and
-//! what `agentswarm status` prints when no daemon is up, built by the same
-//! functions.
+//! The operator's views of projects: what `GET /api/v1/projects…` answers
+//! and what `agentswarm status` prints when no daemon is up, built by the
+//! same functions. Surfaces (the server, the CLI) only translate them.
 
-use swarm_engine::LiveWorker;
+use crate::{Engine, LiveWorker, Result};
 use swarm_protocol::api;
-use swarm_protocol::{AttemptOutcome, ProjectId, TaskKind, TaskState};
+use swarm_protocol::{AttemptOutcome, ProjectId, TaskId, TaskKind, TaskState};
 use swarm_store::{ProjectRecord, Store, TaskRecord};
+
+impl Engine {
+    /// Every project, newest first (see [`project_list`]).
+    pub fn project_list(&self) -> Result<api::ProjectList> {
+        Ok(project_list(self.store.as_ref())?)
+    }
+
+    /// One project's summary; `Store(ProjectNotFound)` if there is none.
+    pub fn project_summary(&self, id: &ProjectId) -> Result<api::ProjectSummary> {
+        Ok(project_summary(self.store.as_ref(), id)?)
+    }
+
+    /// One project with its tasks and the workers of this engine running now.
+    pub fn project_detail(&self, id: &ProjectId) -> Result<api::ProjectDetail> {
+        Ok(project_detail(
+            self.store.as_ref(),
+            id,
+            &self.live_workers(),
+        )?)
+    }
+
+    /// One task of a project; `None` if the project has no such task,
+    /// `Store(ProjectNotFound)` if there is no such project.
+    pub fn task_view(&self, id: &ProjectId, task: &TaskId) -> Result<Option<api::Task>> {
+        let store = self.store.as_ref();
+        store.project(id)?;
+        match store.task(id, task)? {
+            Some(t) => Ok(Some(task_view(store, &t, &self.live_workers())?)),
+            None => Ok(None),
+        }
+    }
+}
 
 pub fn project_url(id: &ProjectId) -> String {
     format!("/api/v1/projects/{id}")
