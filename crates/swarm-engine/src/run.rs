@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use swarm_git::Repo;
 use swarm_protocol::{ProjectId, ProjectState, TaskState};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,32 +216,27 @@ async fn run_inner(
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mainline = Mainline::start(
-        MainlineParts {
-            project: id.clone(),
-            repo: repo.clone(),
-            worktrees_dir: worktrees_dir.clone(),
-            outputs,
-            store: store.clone(),
-            gateway: engine.gateway.clone(),
-            limiter: engine.limiter.clone(),
-            memory_limit,
-            verify_timeout: Duration::from_secs(limits.verify_timeout_secs),
-            output_cap: limits.output_cap_bytes,
-            sandbox,
-            cancel: cancel.clone(),
-        },
-        tx.clone(),
-    );
+    let parts = MainlineParts {
+        project: id.clone(),
+        repo: repo.clone(),
+        worktrees_dir: worktrees_dir.clone(),
+        outputs,
+        store: store.clone(),
+        gateway: engine.gateway.clone(),
+        limiter: engine.limiter.clone(),
+        memory_limit,
+        verify_timeout: Duration::from_secs(limits.verify_timeout_secs),
+        output_cap: limits.output_cap_bytes,
+        sandbox,
+        cancel: cancel.clone(),
+    };
     let mut run = Scheduler::new(
         engine,
         id,
         &project.goal,
         limits,
         runner,
-        mainline,
-        (tx, rx),
+        |events| Mainline::start(parts, events),
         cancel,
     )?;
     let stale = run.stale();

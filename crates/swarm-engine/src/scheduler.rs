@@ -140,20 +140,20 @@ pub(crate) struct Scheduler<'e, I> {
 }
 
 impl<'e, I: Integration> Scheduler<'e, I> {
-    /// A scheduler over the project's tasks as the store has them.
-    /// `events` is the channel `integration` reports on.
-    #[allow(clippy::too_many_arguments)]
+    /// A scheduler over the project's tasks as the store has them. The
+    /// integration is made with the sender of the scheduler's event channel,
+    /// on which it reports.
     pub(crate) fn new(
         engine: &'e Engine,
         id: &ProjectId,
         goal: &str,
         limits: RunLimits,
         runner: Arc<dyn AttemptRunner>,
-        integration: I,
-        events: (Events, mpsc::UnboundedReceiver<Event>),
+        integration: impl FnOnce(Events) -> I,
         cancel: CancellationToken,
     ) -> Result<Self> {
-        let (tx, rx) = events;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let integration = integration(tx.clone());
         let mut s = Self {
             engine,
             id: id.clone(),
@@ -363,6 +363,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             self.attempt_started
                 .insert((id.clone(), attempt), Instant::now());
             let live = self.engine.live.enter(&self.id, &id, attempt);
+            tracing::debug!(task = %id, attempt, runner = %self.runner.kind(), "attempt dispatched");
             match t.kind {
                 TaskKind::Verify => {
                     self.engine.emit(

@@ -250,8 +250,6 @@ impl Project {
         main: impl FnOnce(Events) -> FakeMain,
         cancel: CancellationToken,
     ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let main = main(tx.clone());
         let mut s = Scheduler::new(
             &self.engine,
             &self.id,
@@ -259,7 +257,6 @@ impl Project {
             limits,
             runner,
             main,
-            (tx, rx),
             cancel,
         )
         .unwrap();
@@ -622,18 +619,16 @@ async fn a_stale_running_task_goes_back_to_ready_unless_its_commit_merged() {
             .update_task(&p.id, &TaskId::from(t), &running)
             .unwrap());
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let main = p.main()(tx.clone());
     let runner = FakeRunner::new(&p.log, QUICK, &[]);
+    let cancel = CancellationToken::new();
     let mut s = Scheduler::new(
         &p.engine,
         &p.id,
         "a goal",
         limits(3),
         runner,
-        main,
-        (tx, rx),
-        CancellationToken::new(),
+        p.main(),
+        cancel,
     )
     .unwrap();
     let stale = s.stale();
