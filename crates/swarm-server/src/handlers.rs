@@ -211,10 +211,8 @@ pub async fn project(
 }
 
 fn find_task(engine: &Engine, id: &ProjectId, task: &str) -> ApiResult<TaskRecord> {
-    engine.store().project(id)?;
     engine
-        .store()
-        .task(id, &TaskId::new(task))?
+        .task_record(id, &TaskId::new(task))?
         .ok_or_else(|| no_task(id, task))
 }
 
@@ -456,32 +454,11 @@ fn verify_commands(
     task: &TaskId,
     attempt: u32,
 ) -> ApiResult<Vec<api::CommandRun>> {
-    // Every verify run of the project is one event; there are a few.
-    let found = engine
-        .store()
-        .events_of_kind(id, "verify", 10_000)?
-        .into_iter()
-        .find(|e| {
-            e.task_id.as_ref() == Some(task) && e.data["attempt"].as_u64() == Some(attempt as u64)
-        });
-    if let Some(e) = found {
-        let empty = Vec::new();
-        return Ok(e.data["results"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(|r| api::CommandRun {
-                command: r["command"].as_str().unwrap_or_default().to_owned(),
-                output: r["output"].as_str().unwrap_or_default().to_owned(),
-                turn: None,
-                passed: r["passed"].as_bool(),
-                duration_ms: r["duration_ms"].as_u64(),
-            })
-            .collect());
-    }
-    Err(ApiError::not_found(format!(
-        "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"
-    )))
+    engine.verify_commands(id, task, attempt)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"
+        ))
+    })
 }
 
 #[cfg(test)]
