@@ -47,7 +47,7 @@ pub struct BuiltinRunner {
     pub sandbox: swarm_exec::sandbox::SandboxPolicy,
 }
 
-pub fn branch_name(task: &TaskId, attempt: u32) -> String {
+fn branch_name(task: &TaskId, attempt: u32) -> String {
     format!("task/{task}/{attempt}")
 }
 

@@ -21,7 +21,7 @@ mod scheduler;
 pub mod serve;
 mod verify;
 pub mod views;
-pub mod wording;
+mod wording;
 
 pub use gate::GateStatus;
 pub use gateway::{Gateway, Tape};

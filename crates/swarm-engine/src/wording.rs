@@ -8,7 +8,7 @@ use swarm_protocol::{TaskId, TaskState};
 use swarm_store::TaskRecord;
 
 /// `s` cut to `n` characters, with `…` when something was cut.
-pub fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
