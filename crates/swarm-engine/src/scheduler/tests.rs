@@ -208,7 +208,7 @@ fn result(command: &str, passed: bool) -> CommandResult {
 /// A project of code tasks (`(id, dependencies)`) and a verify task after
 /// all of them, on an engine with `cap` worker slots.
 struct Project {
-    _home: tempfile::TempDir,
+    home: tempfile::TempDir,
     _lock: crate::ProjectLock,
     engine: Engine,
     id: ProjectId,
@@ -234,7 +234,7 @@ impl Project {
         let lock = engine.create_project("a goal", Some(plan)).unwrap();
         let id = lock.id().clone();
         Self {
-            _home: home,
+            home,
             _lock: lock,
             engine,
             id,
@@ -309,6 +309,28 @@ impl Project {
         log.iter()
             .position(|l| l == line)
             .unwrap_or_else(|| panic!("{line:?} not in the log: {log:?}"))
+    }
+
+    /// Waits (at most 10 s) until the project's `waiting` column (what
+    /// `status` shows) holds something; returns it.
+    async fn waiting(&self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(w) = self.engine.store().project(&self.id).unwrap().waiting {
+                return w;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the project never said why it waits"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What the resource gate reads next (see `engine`).
+    fn machine(&self, available_mb: u64) {
+        let stats = serde_json::json!({"available_mb": available_mb, "load1": 0.1});
+        std::fs::write(self.home.path().join("stats.json"), stats.to_string()).unwrap();
     }
 
     fn count(&self, prefix: &str) -> usize {
@@ -569,6 +591,56 @@ async fn no_more_attempts_run_at_once_than_the_cap() {
     assert_eq!(runner.most_at_once.load(Ordering::SeqCst), 2);
     // Slots are free again once the run is over.
     assert_eq!(p.engine.running_workers(), 0);
+}
+
+#[tokio::test]
+async fn a_run_whose_slots_are_all_taken_waits_says_why_and_starts_when_one_frees() {
+    let p = Project::new(1, &[("a", &[])]);
+    // Another project holds the only slot.
+    let held = p.engine.slots.clone().try_acquire_owned().unwrap();
+    let runner = FakeRunner::new(&p.log, QUICK, &[]);
+    let other_project = async {
+        let why = p.waiting().await;
+        assert_eq!(p.count("start "), 0, "started without a slot");
+        drop(held);
+        why
+    };
+    let (why, ()) = tokio::join!(
+        other_project,
+        p.run(limits(3), runner, p.main(), CancellationToken::new())
+    );
+
+    assert_eq!(
+        why,
+        "waiting: all 1 worker slots (MAX_CONCURRENT_WORKERS) are in use by other projects"
+    );
+    assert_eq!(p.task("a").state, TaskState::Done);
+    assert_eq!(p.engine.store().project(&p.id).unwrap().waiting, None);
+}
+
+#[tokio::test]
+async fn a_closed_resource_gate_holds_dispatch_until_it_opens() {
+    let p = Project::new(2, &[("a", &[]), ("b", &[])]);
+    p.machine(100);
+    let runner = FakeRunner::new(&p.log, QUICK, &[]);
+    let machine = async {
+        let why = p.waiting().await;
+        assert_eq!(p.count("start "), 0, "started while the gate was closed");
+        p.machine(65536);
+        why
+    };
+    let (why, ()) = tokio::join!(
+        machine,
+        p.run(limits(3), runner, p.main(), CancellationToken::new())
+    );
+
+    assert_eq!(
+        why,
+        "waiting: free memory 100 MB < 1024 MB (MIN_FREE_MEMORY_MB)"
+    );
+    assert_eq!(p.task("a").state, TaskState::Done);
+    assert_eq!(p.task("b").state, TaskState::Done);
+    assert_eq!(p.engine.store().project(&p.id).unwrap().waiting, None);
 }
 
 #[tokio::test]
