@@ -10,6 +10,7 @@ use sd_notify::NotifyState;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use swarm_engine::operator::CancelOutcome;
 use swarm_engine::serve::ServeEvent;
 use swarm_protocol::{ProjectId, ProjectState};
 use tokio_util::sync::CancellationToken;
@@ -256,18 +257,19 @@ pub async fn cancel(cli: &Cli, project: &str) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = open_store(&config)?;
-    let p = store.project(&id)?;
-    if store.cancel_project(&id)? {
-        println!("project {id}: cancelled (was {})", p.state);
-        wait_for_runner(&config, &id).await?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        match p.state {
-            ProjectState::Cancelled => println!("project {id} was already cancelled"),
-            s => println!("project {id} has already ended ({s}); nothing to cancel"),
+    match swarm_engine::operator::cancel_project(store.as_ref(), &id)? {
+        CancelOutcome::Cancelled { was } => {
+            println!("project {id}: cancelled (was {was})");
+            wait_for_runner(&config, &id).await?;
         }
-        Ok(ExitCode::SUCCESS)
+        CancelOutcome::AlreadyEnded(ProjectState::Cancelled) => {
+            println!("project {id} was already cancelled")
+        }
+        CancelOutcome::AlreadyEnded(s) => {
+            println!("project {id} has already ended ({s}); nothing to cancel")
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits (at most 30 s) for whoever runs the project to let go of it, so

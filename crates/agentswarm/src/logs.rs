@@ -233,16 +233,7 @@ pub async fn follow(
 
 /// A state a run ends in that a later `resume` (or the daemon) carries on from.
 fn is_stopped(state: ProjectState) -> bool {
-    match state {
-        ProjectState::Interrupted | ProjectState::Paused | ProjectState::BudgetExhausted => true,
-        ProjectState::Queued
-        | ProjectState::Planning
-        | ProjectState::Running
-        | ProjectState::Verifying
-        | ProjectState::Done
-        | ProjectState::Failed
-        | ProjectState::Cancelled => false,
-    }
+    state.is_resumable() && !state.is_terminal()
 }
 
 /// Prints every event after `after`; returns the last id seen.

@@ -1,9 +1,14 @@
-//! Runs one attempt of one code task in an `agentswarm worker` process:
-//! creates the worktree, spawns the worker, relays its model requests to the
-//! gateway, enforces the wall-time limit, and reports how the attempt ended.
+//! The built-in attempt runner: one attempt of one code task in an
+//! `agentswarm worker` process. It leases the worktree, spawns the worker,
+//! relays its model requests to the gateway, enforces the wall-time and
+//! memory limits, and reports how the attempt ended.
 
 use crate::gateway::{CallError, Caller, Gateway};
 use crate::metrics::LiveEntry;
+use crate::runner::{
+    AttemptJob, AttemptReport, AttemptRunner, Ended, Outcome, RunnerKind, Workspace,
+};
+use crate::wording::truncate;
 use crate::Progress;
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
@@ -14,16 +19,16 @@ use swarm_protocol::chat::ChatMessage;
 use swarm_protocol::worker::{
     FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
 };
-use swarm_protocol::{AttemptOutcome, ProjectId, TaskId};
+use swarm_protocol::{ProjectId, TaskId};
 use swarm_store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// What the driver needs, shared by all attempts of a run.
-pub struct DriverContext {
+/// Runs attempts in `agentswarm worker` processes; one for all attempts of a run.
+pub struct BuiltinRunner {
     pub project: ProjectId,
-    /// Where worktrees live: the pool's and the verify checkout.
+    /// Where worktrees live (the workers' working directory).
     pub worktrees_dir: PathBuf,
     pub pool: Arc<swarm_git::WorktreePool>,
     pub transcripts_dir: PathBuf,
@@ -38,48 +43,53 @@ pub struct DriverContext {
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
-    /// The confinement of the project's commands (workers' and verify's).
+    /// The confinement of the commands the workers run.
     pub sandbox: swarm_exec::sandbox::SandboxPolicy,
-    /// What that confinement is on this machine, for the manifest.
-    pub sandbox_report: serde_json::Value,
 }
 
-pub fn branch_name(task: &TaskId, attempt: u32) -> String {
+fn branch_name(task: &TaskId, attempt: u32) -> String {
     format!("task/{task}/{attempt}")
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum WorkerOutcome {
-    Finished {
-        summary: String,
-        commit: String,
-        turns: u32,
-    },
-    Ended {
-        outcome: AttemptOutcome,
-        reason: String,
-        turns: u32,
-    },
-}
+#[async_trait::async_trait]
+impl AttemptRunner for BuiltinRunner {
+    fn kind(&self) -> RunnerKind {
+        RunnerKind::Builtin
+    }
 
-pub struct Job {
-    pub task: TaskId,
-    pub attempt: u32,
-    pub start: WorkerStart,
-    /// The attempt's row in the engine's live table; dropped (the row
-    /// removed) when the attempt's worker is done, however it ends.
-    pub live: LiveEntry,
+    async fn run(self: Arc<Self>, job: AttemptJob, cancel: CancellationToken) -> AttemptReport {
+        let (outcome, worktree) = drive(&self, job, cancel).await;
+        AttemptReport {
+            outcome,
+            workspace: worktree.map(|path| Workspace { path }),
+        }
+    }
+
+    fn release(&self, workspace: Workspace, dirty: bool) {
+        self.pool.release(&workspace.path, dirty);
+    }
 }
 
 /// Runs the attempt; returns how it ended and the worktree it used (to be
-/// released to the pool by the caller once it is done with it).
-pub async fn drive(
-    ctx: Arc<DriverContext>,
-    job: Job,
+/// released to the pool once the caller is done with it).
+async fn drive(
+    ctx: &BuiltinRunner,
+    job: AttemptJob,
     cancel: CancellationToken,
-) -> (WorkerOutcome, Option<PathBuf>) {
-    let live = job.live;
-    let branch = branch_name(&job.task, job.attempt);
+) -> (Outcome, Option<PathBuf>) {
+    let AttemptJob {
+        project,
+        task,
+        attempt,
+        system_prompt,
+        prompt,
+        commit_subject,
+        max_turns,
+        command_timeout_secs,
+        output_cap_bytes,
+        live,
+    } = job;
+    let branch = branch_name(&task, attempt);
     // The worker prepares the worktree itself, while its first model call
     // is in flight; here it only gets a path and what to do with it.
     let lease = ctx.pool.lease();
@@ -87,7 +97,7 @@ pub async fn drive(
         Ok(b) => b,
         Err(e) => {
             let reason = format!("cannot read main: {e}");
-            return (ended(AttemptOutcome::Failed, reason, 0), None);
+            return (Outcome::ended(Ended::Failed, reason, 0), None);
         }
     };
     let setup = match lease.reuse {
@@ -108,7 +118,7 @@ pub async fn drive(
             .await;
             if let Ok(Err(e)) | Err(e) = cleared.map_err(std::io::Error::other) {
                 let reason = format!("{SETUP_FAILED}: {e}");
-                return (ended(AttemptOutcome::Failed, reason, 0), None);
+                return (Outcome::ended(Ended::Failed, reason, 0), None);
             }
             WorktreeSetup::Create {
                 repo: ctx.pool.repo().root().to_owned(),
@@ -118,23 +128,26 @@ pub async fn drive(
         }
     };
     let worktree = lease.path;
-    let mut start = job.start;
-    start.worktree = worktree.clone();
-    start.setup = setup;
+    let start = WorkerStart {
+        project_id: project,
+        task_id: task.clone(),
+        attempt,
+        worktree: worktree.clone(),
+        repo: ctx.pool.repo().root().to_owned(),
+        system_prompt,
+        prompt,
+        max_turns,
+        command_timeout_secs,
+        output_cap_bytes,
+        commit_subject,
+        setup,
+        sandbox: ctx.sandbox.clone(),
+    };
     let mut transcript: Vec<ChatMessage> = Vec::new();
-    let outcome = run_process(
-        &ctx,
-        &job.task,
-        job.attempt,
-        start,
-        &cancel,
-        &mut transcript,
-        &live,
-    )
-    .await;
+    let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;
     drop(live);
-    write_transcript(&ctx, &job.task, job.attempt, &transcript, &outcome);
-    if matches!(&outcome, WorkerOutcome::Ended { reason, .. } if reason.starts_with(SETUP_FAILED)) {
+    write_transcript(ctx, &task, attempt, &transcript, &outcome);
+    if matches!(&outcome, Outcome::Ended { reason, .. } if reason.starts_with(SETUP_FAILED)) {
         // Whatever state that worktree is in, it is not handed out again.
         let pool = ctx.pool.clone();
         let path = worktree.clone();
@@ -144,14 +157,14 @@ pub async fn drive(
     (outcome, Some(worktree))
 }
 
-fn timed_out(ctx: &DriverContext, turns: u32) -> WorkerOutcome {
+fn timed_out(ctx: &BuiltinRunner, turns: u32) -> Outcome {
     let secs = ctx.worker_timeout.as_secs();
     let reason = format!("timeout: the attempt ran longer than {secs} s (WORKER_TIMEOUT_SECONDS)");
-    ended(AttemptOutcome::Timeout, reason, turns)
+    ended(Ended::TimedOut, reason, turns)
 }
 
-fn over_memory(reason: String, turns: u32) -> WorkerOutcome {
-    ended(AttemptOutcome::MemoryLimit, reason, turns)
+fn over_memory(reason: String, turns: u32) -> Outcome {
+    ended(Ended::MemoryLimit, reason, turns)
 }
 
 /// Why an attempt is ended from outside the worker.
@@ -162,7 +175,7 @@ enum Stop {
 }
 
 impl Stop {
-    fn outcome(self, ctx: &DriverContext, turns: u32) -> WorkerOutcome {
+    fn outcome(self, ctx: &BuiltinRunner, turns: u32) -> Outcome {
         match self {
             Stop::Timeout => timed_out(ctx, turns),
             Stop::Memory(reason) => over_memory(reason, turns),
@@ -175,7 +188,7 @@ impl Stop {
 /// over the memory limit (polled from one period after the start), or the
 /// run is stopping.
 async fn stop_signal(
-    ctx: &DriverContext,
+    ctx: &BuiltinRunner,
     enclosure: &swarm_exec::Enclosure,
     cancel: &CancellationToken,
 ) -> Stop {
@@ -197,33 +210,29 @@ async fn stop_signal(
     }
 }
 
-fn interrupted(turns: u32) -> WorkerOutcome {
+fn interrupted(turns: u32) -> Outcome {
     let reason = "interrupted: the supervisor is shutting down".to_owned();
-    ended(AttemptOutcome::Interrupted, reason, turns)
+    ended(Ended::Interrupted, reason, turns)
 }
 
-fn ended(outcome: AttemptOutcome, reason: String, turns: u32) -> WorkerOutcome {
-    WorkerOutcome::Ended {
-        outcome,
-        reason,
-        turns,
-    }
+fn ended(how: Ended, reason: String, turns: u32) -> Outcome {
+    Outcome::Ended { how, reason, turns }
 }
 
 async fn run_process(
-    ctx: &DriverContext,
+    ctx: &BuiltinRunner,
     task: &TaskId,
     attempt: u32,
     start: WorkerStart,
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
     live: &LiveEntry,
-) -> WorkerOutcome {
+) -> Outcome {
     let enclosure = match ctx.limiter.enclose(ctx.memory_limit) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             return ended(
-                AttemptOutcome::Failed,
+                Ended::Failed,
                 format!(
                     "cannot set up the memory limit ({}): {e}",
                     ctx.limiter.mechanism().as_str()
@@ -248,7 +257,7 @@ async fn run_process(
             .await
         }
         Err(e) => ended(
-            AttemptOutcome::Failed,
+            Ended::Failed,
             format!("cannot start the worker process: {e}"),
             0,
         ),
@@ -263,7 +272,7 @@ async fn run_process(
 /// over its memory limit or the run is cancelled; then ends its whole tree.
 #[allow(clippy::too_many_arguments)]
 async fn talk(
-    ctx: &DriverContext,
+    ctx: &BuiltinRunner,
     task: &TaskId,
     attempt: u32,
     start: WorkerStart,
@@ -272,13 +281,9 @@ async fn talk(
     mut child: swarm_exec::ChildProcess,
     enclosure: &swarm_exec::Enclosure,
     live: &LiveEntry,
-) -> WorkerOutcome {
+) -> Outcome {
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return ended(
-            AttemptOutcome::Failed,
-            "worker process has no stdio pipes".into(),
-            0,
-        );
+        return ended(Ended::Failed, "worker process has no stdio pipes".into(), 0);
     };
     let stderr_tail = child.stderr.take().map(|err| {
         tokio::spawn(async move {
@@ -297,10 +302,10 @@ async fn talk(
     let mut lines = BufReader::new(stdout).lines();
 
     let mut turns = 0;
-    let mut result: Option<WorkerOutcome> = None;
+    let mut result: Option<Outcome> = None;
     if let Err(e) = send(&mut stdin, &ToWorker::Start(Box::new(start))).await {
         result = Some(ended(
-            AttemptOutcome::Crashed,
+            Ended::Crashed,
             format!("cannot talk to the worker: {e}"),
             0,
         ));
@@ -341,7 +346,7 @@ async fn talk(
             Ok(m) => m,
             Err(e) => {
                 result = Some(ended(
-                    AttemptOutcome::Crashed,
+                    Ended::Crashed,
                     format!(
                         "worker sent an invalid message ({e}): {}",
                         truncate(&line, 200)
@@ -401,7 +406,7 @@ async fn talk(
                 .await
                 {
                     result = Some(ended(
-                        AttemptOutcome::Crashed,
+                        Ended::Crashed,
                         format!("cannot talk to the worker: {e}"),
                         turns,
                     ));
@@ -428,14 +433,15 @@ async fn talk(
                 commit,
                 turns,
             } => {
-                result = Some(WorkerOutcome::Finished {
-                    summary,
+                result = Some(Outcome::Committed {
+                    branch: branch_name(task, attempt),
                     commit,
+                    summary,
                     turns,
                 });
             }
             FromWorker::Failed { reason, turns } => {
-                result = Some(ended(AttemptOutcome::Failed, reason, turns));
+                result = Some(ended(Ended::Failed, reason, turns));
             }
             other => {
                 tracing::warn!(?other, "unexpected worker message");
@@ -469,7 +475,7 @@ async fn talk(
                 reason.push_str(": ");
                 reason.push_str(&truncate(&tail, 500));
             }
-            ended(AttemptOutcome::Crashed, reason, turns)
+            ended(Ended::Crashed, reason, turns)
         }
     }
 }
@@ -479,24 +485,24 @@ async fn talk(
 /// the tree gets SIGTERM, then SIGKILL after the shutdown grace. Over the
 /// memory limit there is no grace.
 async fn stop(
-    ctx: &DriverContext,
+    ctx: &BuiltinRunner,
     child: &mut swarm_exec::ChildProcess,
     enclosure: &swarm_exec::Enclosure,
-    result: Option<&WorkerOutcome>,
+    result: Option<&Outcome>,
 ) -> Option<std::process::ExitStatus> {
     let pid = child.pid();
     let reported = matches!(
         result,
-        Some(WorkerOutcome::Finished { .. })
-            | Some(WorkerOutcome::Ended {
-                outcome: AttemptOutcome::Failed,
+        Some(Outcome::Committed { .. })
+            | Some(Outcome::Ended {
+                how: Ended::Failed,
                 ..
             })
     );
     let over_memory = matches!(
         result,
-        Some(WorkerOutcome::Ended {
-            outcome: AttemptOutcome::MemoryLimit,
+        Some(Outcome::Ended {
+            how: Ended::MemoryLimit,
             ..
         })
     );
@@ -548,35 +554,27 @@ async fn send(stdin: &mut tokio::process::ChildStdin, msg: &ToWorker) -> std::io
     stdin.flush().await
 }
 
-pub fn truncate(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 /// The attempt's conversation, for debugging: `<project>/transcripts/<task>-<attempt>.json`.
 fn write_transcript(
-    ctx: &DriverContext,
+    ctx: &BuiltinRunner,
     task: &TaskId,
     attempt: u32,
     messages: &[ChatMessage],
-    outcome: &WorkerOutcome,
+    outcome: &Outcome,
 ) {
     let path = ctx.transcripts_dir.join(format!("{task}-{attempt}.json"));
     let outcome = match outcome {
-        WorkerOutcome::Finished {
+        Outcome::Committed {
+            branch: _,
             summary,
             commit,
             turns,
         } => {
             serde_json::json!({"result": "finished", "summary": summary, "commit": commit, "turns": turns})
         }
-        WorkerOutcome::Ended {
-            outcome,
-            reason,
-            turns,
-        } => serde_json::json!({"result": outcome.as_str(), "reason": reason, "turns": turns}),
+        Outcome::Ended { how, reason, turns } => {
+            serde_json::json!({"result": how.recorded_as().as_str(), "reason": reason, "turns": turns})
+        }
     };
     let mut doc = serde_json::json!({"task": task, "attempt": attempt, "outcome": outcome, "messages": messages});
     // Tool outputs may hold anything a command printed.

@@ -2,9 +2,11 @@
 //! queue, verify, packager and recovery. The only crate that knows all the
 //! others. See docs/architecture.md.
 
+mod delivery;
 mod driver;
 pub mod gate;
 mod gateway;
+mod mainline;
 pub mod metrics;
 pub mod operator;
 pub mod packager;
@@ -12,10 +14,15 @@ pub mod plan;
 mod planner;
 pub mod probe;
 pub mod prompts;
+mod recovery;
 mod redacted;
 mod run;
+pub mod runner;
+mod scheduler;
 pub mod serve;
 mod verify;
+pub mod views;
+mod wording;
 
 pub use gate::GateStatus;
 pub use gateway::{Gateway, Tape};
@@ -64,17 +71,20 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 fn resume_hint(state: ProjectState) -> &'static str {
+    if state.is_resumable() {
+        return "it can be resumed";
+    }
     match state {
         ProjectState::Done => "nothing to resume; its delivery is written",
         ProjectState::Cancelled => "a cancelled project cannot be resumed; submit the goal again",
         ProjectState::Queued
         | ProjectState::Planning
         | ProjectState::Running
-        | ProjectState::Verifying => "it is queued or running already; the daemon carries it on",
-        ProjectState::Failed
+        | ProjectState::Verifying
+        | ProjectState::Failed
         | ProjectState::Interrupted
         | ProjectState::BudgetExhausted
-        | ProjectState::Paused => "it can be resumed",
+        | ProjectState::Paused => "it is queued or running already; the daemon carries it on",
     }
 }
 
@@ -372,47 +382,6 @@ impl Engine {
 
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
-    }
-
-    /// `resume` with limits on the command line: they replace the project's
-    /// stored ones (e.g. a higher budget after `budget_exhausted`).
-    pub fn update_limits(&self, id: &ProjectId, stored: &serde_json::Value) -> Result<()> {
-        let mut limits = self.limits_of(stored);
-        let c = &self.config;
-        let flag = |key: &str| matches!(c.sources.get(key), Some(swarm_config::Source::Flag(_)));
-        let before = limits.clone();
-        macro_rules! from_flags {
-            ($($key:literal => $field:ident),*) => {
-                $(if flag($key) {
-                    limits.$field = c.run.$field;
-                })*
-            };
-        }
-        from_flags!(
-            "run.max_tasks" => max_tasks,
-            "run.max_attempts" => max_attempts,
-            "run.max_turns" => max_turns,
-            "run.max_fix_rounds" => max_fix_rounds,
-            "run.max_cost_usd" => max_cost_usd,
-            "run.max_tokens" => max_tokens,
-            "run.allow_network" => allow_network
-        );
-        self.replace_limits(id, &before, &limits)
-    }
-
-    /// Stores `after` as the project's limits, with a `limits` event, when
-    /// they differ from `before`.
-    fn replace_limits(&self, id: &ProjectId, before: &RunLimits, after: &RunLimits) -> Result<()> {
-        if after != before {
-            let options = serde_json::to_value(after).map_err(|e| Error::Other(e.to_string()))?;
-            self.store.set_project_options(id, &options)?;
-            self.store.append_event(id, None, "limits", &options)?;
-        }
-        Ok(())
-    }
-
-    fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
-        serde_json::from_value(options.clone()).unwrap_or_else(|_| self.config.run.clone())
     }
 
     /// What the commands of a project (its limits, its repository at

@@ -114,24 +114,24 @@ impl LiveTable {
 
 /// One row of the [`LiveTable`]; dropping it removes the row.
 #[derive(Debug)]
-pub(crate) struct LiveEntry {
+pub struct LiveEntry {
     table: Arc<LiveTable>,
     key: u64,
 }
 
 impl LiveEntry {
     /// The worker process is spawned.
-    pub(crate) fn set_pid(&self, pid: u32) {
+    pub fn set_pid(&self, pid: u32) {
         self.table.update(self.key, |r| r.pid = Some(pid));
     }
 
     /// The worker asks for the model's answer of `turn`.
-    pub(crate) fn turn(&self, turn: u32) {
+    pub fn turn(&self, turn: u32) {
         self.table.update(self.key, |r| r.turns = turn);
     }
 
     /// The agent called `tool` on `turn`.
-    pub(crate) fn tool(&self, turn: u32, tool: &str) {
+    pub fn tool(&self, turn: u32, tool: &str) {
         self.table.update(self.key, |r| {
             r.turns = turn;
             match &mut r.last_tool {

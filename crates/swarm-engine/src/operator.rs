@@ -1,14 +1,17 @@
 //! What an operator does to projects from outside a run (the HTTP API of
-//! `serve`, the CLI): submit with options, cancel, resume, and where a
-//! project's files are.
+//! `serve`, the CLI): submit with options, cancel, resume with new limits,
+//! and where a project's files are. The views are in `views.rs`.
 
 use crate::{Engine, Error, Result};
 use std::path::PathBuf;
-use swarm_config::RunLimits;
+use swarm_config::{Config, RunLimits, Source};
 use swarm_protocol::api::ProjectOptions;
 use swarm_protocol::{Plan, ProjectId, ProjectState, TaskId};
+use swarm_store::Store;
 
-/// `limits` with the options a client gave laid over them.
+/// `limits` with the options a client gave laid over them. The one place
+/// where limits are overridden: options of the API, of `submit`, and the
+/// flags of `resume` ([`flag_options`]) all go through it.
 pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     if let Some(v) = o.max_tasks {
         limits.max_tasks = v;
@@ -34,7 +37,75 @@ pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     limits
 }
 
+/// What [`cancel_project`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The project was cancelled; it was in state `was`. Its runner stops
+    /// its workers within a second.
+    Cancelled { was: ProjectState },
+    /// The project had already ended (`cancelled` included): nothing changed.
+    AlreadyEnded(ProjectState),
+}
+
+/// Cancels a project that has not ended: it and its unfinished tasks
+/// become `cancelled` (one conditional change in the store), which its
+/// runner, in this process or another, sees and stops for. Needs no
+/// engine: `agentswarm cancel` without a daemon uses the store alone.
+pub fn cancel_project(store: &dyn Store, id: &ProjectId) -> Result<CancelOutcome> {
+    let before = store.project(id)?.state;
+    if store.cancel_project(id)? {
+        Ok(CancelOutcome::Cancelled { was: before })
+    } else {
+        Ok(CancelOutcome::AlreadyEnded(before))
+    }
+}
+
+/// The limits given as command-line flags, as options (`resume
+/// --max-cost-usd 5` replaces the stored budget, nothing else).
+pub fn flag_options(config: &Config) -> ProjectOptions {
+    let flag = |key: &str| matches!(config.sources.get(key), Some(Source::Flag(_)));
+    let run = &config.run;
+    ProjectOptions {
+        max_tasks: flag("run.max_tasks").then_some(run.max_tasks),
+        max_attempts: flag("run.max_attempts").then_some(run.max_attempts),
+        max_turns: flag("run.max_turns").then_some(run.max_turns),
+        max_fix_rounds: flag("run.max_fix_rounds").then_some(run.max_fix_rounds),
+        max_cost_usd: run.max_cost_usd.filter(|_| flag("run.max_cost_usd")),
+        max_tokens: run.max_tokens.filter(|_| flag("run.max_tokens")),
+        allow_network: flag("run.allow_network").then_some(run.allow_network),
+    }
+}
+
 impl Engine {
+    /// The project's stored limits (the configured ones if they cannot be read).
+    pub(crate) fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
+        serde_json::from_value(options.clone()).unwrap_or_else(|_| self.config.run.clone())
+    }
+
+    /// `resume` with limits on the command line: they replace the project's
+    /// stored ones (e.g. a higher budget after `budget_exhausted`).
+    pub fn update_limits(&self, id: &ProjectId, stored: &serde_json::Value) -> Result<()> {
+        let before = self.limits_of(stored);
+        let after = apply_options(before.clone(), &flag_options(&self.config));
+        self.replace_limits(id, &before, &after)
+    }
+
+    /// Stores `after` as the project's limits, with a `limits` event, when
+    /// they differ from `before`.
+    fn replace_limits(&self, id: &ProjectId, before: &RunLimits, after: &RunLimits) -> Result<()> {
+        if after != before {
+            let options = serde_json::to_value(after).map_err(|e| Error::Other(e.to_string()))?;
+            self.store.set_project_options(id, &options)?;
+            self.store.append_event(id, None, "limits", &options)?;
+        }
+        Ok(())
+    }
+
+    /// See [`cancel_project`].
+    pub fn cancel_project(&self, id: &ProjectId) -> Result<CancelOutcome> {
+        cancel_project(self.store.as_ref(), id)
+    }
+
     /// Queues a project with the configured limits and `options` over them;
     /// `serve` picks it up. An invalid plan or option is an error listing
     /// every problem.
@@ -71,27 +142,24 @@ impl Engine {
         // Read under the lock: a run may have ended in between.
         let project = self.store.project(id)?;
         let state = project.state;
-        match state {
-            ProjectState::Done
-            | ProjectState::Cancelled
-            | ProjectState::Queued
-            | ProjectState::Planning
-            | ProjectState::Running
-            | ProjectState::Verifying => return Err(Error::NotResumable(id.clone(), state)),
-            ProjectState::Failed
-            | ProjectState::Interrupted
-            | ProjectState::BudgetExhausted
-            | ProjectState::Paused => {}
+        if !state.is_resumable() {
+            return Err(Error::NotResumable(id.clone(), state));
         }
         let before = self.limits_of(&project.options);
         self.replace_limits(id, &before, &apply_options(before.clone(), options))?;
         let reopened = match state {
-            ProjectState::Failed => crate::run::reopen_failed(self, id)?,
+            ProjectState::Failed => crate::recovery::reopen_failed(self, id)?,
             ProjectState::BudgetExhausted | ProjectState::Paused => {
                 self.store
                     .set_project_state(id, &[state], ProjectState::Interrupted, None)?
             }
-            _ => true,
+            ProjectState::Interrupted => true,
+            ProjectState::Queued
+            | ProjectState::Planning
+            | ProjectState::Running
+            | ProjectState::Verifying
+            | ProjectState::Done
+            | ProjectState::Cancelled => return Err(Error::NotResumable(id.clone(), state)),
         };
         if !reopened {
             // Cancelled meanwhile (a cancel does not need the lock).
@@ -145,5 +213,61 @@ mod tests {
             apply_options(base.clone(), &ProjectOptions::default()),
             base
         );
+    }
+
+    #[test]
+    fn only_the_limits_given_as_flags_replace_stored_ones() {
+        let flags = swarm_config::Overrides {
+            max_cost_usd: Some(5.0),
+            max_attempts: Some(7),
+            ..Default::default()
+        };
+        let config = Config::resolve(None, &|_: &str| None, &flags).unwrap();
+        let o = flag_options(&config);
+        assert_eq!(
+            o,
+            ProjectOptions {
+                max_cost_usd: Some(5.0),
+                max_attempts: Some(7),
+                ..Default::default()
+            }
+        );
+        // The stored limits keep what no flag named.
+        let stored = RunLimits {
+            max_turns: 3,
+            max_fix_rounds: 0,
+            ..RunLimits::default()
+        };
+        let after = apply_options(stored.clone(), &o);
+        assert_eq!((after.max_turns, after.max_fix_rounds), (3, 0));
+        assert_eq!((after.max_attempts, after.max_cost_usd), (7, Some(5.0)));
+    }
+
+    #[test]
+    fn cancel_changes_a_live_project_once() {
+        let store = swarm_store::SqliteStore::in_memory().unwrap();
+        let id = ProjectId::new("p1");
+        store
+            .create_project(&swarm_store::NewProject {
+                id: id.clone(),
+                goal: "a goal".into(),
+                options: serde_json::json!({}),
+            })
+            .unwrap();
+        assert_eq!(
+            cancel_project(&store, &id).unwrap(),
+            CancelOutcome::Cancelled {
+                was: ProjectState::Queued
+            }
+        );
+        assert_eq!(store.project(&id).unwrap().state, ProjectState::Cancelled);
+        assert_eq!(
+            cancel_project(&store, &id).unwrap(),
+            CancelOutcome::AlreadyEnded(ProjectState::Cancelled)
+        );
+        assert!(matches!(
+            cancel_project(&store, &ProjectId::new("nope")),
+            Err(Error::Store(swarm_store::Error::ProjectNotFound(_)))
+        ));
     }
 }

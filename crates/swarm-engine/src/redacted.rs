@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 use swarm_llm::redact::Redactor;
-use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ProjectState, TaskId};
+use swarm_protocol::{Plan, ProjectId, ProjectState, TaskId};
 use swarm_store::{
-    AttemptRecord, EventRecord, ModelCallRecord, NewProject, NewTask, ProjectRecord, Result, Spent,
-    Store, TaskRecord, TaskUpdate, UsageTotals,
+    AttemptEnd, AttemptRecord, EventRecord, ModelCallRecord, NewProject, NewTask, ProjectRecord,
+    Result, Spent, Store, TaskRecord, TaskUpdate, UsageTotals,
 };
 
 pub struct RedactedStore {
@@ -105,19 +105,12 @@ impl Store for RedactedStore {
     ) -> Result<()> {
         self.inner.start_attempt(id, task, attempt, started_ms)
     }
-    fn finish_attempt(
-        &self,
-        id: &ProjectId,
-        task: &TaskId,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        reason: Option<&str>,
-        turns: u32,
-        commit: Option<&str>,
-    ) -> Result<()> {
-        let reason = reason.map(|e| self.r(e));
-        self.inner
-            .finish_attempt(id, task, attempt, outcome, reason.as_deref(), turns, commit)
+    fn finish_attempt(&self, id: &ProjectId, end: &AttemptEnd) -> Result<()> {
+        let end = AttemptEnd {
+            reason: end.reason.as_deref().map(|e| self.r(e)),
+            ..end.clone()
+        };
+        self.inner.finish_attempt(id, &end)
     }
     fn attempts(&self, id: &ProjectId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
         self.inner.attempts(id, task)

@@ -91,6 +91,24 @@ impl ProjectState {
         matches!(self, ProjectState::BudgetExhausted | ProjectState::Paused)
     }
 
+    /// `agentswarm resume` (or `POST …/resume`) can carry it on: it
+    /// failed, was interrupted, ran out of budget or was paused. Done and
+    /// cancelled projects never run again; live ones are running already.
+    pub fn is_resumable(self) -> bool {
+        match self {
+            ProjectState::Failed
+            | ProjectState::Interrupted
+            | ProjectState::BudgetExhausted
+            | ProjectState::Paused => true,
+            ProjectState::Queued
+            | ProjectState::Planning
+            | ProjectState::Running
+            | ProjectState::Verifying
+            | ProjectState::Done
+            | ProjectState::Cancelled => false,
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         match self {
             ProjectState::Done | ProjectState::Failed | ProjectState::Cancelled => true,

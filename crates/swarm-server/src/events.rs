@@ -93,7 +93,7 @@ pub fn to_api(e: EventRecord) -> api::Event {
 }
 
 type Fetch =
-    Arc<dyn Fn(&Engine, i64, usize) -> swarm_store::Result<Vec<EventRecord>> + Send + Sync>;
+    Arc<dyn Fn(&Engine, i64, usize) -> swarm_engine::Result<Vec<EventRecord>> + Send + Sync>;
 
 pub async fn project_events(
     State(s): State<AppState>,
@@ -102,10 +102,10 @@ pub async fn project_events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = ProjectId::new(project);
-    s.engine.store().project(&id)?;
+    s.engine.project_summary(&id)?;
     let only = Some(id.clone());
     let fetch: Fetch =
-        Arc::new(move |engine: &Engine, after, limit| engine.store().events(&id, after, limit));
+        Arc::new(move |engine: &Engine, after, limit| engine.events(Some(&id), after, limit));
     respond(s, fetch, only, &q, &headers).await
 }
 
@@ -114,8 +114,7 @@ pub async fn all_events(
     Query(q): Query<EventQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let fetch: Fetch =
-        Arc::new(|engine: &Engine, after, limit| engine.store().all_events(after, limit));
+    let fetch: Fetch = Arc::new(|engine: &Engine, after, limit| engine.events(None, after, limit));
     respond(s, fetch, None, &q, &headers).await
 }
 

@@ -5,7 +5,6 @@
 //! files are read with `tokio::fs`.
 
 use crate::error::{ApiError, ApiResult};
-use crate::views::{project_summary, project_url};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,6 +13,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::path::PathBuf;
+use swarm_engine::operator::CancelOutcome;
+use swarm_engine::views::project_url;
 use swarm_engine::Engine;
 use swarm_protocol::api;
 use swarm_protocol::{Plan, ProjectId, TaskId, TaskKind, TaskState};
@@ -104,9 +105,7 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Json<StatusBody>> {
 
 pub async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<api::ProjectList>> {
     let engine = s.engine.clone();
-    Ok(Json(
-        blocking(move || crate::views::project_list(engine.store().as_ref())).await?,
-    ))
+    Ok(Json(blocking(move || engine.project_list()).await?))
 }
 
 /// A JSON body: 415 unless `application/json`, 400 unless JSON, 422 unless
@@ -166,10 +165,7 @@ pub async fn submit(
     let goal = goal.to_owned();
     let id = blocking(move || engine.submit(&goal, plan, &req.options)).await?;
     tracing::info!(project = %id, "project submitted through the API");
-    Ok((
-        StatusCode::CREATED,
-        Json(project_summary(s.engine.store().as_ref(), &id)?),
-    ))
+    Ok((StatusCode::CREATED, Json(s.engine.project_summary(&id)?)))
 }
 
 pub async fn cancel(
@@ -177,15 +173,16 @@ pub async fn cancel(
     Path(project): Path<String>,
 ) -> ApiResult<Json<api::ProjectSummary>> {
     let id = ProjectId::new(project);
-    let before = s.engine.store().project(&id)?;
-    if !s.engine.store().cancel_project(&id)? {
-        return Err(ApiError::conflict(format!(
-            "project {id} has already ended ({}); nothing to cancel",
-            before.state
-        )));
+    match s.engine.cancel_project(&id)? {
+        CancelOutcome::Cancelled { was: _ } => {}
+        CancelOutcome::AlreadyEnded(state) => {
+            return Err(ApiError::conflict(format!(
+                "project {id} has already ended ({state}); nothing to cancel"
+            )));
+        }
     }
     tracing::info!(project = %id, "project cancelled through the API");
-    Ok(Json(project_summary(s.engine.store().as_ref(), &id)?))
+    Ok(Json(s.engine.project_summary(&id)?))
 }
 
 pub async fn resume(
@@ -200,10 +197,7 @@ pub async fn resume(
     let rid = id.clone();
     blocking(move || engine.resume_project(&rid, &req.options)).await?;
     tracing::info!(project = %id, "project resumed through the API");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(project_summary(s.engine.store().as_ref(), &id)?),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(s.engine.project_summary(&id)?)))
 }
 
 pub async fn project(
@@ -212,21 +206,21 @@ pub async fn project(
 ) -> ApiResult<Json<api::ProjectDetail>> {
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
-    let detail = blocking(move || {
-        crate::views::project_detail(engine.store().as_ref(), &id, &engine.live_workers())
-    })
-    .await?;
+    let detail = blocking(move || engine.project_detail(&id)).await?;
     Ok(Json(detail))
 }
 
 fn find_task(engine: &Engine, id: &ProjectId, task: &str) -> ApiResult<TaskRecord> {
-    engine.store().project(id)?;
-    engine.store().task(id, &TaskId::new(task))?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "project {id} has no task {task}; GET {} lists its tasks",
-            project_url(id)
-        ))
-    })
+    engine
+        .task_record(id, &TaskId::new(task))?
+        .ok_or_else(|| no_task(id, task))
+}
+
+fn no_task(id: &ProjectId, task: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "project {id} has no task {task}; GET {} lists its tasks",
+        project_url(id)
+    ))
 }
 
 pub async fn task(
@@ -236,12 +230,9 @@ pub async fn task(
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
     let view = blocking(move || {
-        let t = find_task(&engine, &id, &task)?;
-        Ok::<_, ApiError>(crate::views::task_view(
-            engine.store().as_ref(),
-            &t,
-            &engine.live_workers(),
-        )?)
+        engine
+            .task_view(&id, &TaskId::new(task.as_str()))?
+            .ok_or_else(|| no_task(&id, &task))
     })
     .await?;
     Ok(Json(view))
@@ -284,7 +275,7 @@ pub async fn delivery(
     Path(project): Path<String>,
 ) -> ApiResult<Response> {
     let id = ProjectId::new(project);
-    let p = s.engine.store().project(&id)?;
+    let p = s.engine.project_summary(&id)?;
     let Some(path) = p.delivery else {
         return Err(ApiError::not_found(format!(
             "project {id} has no delivery yet ({}); it is written when the project is done",
@@ -304,7 +295,7 @@ pub async fn manifest(
     Path(project): Path<String>,
 ) -> ApiResult<Response> {
     let id = ProjectId::new(project);
-    let p = s.engine.store().project(&id)?;
+    let p = s.engine.project_summary(&id)?;
     if p.delivery.is_none() {
         return Err(ApiError::not_found(format!(
             "project {id} has no manifest yet ({}); it is written with the delivery",
@@ -463,32 +454,11 @@ fn verify_commands(
     task: &TaskId,
     attempt: u32,
 ) -> ApiResult<Vec<api::CommandRun>> {
-    // Every verify run of the project is one event; there are a few.
-    let found = engine
-        .store()
-        .events_of_kind(id, "verify", 10_000)?
-        .into_iter()
-        .find(|e| {
-            e.task_id.as_ref() == Some(task) && e.data["attempt"].as_u64() == Some(attempt as u64)
-        });
-    if let Some(e) = found {
-        let empty = Vec::new();
-        return Ok(e.data["results"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(|r| api::CommandRun {
-                command: r["command"].as_str().unwrap_or_default().to_owned(),
-                output: r["output"].as_str().unwrap_or_default().to_owned(),
-                turn: None,
-                passed: r["passed"].as_bool(),
-                duration_ms: r["duration_ms"].as_u64(),
-            })
-            .collect());
-    }
-    Err(ApiError::not_found(format!(
-        "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"
-    )))
+    engine.verify_commands(id, task, attempt)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "verify attempt {attempt} of {task} has no results (it is running or was interrupted)"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ mod error;
 mod events;
 mod guard;
 mod handlers;
-pub mod views;
 
 pub use error::ApiError;
 

@@ -166,6 +166,52 @@ pub struct AttemptRecord {
     pub ended_ms: Option<i64>,
 }
 
+/// How one attempt ended, as the store records it (`Store::finish_attempt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEnd {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// Why it ended; `None` when it merged.
+    pub reason: Option<String>,
+    /// Model turns the attempt took (a lower figure never replaces a stored one).
+    pub turns: u32,
+    /// The attempt's own commit, when it made one.
+    pub commit: Option<String>,
+}
+
+impl AttemptEnd {
+    /// The attempt's commit is on `main`.
+    pub fn merged(task: &TaskId, attempt: u32, turns: u32, commit: Option<String>) -> Self {
+        Self {
+            task: task.clone(),
+            attempt,
+            outcome: AttemptOutcome::Merged,
+            reason: None,
+            turns,
+            commit,
+        }
+    }
+
+    /// The attempt ended without a merge (`outcome` says how, `reason` why).
+    pub fn ended(
+        task: &TaskId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        reason: impl Into<String>,
+        turns: u32,
+    ) -> Self {
+        Self {
+            task: task.clone(),
+            attempt,
+            outcome,
+            reason: Some(reason.into()),
+            turns,
+            commit: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub id: i64,
@@ -284,17 +330,8 @@ pub trait Store: Send + Sync {
         attempt: u32,
         started_ms: i64,
     ) -> Result<()>;
-    #[allow(clippy::too_many_arguments)]
-    fn finish_attempt(
-        &self,
-        id: &ProjectId,
-        task: &TaskId,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        reason: Option<&str>,
-        turns: u32,
-        commit: Option<&str>,
-    ) -> Result<()>;
+    /// Records how an attempt ended.
+    fn finish_attempt(&self, id: &ProjectId, end: &AttemptEnd) -> Result<()>;
     fn attempts(&self, id: &ProjectId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
 
     /// Returns the new event's id.

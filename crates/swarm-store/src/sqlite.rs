@@ -706,16 +706,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish_attempt(
-        &self,
-        id: &ProjectId,
-        task: &TaskId,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        reason: Option<&str>,
-        turns: u32,
-        commit: Option<&str>,
-    ) -> Result<()> {
+    fn finish_attempt(&self, id: &ProjectId, end: &AttemptEnd) -> Result<()> {
+        let AttemptEnd {
+            task,
+            attempt,
+            outcome,
+            reason,
+            turns,
+            commit,
+        } = end;
         self.write(|tx| {
             let now = now_ms();
             tx.execute(
@@ -1074,12 +1073,7 @@ mod tests {
             s.start_attempt(&id, &TaskId::from("a"), 1, 5).unwrap();
             s.finish_attempt(
                 &id,
-                &TaskId::from("a"),
-                1,
-                AttemptOutcome::Merged,
-                None,
-                3,
-                Some("abc"),
+                &AttemptEnd::merged(&TaskId::from("a"), 1, 3, Some("abc".into())),
             )
             .unwrap();
             for outcome in ["ok", "http_429"] {

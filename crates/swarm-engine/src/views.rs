@@ -1,11 +1,100 @@
-//! The API's views of the store: what `GET /api/v1/projects…` answers and
-//! what `agentswarm status` prints when no daemon is up, built by the same
-//! functions.
+//! The operator's views of projects: what `GET /api/v1/projects…` answers
+//! and what `agentswarm status` prints when no daemon is up, built by the
+//! same functions. Surfaces (the server, the CLI) only translate them.
 
-use swarm_engine::LiveWorker;
+use crate::{Engine, LiveWorker, Result};
 use swarm_protocol::api;
-use swarm_protocol::{AttemptOutcome, ProjectId, TaskKind, TaskState};
-use swarm_store::{ProjectRecord, Store, TaskRecord};
+use swarm_protocol::{AttemptOutcome, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_store::{EventRecord, ProjectRecord, Store, TaskRecord};
+
+impl Engine {
+    /// Every project, newest first (see [`project_list`]).
+    pub fn project_list(&self) -> Result<api::ProjectList> {
+        Ok(project_list(self.store.as_ref())?)
+    }
+
+    /// One project's summary; `Store(ProjectNotFound)` if there is none.
+    pub fn project_summary(&self, id: &ProjectId) -> Result<api::ProjectSummary> {
+        Ok(project_summary(self.store.as_ref(), id)?)
+    }
+
+    /// One project with its tasks and the workers of this engine running now.
+    pub fn project_detail(&self, id: &ProjectId) -> Result<api::ProjectDetail> {
+        Ok(project_detail(
+            self.store.as_ref(),
+            id,
+            &self.live_workers(),
+        )?)
+    }
+
+    /// One task of a project; `None` if the project has no such task,
+    /// `Store(ProjectNotFound)` if there is no such project.
+    pub fn task_view(&self, id: &ProjectId, task: &TaskId) -> Result<Option<api::Task>> {
+        match self.task_record(id, task)? {
+            Some(t) => Ok(Some(task_view(
+                self.store.as_ref(),
+                &t,
+                &self.live_workers(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A task as the store has it (for its files: archive, transcripts);
+    /// `None` if the project has no such task, `Store(ProjectNotFound)` if
+    /// there is no such project.
+    pub fn task_record(&self, id: &ProjectId, task: &TaskId) -> Result<Option<TaskRecord>> {
+        self.store.project(id)?;
+        Ok(self.store.task(id, task)?)
+    }
+
+    /// The events after `after` (at most `limit`), of one project or of all.
+    pub fn events(
+        &self,
+        project: Option<&ProjectId>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        Ok(match project {
+            Some(id) => self.store.events(id, after, limit)?,
+            None => self.store.all_events(after, limit)?,
+        })
+    }
+
+    /// The commands of one verify attempt with their results; `None` while
+    /// it runs or when it was interrupted (no results were recorded).
+    pub fn verify_commands(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+    ) -> Result<Option<Vec<api::CommandRun>>> {
+        // Every verify run of the project is one event; there are a few.
+        let found = self
+            .store
+            .events_of_kind(id, "verify", 10_000)?
+            .into_iter()
+            .find(|e| {
+                e.task_id.as_ref() == Some(task)
+                    && e.data["attempt"].as_u64() == Some(u64::from(attempt))
+            });
+        Ok(found.map(|e| {
+            let empty = Vec::new();
+            e.data["results"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| api::CommandRun {
+                    command: r["command"].as_str().unwrap_or_default().to_owned(),
+                    output: r["output"].as_str().unwrap_or_default().to_owned(),
+                    turn: None,
+                    passed: r["passed"].as_bool(),
+                    duration_ms: r["duration_ms"].as_u64(),
+                })
+                .collect()
+        }))
+    }
+}
 
 pub fn project_url(id: &ProjectId) -> String {
     format!("/api/v1/projects/{id}")

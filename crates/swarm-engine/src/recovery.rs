@@ -1,0 +1,135 @@
+//! Recovery after a crash or a stop, and reopening a failed project.
+//!
+//! On start, `main` is repaired if a merge was cut short, stale worktrees
+//! and task branches are removed, and every task left `running` or
+//! `merging` is looked up in git: a commit on `main` whose trailers match
+//! its current attempt means it merged (`done`); otherwise it goes back to
+//! `ready` and the attempt is recorded `interrupted` (not counted).
+
+use crate::scheduler::{Integration, Scheduler};
+use crate::{Engine, Error, Result};
+use std::path::PathBuf;
+use swarm_git::{Repo, TaskCommit};
+use swarm_protocol::{AttemptOutcome, ProjectId, ProjectState, TaskState};
+use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
+
+/// Repairs `main`, removes every worktree under `worktrees` and every
+/// `task/*` branch (no worker of the project runs: its lock is held), and
+/// returns the task commits on `main` when `need_log`.
+pub(crate) async fn clean_up(
+    repo: Repo,
+    worktrees: PathBuf,
+    need_log: bool,
+) -> Result<Vec<TaskCommit>> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<TaskCommit>> {
+        // A merge cut short by a crash leaves main mid-merge or locked.
+        repo.repair(None)?;
+        if worktrees.exists() {
+            for entry in std::fs::read_dir(&worktrees)
+                .map_err(|e| Error::Other(e.to_string()))?
+                .flatten()
+            {
+                let _ = repo.remove_worktree(&entry.path());
+            }
+        }
+        repo.prune_worktrees()?;
+        // Every task branch is either merged or an abandoned attempt.
+        repo.delete_branches("task/")?;
+        if need_log {
+            Ok(repo.task_commits()?)
+        } else {
+            Ok(Vec::new())
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?
+}
+
+impl<I: Integration> Scheduler<'_, I> {
+    /// The tasks a stopped run left `running` or `merging`.
+    pub(crate) fn stale(&self) -> Vec<TaskRecord> {
+        self.tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Running | TaskState::Merging))
+            .cloned()
+            .collect()
+    }
+
+    /// Settles each stale task by what `main` holds: its current attempt's
+    /// commit merged → `done`; otherwise → `ready`, the attempt
+    /// `interrupted`.
+    pub(crate) fn reconcile(
+        &mut self,
+        stale: Vec<TaskRecord>,
+        commits: &[TaskCommit],
+    ) -> Result<()> {
+        for t in stale {
+            let merged = commits
+                .iter()
+                .find(|c| c.task == t.id.as_str() && c.attempt == t.attempt);
+            if let Some(c) = merged {
+                self.end_attempt(AttemptEnd::merged(&t.id, t.attempt, 0, Some(c.sha.clone())))?;
+                self.set(
+                    &t.id,
+                    TaskUpdate {
+                        from: vec![TaskState::Running, TaskState::Merging],
+                        to: Some(TaskState::Done),
+                        commit: Some(c.sha.clone()),
+                        finished_ms: Some(now_ms()),
+                        ..Default::default()
+                    },
+                )?;
+            } else {
+                let reason = "interrupted: the supervisor stopped during this attempt";
+                self.end_attempt(AttemptEnd::ended(
+                    &t.id,
+                    t.attempt,
+                    AttemptOutcome::Interrupted,
+                    reason,
+                    0,
+                ))?;
+                self.set(
+                    &t.id,
+                    TaskUpdate {
+                        from: vec![TaskState::Running, TaskState::Merging],
+                        to: Some(TaskState::Ready),
+                        last_error: Some(Some(reason.into())),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed project can be resumed: its failed tasks get fresh attempts, the
+/// tasks they blocked wait again, and the project becomes `interrupted`;
+/// `false` if it was no longer `failed`.
+pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
+    let store = &engine.store;
+    for t in store.tasks(id)? {
+        let update = match t.state {
+            TaskState::Failed => TaskUpdate {
+                from: vec![TaskState::Failed],
+                to: Some(TaskState::Ready),
+                attempts_counted: Some(0),
+                ..Default::default()
+            },
+            TaskState::Blocked => TaskUpdate {
+                from: vec![TaskState::Blocked],
+                to: Some(TaskState::Pending),
+                last_error: Some(None),
+                ..Default::default()
+            },
+            TaskState::Pending
+            | TaskState::Ready
+            | TaskState::Running
+            | TaskState::Merging
+            | TaskState::Done
+            | TaskState::Cancelled => continue,
+        };
+        store.update_task(id, &t.id, &update)?;
+    }
+    Ok(store.set_project_state(id, &[ProjectState::Failed], ProjectState::Interrupted, None)?)
+}

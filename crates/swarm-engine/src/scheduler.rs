@@ -1,0 +1,801 @@
+//! The scheduler of one project's run: it holds the tasks' states, decides
+//! which task is ready or blocked, dispatches ready tasks to free slots,
+//! and decides after each attempt whether the task is done, runs again or
+//! has failed. It acts only through two seams: an [`AttemptRunner`] for the
+//! attempts of code tasks, and an [`Integration`] for the work on `main`
+//! (the merge queue, verify, task archives, fix plans). The run's real ones
+//! spawn workers and use git (`driver.rs`, `mainline.rs`); the unit tests
+//! (`scheduler/tests.rs`) use fakes.
+//!
+//! It is event-driven: it sleeps on one channel and wakes when an attempt
+//! ends, a merge completes or verify finishes, so a finished task's
+//! dependents start at once rather than on the next poll.
+
+use crate::metrics::LiveEntry;
+use crate::prompts::{self, CommandResult};
+use crate::runner::{AttemptJob, AttemptReport, AttemptRunner, Outcome, Workspace};
+use crate::{wording, Engine, Result};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm_config::RunLimits;
+use swarm_git::MergeOutcome;
+use swarm_protocol::{AttemptOutcome, Plan, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+/// What wakes the scheduler.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A runner is done with an attempt.
+    Attempt {
+        task: TaskId,
+        attempt: u32,
+        report: AttemptReport,
+    },
+    /// The merge queue is done with an attempt's commit.
+    Merged {
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<MergeOutcome, String>,
+    },
+    /// The verify commands ran (or could not be run).
+    Verified {
+        attempt: u32,
+        result: std::result::Result<Vec<CommandResult>, String>,
+    },
+}
+
+pub(crate) type Events = mpsc::UnboundedSender<Event>;
+
+/// An attempt's commit for the merge queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MergeJob {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub branch: String,
+    pub message: String,
+}
+
+/// One attempt of the verify task.
+#[derive(Debug)]
+pub(crate) struct VerifyJob {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub commands: Vec<String>,
+    /// Dropped when the commands are done.
+    pub live: LiveEntry,
+}
+
+/// The run's work on `main`, which the scheduler asks for and never does
+/// itself. Results come back on the scheduler's [`Events`] channel.
+#[async_trait::async_trait]
+pub(crate) trait Integration: Send {
+    /// Queues `job` for the merge queue (one merge at a time); the result
+    /// comes back as [`Event::Merged`]. An error: the queue has stopped.
+    fn merge(&mut self, job: MergeJob) -> Result<()>;
+
+    /// Starts the verify commands on a clean checkout of `main`; the result
+    /// comes back as [`Event::Verified`].
+    fn verify(&mut self, job: VerifyJob);
+
+    /// Kills the running verify commands (the run is stopping).
+    async fn stop_verify(&mut self);
+
+    /// Off the critical path: records the files the merged `task` changed,
+    /// writes its archive from `workspace`, then gives the workspace back
+    /// to `runner`.
+    fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>);
+
+    /// The commit `main` is at.
+    fn main_head(&self) -> Option<String>;
+
+    /// Asks the planner for the tasks of a fix round.
+    async fn plan_fixes(
+        &self,
+        request: String,
+        existing: &HashSet<TaskId>,
+        max_tasks: u32,
+    ) -> std::result::Result<Plan, String>;
+}
+
+pub(crate) struct Scheduler<'e, I> {
+    pub(crate) engine: &'e Engine,
+    pub(crate) id: ProjectId,
+    pub(crate) goal: String,
+    pub(crate) limits: RunLimits,
+    runner: Arc<dyn AttemptRunner>,
+    pub(crate) integration: I,
+    pub(crate) tasks: BTreeMap<TaskId, TaskRecord>,
+    /// Task ids in plan order.
+    pub(crate) order: Vec<TaskId>,
+    tx: Events,
+    rx: mpsc::UnboundedReceiver<Event>,
+    /// Attempts running in a runner.
+    attempts: usize,
+    /// Merges queued or in progress.
+    merging: usize,
+    /// The verify task's attempt while it runs, and its slot.
+    verifying: Option<(u32, OwnedSemaphorePermit)>,
+    /// A slot acquired while waiting for one, used by the next dispatch.
+    spare: Option<OwnedSemaphorePermit>,
+    /// Ready tasks wait for a slot another project holds.
+    needs_slot: bool,
+    /// Ready tasks wait for the resource gate.
+    gated: bool,
+    /// Why ready tasks wait, as last recorded in the store.
+    waiting: Option<String>,
+    /// The stop was seen and handled.
+    stopping: bool,
+    pub(crate) last_verify: Option<Vec<CommandResult>>,
+    /// Workspaces of attempts that ended, until their merge is decided.
+    workspaces: HashMap<(TaskId, u32), Workspace>,
+    /// Model turns of attempts that committed and wait for their merge.
+    turns: HashMap<(TaskId, u32), u32>,
+    /// When each attempt started by this run started, until it ends (for
+    /// `agentswarm_attempt_duration_seconds`).
+    attempt_started: HashMap<(TaskId, u32), Instant>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<'e, I: Integration> Scheduler<'e, I> {
+    /// A scheduler over the project's tasks as the store has them. The
+    /// integration is made with the sender of the scheduler's event channel,
+    /// on which it reports.
+    pub(crate) fn new(
+        engine: &'e Engine,
+        id: &ProjectId,
+        goal: &str,
+        limits: RunLimits,
+        runner: Arc<dyn AttemptRunner>,
+        integration: impl FnOnce(Events) -> I,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let integration = integration(tx.clone());
+        let mut s = Self {
+            engine,
+            id: id.clone(),
+            goal: goal.to_owned(),
+            limits,
+            runner,
+            integration,
+            tasks: BTreeMap::new(),
+            order: Vec::new(),
+            tx,
+            rx,
+            attempts: 0,
+            merging: 0,
+            verifying: None,
+            spare: None,
+            needs_slot: false,
+            gated: false,
+            waiting: None,
+            stopping: false,
+            last_verify: None,
+            workspaces: HashMap::new(),
+            turns: HashMap::new(),
+            attempt_started: HashMap::new(),
+            cancel,
+        };
+        s.reload()?;
+        Ok(s)
+    }
+
+    pub(crate) fn store(&self) -> &dyn swarm_store::Store {
+        self.engine.store.as_ref()
+    }
+
+    /// Records how an attempt ended; one started by this run is also
+    /// observed in `agentswarm_attempt_duration_seconds`.
+    pub(crate) fn end_attempt(&mut self, end: AttemptEnd) -> Result<()> {
+        self.store().finish_attempt(&self.id, &end)?;
+        if let Some(started) = self
+            .attempt_started
+            .remove(&(end.task.clone(), end.attempt))
+        {
+            let kind = self
+                .tasks
+                .get(&end.task)
+                .map(|t| t.kind)
+                .unwrap_or_default();
+            self.engine
+                .metrics
+                .attempt_ended(kind, end.outcome, started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// `task` reached `done` through an attempt of this run: observes its
+    /// time from its first attempt's start (in the store, so attempts of
+    /// earlier runs count) in `agentswarm_task_duration_seconds`.
+    pub(crate) fn observe_task_done(&self, task: &TaskId) {
+        let Some(kind) = self.tasks.get(task).map(|t| t.kind) else {
+            return;
+        };
+        let first = match self.store().attempts(&self.id, task) {
+            Ok(attempts) => attempts.iter().map(|a| a.started_ms).min(),
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "cannot read the task's attempts");
+                None
+            }
+        };
+        if let Some(first) = first {
+            let ms = u64::try_from(now_ms().saturating_sub(first)).unwrap_or(0);
+            self.engine
+                .metrics
+                .task_done(kind, Duration::from_millis(ms));
+        }
+    }
+
+    /// Reads the tasks again (after a fix round added some).
+    pub(crate) fn reload(&mut self) -> Result<()> {
+        let tasks = self.store().tasks(&self.id)?;
+        self.order = tasks.iter().map(|t| t.id.clone()).collect();
+        self.tasks = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        Ok(())
+    }
+
+    fn done_count(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.state == TaskState::Done)
+            .count()
+    }
+
+    /// One conditional state change in the store, mirrored in memory and
+    /// reported as progress. Returns whether it happened.
+    pub(crate) fn set(&mut self, task: &TaskId, update: TaskUpdate) -> Result<bool> {
+        let changed = self.store().update_task(&self.id, task, &update)?;
+        if !changed {
+            tracing::warn!(task = %task, ?update, "state change did not apply");
+            return Ok(false);
+        }
+        let before = self.tasks.get(task).map(|t| t.state);
+        if let Some(to) = update.to {
+            self.engine.metrics.task_finished(to);
+        }
+        if let Some(t) = self.store().task(&self.id, task)? {
+            if let (Some(to), Some(from)) = (update.to, before) {
+                let done = self.done_count() + usize::from(to == TaskState::Done);
+                let msg = wording::transition(&t, from, to, done, self.order.len());
+                self.engine.emit(&self.id, Some(task), "task_state", msg);
+            }
+            self.tasks.insert(task.clone(), t);
+        }
+        Ok(true)
+    }
+
+    /// pending → ready when every dependency is done; pending → blocked when
+    /// one failed for good.
+    pub(crate) fn advance(&mut self) -> Result<()> {
+        loop {
+            let changes = ready_or_blocked(&self.order, &self.tasks);
+            if changes.is_empty() {
+                return Ok(());
+            }
+            for (id, to, err) in changes {
+                self.set(
+                    &id,
+                    TaskUpdate {
+                        from: vec![TaskState::Pending],
+                        to: Some(to),
+                        last_error: err.map(Some),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+    }
+
+    /// Starts every ready task a slot is free for, in plan order.
+    fn dispatch(&mut self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let ready: Vec<TaskId> = self
+            .order
+            .iter()
+            .filter(|id| self.tasks[*id].state == TaskState::Ready)
+            .cloned()
+            .collect();
+        self.needs_slot = false;
+        self.gated = false;
+        let mut waiting = None;
+        // The gate is read once a dispatch (two /proc reads), and only when
+        // something is ready to start.
+        if !ready.is_empty() {
+            if let Err(why) = self.engine.gate.check() {
+                self.gated = true;
+                // Another project may use the slot meanwhile.
+                self.spare = None;
+                return self.set_waiting(Some(format!("waiting: {why}")));
+            }
+        }
+        for id in ready {
+            let Some(permit) = self
+                .spare
+                .take()
+                .or_else(|| self.engine.slots.clone().try_acquire_owned().ok())
+            else {
+                self.needs_slot = true;
+                if self.attempts == 0 && self.verifying.is_none() {
+                    waiting = Some(wording::waiting_for_slots(
+                        self.engine.config.max_concurrent_workers,
+                    ));
+                }
+                break;
+            };
+            let t = self.tasks[&id].clone();
+            let attempt = t.attempt + 1;
+            let prompt = match t.kind {
+                TaskKind::Code => {
+                    let deps: Vec<&TaskRecord> = t
+                        .depends_on
+                        .iter()
+                        .filter_map(|d| self.tasks.get(d))
+                        .collect();
+                    prompts::worker_prompt(&t, &self.goal, &deps, attempt)
+                }
+                TaskKind::Verify => String::new(),
+            };
+            let started = now_ms();
+            if !self.set(
+                &id,
+                TaskUpdate {
+                    from: vec![TaskState::Ready],
+                    to: Some(TaskState::Running),
+                    attempt: Some(attempt),
+                    conflict_paths: Some(Vec::new()),
+                    started_ms: Some(started),
+                    ..Default::default()
+                },
+            )? {
+                // Changed under us (`agentswarm cancel`): take the store's word for it.
+                if let Some(t) = self.store().task(&self.id, &id)? {
+                    self.tasks.insert(id.clone(), t);
+                }
+                continue;
+            }
+            self.store()
+                .start_attempt(&self.id, &id, attempt, started)?;
+            self.attempt_started
+                .insert((id.clone(), attempt), Instant::now());
+            let live = self.engine.live.enter(&self.id, &id, attempt);
+            tracing::debug!(task = %id, attempt, runner = %self.runner.kind(), "attempt dispatched");
+            match t.kind {
+                TaskKind::Verify => {
+                    self.engine.emit(
+                        &self.id,
+                        Some(&id),
+                        "verify",
+                        wording::verify_starts(t.commands.len()),
+                    );
+                    self.verifying = Some((attempt, permit));
+                    self.integration.verify(VerifyJob {
+                        task: id,
+                        attempt,
+                        commands: t.commands.clone(),
+                        live,
+                    });
+                }
+                TaskKind::Code => {
+                    let job = AttemptJob {
+                        project: self.id.clone(),
+                        task: id.clone(),
+                        attempt,
+                        system_prompt: prompts::WORKER_SYSTEM.to_owned(),
+                        prompt,
+                        commit_subject: format!("{}: {}", id, t.title),
+                        max_turns: self.limits.max_turns,
+                        command_timeout_secs: self.limits.command_timeout_secs,
+                        output_cap_bytes: self.limits.output_cap_bytes,
+                        live,
+                    };
+                    let runner = self.runner.clone();
+                    let tx = self.tx.clone();
+                    let cancel = self.cancel.child_token();
+                    self.attempts += 1;
+                    tokio::spawn(async move {
+                        let report = runner.run(job, cancel).await;
+                        // The slot is free once the attempt is over, before its merge.
+                        drop(permit);
+                        let _ = tx.send(Event::Attempt {
+                            task: id,
+                            attempt,
+                            report,
+                        });
+                    });
+                }
+            }
+        }
+        self.set_waiting(waiting)
+    }
+
+    /// Records (on change) why ready tasks wait, for `status` and the log.
+    fn set_waiting(&mut self, waiting: Option<String>) -> Result<()> {
+        if self.waiting == waiting {
+            return Ok(());
+        }
+        if let Some(w) = &waiting {
+            self.engine
+                .emit(&self.id, None, "info", format!("project {}: {w}", self.id));
+        } else if self.waiting.is_some() {
+            self.engine.emit(
+                &self.id,
+                None,
+                "info",
+                format!("project {}: starting work again", self.id),
+            );
+        }
+        self.store()
+            .set_project_waiting(&self.id, waiting.as_deref())?;
+        self.waiting = waiting;
+        Ok(())
+    }
+
+    fn busy(&self) -> bool {
+        self.attempts > 0
+            || self.merging > 0
+            || (self.verifying.is_some() && !self.cancel.is_cancelled())
+            || ((self.needs_slot || self.gated)
+                && !self.cancel.is_cancelled()
+                && self.tasks.values().any(|t| t.state == TaskState::Ready))
+    }
+
+    /// Runs the project's tasks until nothing is left to do or start (all
+    /// finished, or the run stopped and its attempts ended).
+    pub(crate) async fn schedule(&mut self) -> Result<()> {
+        self.advance()?;
+        self.dispatch()?;
+        while self.busy() {
+            let slots = self.engine.slots.clone();
+            let event = tokio::select! {
+                e = self.rx.recv() => e,
+                _ = self.cancel.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    // The verify commands are killed; the attempt is not counted.
+                    self.interrupt_verify().await?;
+                    self.needs_slot = false;
+                    self.gated = false;
+                    self.spare = None;
+                    self.set_waiting(None)?;
+                    continue;
+                }
+                // Nothing else wakes a run that waits on the gate or on a slot
+                // another project holds.
+                permit = slots.acquire_owned(), if self.needs_slot && !self.gated => {
+                    self.spare = permit.ok();
+                    self.dispatch()?;
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            match event {
+                Event::Attempt {
+                    task,
+                    attempt,
+                    report,
+                } => {
+                    self.attempts -= 1;
+                    if let Some(w) = report.workspace {
+                        self.workspaces.insert((task.clone(), attempt), w);
+                    }
+                    self.on_attempt(task, attempt, report.outcome)?;
+                }
+                Event::Merged {
+                    task,
+                    attempt,
+                    result,
+                } => {
+                    self.merging -= 1;
+                    self.on_merged(task, attempt, result)?;
+                }
+                Event::Verified { attempt, result } => {
+                    if self.verifying.as_ref().map(|v| v.0) == Some(attempt) {
+                        self.verifying = None;
+                        self.on_verified(attempt, result).await?;
+                    }
+                }
+            }
+            self.advance()?;
+            self.dispatch()?;
+        }
+        Ok(())
+    }
+
+    /// After an error: stops the running attempts and waits for them (up
+    /// to `until`) so that none is left behind.
+    pub(crate) async fn stop_attempts(&mut self, until: tokio::time::Instant) {
+        self.cancel.cancel();
+        while self.attempts > 0 {
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(Event::Attempt { .. })) => self.attempts -= 1,
+                Ok(Some(Event::Merged { .. } | Event::Verified { .. })) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    async fn interrupt_verify(&mut self) -> Result<()> {
+        if let Some((attempt, _permit)) = self.verifying.take() {
+            self.integration.stop_verify().await;
+            if let Some(v) = self.verify_task() {
+                let reason = "interrupted: the supervisor is shutting down";
+                self.end_attempt(AttemptEnd::ended(
+                    &v,
+                    attempt,
+                    AttemptOutcome::Interrupted,
+                    reason,
+                    0,
+                ))?;
+                self.set(
+                    &v,
+                    TaskUpdate {
+                        from: vec![TaskState::Running],
+                        to: Some(TaskState::Ready),
+                        last_error: Some(Some(reason.into())),
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn verify_task(&self) -> Option<TaskId> {
+        self.order
+            .iter()
+            .find(|id| self.tasks[*id].kind == TaskKind::Verify)
+            .cloned()
+    }
+
+    fn on_attempt(&mut self, task: TaskId, attempt: u32, outcome: Outcome) -> Result<()> {
+        match outcome {
+            Outcome::Committed {
+                branch,
+                commit,
+                summary,
+                turns,
+            } => {
+                let title = self
+                    .tasks
+                    .get(&task)
+                    .map(|t| t.title.clone())
+                    .unwrap_or_default();
+                self.turns.insert((task.clone(), attempt), turns);
+                // What the worker changed in the work before committing it
+                // (nested repositories removed) is the operator's to know.
+                for note in summary
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("[agentswarm] "))
+                {
+                    self.store().append_event(
+                        &self.id,
+                        Some(&task),
+                        "note",
+                        &serde_json::json!({"attempt": attempt, "message": note}),
+                    )?;
+                    self.engine
+                        .emit(&self.id, Some(&task), "info", format!("{task}: {note}"));
+                }
+                if self.set(
+                    &task,
+                    TaskUpdate {
+                        from: vec![TaskState::Running],
+                        to: Some(TaskState::Merging),
+                        expect_attempt: Some(attempt),
+                        commit: Some(commit),
+                        summary: Some(summary),
+                        ..Default::default()
+                    },
+                )? {
+                    self.merging += 1;
+                    let job = MergeJob {
+                        branch,
+                        message: format!("Merge task {task} (attempt {attempt}): {title}"),
+                        task,
+                        attempt,
+                    };
+                    if let Err(e) = self.integration.merge(job) {
+                        self.merging -= 1;
+                        return Err(e);
+                    }
+                } else {
+                    // A result for an attempt that is no longer current.
+                    self.attempt_started.remove(&(task.clone(), attempt));
+                    self.release_workspace(&task, attempt, false);
+                }
+            }
+            Outcome::Ended { how, reason, turns } => {
+                self.end_attempt(AttemptEnd::ended(
+                    &task,
+                    attempt,
+                    how.recorded_as(),
+                    reason.clone(),
+                    turns,
+                ))?;
+                self.retry_or_fail(
+                    &task,
+                    attempt,
+                    TaskState::Running,
+                    how.counts(),
+                    reason,
+                    Vec::new(),
+                )?;
+                self.release_workspace(&task, attempt, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed attempt: back to `ready` while attempts are left, else `failed`.
+    pub(crate) fn retry_or_fail(
+        &mut self,
+        task: &TaskId,
+        attempt: u32,
+        from: TaskState,
+        counted: bool,
+        reason: String,
+        conflicts: Vec<String>,
+    ) -> Result<()> {
+        let t = &self.tasks[task];
+        let (to, used) = after_failure(t.attempts_counted, counted, self.limits.max_attempts);
+        let reason = if to == TaskState::Failed {
+            wording::no_attempts_left(&reason, attempt, self.limits.max_attempts)
+        } else {
+            reason
+        };
+        self.set(
+            task,
+            TaskUpdate {
+                from: vec![from],
+                to: Some(to),
+                expect_attempt: Some(attempt),
+                attempts_counted: Some(used),
+                last_error: Some(Some(reason)),
+                conflict_paths: Some(conflicts),
+                finished_ms: (to == TaskState::Failed).then(now_ms),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    fn on_merged(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<MergeOutcome, String>,
+    ) -> Result<()> {
+        let turns = self.turns.remove(&(task.clone(), attempt)).unwrap_or(0);
+        match result {
+            Ok(MergeOutcome::Merged {
+                commit: merge_commit,
+            }) => {
+                let task_commit = self.tasks.get(&task).and_then(|t| t.commit.clone());
+                self.end_attempt(AttemptEnd::merged(&task, attempt, turns, task_commit))?;
+                if self.set(
+                    &task,
+                    TaskUpdate {
+                        from: vec![TaskState::Merging],
+                        to: Some(TaskState::Done),
+                        expect_attempt: Some(attempt),
+                        merge_commit: Some(merge_commit),
+                        last_error: Some(None),
+                        finished_ms: Some(now_ms()),
+                        ..Default::default()
+                    },
+                )? {
+                    self.observe_task_done(&task);
+                }
+                let record = self.tasks.get(&task).cloned();
+                let workspace = self.workspaces.remove(&(task.clone(), attempt));
+                if let (Some(record), Some(workspace)) = (record, workspace) {
+                    self.integration
+                        .archive(record, workspace, self.runner.clone());
+                }
+            }
+            Ok(MergeOutcome::Conflict { paths }) => {
+                let reason = wording::merge_conflict(&paths);
+                self.end_attempt(AttemptEnd::ended(
+                    &task,
+                    attempt,
+                    AttemptOutcome::Conflict,
+                    reason.clone(),
+                    turns,
+                ))?;
+                self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, paths)?;
+                self.release_workspace(&task, attempt, false);
+            }
+            Err(e) => {
+                let reason = format!("merge failed: {e}");
+                self.end_attempt(AttemptEnd::ended(
+                    &task,
+                    attempt,
+                    AttemptOutcome::Failed,
+                    reason.clone(),
+                    turns,
+                ))?;
+                self.retry_or_fail(&task, attempt, TaskState::Merging, true, reason, Vec::new())?;
+                self.release_workspace(&task, attempt, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives an attempt's workspace back to the runner. `dirty`: the attempt
+    /// did not end in a commit, so it may have left files behind.
+    fn release_workspace(&mut self, task: &TaskId, attempt: u32, dirty: bool) {
+        if let Some(w) = self.workspaces.remove(&(task.clone(), attempt)) {
+            self.runner.release(w, dirty);
+        }
+    }
+}
+
+/// The ready/blocked rule: a pending task becomes `ready` when every
+/// dependency is done, `blocked` (with the reason) when one failed, was
+/// blocked or cancelled; an unknown dependency counts as failed.
+pub(crate) fn ready_or_blocked(
+    order: &[TaskId],
+    tasks: &BTreeMap<TaskId, TaskRecord>,
+) -> Vec<(TaskId, TaskState, Option<String>)> {
+    let mut changes = Vec::new();
+    for id in order {
+        let Some(t) = tasks.get(id) else { continue };
+        if t.state != TaskState::Pending {
+            continue;
+        }
+        let states: Vec<(&TaskId, TaskState)> = t
+            .depends_on
+            .iter()
+            .map(|d| {
+                (
+                    d,
+                    tasks.get(d).map(|x| x.state).unwrap_or(TaskState::Failed),
+                )
+            })
+            .collect();
+        if let Some((d, s)) = states.iter().find(|(_, s)| {
+            matches!(
+                s,
+                TaskState::Failed | TaskState::Blocked | TaskState::Cancelled
+            )
+        }) {
+            changes.push((
+                id.clone(),
+                TaskState::Blocked,
+                Some(format!("blocked: dependency {d} is {s}")),
+            ));
+        } else if states.iter().all(|(_, s)| *s == TaskState::Done) {
+            changes.push((id.clone(), TaskState::Ready, None));
+        }
+    }
+    changes
+}
+
+/// The retry rule: after an attempt that did not merge, the task runs again
+/// while fewer than `max_attempts` attempts counted; an attempt that does
+/// not count (interrupted) never uses one up. Returns the next state and
+/// the attempts counted so far.
+pub(crate) fn after_failure(
+    counted_before: u32,
+    counts: bool,
+    max_attempts: u32,
+) -> (TaskState, u32) {
+    let used = counted_before + u32::from(counts);
+    let to = if used < max_attempts {
+        TaskState::Ready
+    } else {
+        TaskState::Failed
+    };
+    (to, used)
+}
+
+#[cfg(test)]
+mod tests;
