@@ -225,10 +225,7 @@ fn commit(
         task: start.task_id.to_string(),
         attempt: start.attempt,
     };
-    let mut summary = summary;
     let committed = open_repo(&start.repo, &start.sandbox).and_then(|repo| {
-        // What git is told to do with nested repositories is known only by
-        // scanning; the summary records it for the operator and the commit.
         swarm_git::commit_all(
             &repo,
             &start.worktree,
@@ -240,15 +237,17 @@ fn commit(
     Ok(match committed {
         Ok(commit) => {
             report_link(&start.worktree, commit.link);
+            let mut notes = Vec::new();
             if !commit.nested.is_empty() {
                 let note = nested_note(&commit.nested);
                 eprintln!("agentswarm worker: {note}");
-                summary = format!("{summary}\n\n[agentswarm] {note}");
+                notes.push(note);
             }
             FromWorker::Finished {
                 summary,
                 commit: commit.sha,
                 turns: turn,
+                notes,
             }
         }
         Err(e @ swarm_git::Error::UnsafeNames { .. }) => {
@@ -434,6 +433,7 @@ mod tests {
             summary,
             commit,
             turns,
+            ..
         } = out.last().unwrap()
         else {
             panic!("{out:?}")

@@ -432,12 +432,14 @@ async fn talk(
                 summary,
                 commit,
                 turns,
+                notes,
             } => {
                 result = Some(Outcome::Committed {
                     branch: branch_name(task, attempt),
                     commit,
                     summary,
                     turns,
+                    notes,
                 });
             }
             FromWorker::Failed { reason, turns } => {
@@ -569,6 +571,7 @@ fn write_transcript(
             summary,
             commit,
             turns,
+            notes: _,
         } => {
             serde_json::json!({"result": "finished", "summary": summary, "commit": commit, "turns": turns})
         }

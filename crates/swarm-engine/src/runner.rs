@@ -116,6 +116,9 @@ pub enum Outcome {
         commit: String,
         summary: String,
         turns: u32,
+        /// What the runner changed in the work before committing it (a
+        /// nested repository removed), for the operator: `note` events.
+        notes: Vec<String>,
     },
     /// The attempt ended without a commit.
     Ended {

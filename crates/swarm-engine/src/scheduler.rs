@@ -562,6 +562,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 commit,
                 summary,
                 turns,
+                notes,
             } => {
                 let title = self
                     .tasks
@@ -571,10 +572,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 self.turns.insert((task.clone(), attempt), turns);
                 // What the worker changed in the work before committing it
                 // (nested repositories removed) is the operator's to know.
-                for note in summary
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("[agentswarm] "))
-                {
+                for note in &notes {
                     self.store().append_event(
                         &self.id,
                         Some(&task),

@@ -123,6 +123,11 @@ pub enum FromWorker {
         /// Full sha of the task commit (always made, empty if nothing changed).
         commit: String,
         turns: u32,
+        /// What the worker itself changed in the work before committing it
+        /// (a nested repository it removed), for the operator. Apart from
+        /// the model's summary, so that the model cannot write one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
     /// The attempt failed; `reason` says why in one line.
     Failed { reason: String, turns: u32 },

@@ -93,6 +93,7 @@ impl AttemptRunner for FakeRunner {
                     commit: format!("c-{task}-{attempt}"),
                     summary: format!("did {task}"),
                     turns: 3,
+                    notes: Vec::new(),
                 }
             }
             Step::End(how, reason) => {
