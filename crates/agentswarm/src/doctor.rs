@@ -178,7 +178,7 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
         ..Default::default()
     };
     let facilities = swarm_exec::sandbox::facilities();
-    let assessment = swarm_exec::sandbox::assess(&policy, facilities);
+    let assessment = swarm_exec::sandbox::assess_at(&policy, facilities, &config.data_dir);
     let available = |r: Result<String, &String>| match r {
         Ok(v) => json!({"available": true, "detail": v}),
         Err(why) => json!({"available": false, "needs": why}),

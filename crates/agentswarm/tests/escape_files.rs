@@ -266,7 +266,7 @@ fn all_tool_results(h: &Harness, task: &str) -> Vec<String> {
 #[test]
 fn a_leftover_flipper_reaches_nothing_through_read_file() {
     for mechanism in mechanisms() {
-        let home = tempfile::tempdir().unwrap();
+        let home = reachable_home();
         let vault = home.path().join("vault");
         std::fs::create_dir(&vault).unwrap();
         std::fs::write(vault.join("secrets.env"), CANARY).unwrap();

@@ -112,7 +112,7 @@ fn commands_that_leave_the_worktree_fail_and_the_work_still_lands() {
 
         // The commands aim at paths under the harness's home, which the
         // scenario must know before the server starts: make the home first.
-        let home = tempfile::tempdir().unwrap();
+        let home = reachable_home();
         let data = home.path().join("data");
         let secrets = home.path().join("secrets.env");
         let hostile = escapes(&data, &secrets);

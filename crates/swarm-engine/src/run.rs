@@ -106,7 +106,12 @@ async fn run_inner(
     let outputs = packager::project_outputs(&engine.config.outputs_dir, id);
 
     let mut sandbox = engine.sandbox_policy(&limits, &project_dir.join("repo"));
-    let assessment = swarm_exec::sandbox::assess(&sandbox, swarm_exec::sandbox::facilities());
+    // The project's directory: what a root service's commands, dropped to
+    // the sandbox uid, must be able to reach.
+    std::fs::create_dir_all(&project_dir)
+        .map_err(|e| Error::Other(format!("cannot create {}: {e}", project_dir.display())))?;
+    let assessment =
+        swarm_exec::sandbox::assess_at(&sandbox, swarm_exec::sandbox::facilities(), &project_dir);
     // Decided once here: workers and verify apply it without probing again.
     sandbox.resolved = Some(assessment.mechanism.clone());
     // Checked before planning: a run whose commands cannot be confined as

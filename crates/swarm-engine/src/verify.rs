@@ -93,6 +93,13 @@ pub fn run_verify(
         };
         results.push(r);
     }
+    // Nothing a command started may still run while the checkout goes (a
+    // `setsid` daemon could swap a directory for a symlink under the
+    // removal): the enclosure's processes, then what the supervisor adopted.
+    if let Some(e) = &enclosure {
+        e.signal_all(nix::sys::signal::Signal::SIGKILL);
+    }
+    swarm_exec::reap_orphans();
     if let Err(e) = repo.remove_worktree(checkout) {
         tracing::warn!(error = %e, "could not remove the verify checkout");
     }

@@ -381,6 +381,56 @@ pub fn assess(policy: &SandboxPolicy, f: &Facilities) -> Assessment {
     }
 }
 
+/// [`assess`] for commands that will run below `dir` (the project's
+/// directory): a root service's commands drop to an unprivileged uid, which
+/// must be able to reach `dir` — every directory above it searchable by
+/// others. Where one is not (`/root`, a `0700` parent), the drop is not made,
+/// and the assessment says so: commands would keep root's power over file
+/// metadata, which `required` refuses.
+pub fn assess_at(policy: &SandboxPolicy, f: &Facilities, dir: &Path) -> Assessment {
+    let mut a = assess(policy, f);
+    let Mechanism::Landlock { uid: Some(uid), .. } = &a.mechanism else {
+        return a;
+    };
+    let uid = *uid;
+    if let Err(blocker) = reachable_by_others(dir) {
+        if let Mechanism::Landlock { uid, .. } = &mut a.mechanism {
+            *uid = None;
+        }
+        a.gaps.push(format!(
+            "AgentSwarm runs as root and its commands cannot drop to uid {uid}: {blocker} is not \
+             searchable by other users, so {} would be out of their reach; make it so (chmod o+x), \
+             put the data directory elsewhere, or install bubblewrap. Until then Landlock does not \
+             stop chmod, chown or utime, and the process limit does not bind root",
+            dir.display(),
+            blocker = blocker.display()
+        ));
+        if policy.mode == SandboxMode::Required && a.refusal.is_none() {
+            a.refusal = Some(format!(
+                "sandbox = required, but this machine cannot confine commands: {}",
+                a.gaps.last().map(String::as_str).unwrap_or_default()
+            ));
+        }
+    }
+    a
+}
+
+/// The first directory above (or at) `dir` that other users cannot search.
+fn reachable_by_others(dir: &Path) -> Result<(), PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let mut p = Some(dir.as_path());
+    while let Some(d) = p {
+        if let Ok(m) = std::fs::metadata(d) {
+            if m.permissions().mode() & 0o001 == 0 {
+                return Err(d.to_owned());
+            }
+        }
+        p = d.parent();
+    }
+    Ok(())
+}
+
 /// The refusal of a command under `sandbox = required`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -701,37 +751,19 @@ impl Namespaces {
     }
 }
 
-/// `CAP_DAC_READ_SEARCH`: the one capability a dropped command keeps.
-const CAP_DAC_READ_SEARCH: u32 = 2;
-
-/// A root service's command becomes an unprivileged uid between fork and
-/// exec, keeping its group and one capability, `CAP_DAC_READ_SEARCH`, so
-/// that it still reaches its worktree below directories only root may
-/// search (`/root`, a `0700` data directory) — what it may read is Landlock's
-/// to say, and Landlock is always in force with it. It owns its worktree
-/// ([`hand_over`]) and no file outside it, so `chmod`, `chown` and `utime`
-/// of those fail, and `RLIMIT_NPROC` binds it (the kernel never counts
-/// root's processes).
+/// A root service's command becomes an unprivileged uid and group between
+/// fork and exec, with no capability at all (the bounding set emptied too).
+/// It owns its worktree ([`hand_over`]) and no file outside it, so `chmod`,
+/// `chown` and `utime` of those fail; root-only files (`/etc/shadow`, host
+/// keys) are unreadable to it even where Landlock lets it read the tree;
+/// and `RLIMIT_NPROC` binds it (the kernel never counts root's processes).
+/// Its worktree must be reachable by that uid: see [`assess_at`].
 ///
 /// Written by hand: the `caps` crate allocates, which is not allowed between
 /// fork and exec.
 #[derive(Debug)]
 pub(crate) struct UidDrop {
     uid: libc::uid_t,
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 impl UidDrop {
@@ -748,9 +780,6 @@ impl UidDrop {
             // The bounding set first (it needs CAP_SETPCAP): nothing regained
             // by any program this command runs.
             for cap in 0..64u32 {
-                if cap == CAP_DAC_READ_SEARCH {
-                    continue;
-                }
                 if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                     // EINVAL: past the last capability this kernel knows.
                     if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
@@ -759,44 +788,14 @@ impl UidDrop {
                     return fail();
                 }
             }
-            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                return fail();
-            }
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return fail();
             }
+            if libc::setresgid(self.uid, self.uid, self.uid) != 0 {
+                return fail();
+            }
+            // From root to another uid: the kernel clears every capability.
             if libc::setresuid(self.uid, self.uid, self.uid) != 0 {
-                return fail();
-            }
-            let bit = 1u32 << CAP_DAC_READ_SEARCH;
-            let header = CapHeader {
-                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-                pid: 0,
-            };
-            let data = [
-                CapData {
-                    effective: bit,
-                    permitted: bit,
-                    inheritable: bit,
-                },
-                CapData {
-                    effective: 0,
-                    permitted: 0,
-                    inheritable: 0,
-                },
-            ];
-            if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
-                return fail();
-            }
-            // Ambient: kept across exec by a program without file capabilities.
-            if libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                CAP_DAC_READ_SEARCH as libc::c_ulong,
-                0,
-                0,
-            ) != 0
-            {
                 return fail();
             }
         }
@@ -805,40 +804,81 @@ impl UidDrop {
 }
 
 /// Gives the tree at `root` to `uid` (the sandbox uid of a root service's
-/// commands): every file and directory this process owns there, never
-/// through a symlink. The commands then work in it as its owner (write,
-/// `chmod +x`), and own nothing outside it. Cheap when nothing changed: a
-/// `readdir` per directory and a `stat` per entry.
+/// commands): every file and directory this process owns there. The
+/// commands then work in it as its owner (write, `chmod +x`), and own
+/// nothing outside it. Cheap when nothing changed: a `getdents` per
+/// directory and a `stat` per entry.
+///
+/// The walk goes by directory descriptors, each opened `O_NOFOLLOW` beneath
+/// the last, and changes an entry with `fchownat(AT_SYMLINK_NOFOLLOW)`
+/// relative to its directory: a command that swaps a directory for a
+/// symlink meanwhile makes the walk skip it, never follow it out of the
+/// worktree (paths would be resolved again at every step). Entries on
+/// another file system are left alone.
 pub fn hand_over(root: &Path, uid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
+    use nix::unistd::{fchownat, Uid};
+    use std::os::fd::AsFd;
+
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    let give = |path: &Path, meta: &std::fs::Metadata| -> std::io::Result<()> {
-        if meta.uid() == me && me != uid {
-            // lchown: a symlink itself, never what it points at.
-            std::os::unix::fs::lchown(path, Some(uid), None)?;
-        }
-        Ok(())
-    };
-    give(root, &std::fs::symlink_metadata(root)?)?;
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+    if me == uid {
+        return Ok(());
+    }
+    let to = Some(Uid::from_raw(uid));
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = nix::fcntl::open(root, dir_flags, Mode::empty())?;
+    let dev = fstat(&top)?.st_dev;
+    if fstat(&top)?.st_uid == me {
+        nix::unistd::fchown(&top, to, None)?;
+    }
+    let mut stack = vec![top];
+    while let Some(fd) = stack.pop() {
+        let mut dir = Dir::from_fd(fd)?;
+        let entries: Vec<(std::ffi::CString, Option<Type>)> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.file_name().to_owned(), e.file_type()))
+            .filter(|(n, _)| n.to_bytes() != b"." && n.to_bytes() != b"..")
+            .collect();
+        let mut subdirs = Vec::new();
+        for (name, kind) in entries {
+            let name = name.as_c_str();
+            let st = match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed meanwhile.
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
             };
-            let path = entry.path();
-            give(&path, &meta)?;
-            if meta.is_dir() {
-                stack.push(path);
+            if st.st_dev != dev {
+                continue;
+            }
+            if st.st_uid == me {
+                match fchownat(dir.as_fd(), name, to, None, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let is_dir = match kind {
+                Some(t) => t == Type::Directory,
+                None => SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            }
+        }
+        for name in subdirs {
+            // ELOOP/ENOTDIR: it became a symlink or a file meanwhile.
+            match openat(dir.as_fd(), name.as_c_str(), dir_flags, Mode::empty()) {
+                Ok(sub) => stack.push(sub),
+                Err(
+                    nix::errno::Errno::ELOOP
+                    | nix::errno::Errno::ENOTDIR
+                    | nix::errno::Errno::ENOENT,
+                ) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -1273,6 +1313,42 @@ mod tests {
         assert!(a.refusal.is_none());
         assert_eq!(a.mechanism_name(), "none");
         assert!(a.gaps[0].contains("no landlock"), "{:?}", a.gaps);
+    }
+
+    #[test]
+    fn a_root_service_drops_only_where_its_commands_can_reach() {
+        use std::os::unix::fs::PermissionsExt;
+        if !running_as_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("data/projects/p1");
+        std::fs::create_dir_all(&project).unwrap();
+        let f = facilities_with(Ok(7), true, false);
+        let req = policy(SandboxMode::Required);
+        // A 0700 parent: the sandbox uid could not reach the project.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let a = assess_at(&req, &f, &project);
+        assert!(
+            matches!(a.mechanism, Mechanism::Landlock { uid: None, .. }),
+            "{:?}",
+            a.mechanism
+        );
+        let why = a.refusal.expect("refused");
+        assert!(
+            why.contains("not searchable") && why.contains("chmod o+x"),
+            "{why}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let a = assess_at(&req, &f, &project);
+        assert!(a.refusal.is_none(), "{:?}", a.gaps);
+        assert!(matches!(
+            a.mechanism,
+            Mechanism::Landlock {
+                uid: Some(65534),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -29,6 +29,9 @@ struct Layout {
 /// elsewhere, all under a fresh temporary directory.
 fn layout() -> Layout {
     let dir = tempfile::tempdir().unwrap();
+    // Searchable by others: a root service's commands drop to another uid.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let base = dir.path().canonicalize().unwrap();
     let data = base.join("data");
     let root = data.join("projects/p1/worktrees/w1");
@@ -363,7 +366,8 @@ fn commands_of_a_private_network_can_use_their_own_loopback() {
 /// how many processes it makes (limit 40); prints one line per result.
 fn root_attacks(target: &Path, secrets: &Path) -> String {
     format!(
-        "chmod 4755 {t} 2>/dev/null && echo SETUID; \
+        "head -c 1 /etc/shadow >/dev/null 2>&1 && echo SHADOW-READ; \
+         chmod 4755 {t} 2>/dev/null && echo SETUID; \
          chmod 644 {s} 2>/dev/null && echo SECRETS-OPENED; \
          touch -d 2001-01-01 {t} 2>/dev/null && echo TIMES-CHANGED; \
          python3 -c \"
@@ -429,6 +433,7 @@ fn a_root_service_command_under_landlock_owns_nothing_outside_its_worktree() {
     assert!(out.contains("SECRETS-OPENED") && secrets == 0o644, "{out}");
     assert!(out.contains("TIMES-CHANGED") && moved, "{out}");
     assert!(out.contains("FORKED 80"), "{out}");
+    assert!(out.contains("SHADOW-READ"), "{out}");
 
     // After: the command is the sandbox uid.
     let (out, mode, secrets, moved) = attempt(Some(swarm_exec::sandbox::DEFAULT_SANDBOX_UID));
@@ -436,7 +441,10 @@ fn a_root_service_command_under_landlock_owns_nothing_outside_its_worktree() {
     assert_eq!(secrets, 0o600, "{out}");
     assert!(!moved, "{out}");
     assert!(
-        !out.contains("SETUID") && !out.contains("SECRETS") && !out.contains("TIMES"),
+        !out.contains("SETUID")
+            && !out.contains("SECRETS")
+            && !out.contains("TIMES")
+            && !out.contains("SHADOW"),
         "{out}"
     );
     let forked: u32 = out
@@ -445,4 +453,98 @@ fn a_root_service_command_under_landlock_owns_nothing_outside_its_worktree() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
     assert!(forked < 40, "the process limit did not bind: {out}");
+}
+
+/// Exchanges `a` and `b` (a directory and a symlink) until `stop`.
+fn flip(a: PathBuf, b: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: renameat2 with two valid C strings.
+        unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                2u32, // RENAME_EXCHANGE
+            );
+        }
+    }
+}
+
+/// The walk `hand_over` made before it went by descriptors: by path, with
+/// only the last component not followed (the defence off).
+fn hand_over_by_path(root: &Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.uid() == 0 {
+                let _ = std::os::unix::fs::lchown(e.path(), Some(uid), None);
+            }
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+/// A command of a root service that swaps a directory of its worktree for a
+/// symlink while the worker gives the worktree to the sandbox uid must not
+/// get root to chown anything outside.
+#[test]
+fn handing_the_worktree_over_never_follows_a_swapped_symlink() {
+    use std::os::unix::fs::MetadataExt;
+    if !root_user() {
+        eprintln!("skipped: only root hands worktrees over");
+        return;
+    }
+    let attempt = |walk: &dyn Fn(&Path)| -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let wt = base.join("wt");
+        let victim = base.join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        for i in 0..50 {
+            std::fs::write(victim.join(format!("f{i}")), "root's").unwrap();
+        }
+        std::fs::create_dir_all(wt.join("d")).unwrap();
+        std::fs::write(wt.join("d/file"), "x").unwrap();
+        std::os::unix::fs::symlink(&victim, wt.join("l")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (a, b, stop) = (wt.join("d"), wt.join("l"), stop.clone());
+            std::thread::spawn(move || flip(a, b, stop))
+        };
+        let started = std::time::Instant::now();
+        let mut leaked = false;
+        while started.elapsed() < Duration::from_secs(3) && !leaked {
+            walk(&wt);
+            leaked = std::fs::read_dir(&victim)
+                .unwrap()
+                .flatten()
+                .any(|e| e.metadata().unwrap().uid() != 0);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flipper.join().unwrap();
+        leaked
+    };
+    let uid = swarm_exec::sandbox::DEFAULT_SANDBOX_UID;
+    assert!(
+        attempt(&|wt| hand_over_by_path(wt, uid)),
+        "the race did not work against the path walk"
+    );
+    assert!(
+        !attempt(&|wt| {
+            let _ = swarm_exec::sandbox::hand_over(wt, uid);
+        }),
+        "hand_over chowned a file outside the worktree"
+    );
 }

@@ -56,7 +56,7 @@ pub enum Error {
     )]
     NotAWorktree { repo: PathBuf, worktree: PathBuf },
     #[error(
-        "these paths have control characters or are not UTF-8, and would be \
+        "these paths have control or bidirectional characters or are not UTF-8, and would be \
          misread in listings and manifests: {}; rename or delete them",
         paths.join(", ")
     )]
@@ -381,6 +381,28 @@ impl WorktreeGit {
     }
 }
 
+/// Removes every entry of `work_tree` but its `.git` link, never following
+/// a symlink.
+fn empty_worktree(work_tree: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(work_tree)? {
+        let entry = entry?;
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let removed = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// What [`scan_worktree`] found and did.
 #[derive(Debug, Default)]
 struct Scan {
@@ -453,16 +475,18 @@ fn relative(root: &Path, path: &Path) -> String {
     }
 }
 
-/// A name that prints as itself: UTF-8 without control characters.
+/// A name that prints as itself: UTF-8 without control characters or the
+/// bidirectional controls that reorder what a terminal shows (the same rule
+/// as the file tools' and the printing's: `swarm_protocol::text`).
 fn safe_name(name: &std::ffi::OsStr) -> bool {
-    std::str::from_utf8(name.as_bytes()).is_ok_and(|s| !s.chars().any(char::is_control))
+    std::str::from_utf8(name.as_bytes()).is_ok_and(|s| !swarm_protocol::text::has_unsafe_chars(s))
 }
 
 /// `path` with control characters written as escapes (`\n`, `\u{1b}`).
 fn escape_path(path: &str) -> String {
     path.chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if swarm_protocol::text::is_unsafe_char(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
@@ -673,12 +697,15 @@ pub fn reset_worktree_at(
     clean: bool,
 ) -> Result<GitLink> {
     let (wt, link) = WorktreeGit::open(repo, path)?;
+    if clean {
+        // Everything but the `.git` link goes, symlink-safely (not `git
+        // clean`, which walks by path; see `Repo::remove_worktree`), and the
+        // checkout below writes every tracked file again.
+        empty_worktree(&wt.work_tree)?;
+    }
     let lock = repo.worktree_lock(false)?;
     wt.git(&["checkout", "-q", "-f", "-B", branch, start], None)?;
     drop(lock);
-    if clean {
-        wt.git(&["clean", "-q", "-ffdx"], None)?;
-    }
     Ok(link)
 }
 
@@ -921,23 +948,18 @@ impl Repo {
     }
 
     /// Removes a worktree and its directory, whatever state it is in.
+    ///
+    /// Not with `git worktree remove`: git walks the tree by path (`lstat`,
+    /// then `opendir`), so a process still running there could swap a
+    /// directory for a symlink in between and have git delete files
+    /// elsewhere. The standard library's `remove_dir_all` opens each level
+    /// `O_NOFOLLOW` beneath the last; then git forgets the worktree.
     pub fn remove_worktree(&self, path: &Path) -> Result<()> {
-        let p = path.to_string_lossy();
-        let lock = self.worktree_lock(true)?;
-        let out = git_status(
-            &self.root,
-            &["worktree", "remove", "--force", "--force", &p],
-            None,
-        )?;
-        if out.exit.success() {
-            return Ok(());
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
-        // Not a registered worktree (or half-created): remove the directory
-        // and let git forget it.
-        if path.exists() {
-            std::fs::remove_dir_all(path)?;
-        }
-        drop(lock);
         self.prune_worktrees()
     }
 

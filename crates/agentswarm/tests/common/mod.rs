@@ -19,7 +19,7 @@ impl Harness {
         let scenario = Scenario::from_json_str(&scenario.to_string()).expect("scenario parses");
         let server = ScriptedServer::start_blocking(scenario).expect("scripted server starts");
         Harness {
-            home: tempfile::tempdir().expect("tempdir"),
+            home: reachable_home(),
             server,
         }
     }
@@ -129,6 +129,17 @@ impl Harness {
             .map(|t| t["id"].as_str().unwrap_or_default().to_owned())
             .collect()
     }
+}
+
+/// A temporary home other users may search (not list): a root service's
+/// sandboxed commands run as an unprivileged uid and must reach their
+/// worktree below it (docs/security.md).
+pub fn reachable_home() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the home");
+    home
 }
 
 pub fn text(out: &Output) -> String {
