@@ -896,8 +896,10 @@ impl Repo {
     }
 
     /// A new worktree at `path` on a new branch `branch` starting at the
-    /// current `main` (an existing branch of that name is reset).
-    pub fn add_worktree(&self, path: &Path, branch: &str) -> Result<()> {
+    /// current `main` (an existing branch of that name is reset). For tests:
+    /// the worker creates its worktree with [`Repo::add_worktree_at`].
+    #[cfg(test)]
+    pub(crate) fn add_worktree(&self, path: &Path, branch: &str) -> Result<()> {
         let start = self.head()?;
         self.add_worktree_at(path, branch, &start)
     }
@@ -938,8 +940,10 @@ impl Repo {
     /// Points an existing worktree at a new branch `branch` starting at the
     /// current `main`, overwriting tracked files (only those that differ are
     /// written). With `clean`, untracked and ignored files go too. See
-    /// [`reset_worktree_at`].
-    pub fn reset_worktree(&self, path: &Path, branch: &str, clean: bool) -> Result<GitLink> {
+    /// [`reset_worktree_at`]. For tests: the worker resets its worktree with
+    /// [`reset_worktree_at`] at the commit it was given.
+    #[cfg(test)]
+    pub(crate) fn reset_worktree(&self, path: &Path, branch: &str, clean: bool) -> Result<GitLink> {
         // Resolve main first: `checkout -B <branch> main` resolves the name
         // twice (for the files, then for the branch), so a merge landing in
         // between would leave the branch ahead of the files it checked out.

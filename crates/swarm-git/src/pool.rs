@@ -77,8 +77,10 @@ impl WorktreePool {
     }
 
     /// A worktree on a new branch `branch` at the current `main`, ready to
-    /// use. Blocking.
-    pub fn acquire(&self, branch: &str) -> Result<PathBuf> {
+    /// use. Blocking. For tests: a worker gets its worktree ready itself from
+    /// a [`Lease`].
+    #[cfg(test)]
+    pub(crate) fn acquire(&self, branch: &str) -> Result<PathBuf> {
         loop {
             let reuse = self.state.lock().ok().and_then(|mut s| s.idle.pop());
             let Some((path, dirty)) = reuse else { break };
