@@ -410,54 +410,65 @@ struct Scan {
     unsafe_names: Vec<String>,
 }
 
-/// Walks a worktree (never following symlinks) and removes every `.git`
-/// below its root — a directory, a file or a link: a nested repository,
-/// which git would record as a gitlink and later run `git status` in,
-/// obeying that repository's configuration. Also lists the names git would
-/// misreport (control characters, not UTF-8), outside the commands' private
+/// Walks a worktree and removes every `.git` below its root — a directory,
+/// a file or a link: a nested repository, which git would record as a
+/// gitlink and later run `git status` in, obeying that repository's
+/// configuration. Also lists the names git would misreport (control or
+/// bidirectional characters, not UTF-8), outside the commands' private
 /// directory. Cheap next to git's own walk of the same tree.
+///
+/// By directory descriptors, each opened `O_NOFOLLOW` beneath the last, and
+/// removing relative to them: a directory swapped for a symlink meanwhile
+/// is skipped, never followed out of the worktree.
 fn scan_worktree(work_tree: &Path) -> Result<Scan> {
-    let private = work_tree.join(swarm_exec::sandbox::PRIVATE_DIR);
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut scan = Scan::default();
-    let mut stack = vec![work_tree.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            // Removed meanwhile, or unreadable: git will say so if it matters.
-            Err(e) if dir != work_tree => {
-                tracing::debug!(dir = %dir.display(), error = %e, "cannot scan a directory");
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if name == ".git" {
-                if dir == work_tree {
+    let top = open(work_tree, flags, Mode::empty()).map_err(std::io::Error::from)?;
+    // (descriptor, path relative to the worktree)
+    let mut stack: Vec<(std::os::fd::OwnedFd, PathBuf)> = vec![(top, PathBuf::new())];
+    while let Some((fd, rel)) = stack.pop() {
+        let mut dir = Dir::from_fd(fd).map_err(std::io::Error::from)?;
+        let entries: Vec<(std::ffi::CString, Option<Type>)> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.file_name().to_owned(), e.file_type()))
+            .filter(|(n, _)| n.to_bytes() != b"." && n.to_bytes() != b"..")
+            .collect();
+        for (name, kind) in entries {
+            let os = OsStr::from_bytes(name.to_bytes());
+            let child = rel.join(os);
+            if os == ".git" {
+                if rel.as_os_str().is_empty() {
                     continue; // the worktree's own link, restored by `open`
                 }
-                let removed = if kind.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                match removed {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                scan.nested.push(relative(work_tree, &dir));
+                remove_at(dir.as_fd(), &name)?;
+                scan.nested
+                    .push(String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned());
                 continue;
             }
-            if !path.starts_with(&private) && !safe_name(&name) {
-                scan.unsafe_names
-                    .push(escape_path(&relative(work_tree, &path)));
+            let private = child.starts_with(swarm_exec::sandbox::PRIVATE_DIR);
+            if !private && !safe_name(os) {
+                scan.unsafe_names.push(escape_path(&String::from_utf8_lossy(
+                    child.as_os_str().as_bytes(),
+                )));
             }
-            if kind.is_dir() {
-                stack.push(path);
+            if kind == Some(Type::Directory) || kind.is_none() {
+                match openat(dir.as_fd(), name.as_c_str(), flags, Mode::empty()) {
+                    Ok(sub) => stack.push((sub, child)),
+                    // A file, a symlink, or gone: nothing to walk.
+                    Err(
+                        nix::errno::Errno::ENOTDIR
+                        | nix::errno::Errno::ELOOP
+                        | nix::errno::Errno::ENOENT,
+                    ) => {}
+                    Err(e) => return Err(std::io::Error::from(e).into()),
+                }
             }
         }
     }
@@ -466,12 +477,42 @@ fn scan_worktree(work_tree: &Path) -> Result<Scan> {
     Ok(scan)
 }
 
-fn relative(root: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    if rel.as_os_str().is_empty() {
-        ".".into()
-    } else {
-        String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned()
+/// Removes `name` in `dir` — a file, a link or a whole tree — never
+/// following a symlink: each level is opened `O_NOFOLLOW` beneath the last
+/// and emptied relative to its descriptor (what the standard library's
+/// `remove_dir_all` does for a path; written here for a descriptor).
+fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<()> {
+    use nix::dir::Dir;
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::os::fd::AsFd;
+
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::EISDIR | Errno::EPERM) => {}
+        Err(e) => return Err(std::io::Error::from(e).into()),
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(std::io::Error::from(e).into()),
+    };
+    let mut sub = Dir::from_fd(fd).map_err(std::io::Error::from)?;
+    let names: Vec<std::ffi::CString> = sub
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
+        .collect();
+    for n in names {
+        remove_at(sub.as_fd(), &n)?;
+    }
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e).into()),
     }
 }
 
@@ -1673,6 +1714,80 @@ mod tests {
                 "{variant}: the reset ran the planted program"
             );
         }
+    }
+
+    /// The scan before it went by descriptors: by path (the defence off).
+    fn scan_by_path(work_tree: &Path) {
+        let mut stack = vec![work_tree.to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(kind) = e.file_type() else { continue };
+                if e.file_name() == ".git" && dir != work_tree {
+                    let _ = std::fs::remove_dir_all(e.path());
+                } else if kind.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+
+    /// A command that swaps a directory of its worktree for a symlink while
+    /// the worker scans for nested repositories must not get a `.git`
+    /// outside the worktree removed.
+    #[test]
+    fn the_nested_repository_scan_never_follows_a_swapped_symlink() {
+        use std::os::unix::ffi::OsStrExt;
+        let attempt = |scan: &dyn Fn(&Path)| -> bool {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().canonicalize().unwrap();
+            let wt = base.join("wt");
+            let victim = base.join("victim");
+            std::fs::create_dir_all(victim.join(".git")).unwrap();
+            std::fs::write(victim.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+            std::fs::create_dir_all(wt.join("d/x")).unwrap();
+            std::os::unix::fs::symlink(&victim, wt.join("l")).unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flipper = {
+                let stop = stop.clone();
+                let a = std::ffi::CString::new(wt.join("d").as_os_str().as_bytes()).unwrap();
+                let b = std::ffi::CString::new(wt.join("l").as_os_str().as_bytes()).unwrap();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // SAFETY: renameat2 (RENAME_EXCHANGE) with two valid C strings.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_renameat2,
+                                libc::AT_FDCWD,
+                                a.as_ptr(),
+                                libc::AT_FDCWD,
+                                b.as_ptr(),
+                                2u32,
+                            );
+                        }
+                    }
+                })
+            };
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(3) && victim.join(".git").exists() {
+                scan(&wt);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            flipper.join().unwrap();
+            !victim.join(".git").exists()
+        };
+        assert!(
+            attempt(&|wt| scan_by_path(wt)),
+            "the race did not work against the path walk"
+        );
+        assert!(
+            !attempt(&|wt| {
+                let _ = scan_worktree(wt);
+            }),
+            "scan_worktree removed a .git outside the worktree"
+        );
     }
 
     #[test]
