@@ -409,8 +409,21 @@ async fn demo(
     let project = engine.create_project(swarm_testkit::DEMO_GOAL, None)?;
     println!("goal: {}", swarm_testkit::DEMO_GOAL);
     println!("project {}", project.id());
+    let id = project.id().clone();
     let code = drive(&engine, &project, out).await;
     server.shutdown().await;
+    if !out.json && matches!(&code, Ok(c) if *c == ExitCode::SUCCESS) {
+        println!();
+        println!("next:");
+        println!("  mkdir /tmp/wordstats && tar -xzf <the delivery above> -C /tmp/wordstats");
+        println!("  cd /tmp/wordstats/wordstats && python3 -m unittest discover -s tests   # the delivered tests, outside the swarm");
+        println!("  agentswarm logs {id}      # what each worker did; `agentswarm status {id}` for the tasks");
+        println!(
+            "  agentswarm serve          # the daemon and its dashboard on http://127.0.0.1:7700/"
+        );
+        println!("  with a real model: export OPENAI_API_KEY=… AGENTSWARM_MODEL=…, then");
+        println!("  agentswarm doctor --check-model && agentswarm run \"your goal\"   (README, docs/providers.md)");
+    }
     code
 }
 

@@ -52,3 +52,46 @@ fn demo_runs_offline_and_delivers_a_verified_project() {
     );
     assert!(files.keys().any(|k| k.ends_with(".py")));
 }
+
+/// The plain demo ends with next steps, and the first ones work as printed:
+/// the delivery unpacks and its tests pass outside the swarm.
+#[test]
+fn the_demo_ends_with_next_steps_that_work() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agentswarm"))
+        .args(["demo", "--no-progress"])
+        .current_dir(home.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AGENTSWARM_HOME", home.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let next = stdout.split("\nnext:\n").nth(1).expect("next steps");
+    assert!(
+        next.contains("agentswarm logs") && next.contains("--check-model"),
+        "{next}"
+    );
+    let delivery = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("delivery: "))
+        .expect("a delivery line");
+    let dir = home.path().join("unpacked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("tar")
+        .args(["-xzf", delivery, "-C"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let tests = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(dir.join("wordstats"))
+        .output()
+        .unwrap();
+    assert!(tests.status.success(), "{}", common::text(&tests));
+    assert!(String::from_utf8_lossy(&tests.stderr).contains("OK"));
+}
