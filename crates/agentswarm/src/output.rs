@@ -89,7 +89,26 @@ pub fn print_report(r: &RunReport, json: bool) {
         println!("why: {}", escape_control(e));
     }
     if let Some(d) = &r.delivery {
-        println!("delivery: {}", d.display());
+        // A run that did not finish ships what main holds: say so.
+        let files = r
+            .manifest
+            .as_ref()
+            .and_then(|m| std::fs::read(m).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["files"].as_array().map(Vec::len));
+        match (r.status, files) {
+            (swarm_protocol::ProjectState::Done, _) => println!("delivery: {}", d.display()),
+            (_, Some(0)) => println!(
+                "delivery: {} (empty: no task's work was merged)",
+                d.display()
+            ),
+            _ => println!(
+                "delivery: {} (partial: what main holds after {} of {} tasks)",
+                d.display(),
+                r.tasks_done,
+                r.tasks_total
+            ),
+        }
     }
     if let Some(m) = &r.manifest {
         println!("manifest: {}", m.display());

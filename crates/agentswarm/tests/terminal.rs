@@ -494,3 +494,30 @@ fn submit_without_a_daemon_says_so_and_takes_only_its_flags() {
         );
     }
 }
+
+/// A project that did not finish says its delivery is partial.
+#[test]
+fn a_failed_run_says_its_delivery_is_partial() {
+    let (h, _) = harness(0);
+    let p = plan("terminal", &[("alpha", &[]), ("beta", &[])], &["false"]);
+    let path = h.home.path().join("failing.json");
+    std::fs::write(&path, p.to_string()).unwrap();
+    let out = h.run(&[
+        "run",
+        "--no-progress",
+        "--max-fix-rounds",
+        "0",
+        "--plan",
+        path.to_str().unwrap(),
+        "a goal whose verify fails",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("delivery: "))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert!(
+        line.contains("(partial: what main holds after 2 of 3 tasks)"),
+        "{line}"
+    );
+}
