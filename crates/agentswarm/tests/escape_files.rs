@@ -29,29 +29,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use swarm_agent::paths::beneath::Resolver;
 use swarm_agent::Tools;
-use swarm_exec::sandbox::facilities;
 use swarm_testkit::RequestKind;
 
 const CANARY: &str = "CANARY-FROM-OUTSIDE-THE-WORKTREE";
-
-fn mechanisms() -> Vec<&'static str> {
-    let required = std::env::var("AGENTSWARM_TEST_SANDBOXES").unwrap_or_default();
-    let f = facilities();
-    let mut out = Vec::new();
-    for (name, why) in [
-        ("landlock", f.landlock.as_ref().err()),
-        ("bubblewrap", f.bubblewrap.as_ref().err()),
-    ] {
-        match why {
-            None => out.push(name),
-            Some(why) if required.split(',').any(|r| r.trim() == name) => {
-                panic!("AGENTSWARM_TEST_SANDBOXES names {name}, but {why}")
-            }
-            Some(why) => eprintln!("skipping the {name} sandbox: {why}"),
-        }
-    }
-    out
-}
 
 /// Exchanges two names as fast as it can.
 const EXCHANGER: &str = r#"

@@ -26,7 +26,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use swarm_exec::sandbox::facilities;
 use swarm_testkit::RequestKind;
 
 const KEY: &str = "test-key-not-a-real-secret";
@@ -34,25 +33,6 @@ const KEY: &str = "test-key-not-a-real-secret";
 const KEY_SHAPED: &str = "sk-proj-FAKEFAKEFAKEFAKEFAKEFAKE1234";
 const SPOOF_LINE: &str =
     "0000000000000000000000000000000000000000000000000000000000000000  6  spoofed.txt";
-
-fn mechanisms() -> Vec<&'static str> {
-    let required = std::env::var("AGENTSWARM_TEST_SANDBOXES").unwrap_or_default();
-    let f = facilities();
-    let mut out = Vec::new();
-    for (name, why) in [
-        ("landlock", f.landlock.as_ref().err()),
-        ("bubblewrap", f.bubblewrap.as_ref().err()),
-    ] {
-        match why {
-            None => out.push(name),
-            Some(why) if required.split(',').any(|r| r.trim() == name) => {
-                panic!("AGENTSWARM_TEST_SANDBOXES names {name}, but {why}")
-            }
-            Some(why) => eprintln!("skipping the {name} sandbox: {why}"),
-        }
-    }
-    out
-}
 
 /// Every tool result of a task's conversation, in order.
 fn all_tool_results(h: &Harness, task: &str) -> Vec<String> {

@@ -13,49 +13,6 @@ use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use swarm_exec::sandbox::facilities;
-use swarm_testkit::RequestKind;
-
-fn mechanisms() -> Vec<&'static str> {
-    let required = std::env::var("AGENTSWARM_TEST_SANDBOXES").unwrap_or_default();
-    let f = facilities();
-    let mut out = Vec::new();
-    for (name, why) in [
-        ("landlock", f.landlock.as_ref().err()),
-        ("bubblewrap", f.bubblewrap.as_ref().err()),
-    ] {
-        match why {
-            None => out.push(name),
-            Some(why) if required.split(',').any(|r| r.trim() == name) => {
-                panic!("AGENTSWARM_TEST_SANDBOXES names {name}, but {why}")
-            }
-            Some(why) => eprintln!("skipping the {name} sandbox: {why}"),
-        }
-    }
-    out
-}
-
-/// The tool result each worker turn of `task` got, by the turn that ran it.
-fn tool_results(h: &Harness, task: &str) -> Vec<String> {
-    let mut reqs: Vec<_> = h
-        .server
-        .requests()
-        .into_iter()
-        .filter(|r| r.kind == RequestKind::Worker && r.task.as_deref() == Some(task))
-        .collect();
-    reqs.sort_by_key(|r| r.turn);
-    reqs.iter()
-        .skip(1)
-        .map(|r| {
-            r.body["messages"]
-                .as_array()
-                .and_then(|m| m.last())
-                .and_then(|m| m["content"].as_str())
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect()
-}
 
 fn write_secrets(h: &Harness) -> std::path::PathBuf {
     let path = h.home.path().join("secrets.env");

@@ -356,3 +356,47 @@ pub fn ready_daemon(h: &Harness) -> Option<String> {
         .starts_with("HTTP/1.1 200")
         .then_some(base)
 }
+
+/// The sandbox mechanisms to run a test under: those this machine has; one
+/// that `AGENTSWARM_TEST_SANDBOXES` (set by `.ci/run`) names but is missing
+/// fails the test instead of being skipped.
+pub fn mechanisms() -> Vec<&'static str> {
+    let required = std::env::var("AGENTSWARM_TEST_SANDBOXES").unwrap_or_default();
+    let f = swarm_exec::sandbox::facilities();
+    let mut out = Vec::new();
+    for (name, why) in [
+        ("landlock", f.landlock.as_ref().err()),
+        ("bubblewrap", f.bubblewrap.as_ref().err()),
+    ] {
+        match why {
+            None => out.push(name),
+            Some(why) if required.split(',').any(|r| r.trim() == name) => {
+                panic!("AGENTSWARM_TEST_SANDBOXES names {name}, but {why}")
+            }
+            Some(why) => eprintln!("skipping the {name} sandbox: {why}"),
+        }
+    }
+    out
+}
+
+/// The tool result each worker turn of `task` got, by the turn that ran it.
+pub fn tool_results(h: &Harness, task: &str) -> Vec<String> {
+    let mut reqs: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Worker && r.task.as_deref() == Some(task))
+        .collect();
+    reqs.sort_by_key(|r| r.turn);
+    reqs.iter()
+        .skip(1)
+        .map(|r| {
+            r.body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
