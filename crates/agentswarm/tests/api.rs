@@ -697,6 +697,38 @@ fn budget_exhausted_then_resumed_through_the_api_and_cancel_stops_a_run() {
         Some(&json!({"options": {"max_tokens": 0}})),
     );
     assert_eq!(code, 422, "{e}");
+    // A cost budget for a model without a price could not be enforced:
+    // refused, naming the model, for a resume and for a new project.
+    let (code, e) = api.call(
+        "POST",
+        "/api/v1/projects/{project}/resume",
+        &format!("{base}/resume"),
+        Some(&json!({"options": {"max_cost_usd": 5}})),
+    );
+    assert_eq!(code, 422, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"scripted-test-model\""),
+        "{e}"
+    );
+    let (code, e) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "g", "options": {"max_cost_usd": 5}})),
+    );
+    assert_eq!(code, 422, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("[prices."), "{e}");
+    assert_eq!(
+        api.get("/api/v1/projects", "/api/v1/projects").1["projects"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "a project was stored"
+    );
     let (code, resumed) = api.call(
         "POST",
         "/api/v1/projects/{project}/resume",

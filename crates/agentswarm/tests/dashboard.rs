@@ -256,6 +256,12 @@ impl Rig {
     async fn start(serve_env: &[(&str, &str)]) -> Rig {
         browser_binaries();
         let h = Harness::new(scenario());
+        // The form sends a cost budget, which needs the model's price.
+        std::fs::write(
+            h.home.path().join("agentswarm.toml"),
+            "[prices.\"scripted-test-model\"]\ninput_per_mtok = 0.4\noutput_per_mtok = 1.6\n",
+        )
+        .unwrap();
         let (serve, addr) = start_serve(&h, serve_env);
         let browser_dir = h.home.path().join("browser");
         let downloads = h.home.path().join("downloads");

@@ -374,6 +374,85 @@ fn a_spent_budget_ends_the_project_and_resume_carries_on() {
     }
 }
 
+/// A cost budget is refused, before anything is stored or asked, when a
+/// model some role uses has no price: its calls would count $0 and the
+/// budget would never be reached.
+#[test]
+fn a_cost_budget_without_a_price_is_refused_before_anything_is_stored() {
+    let (sc, plan) = two_task_scenario(json!({}));
+    let h = Harness::new(sc);
+    let plan_file = h.home.path().join("plan.json");
+    std::fs::write(&plan_file, plan.to_string()).unwrap();
+    let plan_file = plan_file.to_str().unwrap();
+    let refused = |out: &std::process::Output, models: &[&str]| {
+        assert_eq!(out.status.code(), Some(1), "{}", text(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for m in models {
+            assert!(err.contains(&format!("\"{m}\"")), "{m} not named: {err}");
+        }
+        assert!(
+            err.contains("max_cost_usd")
+                && err.contains("[prices.")
+                && err.contains("docs/providers.md"),
+            "{err}"
+        );
+    };
+    refused(
+        &h.run(&["run", "--max-cost-usd", "0.0001", "build it"]),
+        &["scripted-test-model"],
+    );
+    refused(
+        &h.run(&[
+            "submit",
+            "--max-cost-usd",
+            "1",
+            "--plan",
+            plan_file,
+            "build it",
+        ]),
+        &["scripted-test-model"],
+    );
+    // The primary priced, a fallback not: still refused, naming the fallback.
+    let config = format!(
+        "[providers.local]\nbase_url = \"{}\"\n\
+         [models.worker]\nprovider = \"local\"\nmodel = \"scripted-test-model\"\n\
+         fallback = [{{ provider = \"local\", model = \"spare-model\" }}]\n\
+         [prices.\"scripted-test-model\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\n",
+        h.server.base_url()
+    );
+    let out = with_config(&h, &config, &["run", "--max-cost-usd", "1", "build it"])
+        .output()
+        .unwrap();
+    refused(&out, &["spare-model"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("\"scripted-test-model\""),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(h.home.path().join("agentswarm.toml")).unwrap();
+    let out = h.run(&["status", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("\"id\""),
+        "a project was stored: {}",
+        text(&out)
+    );
+
+    // `resume` with a new budget: refused, the stored limits unchanged.
+    let out = h.run(&["submit", "--json", "--plan", plan_file, "build it"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = last_json_line(&out)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    refused(
+        &h.run(&["resume", &project, "--max-cost-usd", "1"]),
+        &["scripted-test-model"],
+    );
+    let status = h.status_json(&project);
+    assert!(status["options"]["max_cost_usd"].is_null(), "{status}");
+    assert!(h.server.requests().is_empty(), "a model was asked");
+}
+
 #[test]
 fn a_recorded_run_replays_to_the_same_delivery_without_the_server() {
     let (sc, _) = two_task_scenario(json!({}));

@@ -237,6 +237,24 @@ impl Models {
             .map(|p| p.cost(input_tokens, output_tokens))
     }
 
+    /// The models some role uses (primary or fallback) that have no
+    /// `[prices."MODEL"]` entry, sorted, each once: their calls count $0
+    /// towards a cost budget.
+    pub fn unpriced(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = ModelRole::ALL
+            .iter()
+            .flat_map(|r| {
+                let r = self.role(*r);
+                std::iter::once(&r.primary).chain(&r.fallback)
+            })
+            .map(|m| m.model.as_str())
+            .filter(|m| !self.prices.contains_key(*m))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Every configured key value (for redaction).
     pub fn key_values(&self) -> Vec<String> {
         use secrecy::ExposeSecret;

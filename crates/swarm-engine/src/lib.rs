@@ -57,6 +57,9 @@ pub enum Error {
     /// Empty, or longer than [`MAX_GOAL_CHARS`]: refused before it is stored.
     #[error("{0}")]
     InvalidGoal(String),
+    /// A cost budget for models without a price: it could not be enforced.
+    #[error("{0}")]
+    UnpricedBudget(String),
     #[error("project {0} is {1}: {hint}", hint = resume_hint(*.1))]
     NotResumable(ProjectId, ProjectState),
     #[error(
@@ -485,6 +488,31 @@ pub fn goal_problem(goal: &str) -> Option<String> {
     })
 }
 
+/// Why `limits` hold a cost budget (`max_cost_usd`) that cannot be
+/// measured, if they do: some model a role uses (primary or fallback) has
+/// no price, so its calls would count $0 and the budget would never be
+/// reached. Without a model configuration nothing is known yet: no problem.
+pub fn budget_problem(config: &Config, limits: &RunLimits) -> Option<String> {
+    let max = limits.max_cost_usd?;
+    let models = config.models().ok()?;
+    let unpriced = models.unpriced();
+    if unpriced.is_empty() {
+        return None;
+    }
+    let names = unpriced
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first = unpriced.first().copied().unwrap_or_default();
+    Some(format!(
+        "max_cost_usd {max} cannot be enforced: no price is configured for {names}, whose calls \
+         would count $0; add one per model to agentswarm.toml, e.g. \
+         [prices.\"{first}\"] input_per_mtok = 0.40 and output_per_mtok = 1.60 (US dollars per \
+         million tokens; see docs/providers.md), or bound the project with --max-tokens instead"
+    ))
+}
+
 /// Creates a project for `goal` and holds its lock (drop the lock to leave
 /// the project to `agentswarm serve`). With `plan`, the planner is skipped:
 /// the plan is validated (an invalid one is an error listing every problem)
@@ -509,6 +537,9 @@ pub fn create_project_with(
 ) -> Result<ProjectLock> {
     if let Some(why) = goal_problem(goal) {
         return Err(Error::InvalidGoal(why));
+    }
+    if let Some(why) = budget_problem(config, &limits) {
+        return Err(Error::UnpricedBudget(why));
     }
     if let Some(p) = &plan {
         let problems = plan::validate_plan(p, limits.max_tasks);

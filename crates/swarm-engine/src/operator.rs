@@ -94,6 +94,11 @@ impl Engine {
     /// they differ from `before`.
     fn replace_limits(&self, id: &ProjectId, before: &RunLimits, after: &RunLimits) -> Result<()> {
         if after != before {
+            if after.max_cost_usd.is_some() && after.max_cost_usd != before.max_cost_usd {
+                if let Some(why) = crate::budget_problem(&self.config, after) {
+                    return Err(Error::UnpricedBudget(why));
+                }
+            }
             let options = serde_json::to_value(after).map_err(|e| Error::Other(e.to_string()))?;
             self.store.set_project_options(id, &options)?;
             self.store.append_event(id, None, "limits", &options)?;

@@ -72,7 +72,7 @@ impl From<swarm_engine::Error> for ApiError {
         use swarm_engine::Error as E;
         match e {
             E::Store(s) => s.into(),
-            E::InvalidPlan(_) | E::InvalidOptions(_) | E::InvalidGoal(_) => {
+            E::InvalidPlan(_) | E::InvalidOptions(_) | E::InvalidGoal(_) | E::UnpricedBudget(_) => {
                 ApiError::unprocessable(e.to_string())
             }
             E::Busy(_) | E::Cancelled(_) | E::NotResumable(..) => ApiError::conflict(e.to_string()),
