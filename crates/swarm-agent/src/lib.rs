@@ -96,7 +96,8 @@ fn agent_loop<R: BufRead, W: Write>(
         Duration::from_secs(start.command_timeout_secs),
         start.output_cap_bytes,
     )
-    .with_sandbox(start.sandbox.clone());
+    .with_sandbox(start.sandbox.clone())
+    .with_settings(start.agent.clone());
     let specs = tool_specs();
     // A root service's commands run as this uid and must own the worktree.
     let dropped_uid = swarm_exec::sandbox::dropped_uid(&start.sandbox);
@@ -182,7 +183,7 @@ fn agent_loop<R: BufRead, W: Write>(
                 handed_over = match name {
                     // The first command's sandbox hands the whole worktree over.
                     "run_command" => Some(true),
-                    "read_file" | "list_files" | "finish" => handed_over,
+                    "read_file" | "list_files" | "search" | "finish" => handed_over,
                     _ => handed_over.map(|_| false),
                 };
                 if name == "run_command" && start.sandbox.sweep_after_command() {
@@ -391,6 +392,7 @@ mod tests {
             commit_subject: "t1: test".into(),
             setup,
             sandbox: Default::default(),
+            agent: Default::default(),
         })))
         .unwrap()
     }

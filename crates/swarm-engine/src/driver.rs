@@ -121,6 +121,7 @@ pub async fn drive(
     let mut start = job.start;
     start.worktree = worktree.clone();
     start.setup = setup;
+    start.agent = ctx.gateway.agent_settings(swarm_config::ModelRole::Worker);
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(
         &ctx,

@@ -276,6 +276,12 @@ impl Gateway {
         &self.inner.redactor
     }
 
+    /// The built-in agent's bounds for `role`'s model (its context window,
+    /// the size of tool results), carried to the worker in its start message.
+    pub fn agent_settings(&self, role: ModelRole) -> swarm_protocol::worker::AgentSettings {
+        self.inner.models.role(role).agent.clone()
+    }
+
     /// The shared model-request limiter (`API_RATE_LIMIT_RPM`) now.
     pub fn rate_limit(&self) -> LimiterSnapshot {
         self.inner.limiter.snapshot()

@@ -795,6 +795,8 @@ impl Run<'_> {
                         // Filled in by the driver.
                         setup: WorktreeSetup::Ready,
                         sandbox: self.ctx.sandbox.clone(),
+                        // Filled in by the driver (the worker model's bounds).
+                        agent: Default::default(),
                     };
                     let ctx = self.ctx.clone();
                     let tx = self.tx.clone();
