@@ -12,10 +12,12 @@
 //! async runtime keeps the worker process small.
 
 pub mod paths;
+pub mod stuck;
 pub mod tools;
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
+use stuck::{StuckDetector, Verdict};
 use swarm_protocol::chat::{ChatMessage, Role};
 use swarm_protocol::worker::{
     FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
@@ -109,6 +111,7 @@ fn agent_loop<R: BufRead, W: Write>(
         ChatMessage::user(&start.prompt),
     ];
     let mut seq = 0u64;
+    let mut stuck = StuckDetector::new();
     for turn in 1..=start.max_turns {
         seq += 1;
         ch.send(&FromWorker::ModelRequest {
@@ -130,6 +133,22 @@ fn agent_loop<R: BufRead, W: Write>(
         };
         let message = match reply {
             ModelResult::Ok { message, .. } => message,
+            ModelResult::Error { error } if is_context_error(&error) => {
+                // Too long for the model: shorten and ask again, unless
+                // that keeps happening.
+                stuck.context_error();
+                match stuck.verdict() {
+                    Verdict::Stuck(reason) => {
+                        return Ok(FromWorker::Stuck {
+                            reason,
+                            turns: turn,
+                        })
+                    }
+                    Verdict::Nudge(_) | Verdict::Fine => {}
+                }
+                shorten_tool_outputs(&mut messages);
+                continue;
+            }
             ModelResult::Error { error } => {
                 return Ok(FromWorker::Failed {
                     reason: format!("model call failed: {error}"),
@@ -142,7 +161,17 @@ fn agent_loop<R: BufRead, W: Write>(
         let calls = message.tool_calls.clone();
         messages.push(message);
         if calls.is_empty() {
-            messages.push(ChatMessage::user(NUDGE));
+            stuck.talk();
+            match stuck.verdict() {
+                Verdict::Fine => messages.push(ChatMessage::user(NUDGE)),
+                Verdict::Nudge(m) => messages.push(ChatMessage::user(m)),
+                Verdict::Stuck(reason) => {
+                    return Ok(FromWorker::Stuck {
+                        reason,
+                        turns: turn,
+                    })
+                }
+            }
             continue;
         }
         if let Some(handle) = setup.take() {
@@ -201,16 +230,73 @@ fn agent_loop<R: BufRead, W: Write>(
                     None => r.text,
                 }
             };
+            if finished.is_none() {
+                stuck.tool_call(name, &call.function.arguments, &text);
+            }
             messages.push(ChatMessage::tool_result(&call.id, text));
         }
         if let Some(outcome) = finished {
             return Ok(outcome);
+        }
+        match stuck.verdict() {
+            Verdict::Fine => {}
+            Verdict::Nudge(m) => messages.push(ChatMessage::user(m)),
+            Verdict::Stuck(reason) => {
+                return Ok(FromWorker::Stuck {
+                    reason,
+                    turns: turn,
+                })
+            }
         }
     }
     Ok(FromWorker::Failed {
         reason: format!("max_turns ({}) reached without finish", start.max_turns),
         turns: start.max_turns,
     })
+}
+
+/// Whether a failed model call was refused for the length of the
+/// conversation (OpenAI's `context_length_exceeded`, Anthropic's `prompt is
+/// too long`, and the wording of vLLM, llama.cpp and Ollama).
+pub fn is_context_error(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "context length",
+        "context window",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+        "exceeds the context",
+        "input is too long",
+    ]
+    .iter()
+    .any(|p| e.contains(p))
+}
+
+/// Cuts every tool result but the last two to its first lines, after a
+/// context-window error.
+fn shorten_tool_outputs(messages: &mut [ChatMessage]) {
+    let tool_idx: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::Tool)
+        .map(|(i, _)| i)
+        .collect();
+    for &i in tool_idx.iter().rev().skip(2) {
+        if let Some(text) = messages[i].content.as_mut() {
+            if text.len() > 400 {
+                let mut head = 300;
+                while !text.is_char_boundary(head) {
+                    head -= 1;
+                }
+                *text = format!(
+                    "{}\n[… older tool output shortened to fit the context window]",
+                    &text[..head]
+                );
+            }
+        }
+    }
 }
 
 /// Commits the worktree for `finish`: the attempt's outcome, or the error
@@ -487,5 +573,148 @@ mod tests {
         assert!(
             matches!(out.last().unwrap(), FromWorker::Failed { reason, .. } if reason.contains("http 500"))
         );
+    }
+
+    fn last_request(out: &[FromWorker]) -> &Vec<ChatMessage> {
+        out.iter()
+            .rev()
+            .find_map(|m| match m {
+                FromWorker::ModelRequest { messages, .. } => Some(messages),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn user_texts(messages: &[ChatMessage]) -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .filter_map(|m| m.content.clone())
+            .collect()
+    }
+
+    /// Runs `replies` (one a turn) and returns what the worker sent.
+    fn run_turns(dir: &std::path::Path, replies: Vec<Vec<ToolCall>>) -> Vec<FromWorker> {
+        let mut lines = vec![start(dir, 40)];
+        for (i, calls) in replies.into_iter().enumerate() {
+            lines.push(reply(i as u64 + 1, calls));
+        }
+        run(&lines)
+    }
+
+    #[test]
+    fn a_repeated_call_is_nudged_then_ends_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "same").unwrap();
+        let read = || vec![call("c", "read_file", serde_json::json!({"path": "a.txt"}))];
+        let out = run_turns(dir.path(), (0..8).map(|_| read()).collect());
+        let FromWorker::Stuck { reason, turns } = out.last().unwrap() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*turns, 8);
+        assert!(
+            reason.starts_with("stuck: the same `read_file` call"),
+            "{reason}"
+        );
+        // After the fourth, the model was told what was seen.
+        let nudges: Vec<String> = user_texts(last_request(&out))
+            .into_iter()
+            .filter(|t| t.starts_with("You seem to be stuck"))
+            .collect();
+        assert_eq!(nudges.len(), 1, "{nudges:?}");
+        assert!(nudges[0].contains("same result 4 times"));
+    }
+
+    #[test]
+    fn a_repeated_error_alternation_and_monologue_end_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = || vec![call("c", "read_file", serde_json::json!({"path": "nope"}))];
+        let out = run_turns(dir.path(), (0..6).map(|_| missing()).collect());
+        assert!(
+            matches!(out.last().unwrap(), FromWorker::Stuck { reason, turns: 6 } if reason.contains("failed 3 times") && reason.contains("does not exist")),
+            "{:?}",
+            out.last()
+        );
+
+        let a = || vec![call("a", "list_files", serde_json::json!({}))];
+        let b = || {
+            vec![call(
+                "b",
+                "run_command",
+                serde_json::json!({"command": "true"}),
+            )]
+        };
+        let out = run_turns(
+            dir.path(),
+            (0..12)
+                .map(|i| if i % 2 == 0 { a() } else { b() })
+                .collect(),
+        );
+        assert!(
+            matches!(out.last().unwrap(), FromWorker::Stuck { reason, turns: 12 } if reason.contains("alternating")),
+            "{:?}",
+            out.last()
+        );
+
+        let out = run_turns(dir.path(), (0..6).map(|_| Vec::new()).collect());
+        assert!(
+            matches!(out.last().unwrap(), FromWorker::Stuck { reason, turns: 6 } if reason.contains("without a tool call")),
+            "{:?}",
+            out.last()
+        );
+        let texts = user_texts(last_request(&out));
+        assert_eq!(
+            texts.iter().filter(|t| t.as_str() == NUDGE).count(),
+            4,
+            "{texts:?}"
+        );
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| t.starts_with("You seem to be stuck"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn context_errors_shorten_then_end_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big.txt"), "x".repeat(5000)).unwrap();
+        let err = |seq: u64| {
+            serde_json::to_string(&ToWorker::ModelReply {
+                seq,
+                result: ModelResult::Error {
+                    error: "http 400: This model's maximum context length is 8192 tokens (context_length_exceeded)".into(),
+                },
+            })
+            .unwrap()
+        };
+        let read = |i: u32| {
+            vec![call(
+                &format!("c{i}"),
+                "read_file",
+                serde_json::json!({"path": "big.txt", "start_line": 1, "end_line": i}),
+            )]
+        };
+        let mut lines = vec![start(dir.path(), 40)];
+        for i in 1..=3 {
+            lines.push(reply(u64::from(i), read(i)));
+        }
+        for seq in 4..=12 {
+            lines.push(err(seq));
+        }
+        let out = run(&lines);
+        let FromWorker::Stuck { reason, turns } = out.last().unwrap() else {
+            panic!("{out:?}")
+        };
+        assert!(reason.contains("context window"), "{reason}");
+        // Nudged once after three, stuck after three more.
+        assert_eq!(*turns, 9);
+        // The older tool outputs were shortened before the retries.
+        let m = last_request(&out);
+        let tool: Vec<_> = m.iter().filter(|m| m.role == Role::Tool).collect();
+        assert!(tool[0].content.as_ref().unwrap().contains("shortened"));
+        assert!(!tool[2].content.as_ref().unwrap().contains("shortened"));
     }
 }

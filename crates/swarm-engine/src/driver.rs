@@ -438,6 +438,9 @@ async fn talk(
             FromWorker::Failed { reason, turns } => {
                 result = Some(ended(AttemptOutcome::Failed, reason, turns));
             }
+            FromWorker::Stuck { reason, turns } => {
+                result = Some(ended(AttemptOutcome::Stuck, reason, turns));
+            }
             other => {
                 tracing::warn!(?other, "unexpected worker message");
             }
@@ -490,7 +493,7 @@ async fn stop(
         result,
         Some(WorkerOutcome::Finished { .. })
             | Some(WorkerOutcome::Ended {
-                outcome: AttemptOutcome::Failed,
+                outcome: AttemptOutcome::Failed | AttemptOutcome::Stuck,
                 ..
             })
     );

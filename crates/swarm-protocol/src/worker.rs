@@ -163,6 +163,9 @@ pub enum FromWorker {
     },
     /// The attempt failed; `reason` says why in one line.
     Failed { reason: String, turns: u32 },
+    /// The agent kept looping after it was told so; `reason` names the
+    /// pattern (docs/worker-tools.md#loops-and-stalls).
+    Stuck { reason: String, turns: u32 },
 }
 
 #[cfg(test)]
