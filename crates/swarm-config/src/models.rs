@@ -84,11 +84,41 @@ pub struct FileModelRef {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Input written to the prompt cache. Default 1.25 × `input_per_mtok`
+    /// (Anthropic's five-minute cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
+    /// Input read from the prompt cache. Default 0.1 × `input_per_mtok`
+    /// (Anthropic's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
 }
 
 impl Price {
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+        self.cost_cached(input_tokens, output_tokens, 0, 0)
+    }
+
+    /// The cost when `cache_write` and `cache_read` of the `input_tokens`
+    /// were written to or read from the prompt cache.
+    pub fn cost_cached(
+        &self,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_write: u64,
+        cache_read: u64,
+    ) -> f64 {
+        let plain = input_tokens.saturating_sub(cache_write + cache_read);
+        let write = self
+            .cache_write_per_mtok
+            .unwrap_or(self.input_per_mtok * 1.25);
+        let read = self
+            .cache_read_per_mtok
+            .unwrap_or(self.input_per_mtok * 0.1);
+        (plain as f64 * self.input_per_mtok
+            + cache_write as f64 * write
+            + cache_read as f64 * read
+            + output_tokens as f64 * self.output_per_mtok)
             / 1e6
     }
 }
@@ -286,6 +316,21 @@ impl Models {
         self.prices
             .get(model)
             .map(|p| p.cost(input_tokens, output_tokens))
+    }
+
+    /// The cost of a call whose input was partly written to or read from
+    /// the prompt cache, when the model has a price.
+    pub fn cost_cached(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_write: u64,
+        cache_read: u64,
+    ) -> Option<f64> {
+        self.prices
+            .get(model)
+            .map(|p| p.cost_cached(input_tokens, output_tokens, cache_write, cache_read))
     }
 
     /// Every configured key value (for redaction).

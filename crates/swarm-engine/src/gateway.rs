@@ -484,7 +484,16 @@ impl Gateway {
                 f.error.kind(),
             ),
         };
-        let cost_usd = inner.models.cost(model, input, output);
+        let (cache_write, cache_read) = match result {
+            Ok(s) => (
+                s.reply.usage.cache_write_tokens,
+                s.reply.usage.cache_read_tokens,
+            ),
+            Err(_) => (0, 0),
+        };
+        let cost_usd = inner
+            .models
+            .cost_cached(model, input, output, cache_write, cache_read);
         inner.metrics.model_call(&ModelCall {
             role: caller.role.as_str(),
             provider,
@@ -560,6 +569,7 @@ mod tests {
                     prompt_tokens: 1000,
                     completion_tokens: 500,
                     total_tokens: 1500,
+                    ..Default::default()
                 },
             },
             provider: "local".into(),

@@ -20,7 +20,9 @@
 //! of assistant messages already in the conversation (0-based).
 
 mod demo;
-mod validate;
+/// The wire-format checks the scripted server applies to every request,
+/// for tests of a client that talk to their own mock server.
+pub mod validate;
 mod wire;
 
 pub use demo::{demo_scenario, DEMO_GOAL};
