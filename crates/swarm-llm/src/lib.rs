@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod cassette;
 pub mod openai;
+pub mod quirks;
 pub mod ratelimit;
 pub mod redact;
 pub mod router;
@@ -98,7 +99,11 @@ impl Error {
     /// once this error is final: the provider keeps failing (retries spent),
     /// or does not serve the model.
     pub fn wants_fallback(&self) -> bool {
-        self.is_retryable() || matches!(self, Error::ModelNotFound { .. })
+        self.is_retryable()
+            || matches!(self, Error::ModelNotFound { .. })
+            // Out of credits (OpenRouter) or payment required: this
+            // provider cannot serve, another may.
+            || matches!(self, Error::Http { status: 402, .. })
     }
 
     /// A short kind for accounting: `http_429`, `timeout`, `connect`, …

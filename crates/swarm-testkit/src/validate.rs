@@ -12,6 +12,20 @@
 use serde_json::Value;
 use std::collections::HashSet;
 
+/// OpenAI's reasoning models (`o1`, `o3`, `o4`, `gpt-5` families), which
+/// take `max_completion_tokens` and no `temperature`.
+fn is_reasoning_model(model: &str) -> bool {
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    ["o1", "o3", "o4"]
+        .iter()
+        .any(|p| m == *p || m.starts_with(&format!("{p}-")))
+        || m.starts_with("gpt-5")
+}
+
 pub fn request(body: &Value) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let Some(obj) = body.as_object() else {
@@ -23,6 +37,25 @@ pub fn request(body: &Value) -> Result<(), Vec<String>> {
     }
     if obj.get("stream").and_then(Value::as_bool) == Some(true) {
         problems.push("`stream: true` is not scripted".into());
+    }
+    // OpenAI's reasoning models, in OpenAI's words.
+    let model = obj.get("model").and_then(Value::as_str).unwrap_or("");
+    if is_reasoning_model(model) {
+        if obj.contains_key("max_tokens") {
+            problems.push("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into());
+        }
+        if let Some(t) = obj.get("temperature").filter(|t| t.as_f64() != Some(1.0)) {
+            problems.push(format!("Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."));
+        }
+    }
+    if let Some(messages) = obj.get("messages").and_then(Value::as_array) {
+        for (i, m) in messages.iter().enumerate() {
+            for field in ["reasoning_content", "reasoning"] {
+                if m.get(field).is_some() {
+                    problems.push(format!("messages[{i}].{field}: a reasoning field of an earlier answer must not be sent back (DeepSeek refuses it with 400)"));
+                }
+            }
+        }
     }
     let mut declared: Option<HashSet<String>> = None;
     if let Some(tools) = obj.get("tools") {
