@@ -148,6 +148,10 @@ pub struct InjectedError {
     /// (OpenAI `context_length_exceeded`, Anthropic "prompt is too long").
     #[serde(default)]
     pub context_length: bool,
+    /// Answer HTTP 429 with the provider's quota error instead (OpenAI
+    /// `insufficient_quota`, Anthropic a usage-limit `rate_limit_error`).
+    #[serde(default)]
+    pub insufficient_quota: bool,
     /// Sends `retry-after: <secs>`.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
