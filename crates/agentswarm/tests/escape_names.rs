@@ -91,6 +91,10 @@ fn model_made_names_and_read_keys_never_reach_the_operator_or_the_model() {
             run_turn("echo '\u{1b}[31mred\u{1b}[0m' && touch plain.txt"),
             write_turn("bell\u{7}\u{1b}[2J.txt", "x"),
             write_turn("ok.txt", "fine\n"),
+            // The commit refuses the names with control characters; the
+            // model is told, removes them and finishes again.
+            finish_turn("made names \u{1b}[5mblink"),
+            run_turn("rm -f -- evil* esc*"),
             finish_turn("made names \u{1b}[5mblink"),
         ]});
         let leak = json!({"turns": [
@@ -127,6 +131,11 @@ fn model_made_names_and_read_keys_never_reach_the_operator_or_the_model() {
             results[2].contains("control character (U+0007)"),
             "{mechanism}: write_file took a name with control characters: {}",
             results[2]
+        );
+        assert!(
+            results[4].starts_with("error: the work was not committed"),
+            "{mechanism}: the commit took names with control characters: {}",
+            results[4]
         );
 
         // Defence off: the names were made and are on `main` (unless the
