@@ -158,6 +158,7 @@ pub fn scripted_models(base_url: &str, model: &str) -> swarm_config::Models {
         fallback: Vec::new(),
         max_tokens: None,
         temperature: None,
+        agent: Default::default(),
     };
     swarm_config::Models {
         providers: [("scripted".to_owned(), provider)].into_iter().collect(),

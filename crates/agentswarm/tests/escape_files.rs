@@ -155,7 +155,7 @@ fn a_symlink_swap_wins_against_check_then_open_but_not_against_the_tools() {
                     assert!(r.contains("symlink"), "{how:?} {target}: {r}");
                     refused += 1;
                 } else {
-                    assert_eq!(r, "decoy");
+                    assert_eq!(r, "     1\tdecoy\n[no newline at the end of the file]");
                 }
             }
             assert!(refused > 0, "{how:?} {target}: the flipper was not racing");
@@ -251,9 +251,13 @@ fn a_leftover_flipper_reaches_nothing_through_read_file() {
         std::fs::create_dir(&vault).unwrap();
         std::fs::write(vault.join("secrets.env"), CANARY).unwrap();
 
-        let reads: Vec<Value> = (0..100)
-            .map(|_| json!({"name": "read_file", "arguments": {"path": "flip/secrets.env"}}))
-            .collect();
+        // Each read asks for another line range: the same call over and over
+        // would end the attempt as stuck (docs/worker-tools.md#loops-and-stalls).
+        let reads = |turn: usize| -> Vec<Value> {
+            (0..100)
+                .map(|i| json!({"name": "read_file", "arguments": {"path": "flip/secrets.env", "start_line": 1, "end_line": turn * 100 + i + 1}}))
+                .collect()
+        };
         let mut turns = vec![
             write_turn("leftover.py", LEFTOVER),
             run_turn(&format!(
@@ -264,8 +268,8 @@ fn a_leftover_flipper_reaches_nothing_through_read_file() {
                 vault.display()
             )),
         ];
-        for _ in 0..3 {
-            turns.push(json!({ "calls": reads }));
+        for turn in 0..3 {
+            turns.push(json!({ "calls": reads(turn) }));
         }
         turns.push(run_turn(
             "a=$(cat beat); sleep 0.5; b=$(cat beat); \
@@ -295,7 +299,7 @@ fn a_leftover_flipper_reaches_nothing_through_read_file() {
         for r in reads {
             assert!(!r.contains(CANARY), "{mechanism}: read_file leaked: {r}");
             assert!(
-                r.trim() == "decoy" || r.contains("symlink"),
+                r == "     1\tdecoy\n" || r.contains("symlink"),
                 "{mechanism}: {r}"
             );
         }

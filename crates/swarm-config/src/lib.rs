@@ -9,8 +9,8 @@ mod models;
 mod secrets;
 
 pub use models::{
-    FileModelRef, FileModels, FileProvider, FileRole, ModelRef, ModelRole, Models, Price,
-    ProviderConfig, ProviderKind, RoleModels,
+    known_context_window, AgentSettings, FileModelRef, FileModels, FileProvider, FileRole,
+    ModelRef, ModelRole, Models, Price, ProviderConfig, ProviderKind, RoleModels,
 };
 pub use secrets::Secrets;
 
@@ -1153,6 +1153,7 @@ tokens_per_minute = 40000
 provider = "openrouter"
 model = "qwen/qwen-2.5-coder-32b-instruct"
 max_tokens = 4096
+tool_result_max_bytes = 8192
 fallback = [{ provider = "claude", model = "claude-sonnet-4-5" }]
 [models.planner]
 provider = "claude"
@@ -1176,6 +1177,11 @@ output_per_mtok = 75.0
         );
         assert_eq!(m.worker.fallback[0].to_string(), "claude/claude-sonnet-4-5");
         assert_eq!(m.worker.max_tokens, Some(4096));
+        // The agent's bounds: set, or known for the model, or the defaults.
+        assert_eq!(m.worker.agent.tool_result_max_bytes, 8192);
+        assert_eq!(m.worker.agent.context_window_tokens, 32_768);
+        assert_eq!(m.worker.agent.read_max_lines, 2000);
+        assert_eq!(m.planner.agent.context_window_tokens, 200_000);
         assert_eq!(m.planner.primary.to_string(), "claude/claude-opus-4-1");
         // The fixer inherits the planner's provider, its model from the environment.
         assert_eq!(m.fixer.primary.to_string(), "claude/claude-haiku");
@@ -1191,6 +1197,12 @@ output_per_mtok = 75.0
         assert_eq!(m.providers["openrouter"].headers["X-Title"], "agentswarm");
         assert_eq!(m.cost("claude-opus-4-1", 1_000_000, 100_000), Some(22.5));
         assert_eq!(m.cost("unpriced", 1, 1), None);
+        // Prompt-cache tokens (of the input): writes at 1.25 ×, reads at 0.1 ×.
+        let cost = m
+            .cost_cached("claude-opus-4-1", 1_000_000, 0, 200_000, 500_000)
+            .unwrap();
+        let expected = 300_000.0 * 15.0 / 1e6 + 200_000.0 * 18.75 / 1e6 + 500_000.0 * 1.5 / 1e6;
+        assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
     }
 
     #[test]

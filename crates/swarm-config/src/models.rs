@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+pub use swarm_protocol::worker::AgentSettings;
 
 /// `[providers.NAME]` in the file.
 #[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
@@ -57,6 +58,17 @@ pub struct FileRole {
     /// Tried in order when the model keeps failing (5xx or timeouts after
     /// retries, overloaded, model not found).
     pub fallback: Option<Vec<FileModelRef>>,
+    /// The model's context window in tokens. Default: known for common
+    /// model families (see docs/providers.md), else 32768.
+    pub context_window_tokens: Option<u64>,
+    /// Bytes of one tool result of the built-in agent. Default 32768.
+    pub tool_result_max_bytes: Option<usize>,
+    /// Lines of one `read_file` page. Default 2000.
+    pub read_max_lines: Option<usize>,
+    /// Matching lines one `search` shows. Default 200.
+    pub search_max_matches: Option<usize>,
+    /// Entries one `list_files` shows. Default 2000.
+    pub list_max_entries: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -72,11 +84,41 @@ pub struct FileModelRef {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Input written to the prompt cache. Default 1.25 × `input_per_mtok`
+    /// (Anthropic's five-minute cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
+    /// Input read from the prompt cache. Default 0.1 × `input_per_mtok`
+    /// (Anthropic's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
 }
 
 impl Price {
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+        self.cost_cached(input_tokens, output_tokens, 0, 0)
+    }
+
+    /// The cost when `cache_write` and `cache_read` of the `input_tokens`
+    /// were written to or read from the prompt cache.
+    pub fn cost_cached(
+        &self,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_write: u64,
+        cache_read: u64,
+    ) -> f64 {
+        let plain = input_tokens.saturating_sub(cache_write + cache_read);
+        let write = self
+            .cache_write_per_mtok
+            .unwrap_or(self.input_per_mtok * 1.25);
+        let read = self
+            .cache_read_per_mtok
+            .unwrap_or(self.input_per_mtok * 0.1);
+        (plain as f64 * self.input_per_mtok
+            + cache_write as f64 * write
+            + cache_read as f64 * read
+            + output_tokens as f64 * self.output_per_mtok)
             / 1e6
     }
 }
@@ -179,6 +221,45 @@ pub struct RoleModels {
     pub fallback: Vec<ModelRef>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// The built-in agent's bounds for this role's model.
+    pub agent: AgentSettings,
+}
+
+/// The context window of a model known by name, in tokens; `None` when
+/// the name is not one of the families below (the default 32768 is used).
+pub fn known_context_window(model: &str) -> Option<u64> {
+    // The name without a router's vendor prefix (`openai/gpt-4o`).
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let starts = |p: &str| m.starts_with(p);
+    Some(if starts("claude") {
+        200_000
+    } else if starts("gpt-4.1") {
+        1_047_576
+    } else if starts("gpt-5") {
+        400_000
+    } else if starts("o1") || starts("o3") || starts("o4") {
+        200_000
+    } else if starts("gpt-4o") || starts("gpt-4-turbo") {
+        128_000
+    } else if starts("gpt-3.5") {
+        16_385
+    } else if starts("gemini") {
+        1_048_576
+    } else if starts("deepseek")
+        || starts("llama-3.1")
+        || starts("llama3.1")
+        || starts("mistral-large")
+    {
+        128_000
+    } else if starts("qwen") {
+        32_768
+    } else {
+        return None;
+    })
 }
 
 /// The roles a model call is made for.
@@ -253,6 +334,21 @@ impl Models {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// The cost of a call whose input was partly written to or read from
+    /// the prompt cache, when the model has a price.
+    pub fn cost_cached(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_write: u64,
+        cache_read: u64,
+    ) -> Option<f64> {
+        self.prices
+            .get(model)
+            .map(|p| p.cost_cached(input_tokens, output_tokens, cache_write, cache_read))
     }
 
     /// Every configured key value (for redaction).
@@ -564,6 +660,7 @@ impl Resolver<'_> {
                 });
             }
         }
+        let agent = agent_settings(file, inherit, &model);
         Ok(Some(RoleModels {
             primary: ModelRef { provider, model },
             fallback,
@@ -573,7 +670,42 @@ impl Resolver<'_> {
             temperature: file
                 .and_then(|f| f.temperature)
                 .or(inherit.and_then(|r| r.temperature)),
+            agent,
         }))
+    }
+}
+
+/// The agent's bounds: the role's own settings, else the inherited role's,
+/// else the defaults (the context window known for `model`).
+fn agent_settings(
+    file: Option<&FileRole>,
+    inherit: Option<&RoleModels>,
+    model: &str,
+) -> AgentSettings {
+    let base = inherit.map(|r| r.agent.clone()).unwrap_or_default();
+    let context = file
+        .and_then(|f| f.context_window_tokens)
+        .or(known_context_window(model))
+        .unwrap_or(base.context_window_tokens)
+        .max(1024);
+    let Some(f) = file else {
+        return AgentSettings {
+            context_window_tokens: context,
+            ..base
+        };
+    };
+    AgentSettings {
+        context_window_tokens: context,
+        tool_result_max_bytes: f
+            .tool_result_max_bytes
+            .unwrap_or(base.tool_result_max_bytes)
+            .max(1024),
+        read_max_lines: f.read_max_lines.unwrap_or(base.read_max_lines).max(10),
+        search_max_matches: f
+            .search_max_matches
+            .unwrap_or(base.search_max_matches)
+            .max(1),
+        list_max_entries: f.list_max_entries.unwrap_or(base.list_max_entries).max(10),
     }
 }
 

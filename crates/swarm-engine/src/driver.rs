@@ -142,6 +142,8 @@ async fn drive(
         commit_subject,
         setup,
         sandbox: ctx.sandbox.clone(),
+        // The worker model's bounds (tool results, context window).
+        agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;
@@ -445,6 +447,9 @@ async fn talk(
             FromWorker::Failed { reason, turns } => {
                 result = Some(ended(Ended::Failed, reason, turns));
             }
+            FromWorker::Stuck { reason, turns } => {
+                result = Some(ended(Ended::Stuck, reason, turns));
+            }
             other => {
                 tracing::warn!(?other, "unexpected worker message");
             }
@@ -497,7 +502,7 @@ async fn stop(
         result,
         Some(Outcome::Committed { .. })
             | Some(Outcome::Ended {
-                how: Ended::Failed,
+                how: Ended::Failed | Ended::Stuck,
                 ..
             })
     );

@@ -13,7 +13,7 @@
 use crate::metrics::{Metrics, ModelCall};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use swarm_config::{Config, ModelRole, Models, RunLimits};
 use swarm_llm::cassette::{Recorder, Replayer};
 use swarm_llm::ratelimit::{LimiterSnapshot, RequestLimiter, SlidingWindow, TokenWindow};
@@ -166,8 +166,26 @@ impl Routes {
     }
 }
 
+/// A provider that answered that its quota or usage limit is reached
+/// ([`swarm_llm::Error::is_quota`]), and when it resets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaBlock {
+    pub provider: String,
+    /// When calls to it go out again: its `Retry-After`, else
+    /// [`DEFAULT_QUOTA_BLOCK`] after the answer.
+    pub until: SystemTime,
+    /// What the provider said (keys masked).
+    pub reason: String,
+}
+
+/// How long a provider is left alone after a quota answer that did not say
+/// when it resets.
+pub const DEFAULT_QUOTA_BLOCK: Duration = Duration::from_secs(15 * 60);
+
 struct Inner {
     router: Router,
+    /// Providers out of quota, by name, until their reset.
+    quota: Mutex<BTreeMap<String, QuotaBlock>>,
     /// The router's shared request limiter, for its snapshot.
     limiter: Arc<dyn RequestLimiter>,
     /// Every call is counted here too (the engine renders these).
@@ -258,6 +276,7 @@ impl Gateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 router: Router::new(limiter.clone(), RetryPolicy::default()),
+                quota: Mutex::new(BTreeMap::new()),
                 limiter,
                 metrics: Arc::new(Metrics::new()),
                 routes,
@@ -274,6 +293,77 @@ impl Gateway {
     /// Masks every configured key and key-shaped string in `text`.
     pub fn redactor(&self) -> &Redactor {
         &self.inner.redactor
+    }
+
+    /// The built-in agent's bounds for `role`'s model (its context window,
+    /// the size of tool results), carried to the worker in its start message.
+    pub fn agent_settings(&self, role: ModelRole) -> swarm_protocol::worker::AgentSettings {
+        self.inner.models.role(role).agent.clone()
+    }
+
+    /// The providers out of quota now, until their reset (an entry whose
+    /// reset has passed is dropped here: work resumes by itself).
+    pub fn quota_blocks(&self) -> Vec<QuotaBlock> {
+        let now = SystemTime::now();
+        let Ok(mut q) = self.inner.quota.lock() else {
+            return Vec::new();
+        };
+        q.retain(|_, b| b.until > now);
+        q.values().cloned().collect()
+    }
+
+    /// Whether `role`'s calls cannot go out: every model of its route (the
+    /// model and its fallbacks) is served by a provider out of quota. The
+    /// block that ends first: from then on the role can be served again.
+    pub fn quota_block_for(&self, role: ModelRole) -> Option<QuotaBlock> {
+        let blocks = self.quota_blocks();
+        let route = self.inner.routes.of(role);
+        let mut first: Option<QuotaBlock> = None;
+        for t in &route.targets {
+            let b = blocks.iter().find(|b| b.provider == t.provider.name())?;
+            if first.as_ref().is_none_or(|f| b.until < f.until) {
+                first = Some(b.clone());
+            }
+        }
+        first
+    }
+
+    /// Whether worker attempts should wait: the worker role's providers
+    /// are all out of quota (see [`Gateway::quota_block_for`]). The
+    /// dispatcher asks this before it starts an attempt, and
+    /// `quota_block_for(Planner)` / `(Fixer)` before it plans.
+    pub fn quota_block(&self) -> Option<QuotaBlock> {
+        self.quota_block_for(ModelRole::Worker)
+    }
+
+    /// Records a quota answer: the provider is left alone until its reset.
+    fn note_quota(&self, f: &Failed) {
+        let until = SystemTime::now() + f.error.retry_after().unwrap_or(DEFAULT_QUOTA_BLOCK);
+        let reason = self
+            .inner
+            .redactor
+            .redact(&f.error.to_string())
+            .into_owned();
+        tracing::warn!(
+            provider = %f.provider,
+            resets_in_s = until
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs(),
+            %reason,
+            "a provider's quota is used up: its calls wait for the reset"
+        );
+        if let Ok(mut q) = self.inner.quota.lock() {
+            let entry = q.entry(f.provider.clone()).or_insert_with(|| QuotaBlock {
+                provider: f.provider.clone(),
+                until,
+                reason: reason.clone(),
+            });
+            if until >= entry.until {
+                entry.until = until;
+                entry.reason = reason;
+            }
+        }
     }
 
     /// The shared model-request limiter (`API_RATE_LIMIT_RPM`) now.
@@ -403,7 +493,33 @@ impl Gateway {
                     Tape::Record(_) => Some((messages.clone(), tools.clone())),
                     Tape::Live | Tape::Replay(_) => None,
                 };
-                let r = inner.router.call(route, &meta, messages, tools).await;
+                // A quota answer holds this call (and every other call of
+                // the role) until the reset, then it goes out again.
+                let r = loop {
+                    if let Some(b) = self.quota_block_for(caller.role) {
+                        let wait = b
+                            .until
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    let r = inner
+                        .router
+                        .call(route, &meta, messages.clone(), tools.clone())
+                        .await;
+                    match &r {
+                        Err(f) if f.error.is_quota() => {
+                            self.note_quota(f);
+                            if self.quota_block_for(caller.role).is_none() {
+                                // Another model of the route failed otherwise.
+                                break r;
+                            }
+                            self.account_for(&caller, &r, account.as_deref());
+                        }
+                        Ok(_) | Err(_) => break r,
+                    }
+                };
                 if let (Tape::Record(rec), Some((messages, tools)), Ok(s)) =
                     (&inner.tape, for_tape, &r)
                 {
@@ -478,7 +594,16 @@ impl Gateway {
                 f.error.kind(),
             ),
         };
-        let cost_usd = inner.models.cost(model, input, output);
+        let (cache_write, cache_read) = match result {
+            Ok(s) => (
+                s.reply.usage.cache_write_tokens,
+                s.reply.usage.cache_read_tokens,
+            ),
+            Err(_) => (0, 0),
+        };
+        let cost_usd = inner
+            .models
+            .cost_cached(model, input, output, cache_write, cache_read);
         inner.metrics.model_call(&ModelCall {
             role: caller.role.as_str(),
             provider,
@@ -554,6 +679,7 @@ mod tests {
                     prompt_tokens: 1000,
                     completion_tokens: 500,
                     total_tokens: 1500,
+                    ..Default::default()
                 },
             },
             provider: "local".into(),
@@ -612,5 +738,70 @@ mod tests {
             msg.contains("spare") && msg.contains("ANTHROPIC_API_KEY"),
             "{msg}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quota_answer_holds_every_call_of_the_role_until_the_reset() {
+        let scenario = swarm_testkit::Scenario::from_json_str(
+            r#"{"default_task": {"turns": [{"content": "done"}]},
+                "errors": [{"kind": "worker", "status": 429, "insufficient_quota": true, "retry_after_secs": 2}]}"#,
+        )
+        .unwrap();
+        let server = swarm_testkit::ScriptedServer::start(scenario)
+            .await
+            .unwrap();
+        let gw = gateway(&format!(
+            "[providers.local]\nbase_url = \"{}\"\nmax_retries = 0\n\
+             [models.worker]\nprovider = \"local\"\nmodel = \"m\"\n",
+            server.base_url()
+        ));
+        let project = ProjectId::new("p");
+        let (t1, t2) = (TaskId::new("t1"), TaskId::new("t2"));
+        let caller = |task| Caller {
+            project: &project,
+            task: Some(task),
+            attempt: Some(1),
+            role: ModelRole::Worker,
+            turn: 1,
+        };
+        let ask = |id: &str| {
+            vec![
+                ChatMessage::system("s"),
+                ChatMessage::user(format!("Task {id}: x\nAttempt: 1")),
+            ]
+        };
+        assert!(gw.quota_block().is_none());
+        let started = std::time::Instant::now();
+        let first = gw.complete(caller(&t1), ask("t1"), Vec::new());
+        let second = async {
+            // Once the quota answer is in, a new call waits too.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while gw.quota_block().is_none() {
+                assert!(std::time::Instant::now() < deadline, "no quota block");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let b = gw.quota_block().unwrap();
+            assert_eq!(b.provider, "local");
+            assert!(b.reason.contains("quota"), "{}", b.reason);
+            assert!(b.until > SystemTime::now());
+            assert_eq!(
+                gw.quota_block_for(ModelRole::Planner).map(|b| b.provider),
+                Some("local".into())
+            );
+            assert_eq!(gw.quota_blocks().len(), 1);
+            gw.complete(caller(&t2), ask("t2"), Vec::new()).await
+        };
+        let (a, b) = tokio::join!(first, second);
+        // Neither call failed for it: both were answered after the reset.
+        assert!(a.is_ok() && b.is_ok(), "{:?} {:?}", a.err(), b.err());
+        assert!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(gw.quota_block().is_none(), "the block ends at the reset");
+        let statuses: Vec<u16> = server.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [429, 200, 200], "no call went out while blocked");
+        assert!(server.violations().is_empty(), "{:?}", server.violations());
     }
 }

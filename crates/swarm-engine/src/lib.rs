@@ -329,12 +329,24 @@ impl Engine {
     /// `agentswarm_model_retries_total{provider,model}`,
     /// `agentswarm_rate_limit_wait_seconds_total`,
     /// `agentswarm_rate_limit_waiting`, `agentswarm_rate_limit_rpm`,
+    /// `agentswarm_provider_quota_blocked_seconds{provider}`,
     /// `agentswarm_attempt_duration_seconds{kind,outcome}` and
     /// `agentswarm_task_duration_seconds{kind}` (histograms),
     /// `agentswarm_projects{state}`, `agentswarm_tasks_finished_total{state}`.
     pub fn metrics_text_as(&self, format: MetricsFormat) -> MetricsText {
         let (ready, projects) = self.store_counts();
         self.metrics.refresh(&self.status_with(ready), &projects);
+        let now = std::time::SystemTime::now();
+        let blocked: Vec<(String, u64)> = self
+            .gateway
+            .quota_blocks()
+            .into_iter()
+            .map(|b| {
+                let left = b.until.duration_since(now).unwrap_or_default();
+                (b.provider, left.as_secs().max(1))
+            })
+            .collect();
+        self.metrics.quota(&blocked);
         self.metrics.render(format)
     }
 

@@ -258,6 +258,11 @@ struct ProviderLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     kind: &'static str,
     outcome: &'static str,
@@ -316,6 +321,9 @@ pub struct Metrics {
     rate_limit_wait: FloatCounter,
     rate_limit_waiting: Gauge,
     rate_limit_rpm: Gauge,
+    quota_blocked: Family<QuotaLabels, Gauge>,
+    /// Providers that were ever out of quota (their series go back to 0).
+    quota_seen: Mutex<std::collections::BTreeSet<String>>,
     attempt_duration: Histograms<AttemptLabels>,
     task_duration: Histograms<KindLabels>,
     projects: Family<StateLabels, Gauge>,
@@ -347,6 +355,8 @@ impl Metrics {
             rate_limit_wait: FloatCounter::default(),
             rate_limit_waiting: Gauge::default(),
             rate_limit_rpm: Gauge::default(),
+            quota_blocked: Family::default(),
+            quota_seen: Mutex::default(),
             attempt_duration: Family::new_with_constructor(duration_histogram),
             task_duration: Family::new_with_constructor(duration_histogram),
             projects: Family::default(),
@@ -417,6 +427,11 @@ impl Metrics {
             "agentswarm_rate_limit_rpm",
             "Model requests allowed to start per minute (API_RATE_LIMIT_RPM; 0 = off)",
             m.rate_limit_rpm.clone(),
+        );
+        r.register(
+            "agentswarm_provider_quota_blocked_seconds",
+            "Seconds until a provider that answered that its quota is used up resets (0: not blocked)",
+            m.quota_blocked.clone(),
         );
         r.register(
             "agentswarm_attempt_duration_seconds",
@@ -550,6 +565,27 @@ impl Metrics {
         }
     }
 
+    /// Sets the quota gauges: each `(provider, seconds until its reset)`
+    /// now; a provider blocked before and not now goes back to 0.
+    pub(crate) fn quota(&self, blocked: &[(String, u64)]) {
+        let mut seen = self
+            .quota_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.extend(blocked.iter().map(|(p, _)| p.clone()));
+        for provider in seen.iter() {
+            let secs = blocked
+                .iter()
+                .find(|(p, _)| p == provider)
+                .map_or(0, |(_, s)| *s);
+            self.quota_blocked
+                .get_or_create(&QuotaLabels {
+                    provider: provider.clone(),
+                })
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The registry as text in `format`.
     pub fn render(&self, format: MetricsFormat) -> MetricsText {
         let mut body = String::with_capacity(8 * 1024);
@@ -621,6 +657,29 @@ mod tests {
             .find(|l| l.strip_prefix(series).is_some_and(|r| r.starts_with(' ')))
             .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
         line[series.len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn a_quota_block_shows_until_its_reset() {
+        let m = Metrics::new();
+        m.quota(&[("openrouter".into(), 120)]);
+        let t = m.render(MetricsFormat::Prometheus).body;
+        assert_eq!(
+            sample(
+                &t,
+                "agentswarm_provider_quota_blocked_seconds{provider=\"openrouter\"}"
+            ),
+            120.0
+        );
+        m.quota(&[]);
+        let t = m.render(MetricsFormat::Prometheus).body;
+        assert_eq!(
+            sample(
+                &t,
+                "agentswarm_provider_quota_blocked_seconds{provider=\"openrouter\"}"
+            ),
+            0.0
+        );
     }
 
     #[test]

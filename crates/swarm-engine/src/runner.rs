@@ -97,7 +97,8 @@ impl Ended {
     /// The outcome the store records for it.
     pub fn recorded_as(self) -> AttemptOutcome {
         match self {
-            Ended::Failed | Ended::Stuck => AttemptOutcome::Failed,
+            Ended::Failed => AttemptOutcome::Failed,
+            Ended::Stuck => AttemptOutcome::Stuck,
             Ended::Crashed => AttemptOutcome::Crashed,
             Ended::TimedOut => AttemptOutcome::Timeout,
             Ended::MemoryLimit => AttemptOutcome::MemoryLimit,

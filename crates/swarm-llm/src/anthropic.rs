@@ -110,7 +110,7 @@ impl Provider for AnthropicProvider {
     }
 
     async fn send(&self, request: &ModelRequest) -> Result<Reply> {
-        let body = to_wire(request);
+        let body = cached_body(&to_wire(request));
         let mut req = self.http.post(&self.url).json(&body);
         if let Some(key) = &self.key {
             req = req.header("x-api-key", key.clone());
@@ -206,6 +206,49 @@ fn to_wire(request: &ModelRequest) -> MessagesRequest<'_> {
         tools: request.tools.iter().map(wire_tool).collect(),
         temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
     }
+}
+
+/// Prompt-caching breakpoints Anthropic allows in one request.
+pub const MAX_CACHE_BREAKPOINTS: usize = 4;
+
+/// The request as sent, with prompt caching: `cache_control` (ephemeral)
+/// on the last tool, on the system prompt, on the first user message (the
+/// task: with the tools and the system prompt, the prefix that never
+/// changes) and on the last message (so that each turn reads the
+/// conversation before it from the cache). The system prompt is sent as a
+/// text block to carry its mark.
+fn cached_body(wire: &MessagesRequest<'_>) -> Value {
+    let mut v = match serde_json::to_value(wire) {
+        Ok(v) => v,
+        Err(_) => return Value::Null,
+    };
+    let mark = || serde_json::json!({"type": "ephemeral"});
+    if let Some(tool) = v
+        .get_mut("tools")
+        .and_then(Value::as_array_mut)
+        .and_then(|t| t.last_mut())
+        .and_then(Value::as_object_mut)
+    {
+        tool.insert("cache_control".into(), mark());
+    }
+    if let Some(Value::String(text)) = v.get("system").cloned() {
+        v["system"] = serde_json::json!([{"type": "text", "text": text, "cache_control": mark()}]);
+    }
+    if let Some(messages) = v.get_mut("messages").and_then(Value::as_array_mut) {
+        let last = messages.len().saturating_sub(1);
+        for i in [0, last] {
+            if let Some(block) = messages
+                .get_mut(i)
+                .and_then(|m| m.get_mut("content"))
+                .and_then(Value::as_array_mut)
+                .and_then(|c| c.last_mut())
+                .and_then(Value::as_object_mut)
+            {
+                block.insert("cache_control".into(), mark());
+            }
+        }
+    }
+    v
 }
 
 fn wire_tool(t: &ToolSpec) -> WireTool<'_> {
@@ -494,6 +537,8 @@ fn from_wire(body: &str) -> std::result::Result<Reply, String> {
             prompt_tokens,
             completion_tokens: u.output_tokens,
             total_tokens: prompt_tokens + u.output_tokens,
+            cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
+            cache_read_tokens: u.cache_read_input_tokens.unwrap_or(0),
         },
     })
 }
@@ -937,7 +982,9 @@ mod tests {
             Usage {
                 prompt_tokens: 180,
                 completion_tokens: 20,
-                total_tokens: 200
+                total_tokens: 200,
+                cache_write_tokens: 30,
+                cache_read_tokens: 50,
             }
         );
 
@@ -1097,13 +1144,55 @@ mod tests {
             .starts_with("application/json"));
         assert!(h.get("authorization").is_none());
         let sent = &seen[0].body;
-        assert_eq!(sent["system"], "sys");
+        assert_eq!(sent["system"][0]["text"], "sys");
         assert_eq!(sent["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(sent["messages"][0]["content"][0]["text"], "hi");
 
         let debug = format!("{p:?}");
         assert!(!debug.contains(FAKE_KEY), "{debug}");
         assert!(!debug.contains("sk-ant"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn the_stable_prefix_and_the_last_turn_are_cached_and_priced() {
+        let server = serve(
+            "/messages",
+            200,
+            &[],
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-test",
+                "content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn",
+                "usage":{"input_tokens":100,"output_tokens":10,
+                         "cache_creation_input_tokens":2000,"cache_read_input_tokens":30000}}"#,
+        )
+        .await;
+        let p = AnthropicProvider::new(settings(&format!("{}/", server.base_url))).unwrap();
+        let mut r = request(vec![
+            ChatMessage::system("sys"),
+            ChatMessage::user("Task t1: the task"),
+            ChatMessage::assistant("working"),
+            ChatMessage::user("go on"),
+        ]);
+        r.tools = vec![
+            ToolSpec::function("a", "A", serde_json::json!({"type": "object"})),
+            ToolSpec::function("b", "B", serde_json::json!({"type": "object"})),
+        ];
+        let reply = p.send(&r).await.unwrap();
+        assert_eq!(reply.usage.prompt_tokens, 32_100);
+        assert_eq!(reply.usage.cache_write_tokens, 2000);
+        assert_eq!(reply.usage.cache_read_tokens, 30_000);
+        let sent = &server.seen()[0].body;
+        let mark = serde_json::json!({"type": "ephemeral"});
+        assert_eq!(sent["tools"][1]["cache_control"], mark);
+        assert!(sent["tools"][0].get("cache_control").is_none());
+        assert_eq!(sent["system"][0]["cache_control"], mark);
+        assert_eq!(sent["messages"][0]["content"][0]["cache_control"], mark);
+        assert!(sent["messages"][1]["content"][0]
+            .get("cache_control")
+            .is_none());
+        assert_eq!(sent["messages"][2]["content"][0]["cache_control"], mark);
+        // As strict as the scripted server: at most four breakpoints, each
+        // in the documented shape.
+        swarm_testkit::validate::anthropic_request(Some(ANTHROPIC_VERSION), sent).unwrap();
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod cassette;
 pub mod openai;
+pub mod quirks;
 pub mod ratelimit;
 pub mod redact;
 pub mod router;
@@ -81,6 +82,10 @@ impl Error {
     /// 429, 408, 409, 5xx, 529, timeouts, broken connections and garbled
     /// bodies may succeed on a later try; 400/401/403/404 will not.
     pub fn is_retryable(&self) -> bool {
+        if self.is_quota() {
+            // Not within seconds: the gateway holds calls until the reset.
+            return false;
+        }
         match self {
             Error::Http { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (500..=599).contains(status)
@@ -98,7 +103,41 @@ impl Error {
     /// once this error is final: the provider keeps failing (retries spent),
     /// or does not serve the model.
     pub fn wants_fallback(&self) -> bool {
-        self.is_retryable() || matches!(self, Error::ModelNotFound { .. })
+        self.is_retryable()
+            || matches!(self, Error::ModelNotFound { .. })
+            // Out of credits (OpenRouter) or payment required: this
+            // provider cannot serve, another may.
+            || matches!(self, Error::Http { status: 402, .. })
+            || self.is_quota()
+    }
+
+    /// Whether the provider said that a quota or usage limit is reached: a
+    /// 429 whose `Retry-After` is [`QUOTA_MIN_RETRY_AFTER`] or longer, or
+    /// one that speaks of a quota (OpenAI's `insufficient_quota`: "You
+    /// exceeded your current quota…") or a usage limit.
+    pub fn is_quota(&self) -> bool {
+        match self {
+            Error::Http {
+                status: 429,
+                message,
+                retry_after,
+                ..
+            } => {
+                let m = message.to_lowercase();
+                retry_after.is_some_and(|d| d >= QUOTA_MIN_RETRY_AFTER)
+                    || m.contains("quota")
+                    || m.contains("usage limit")
+            }
+            _ => false,
+        }
+    }
+
+    /// How long the provider asked to wait (`Retry-After`), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// A short kind for accounting: `http_429`, `timeout`, `connect`, …
@@ -117,6 +156,9 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A 429 asking to wait this long or longer is a quota, not a rate limit.
+pub const QUOTA_MIN_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A provider's wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,6 +415,32 @@ mod tests {
             message: String::new(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn quota_answers_are_not_retried_but_fall_back() {
+        let quota = |message: &str, retry_after: Option<u64>| Error::Http {
+            provider: "p".into(),
+            status: 429,
+            message: message.into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        };
+        let openai = quota(
+            "You exceeded your current quota, please check your plan and billing details.",
+            None,
+        );
+        let long_wait = quota("Rate limit reached", Some(3600));
+        for e in [&openai, &long_wait] {
+            assert!(
+                e.is_quota() && !e.is_retryable() && e.wants_fallback(),
+                "{e}"
+            );
+        }
+        assert_eq!(long_wait.retry_after(), Some(Duration::from_secs(3600)));
+        // A plain rate limit is retried as before.
+        let brief = quota("Rate limit reached", Some(7));
+        assert!(!brief.is_quota() && brief.is_retryable());
+        assert!(!http(500).is_quota());
     }
 
     #[test]

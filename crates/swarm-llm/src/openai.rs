@@ -14,7 +14,7 @@
 //! - llama.cpp server: `{"error":{"code":400,"message","type":"exceed_context_size_error"}}`
 
 use crate::{
-    head, http_client, retry_after, transport_error, Error, ModelRequest, Provider,
+    head, http_client, quirks, retry_after, transport_error, Error, ModelRequest, Provider,
     ProviderSettings, Reply, Result,
 };
 use secrecy::ExposeSecret;
@@ -257,6 +257,11 @@ impl Provider for OpenAiProvider {
             max_tokens: request.max_tokens,
             temperature: request.temperature,
         };
+        let mut body = serde_json::to_value(&body).map_err(|e| Error::Setup {
+            provider: self.settings.name.clone(),
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        quirks::adapt_request(&mut body, &request.model);
         let mut req = self.http.post(&self.url).json(&body);
         if let Some(key) = &self.settings.api_key {
             req = req.bearer_auth(key.expose_secret());
@@ -274,7 +279,10 @@ impl Provider for OpenAiProvider {
         if !(200..300).contains(&status) {
             return Err(self.error(status, &text, request, retry_after));
         }
-        let parsed: ChatResponse = match serde_json::from_str(&text) {
+        let parsed: ChatResponse = match serde_json::from_str::<Value>(&text).and_then(|mut v| {
+            quirks::normalise_answer(&mut v);
+            serde_json::from_value(v)
+        }) {
             Ok(p) => p,
             Err(e) => {
                 // OpenRouter reports some upstream failures with HTTP 200
@@ -291,16 +299,44 @@ impl Provider for OpenAiProvider {
                 });
             }
         };
-        let choice = parsed
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::InvalidResponse {
+        let Some(choice) = parsed.choices.into_iter().next() else {
+            // OpenRouter answers an upstream failure with an error object
+            // and no choices; others send empty choices when overloaded.
+            if let Some(code) = embedded_error_status(&text) {
+                return Err(self.error(code, &text, request, retry_after));
+            }
+            return Err(Error::InvalidResponse {
                 provider: self.settings.name.clone(),
-                message: "no choices in the response".into(),
-            })?;
+                message: scrub(
+                    &self.settings,
+                    format!(
+                        "no choices in the response (body starting {:?}); retried, then the next fallback",
+                        head(&text, 200)
+                    ),
+                ),
+            });
+        };
+        let mut message = choice.message;
+        if message.tool_calls.is_empty() && !request.tools.is_empty() {
+            let declared: Vec<&str> = request
+                .tools
+                .iter()
+                .map(|t| t.function.name.as_str())
+                .collect();
+            if let Some((calls, rest)) = message
+                .content
+                .as_deref()
+                .and_then(|c| quirks::calls_in_text(c, &declared))
+            {
+                message.tool_calls = calls;
+                message.content = (!rest.is_empty()).then_some(rest);
+            }
+        }
+        if choice.finish_reason.as_deref() == Some("length") {
+            quirks::drop_cut_calls(&mut message);
+        }
         Ok(Reply {
-            message: choice.message,
+            message,
             usage: parsed.usage.unwrap_or_default(),
         })
     }
@@ -637,6 +673,183 @@ mod tests {
 
         let debug = format!("{p:?}");
         assert!(!debug.contains(FAKE_KEY), "{debug}");
+    }
+
+    /// One answer with `message` (raw JSON) and `finish`, sent by a
+    /// scripted server; what the provider made of it, and the body it sent
+    /// (checked as strictly as the scripted model server checks).
+    async fn quirk(model: &str, message: &str, finish: &str) -> (Result<Reply>, serde_json::Value) {
+        let body = format!(
+            r#"{{"id":"c1","object":"chat.completion","created":1,"model":"m",
+              "choices":[{{"index":0,"message":{message},"finish_reason":"{finish}"}}],
+              "usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
+        );
+        let server = serve("/chat/completions", 200, &[], &body).await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let mut r = request();
+        r.model = model.into();
+        r.tools.push(ToolSpec::function(
+            "finish",
+            "Finish",
+            serde_json::json!({"type":"object","properties":{"summary":{"type":"string"}}}),
+        ));
+        let reply = p.send(&r).await;
+        let sent = server.seen()[0].body.clone();
+        swarm_testkit::validate::request(&sent).unwrap();
+        (reply, sent)
+    }
+
+    #[tokio::test]
+    async fn quirk_arguments_as_an_object_and_calls_without_ids() {
+        let (reply, _) = quirk(
+            "qwen",
+            r#"{"role":"assistant","content":null,"tool_calls":[
+                {"function":{"name":"read_file","arguments":{"path":"a.txt"}}},
+                {"id":"","type":"function","function":{"name":"finish"}}]}"#,
+            "tool_calls",
+        )
+        .await;
+        let m = reply.unwrap().message;
+        assert_eq!(m.tool_calls[0].function.arguments, r#"{"path":"a.txt"}"#);
+        assert_eq!(m.tool_calls[1].function.arguments, "{}");
+        assert!(m
+            .tool_calls
+            .iter()
+            .all(|c| c.id.starts_with("call_") && c.kind == "function"));
+        assert_ne!(m.tool_calls[0].id, m.tool_calls[1].id);
+    }
+
+    #[tokio::test]
+    async fn quirk_tool_calls_written_in_the_content() {
+        let hermes = serde_json::json!({"role": "assistant", "content":
+            "I'll read it.\n<tool_call>\n{\"name\": \"read_file\", \"arguments\": {\"path\": \"a\"}}\n</tool_call>\n<tool_call>{\"name\": \"finish\", \"arguments\": {\"summary\": \"s\"}}</tool_call>"});
+        let (reply, _) = quirk("qwen2.5-coder", &hermes.to_string(), "stop").await;
+        let m = reply.unwrap().message;
+        assert_eq!(m.content.as_deref(), Some("I'll read it."));
+        let names: Vec<_> = m
+            .tool_calls
+            .iter()
+            .map(|c| c.function.name.as_str())
+            .collect();
+        assert_eq!(names, ["read_file", "finish"]);
+        assert_eq!(m.tool_calls[0].function.arguments, r#"{"path":"a"}"#);
+
+        let bare = serde_json::json!({"role": "assistant", "content": "{\"name\": \"read_file\", \"arguments\": {\"path\": \"b\"}}"});
+        let (reply, _) = quirk("llama3", &bare.to_string(), "stop").await;
+        let m = reply.unwrap().message;
+        assert_eq!((m.content, m.tool_calls.len()), (None, 1));
+        // Prose that mentions a tool stays prose.
+        let prose =
+            serde_json::json!({"role": "assistant", "content": "Next I will call read_file on a."});
+        let (reply, _) = quirk("llama3", &prose.to_string(), "stop").await;
+        assert!(reply.unwrap().message.tool_calls.is_empty());
+    }
+
+    #[tokio::test]
+    async fn quirk_finish_reason_length_in_the_middle_of_a_call() {
+        let (reply, _) = quirk(
+            "gpt-4o",
+            r#"{"role":"assistant","content":null,"tool_calls":[
+                {"id":"c1","type":"function","function":{"name":"read_file","arguments":"{\"path\":\"a\"}"}},
+                {"id":"c2","type":"function","function":{"name":"finish","arguments":"{\"summary\":\"a very long summ"}}]}"#,
+            "length",
+        )
+        .await;
+        let m = reply.unwrap().message;
+        assert_eq!(
+            m.tool_calls.len(),
+            1,
+            "the whole call is kept, the cut one dropped"
+        );
+        let note = m.content.unwrap();
+        assert!(
+            note.contains("finish_reason: length") && note.contains("finish call"),
+            "{note}"
+        );
+    }
+
+    #[tokio::test]
+    async fn quirk_empty_choices_are_retried_and_fall_back() {
+        for body in [r#"{"id":"x","choices":[]}"#, r#"{"id":"x"}"#] {
+            let server = serve("/chat/completions", 200, &[], body).await;
+            let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+            let e = p.send(&request()).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidResponse { .. }), "{body}: {e:?}");
+            assert!(e.is_retryable() && e.wants_fallback());
+            assert!(e.to_string().contains("no choices"), "{e}");
+        }
+        // With an error object: classified by its code.
+        let server = serve(
+            "/chat/completions",
+            200,
+            &[],
+            r#"{"choices":[],"error":{"code":429,"message":"Rate limit exceeded upstream"}}"#,
+        )
+        .await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let e = p.send(&request()).await.unwrap_err();
+        assert!(matches!(e, Error::Http { status: 429, .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn quirk_reasoning_models_get_max_completion_tokens() {
+        let ok = r#"{"role":"assistant","content":"hi"}"#;
+        let (_, sent) = quirk("o3-mini", ok, "stop").await;
+        assert_eq!(sent["max_completion_tokens"], 100);
+        assert!(sent.get("max_tokens").is_none() && sent.get("temperature").is_none());
+        let (_, sent) = quirk("gpt-5-mini", ok, "stop").await;
+        assert_eq!(sent["max_completion_tokens"], 100);
+        let (_, sent) = quirk("gpt-4.1", ok, "stop").await;
+        assert_eq!(
+            (
+                sent["max_tokens"].as_u64(),
+                sent.get("max_completion_tokens")
+            ),
+            (Some(100), None)
+        );
+    }
+
+    #[tokio::test]
+    async fn quirk_reasoning_content_is_not_sent_back() {
+        let (reply, _) = quirk(
+            "deepseek-reasoner",
+            r#"{"role":"assistant","content":"done","reasoning_content":"thinking…","reasoning":"more"}"#,
+            "stop",
+        )
+        .await;
+        let m = reply.unwrap().message;
+        assert_eq!(m.content.as_deref(), Some("done"));
+        // The next request carries the answer without its reasoning.
+        let body = r#"{"choices":[{"message":{"role":"assistant","content":"ok"}}]}"#;
+        let server = serve("/chat/completions", 200, &[], body).await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let mut r = request();
+        r.messages.push(m);
+        r.messages.push(ChatMessage::user("go on"));
+        p.send(&r).await.unwrap();
+        let sent = &server.seen()[0].body;
+        assert!(!sent.to_string().contains("reasoning"), "{sent}");
+        swarm_testkit::validate::request(sent).unwrap();
+    }
+
+    #[tokio::test]
+    async fn quirk_openrouter_402_falls_back() {
+        let server = serve(
+            "/chat/completions",
+            402,
+            &[],
+            r#"{"error":{"code":402,"message":"Insufficient credits. Add more using https://openrouter.ai/credits"}}"#,
+        )
+        .await;
+        let p = OpenAiProvider::new(settings(&server.base_url)).unwrap();
+        let e = p.send(&request()).await.unwrap_err();
+        assert!(matches!(e, Error::Http { status: 402, .. }), "{e:?}");
+        assert!(
+            !e.is_retryable(),
+            "the same provider will not have credits a second later"
+        );
+        assert!(e.wants_fallback());
+        assert_eq!(server.seen().len(), 1);
     }
 
     #[tokio::test]

@@ -252,6 +252,7 @@ mod tests {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 total_tokens: 15,
+                ..Usage::default()
             },
         }
     }

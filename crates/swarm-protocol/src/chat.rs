@@ -148,6 +148,18 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
+    /// Of `prompt_tokens`: written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`), priced above plain input.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Of `prompt_tokens`: read from the prompt cache (Anthropic's
+    /// `cache_read_input_tokens`), priced below plain input.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -138,6 +138,10 @@ string_enum!(
         MemoryLimit => "memory_limit",
         /// The supervisor stopped; not counted against `max_attempts`.
         Interrupted => "interrupted",
+        /// The agent was caught in a loop (the same call and result over and
+        /// over, alternating actions, replies without tools, …) and went on
+        /// after being told; counted like `failed`.
+        Stuck => "stuck",
     }
 );
 

@@ -57,6 +57,43 @@ pub struct WorkerStart {
     /// The confinement of the commands the model runs (none when absent).
     #[serde(default)]
     pub sandbox: crate::sandbox::SandboxPolicy,
+    /// The worker model's bounds: tool results and its context window.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// Per-model bounds of the built-in agent (`[models.worker]` in the
+/// configuration; docs/worker-tools.md and docs/providers.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentSettings {
+    /// The model's context window, in tokens (estimated: 4 bytes a token).
+    pub context_window_tokens: u64,
+    /// Bytes of one tool result; longer ones are cut (head and tail kept)
+    /// with a note.
+    pub tool_result_max_bytes: usize,
+    /// Lines of one `read_file` page.
+    pub read_max_lines: usize,
+    /// Matching lines one `search` shows.
+    pub search_max_matches: usize,
+    /// Entries one `list_files` shows.
+    pub list_max_entries: usize,
+}
+
+impl AgentSettings {
+    pub const DEFAULT_CONTEXT_WINDOW_TOKENS: u64 = 32_768;
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            context_window_tokens: Self::DEFAULT_CONTEXT_WINDOW_TOKENS,
+            tool_result_max_bytes: 32 * 1024,
+            read_max_lines: 2000,
+            search_max_matches: 200,
+            list_max_entries: 2000,
+        }
+    }
 }
 
 /// Preparing the attempt's worktree (see [`WorkerStart::setup`]).
@@ -131,6 +168,9 @@ pub enum FromWorker {
     },
     /// The attempt failed; `reason` says why in one line.
     Failed { reason: String, turns: u32 },
+    /// The agent kept looping after it was told so; `reason` names the
+    /// pattern (docs/worker-tools.md#loops-and-stalls).
+    Stuck { reason: String, turns: u32 },
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@
 //! of assistant messages already in the conversation (0-based).
 
 mod demo;
-mod validate;
+/// The wire-format checks the scripted server applies to every request,
+/// for tests of a client that talk to their own mock server.
+pub mod validate;
 mod wire;
 
 pub use demo::{demo_scenario, DEMO_GOAL};
@@ -146,6 +148,10 @@ pub struct InjectedError {
     /// (OpenAI `context_length_exceeded`, Anthropic "prompt is too long").
     #[serde(default)]
     pub context_length: bool,
+    /// Answer HTTP 429 with the provider's quota error instead (OpenAI
+    /// `insufficient_quota`, Anthropic a usage-limit `rate_limit_error`).
+    #[serde(default)]
+    pub insufficient_quota: bool,
     /// Sends `retry-after: <secs>`.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,

@@ -12,6 +12,20 @@
 use serde_json::Value;
 use std::collections::HashSet;
 
+/// OpenAI's reasoning models (`o1`, `o3`, `o4`, `gpt-5` families), which
+/// take `max_completion_tokens` and no `temperature`.
+fn is_reasoning_model(model: &str) -> bool {
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    ["o1", "o3", "o4"]
+        .iter()
+        .any(|p| m == *p || m.starts_with(&format!("{p}-")))
+        || m.starts_with("gpt-5")
+}
+
 pub fn request(body: &Value) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let Some(obj) = body.as_object() else {
@@ -23,6 +37,25 @@ pub fn request(body: &Value) -> Result<(), Vec<String>> {
     }
     if obj.get("stream").and_then(Value::as_bool) == Some(true) {
         problems.push("`stream: true` is not scripted".into());
+    }
+    // OpenAI's reasoning models, in OpenAI's words.
+    let model = obj.get("model").and_then(Value::as_str).unwrap_or("");
+    if is_reasoning_model(model) {
+        if obj.contains_key("max_tokens") {
+            problems.push("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into());
+        }
+        if let Some(t) = obj.get("temperature").filter(|t| t.as_f64() != Some(1.0)) {
+            problems.push(format!("Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."));
+        }
+    }
+    if let Some(messages) = obj.get("messages").and_then(Value::as_array) {
+        for (i, m) in messages.iter().enumerate() {
+            for field in ["reasoning_content", "reasoning"] {
+                if m.get(field).is_some() {
+                    problems.push(format!("messages[{i}].{field}: a reasoning field of an earlier answer must not be sent back (DeepSeek refuses it with 400)"));
+                }
+            }
+        }
     }
     let mut declared: Option<HashSet<String>> = None;
     if let Some(tools) = obj.get("tools") {
@@ -189,6 +222,57 @@ fn is_text_block(b: &Value) -> bool {
         && b.get("text").is_some_and(Value::is_string)
 }
 
+/// Anthropic's prompt caching: `cache_control` only on tools, system text
+/// blocks and content blocks, always `{"type": "ephemeral"}` (with an
+/// optional `ttl` of `5m` or `1h`), at most four in a request.
+fn cache_breakpoints(obj: &serde_json::Map<String, Value>, problems: &mut Vec<String>) {
+    let empty = Vec::new();
+    let list = |v: Option<&Value>| v.and_then(Value::as_array).unwrap_or(&empty).clone();
+    let mut marks: Vec<(String, Value)> = Vec::new();
+    for (i, t) in list(obj.get("tools")).iter().enumerate() {
+        if let Some(c) = t.get("cache_control") {
+            marks.push((format!("tools[{i}]"), c.clone()));
+        }
+    }
+    for (i, b) in list(obj.get("system")).iter().enumerate() {
+        if let Some(c) = b.get("cache_control") {
+            marks.push((format!("system[{i}]"), c.clone()));
+        }
+    }
+    for (i, m) in list(obj.get("messages")).iter().enumerate() {
+        if m.get("cache_control").is_some() {
+            problems.push(format!(
+                "messages[{i}].cache_control: cache_control belongs on a content block, not on the message"
+            ));
+        }
+        for (j, b) in list(m.get("content")).iter().enumerate() {
+            if let Some(c) = b.get("cache_control") {
+                marks.push((format!("messages[{i}].content[{j}]"), c.clone()));
+            }
+        }
+    }
+    for (at, c) in &marks {
+        let ok_type = c.get("type").and_then(Value::as_str) == Some("ephemeral");
+        let ok_ttl = c
+            .get("ttl")
+            .is_none_or(|t| matches!(t.as_str(), Some("5m" | "1h")));
+        let ok_keys = c
+            .as_object()
+            .is_some_and(|o| o.keys().all(|k| k == "type" || k == "ttl"));
+        if !(ok_type && ok_ttl && ok_keys) {
+            problems.push(format!(
+                "{at}.cache_control must be {{\"type\": \"ephemeral\"}} (optionally with \"ttl\": \"5m\" or \"1h\"), not {c}"
+            ));
+        }
+    }
+    if marks.len() > 4 {
+        problems.push(format!(
+            "A maximum of 4 blocks with cache_control may be provided. Found {}.",
+            marks.len()
+        ));
+    }
+}
+
 /// Checks an Anthropic Messages request (`POST /v1/messages`).
 /// `anthropic_version` is the value of the `anthropic-version` header.
 pub fn anthropic_request(anthropic_version: Option<&str>, body: &Value) -> Result<(), Vec<String>> {
@@ -286,6 +370,7 @@ pub fn anthropic_request(anthropic_version: Option<&str>, body: &Value) -> Resul
             ),
         }
     }
+    cache_breakpoints(obj, &mut problems);
     let Some(messages) = obj.get("messages").and_then(Value::as_array) else {
         problems.push("`messages` must be an array".into());
         return Err(problems);
@@ -543,6 +628,25 @@ mod tests {
         );
         // Consecutive user messages.
         assert!(problems(json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})).contains("alternate"));
+        // cache_control: its shape, its place, at most four.
+        let block = |c: Value| json!({"type": "text", "text": "x", "cache_control": c});
+        let p = problems(
+            json!({"model": "m", "max_tokens": 1, "system": [block(json!({"type": "persistent"}))],
+            "messages": [{"role": "user", "content": "hi", "cache_control": {"type": "ephemeral"}}]}),
+        );
+        assert!(
+            p.contains("system[0].cache_control must be") && p.contains("not on the message"),
+            "{p}"
+        );
+        let e = json!({"type": "ephemeral"});
+        let p = problems(
+            json!({"model": "m", "max_tokens": 1, "system": [block(e.clone()), block(e.clone()), block(e.clone())],
+            "messages": [{"role": "user", "content": [block(e.clone()), block(json!({"type": "ephemeral", "ttl": "1h"}))]}]}),
+        );
+        assert!(
+            p.contains("A maximum of 4 blocks with cache_control"),
+            "{p}"
+        );
         // A tool_use not answered in the next message, an unknown tool_result id,
         // an undeclared tool.
         let p = problems(

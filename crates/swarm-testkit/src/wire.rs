@@ -173,6 +173,23 @@ pub(crate) fn injected_error_body(
         };
         return (400, body);
     }
+    if e.insufficient_quota {
+        let body = match wire {
+            Wire::OpenAi => error_body(
+                wire,
+                "insufficient_quota",
+                "You exceeded your current quota, please check your plan and billing details.",
+                Some("insufficient_quota"),
+            ),
+            Wire::Anthropic => error_body(
+                wire,
+                "rate_limit_error",
+                "This request would exceed your organization's usage limit; it resets at the next period.",
+                None,
+            ),
+        };
+        return (429, body);
+    }
     let status = e.status;
     let body = match (wire, status) {
         (Wire::OpenAi, 401) => error_body(

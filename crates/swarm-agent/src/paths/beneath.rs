@@ -160,6 +160,24 @@ pub fn replace_file(root: BorrowedFd<'_>, rel: &RelPath, content: &[u8]) -> Resu
     written
 }
 
+/// Removes the file at `rel` below `root` (a symlink there is removed
+/// itself, never followed); `EISDIR` when a directory is there.
+pub fn remove_file(root: BorrowedFd<'_>, rel: &RelPath) -> Result<(), Errno> {
+    let Some((parents, last)) = rel.split_last() else {
+        return Err(Errno::EISDIR);
+    };
+    let dir = walk_dirs(root, parents, false)?;
+    let st = fstatat(&dir, last.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        return Err(Errno::EISDIR);
+    }
+    nix::unistd::unlinkat(
+        &dir,
+        last.as_os_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
