@@ -492,7 +492,7 @@ async fn every_kind_of_failure_but_an_interruption_uses_up_an_attempt() {
         vec![
             AttemptOutcome::Timeout,
             AttemptOutcome::MemoryLimit,
-            AttemptOutcome::Failed
+            AttemptOutcome::Stuck
         ]
     );
 }
