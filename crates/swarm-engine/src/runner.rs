@@ -68,7 +68,7 @@ pub enum Ended {
     /// The agent gave up, ran out of turns, or a tool or model error ended it.
     Failed,
     /// The agent stopped making progress (a runner that can tell says so).
-    /// Recorded as `failed` until the store has an outcome of its own for it.
+    /// Recorded as `stuck` (a counted attempt).
     Stuck,
     /// The agent's process died (exit code or signal in the reason).
     Crashed,
