@@ -1790,6 +1790,92 @@ mod tests {
         );
     }
 
+    /// A process still running in a worktree that is being removed swaps a
+    /// directory for a symlink to a victim directory: `git worktree remove`
+    /// (the defence off) deletes the victim's files; `remove_worktree` never.
+    #[test]
+    fn removing_a_worktree_never_follows_a_swapped_symlink() {
+        use std::os::unix::ffi::OsStrExt;
+        let attempt = |git_remove: bool| -> bool {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().canonicalize().unwrap();
+            let repo = Repo::init(base.join("repo"), "p1").unwrap();
+            let victim = base.join("victim");
+            std::fs::create_dir_all(&victim).unwrap();
+            let started = std::time::Instant::now();
+            let mut lost = false;
+            let mut round = 0;
+            while !lost && started.elapsed() < Duration::from_secs(4) {
+                round += 1;
+                for i in 0..20 {
+                    std::fs::write(victim.join(format!("f{i}")), "keep").unwrap();
+                }
+                let wt = base.join(format!("w{round}"));
+                repo.add_worktree(&wt, &format!("task/r/{round}")).unwrap();
+                for i in 0..40 {
+                    std::fs::create_dir_all(wt.join(format!("d{i}"))).unwrap();
+                    for j in 0..20 {
+                        std::fs::write(wt.join(format!("d{i}/f{j}")), "x").unwrap();
+                    }
+                    std::os::unix::fs::symlink(&victim, wt.join(format!("l{i}"))).unwrap();
+                }
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flipper = {
+                    let stop = stop.clone();
+                    let pairs: Vec<(std::ffi::CString, std::ffi::CString)> = (0..40)
+                        .map(|i| {
+                            let c = |n: String| {
+                                std::ffi::CString::new(wt.join(n).as_os_str().as_bytes()).unwrap()
+                            };
+                            (c(format!("d{i}")), c(format!("l{i}")))
+                        })
+                        .collect();
+                    std::thread::spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            for (a, b) in &pairs {
+                                // SAFETY: renameat2 (RENAME_EXCHANGE) with valid C strings.
+                                unsafe {
+                                    libc::syscall(
+                                        libc::SYS_renameat2,
+                                        libc::AT_FDCWD,
+                                        a.as_ptr(),
+                                        libc::AT_FDCWD,
+                                        b.as_ptr(),
+                                        2u32,
+                                    );
+                                }
+                            }
+                        }
+                    })
+                };
+                if git_remove {
+                    let p = wt.to_string_lossy().into_owned();
+                    let _ = git_status(
+                        repo.root(),
+                        &["worktree", "remove", "--force", "--force", &p],
+                        None,
+                    );
+                } else {
+                    let _ = repo.remove_worktree(&wt);
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                flipper.join().unwrap();
+                lost = (0..20).any(|i| !victim.join(format!("f{i}")).exists());
+                let _ = std::fs::remove_dir_all(&wt);
+                let _ = repo.prune_worktrees();
+            }
+            lost
+        };
+        assert!(
+            attempt(true),
+            "the race did not work against git worktree remove"
+        );
+        assert!(
+            !attempt(false),
+            "remove_worktree deleted files outside the worktree"
+        );
+    }
+
     #[test]
     fn paths_with_control_characters_are_not_committed() {
         let dir = tempfile::tempdir().unwrap();
