@@ -324,17 +324,11 @@ impl Tools {
                 Ok(d) => d,
                 Err(e) => return format!("error: cannot list `{path}`: {e}"),
             };
-            let mut entries: Vec<(OsString, Option<Type>)> = dir
-                .iter()
-                .flatten()
-                .map(|e| {
-                    (
-                        OsStr::from_bytes(e.file_name().to_bytes()).to_owned(),
-                        e.file_type(),
-                    )
-                })
-                .filter(|(name, _)| name != "." && name != "..")
-                .collect();
+            let mut entries: Vec<(OsString, Option<Type>)> =
+                swarm_exec::sandbox::dir_entries(&mut dir)
+                    .into_iter()
+                    .map(|(n, t)| (OsStr::from_bytes(n.to_bytes()).to_owned(), t))
+                    .collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, kind) in entries.into_iter().rev() {
                 // Git's files, and the commands' private HOME and TMPDIR.

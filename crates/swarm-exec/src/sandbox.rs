@@ -803,6 +803,18 @@ impl UidDrop {
     }
 }
 
+/// The entries of an open directory but `.` and `..`, with the type the
+/// directory reports (`None`: it does not say; `fstatat` tells). The one
+/// reader of directories for the walks by descriptor (the worktree's
+/// hand-over, the nested-repository scan, the file tools).
+pub fn dir_entries(dir: &mut nix::dir::Dir) -> Vec<(std::ffi::CString, Option<nix::dir::Type>)> {
+    dir.iter()
+        .filter_map(|e| e.ok())
+        .map(|e| (e.file_name().to_owned(), e.file_type()))
+        .filter(|(n, _)| n.to_bytes() != b"." && n.to_bytes() != b"..")
+        .collect()
+}
+
 /// Gives the tree at `root` to `uid` (the sandbox uid of a root service's
 /// commands): every file and directory this process owns there. The
 /// commands then work in it as its owner (write, `chmod +x`), and own
@@ -837,12 +849,7 @@ pub fn hand_over(root: &Path, uid: u32) -> std::io::Result<()> {
     let mut stack = vec![top];
     while let Some(fd) = stack.pop() {
         let mut dir = Dir::from_fd(fd)?;
-        let entries: Vec<(std::ffi::CString, Option<Type>)> = dir
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_owned(), e.file_type()))
-            .filter(|(n, _)| n.to_bytes() != b"." && n.to_bytes() != b"..")
-            .collect();
+        let entries = dir_entries(&mut dir);
         let mut subdirs = Vec::new();
         for (name, kind) in entries {
             let name = name.as_c_str();

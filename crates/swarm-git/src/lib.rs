@@ -434,13 +434,7 @@ fn scan_worktree(work_tree: &Path) -> Result<Scan> {
     let mut stack: Vec<(std::os::fd::OwnedFd, PathBuf)> = vec![(top, PathBuf::new())];
     while let Some((fd, rel)) = stack.pop() {
         let mut dir = Dir::from_fd(fd).map_err(std::io::Error::from)?;
-        let entries: Vec<(std::ffi::CString, Option<Type>)> = dir
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_owned(), e.file_type()))
-            .filter(|(n, _)| n.to_bytes() != b"." && n.to_bytes() != b"..")
-            .collect();
-        for (name, kind) in entries {
+        for (name, kind) in swarm_exec::sandbox::dir_entries(&mut dir) {
             let os = OsStr::from_bytes(name.to_bytes());
             let child = rel.join(os);
             if os == ".git" {
@@ -501,13 +495,7 @@ fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<
         Err(e) => return Err(std::io::Error::from(e).into()),
     };
     let mut sub = Dir::from_fd(fd).map_err(std::io::Error::from)?;
-    let names: Vec<std::ffi::CString> = sub
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
-        .collect();
-    for n in names {
+    for (n, _) in swarm_exec::sandbox::dir_entries(&mut sub) {
         remove_at(sub.as_fd(), &n)?;
     }
     match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {

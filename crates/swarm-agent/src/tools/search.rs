@@ -85,17 +85,11 @@ impl Tools {
             let Ok(mut dir) = Dir::from_fd(fd) else {
                 continue;
             };
-            let mut entries: Vec<(OsString, Option<Type>)> = dir
-                .iter()
-                .flatten()
-                .map(|e| {
-                    (
-                        OsStr::from_bytes(e.file_name().to_bytes()).to_owned(),
-                        e.file_type(),
-                    )
-                })
-                .filter(|(n, _)| n != "." && n != "..")
-                .collect();
+            let mut entries: Vec<(OsString, Option<Type>)> =
+                swarm_exec::sandbox::dir_entries(&mut dir)
+                    .into_iter()
+                    .map(|(n, t)| (OsStr::from_bytes(n.to_bytes()).to_owned(), t))
+                    .collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             let rules = match entries
                 .iter()
