@@ -331,6 +331,12 @@ impl LiveView {
             )),
             None => {}
         }
+        for q in &status.quota_blocked {
+            held.push(format!(
+                "quota: provider {} is out of quota; work that needs it resumes in {} s",
+                q.provider, q.resets_in_secs
+            ));
+        }
         let rl = &status.rate_limit;
         if rl.waiting > 0 {
             held.push(format!(

@@ -293,6 +293,7 @@ pub fn describe(e: &EventRecord) -> String {
         "sandbox" => sandbox(d),
         "limits" => limits(d),
         "halt" => halt(d),
+        "waiting" => d.get("message").and_then(Value::as_str).map(str::to_owned),
         "note" => d
             .get("message")
             .and_then(Value::as_str)

@@ -206,6 +206,7 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
                 "last_error": t.last_error, "depends_on": t.depends_on, "commit": t.commit,
                 "attempt_history": t.attempts.iter().map(|a| serde_json::json!({
                     "attempt": a.attempt, "outcome": a.outcome, "reason": a.reason, "turns": a.turns,
+                    "started_ms": a.started_ms, "ended_ms": a.ended_ms,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });

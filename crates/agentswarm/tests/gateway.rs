@@ -293,6 +293,168 @@ fn the_rate_limit_holds_in_every_60_second_window() {
     );
 }
 
+/// The quota circuit breaker: 20 queued tasks, 4 slots; the first worker
+/// call gets a quota answer with an 8 s reset. The attempts already running
+/// wait in the gateway and run out of their 3 s time limit meanwhile; their
+/// slots must stay empty until the reset (not be handed to new attempts
+/// that would only wait too), none of those attempts counts (one attempt
+/// per task is allowed), and at the reset work resumes by itself.
+#[test]
+fn a_quota_answer_stops_every_dispatch_until_the_reset() {
+    let ids: Vec<String> = (1..=20).map(|i| format!("t{i:02}")).collect();
+    let tasks: Vec<(&str, &[&str])> = ids.iter().map(|i| (i.as_str(), &[][..])).collect();
+    let p = plan("quota", &tasks, &["test -f t20.txt"]);
+    let mut scripts = serde_json::Map::new();
+    for id in &ids {
+        scripts.insert(
+            id.clone(),
+            json!({"turns": [write_turn(&format!("{id}.txt"), "x\n"), finish_turn("done")]}),
+        );
+    }
+    let h = Harness::new(json!({
+        "tasks": scripts,
+        "errors": [{"kind": "worker", "task": "t01", "status": 429,
+                    "insufficient_quota": true, "retry_after_secs": 8}],
+    }));
+    let (wall0, clock0) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let path = h.home.path().join("plan.json");
+    std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
+    let out = h
+        .cmd(&[
+            "run",
+            "--json",
+            "--max-attempts",
+            "1",
+            "--plan",
+            path.to_str().unwrap(),
+            "quota goal",
+        ])
+        .env("MAX_CONCURRENT_WORKERS", "4")
+        .env("WORKER_TIMEOUT_SECONDS", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let project = last_json_line(&out)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = h.status_json(&project);
+    assert_eq!(status["state"], "done", "{status}");
+
+    // Server time to wall-clock milliseconds, as the store records them.
+    let wall_ms = |at: std::time::Instant| -> i64 {
+        let t = wall0 + (at - clock0);
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    let quota = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.status == 429)
+        .expect("the quota answer was sent");
+    let (blocked, reset) = (wall_ms(quota.received), wall_ms(quota.received) + 8_000);
+
+    let attempts: Vec<Value> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "code")
+        .flat_map(|t| t["attempt_history"].as_array().unwrap().clone())
+        .collect();
+    let timed_out: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| a["outcome"] == "timeout")
+        .collect();
+    assert!(
+        !timed_out.is_empty(),
+        "the held attempts ran out of time: {attempts:?}"
+    );
+    for a in &timed_out {
+        let reason = a["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("out of quota") && reason.contains("not counted"),
+            "{reason}"
+        );
+    }
+    // Slots freed during the hold stayed free: no attempt started after the
+    // quota answer was in (give the worker's call 500 ms to note it) and
+    // before the reset.
+    let started_in_hold: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| {
+            let s = a["started_ms"].as_i64().unwrap();
+            s > blocked + 500 && s < reset - 200
+        })
+        .collect();
+    assert!(
+        started_in_hold.is_empty(),
+        "attempts dispatched while the provider was out of quota: {started_in_hold:?}"
+    );
+    // Work resumed by itself at the reset, and nothing failed for it.
+    let after_reset = attempts
+        .iter()
+        .filter(|a| a["started_ms"].as_i64().unwrap() >= reset - 200)
+        .count();
+    assert!(
+        after_reset >= 10,
+        "{after_reset} attempts after the reset: {attempts:?}"
+    );
+    for t in status["tasks"].as_array().unwrap() {
+        assert_eq!(t["state"], "done", "{t}");
+        assert_eq!(t["attempts_counted"], 0, "no failed attempt counted: {t}");
+    }
+    // The operator was told why work waited.
+    let logs = h.run(&["logs", &project]);
+    let logs = text(&logs);
+    assert!(logs.contains("provider default is out of quota"), "{logs}");
+    assert!(logs.contains("starting work again"), "{logs}");
+}
+
+/// A planner call held for a quota reset: the project says why it waits
+/// while it waits, and plans once the reset passed.
+#[test]
+fn a_planner_held_for_a_quota_reset_says_so_and_carries_on() {
+    let (sc, _) = two_task_scenario(json!({
+        "errors": [{"kind": "planner", "status": 429, "insufficient_quota": true, "retry_after_secs": 4}]
+    }));
+    let h = Harness::new(sc);
+    let (mut child, _stdout, project) = h.spawn_run(&["run", "--no-progress", "build gw"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let status = h.status_json(&project);
+        if let Some(w) = status["waiting"].as_str() {
+            break (status["state"].clone(), w.to_owned());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said why it waits: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(waiting.0, "planning");
+    assert!(
+        waiting.1.contains("provider default is out of quota until"),
+        "{}",
+        waiting.1
+    );
+    assert!(child.wait().unwrap().success());
+    let status = h.status_json(&project);
+    assert_eq!(status["state"], "done", "{status}");
+    assert!(status["waiting"].is_null(), "{status}");
+    let planner: Vec<u16> = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.kind == RequestKind::Planner)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        planner,
+        [429, 200],
+        "one quota answer, then the plan after the reset"
+    );
+}
+
 fn spent_cost(status: &Value) -> f64 {
     status["cost_usd"].as_f64().unwrap()
 }

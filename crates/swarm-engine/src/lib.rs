@@ -26,7 +26,9 @@ mod wording;
 
 pub use gate::GateStatus;
 pub use gateway::{Gateway, Tape};
-pub use metrics::{LiveWorker, Metrics, MetricsFormat, MetricsText, RateLimitStatus, SwarmStatus};
+pub use metrics::{
+    LiveWorker, Metrics, MetricsFormat, MetricsText, QuotaStatus, RateLimitStatus, SwarmStatus,
+};
 pub use prompts::CommandResult;
 
 use std::ffi::OsString;
@@ -260,6 +262,7 @@ impl Engine {
 
     fn status_with(&self, ready_tasks: u32) -> SwarmStatus {
         let limiter = self.gateway.rate_limit();
+        let now = std::time::SystemTime::now();
         SwarmStatus {
             workers_running: u32::try_from(self.live.len()).unwrap_or(u32::MAX),
             workers_cap: self.config.max_concurrent_workers,
@@ -271,6 +274,12 @@ impl Engine {
                 waiting: limiter.waiting,
                 wait_seconds_total: self.metrics.rate_limit_wait_seconds(),
             },
+            quota_blocked: self
+                .gateway
+                .quota_blocks()
+                .iter()
+                .map(|b| QuotaStatus::of(b, now))
+                .collect(),
         }
     }
 
@@ -335,16 +344,12 @@ impl Engine {
     /// `agentswarm_projects{state}`, `agentswarm_tasks_finished_total{state}`.
     pub fn metrics_text_as(&self, format: MetricsFormat) -> MetricsText {
         let (ready, projects) = self.store_counts();
-        self.metrics.refresh(&self.status_with(ready), &projects);
-        let now = std::time::SystemTime::now();
-        let blocked: Vec<(String, u64)> = self
-            .gateway
-            .quota_blocks()
-            .into_iter()
-            .map(|b| {
-                let left = b.until.duration_since(now).unwrap_or_default();
-                (b.provider, left.as_secs().max(1))
-            })
+        let status = self.status_with(ready);
+        self.metrics.refresh(&status, &projects);
+        let blocked: Vec<(String, u64)> = status
+            .quota_blocked
+            .iter()
+            .map(|b| (b.provider.clone(), b.resets_in_secs))
             .collect();
         self.metrics.quota(&blocked);
         self.metrics.render(format)

@@ -181,6 +181,39 @@ pub struct SwarmStatus {
     pub gate: GateStatus,
     /// The shared model-request limiter.
     pub rate_limit: RateLimitStatus,
+    /// Providers that answered that their quota is used up: no work that
+    /// needs them is dispatched until their reset (docs/providers.md).
+    #[serde(default)]
+    pub quota_blocked: Vec<QuotaStatus>,
+}
+
+/// A provider out of quota, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuotaStatus {
+    pub provider: String,
+    /// When its calls go out again (ms since the Unix epoch).
+    pub until_ms: i64,
+    /// Seconds left until then (at least 1 while it holds).
+    pub resets_in_secs: u64,
+    /// What the provider said (keys masked).
+    pub reason: String,
+}
+
+impl QuotaStatus {
+    pub fn of(b: &crate::gateway::QuotaBlock, now: std::time::SystemTime) -> Self {
+        let left = b.until.duration_since(now).unwrap_or_default();
+        let until_ms = b
+            .until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self {
+            provider: b.provider.clone(),
+            until_ms,
+            resets_in_secs: left.as_secs().max(1),
+            reason: b.reason.clone(),
+        }
+    }
 }
 
 /// Which text format [`Metrics::render`] writes.
@@ -632,6 +665,7 @@ mod tests {
                 waiting: 2,
                 wait_seconds_total: 0.0,
             },
+            quota_blocked: Vec::new(),
         }
     }
 

@@ -6,11 +6,12 @@
 use crate::driver::BuiltinRunner;
 use crate::mainline::{Mainline, MainlineParts};
 use crate::scheduler::Scheduler;
-use crate::{delivery, new_tasks, packager, planner, recovery};
+use crate::{delivery, new_tasks, packager, planner, recovery, wording};
 use crate::{Engine, Error, Result, RunReport};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use swarm_config::ModelRole;
 use swarm_git::Repo;
 use swarm_protocol::{ProjectId, ProjectState, TaskState};
 use tokio_util::sync::CancellationToken;
@@ -159,7 +160,9 @@ async fn run_inner(
                 set_project(engine, id, ProjectState::Interrupted, None)?;
                 return report(engine, id, None);
             }
+            Err(e) = note_quota_holds(engine, id, ModelRole::Planner) => return Err(e),
         };
+        store.set_project_waiting(id, None)?;
         store.set_planner_calls(id, project.planner_calls + outcome.calls)?;
         match outcome.result {
             Ok(plan) => {
@@ -274,6 +277,34 @@ async fn run_inner(
     run.integration.close_merge_queue().await;
     result?;
     delivery::finish(&mut run, &plan.name, &sandbox_report, pool).await
+}
+
+/// While a model call of `role` for project `id` is out (the caller drops
+/// this future when it is answered): the project's `waiting` says when the
+/// role's providers are out of quota, for as long as the gateway holds the
+/// call for their reset. Returns only a store error.
+pub(crate) async fn note_quota_holds(
+    engine: &Engine,
+    id: &ProjectId,
+    role: ModelRole,
+) -> Result<std::convert::Infallible> {
+    let mut shown: Option<String> = None;
+    loop {
+        let block = engine.gateway.quota_block_for(role);
+        match (&block, &shown) {
+            (Some(b), s) if s.as_deref() != Some(b.provider.as_str()) => {
+                let msg = wording::waiting_for_quota(&b.provider, b.until, &b.reason);
+                crate::scheduler::record_waiting(engine, id, s.is_some(), Some(&msg))?;
+                shown = Some(b.provider.clone());
+            }
+            (None, Some(_)) => {
+                crate::scheduler::record_waiting(engine, id, true, None)?;
+                shown = None;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 pub(crate) fn set_project(

@@ -124,6 +124,9 @@ pub(crate) struct Scheduler<'e, I> {
     needs_slot: bool,
     /// Ready tasks wait for the resource gate.
     gated: bool,
+    /// Ready code tasks wait for the worker model's provider to reset its
+    /// quota (the gateway's circuit breaker), until then.
+    quota_until: Option<tokio::time::Instant>,
     /// Why ready tasks wait, as last recorded in the store.
     waiting: Option<String>,
     /// The stop was seen and handled.
@@ -171,6 +174,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             spare: None,
             needs_slot: false,
             gated: false,
+            quota_until: None,
             waiting: None,
             stopping: false,
             last_verify: None,
@@ -294,7 +298,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        let ready: Vec<TaskId> = self
+        let mut ready: Vec<TaskId> = self
             .order
             .iter()
             .filter(|id| self.tasks[*id].state == TaskState::Ready)
@@ -302,6 +306,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             .collect();
         self.needs_slot = false;
         self.gated = false;
+        self.quota_until = None;
         let mut waiting = None;
         // The gate is read once a dispatch (two /proc reads), and only when
         // something is ready to start.
@@ -313,6 +318,25 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 return self.set_waiting(Some(format!("waiting: {why}")));
             }
         }
+        // The quota circuit breaker: while the worker model's providers are
+        // out of quota, no code attempt starts (it would only wait in the
+        // gateway, holding a slot and its time limit); verify needs no model.
+        if ready.iter().any(|id| self.tasks[id].kind == TaskKind::Code) {
+            if let Some(block) = self.engine.gateway.quota_block() {
+                ready.retain(|id| self.tasks[id].kind != TaskKind::Code);
+                let left = block
+                    .until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                self.quota_until = Some(tokio::time::Instant::now() + left);
+                self.spare = None;
+                waiting = Some(wording::waiting_for_quota(
+                    &block.provider,
+                    block.until,
+                    &block.reason,
+                ));
+            }
+        }
         for id in ready {
             let Some(permit) = self
                 .spare
@@ -320,7 +344,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 .or_else(|| self.engine.slots.clone().try_acquire_owned().ok())
             else {
                 self.needs_slot = true;
-                if self.attempts == 0 && self.verifying.is_none() {
+                if self.attempts == 0 && self.verifying.is_none() && waiting.is_none() {
                     waiting = Some(wording::waiting_for_slots(
                         self.engine.config.max_concurrent_workers,
                     ));
@@ -413,24 +437,22 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         self.set_waiting(waiting)
     }
 
+    /// Why ready tasks wait, as last recorded.
+    pub(crate) fn waiting(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+
     /// Records (on change) why ready tasks wait, for `status` and the log.
     fn set_waiting(&mut self, waiting: Option<String>) -> Result<()> {
         if self.waiting == waiting {
             return Ok(());
         }
-        if let Some(w) = &waiting {
-            self.engine
-                .emit(&self.id, None, "info", format!("project {}: {w}", self.id));
-        } else if self.waiting.is_some() {
-            self.engine.emit(
-                &self.id,
-                None,
-                "info",
-                format!("project {}: starting work again", self.id),
-            );
-        }
-        self.store()
-            .set_project_waiting(&self.id, waiting.as_deref())?;
+        record_waiting(
+            self.engine,
+            &self.id,
+            self.waiting.is_some(),
+            waiting.as_deref(),
+        )?;
         self.waiting = waiting;
         Ok(())
     }
@@ -442,6 +464,12 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             || ((self.needs_slot || self.gated)
                 && !self.cancel.is_cancelled()
                 && self.tasks.values().any(|t| t.state == TaskState::Ready))
+            || (self.quota_until.is_some()
+                && !self.cancel.is_cancelled()
+                && self
+                    .tasks
+                    .values()
+                    .any(|t| t.state == TaskState::Ready && t.kind == TaskKind::Code))
     }
 
     /// Runs the project's tasks until nothing is left to do or start (all
@@ -459,6 +487,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     self.interrupt_verify().await?;
                     self.needs_slot = false;
                     self.gated = false;
+                    self.quota_until = None;
                     self.spare = None;
                     self.set_waiting(None)?;
                     continue;
@@ -471,6 +500,12 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     continue;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+                // The provider's reset (it is checked again then: another
+                // quota answer may have moved it).
+                _ = sleep_until_or_never(self.quota_until), if self.quota_until.is_some() && !self.gated => {
                     self.dispatch()?;
                     continue;
                 }
@@ -611,6 +646,21 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
             }
             Outcome::Ended { how, reason, turns } => {
+                // Out of time while its model calls were held for a quota
+                // reset: the provider's doing, not the agent's.
+                let quota = (how == crate::runner::Ended::TimedOut)
+                    .then(|| self.engine.gateway.quota_block())
+                    .flatten();
+                let (counts, reason) = match quota {
+                    Some(b) => (
+                        false,
+                        format!(
+                            "{reason} while provider {} was out of quota (not counted)",
+                            b.provider
+                        ),
+                    ),
+                    None => (how.counts(), reason),
+                };
                 self.end_attempt(AttemptEnd::ended(
                     &task,
                     attempt,
@@ -622,7 +672,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     &task,
                     attempt,
                     TaskState::Running,
-                    how.counts(),
+                    counts,
                     reason,
                     Vec::new(),
                 )?;
@@ -733,6 +783,44 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         if let Some(w) = self.workspaces.remove(&(task.clone(), attempt)) {
             self.runner.release(w, dirty);
         }
+    }
+}
+
+/// Records a change of why project `id`'s work waits: in the store (for
+/// `status`), as a `waiting` event (for `logs`) and as progress. `None`
+/// after a wait (`was_waiting`): work starts again.
+pub(crate) fn record_waiting(
+    engine: &Engine,
+    id: &ProjectId,
+    was_waiting: bool,
+    waiting: Option<&str>,
+) -> Result<()> {
+    let line = match waiting {
+        Some(w) => w.to_owned(),
+        None if was_waiting => "starting work again".to_owned(),
+        None => {
+            return engine
+                .store
+                .set_project_waiting(id, None)
+                .map_err(Into::into)
+        }
+    };
+    engine.store.set_project_waiting(id, waiting)?;
+    engine.store.append_event(
+        id,
+        None,
+        "waiting",
+        &serde_json::json!({"waiting": waiting, "message": line}),
+    )?;
+    engine.emit(id, None, "info", format!("project {id}: {line}"));
+    Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use swarm_config::ModelRole;
 use swarm_exec::sandbox::SandboxPolicy;
 use swarm_exec::Sandbox;
 use swarm_protocol::AttemptOutcome;
@@ -215,10 +216,14 @@ impl<I: Integration> Scheduler<'_, I> {
         let existing: HashSet<TaskId> = self.tasks.keys().cloned().collect();
         let request = prompts::fix_request(&self.goal, round, &results, self.limits.max_tasks);
         let cancel = self.cancel.clone();
+        let (engine, id) = (self.engine, self.id.clone());
         let outcome = tokio::select! {
             o = self.integration.plan_fixes(request, &existing, self.limits.max_tasks) => Some(o),
             _ = cancel.cancelled() => None,
+            Err(e) = crate::run::note_quota_holds(engine, &id, ModelRole::Fixer) => return Err(e),
         };
+        // What the scheduler last recorded, in place of a quota note.
+        self.store().set_project_waiting(&self.id, self.waiting())?;
         let Some(outcome) = outcome else {
             self.set(
                 &verify_id,

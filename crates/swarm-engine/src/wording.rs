@@ -4,6 +4,7 @@
 
 use crate::prompts::CommandResult;
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 use swarm_protocol::{TaskId, TaskState};
 use swarm_store::TaskRecord;
 
@@ -42,6 +43,15 @@ pub(crate) fn transition(
 pub(crate) fn waiting_for_slots(max_concurrent_workers: u32) -> String {
     format!(
         "waiting: all {max_concurrent_workers} worker slots (MAX_CONCURRENT_WORKERS) are in use by other projects"
+    )
+}
+
+/// Work that needs `provider` waits for its quota reset at `until`.
+pub(crate) fn waiting_for_quota(provider: &str, until: SystemTime, reason: &str) -> String {
+    format!(
+        "waiting: provider {provider} is out of quota until {}; work that needs it resumes by itself then ({})",
+        humantime::format_rfc3339_seconds(until),
+        truncate(reason.lines().next().unwrap_or_default(), 160)
     )
 }
 

@@ -492,6 +492,20 @@ const gauges = {
       h('span', { class: 'g-label' }, 'rate'),
       h('span', { class: 'g-value' }, rate)),
     );
+
+    // The quota circuit breaker: providers out of quota hold their work.
+    for (const q of st.quota_blocked || []) {
+      const until = new Date(q.until_ms).toLocaleTimeString();
+      box.append(
+        h('span', {
+          class: 'gauge gauge-warn',
+          dataset: { gauge: 'quota', provider: q.provider },
+          title: `${q.reason} — work that needs ${q.provider} resumes by itself at ${until}`,
+        },
+        h('span', { class: 'g-label' }, 'quota'),
+        h('span', { class: 'g-value' }, `${q.provider} out until ${until}`)),
+      );
+    }
   },
 };
 gauges.refreshSoon = coalesce(() => gauges.refresh(), REFRESH_DELAY_MS);
