@@ -25,8 +25,7 @@ pub const TARGET_PERCENT: u64 = 50;
 pub const KEEP_LAST: usize = 6;
 /// Bytes an old tool output is shortened to.
 const SHORT_OUTPUT: usize = 300;
-/// How a condensed summary message starts (in transcripts too).
-pub const SUMMARY_PREFIX: &str = "[Condensed:";
+pub use swarm_protocol::chat::{summarised_turns, SUMMARY_PREFIX};
 /// How a shortened tool output ends.
 pub const SHORTENED_NOTE: &str = "[… older tool output shortened to fit the context window]";
 
@@ -209,10 +208,20 @@ pub fn mechanical_summary(old: &[ChatMessage]) -> String {
     s
 }
 
-/// The message that replaces `count` old messages.
-pub fn summary_message(count: usize, summary: &str) -> ChatMessage {
+/// The message that replaces the `old` messages: how many, and how many
+/// model turns they held (an earlier summary among them counts its own),
+/// so that the model — and a scripted server — knows where the work is.
+pub fn summary_message(old: &[ChatMessage], summary: &str) -> ChatMessage {
+    let turns = old
+        .iter()
+        .map(|m| match m.role {
+            Role::Assistant => 1,
+            _ => m.content.as_deref().and_then(summarised_turns).unwrap_or(0),
+        })
+        .sum::<u32>();
     ChatMessage::user(format!(
-        "{SUMMARY_PREFIX} {count} earlier messages were summarised to fit the context window.]\n{}",
+        "{SUMMARY_PREFIX} {} earlier messages ({turns} model turns) were summarised to fit the context window.]\n{}",
+        old.len(),
         cut(summary.trim(), 6000)
     ))
 }
@@ -220,6 +229,27 @@ pub fn summary_message(count: usize, summary: &str) -> ChatMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_says_how_many_turns_it_stands_for_earlier_summaries_included() {
+        let first = summary_message(
+            &[
+                ChatMessage::assistant("a"),
+                ChatMessage::user("r"),
+                ChatMessage::assistant("b"),
+            ],
+            "did a and b",
+        );
+        assert_eq!(summarised_turns(first.content.as_deref().unwrap()), Some(2));
+        let second = summary_message(&[first, ChatMessage::assistant("c")], "more");
+        let text = second.content.as_deref().unwrap();
+        assert!(
+            text.starts_with("[Condensed: 2 earlier messages (3 model turns)"),
+            "{text}"
+        );
+        assert_eq!(summarised_turns(text), Some(3));
+        assert_eq!(summarised_turns("Task t1: x"), None);
+    }
     use swarm_protocol::chat::{FunctionCall, ToolCall};
 
     fn turn(i: usize, output: usize) -> Vec<ChatMessage> {

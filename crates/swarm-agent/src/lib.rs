@@ -331,7 +331,8 @@ fn condense<R: BufRead, W: Write>(
                     context::mechanical_summary(&old)
                 }
             };
-            messages.splice(2..cut, [context::summary_message(cut - 2, &summary)]);
+            let message = context::summary_message(&old, &summary);
+            messages.splice(2..cut, [message]);
             done.push_str(&format!("; {} earlier messages summarised", cut - 2));
         }
         if request_tokens(messages, specs) > budget.target {

@@ -195,3 +195,18 @@ mod tests {
         assert_eq!(v["messages"][0]["role"], "user");
     }
 }
+
+/// How the built-in agent's condensed summary message starts: it replaces
+/// the oldest turns of a conversation that would no longer fit the model's
+/// context window (`[Condensed: N earlier messages (T model turns) were
+/// summarised …]`, a user message).
+pub const SUMMARY_PREFIX: &str = "[Condensed:";
+
+/// The model turns a condensed summary message stands for; `None` for any
+/// other text.
+pub fn summarised_turns(text: &str) -> Option<u32> {
+    let rest = text.strip_prefix(SUMMARY_PREFIX)?;
+    let head = rest.lines().next()?;
+    let (_, after) = head.split_once('(')?;
+    after.split_once(" model turns)")?.0.trim().parse().ok()
+}

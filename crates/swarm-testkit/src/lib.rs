@@ -219,6 +219,10 @@ pub enum RequestKind {
     Worker,
     /// `agentswarm doctor --check-model`'s one-line request; answered `OK`.
     Probe,
+    /// The built-in agent asks for a summary of its oldest turns (its
+    /// context is full): its first user message starts with `The task:`,
+    /// then the task's own first message. Answered with a plain summary.
+    Summary,
     Unknown,
 }
 
@@ -517,10 +521,27 @@ fn classify(body: &Value) -> Classified {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .and_then(message_text)
         .unwrap_or("");
+    // Model turns: the assistant messages, plus the turns a condensed
+    // summary of the conversation says it stands for
+    // (`[Condensed: N earlier messages (T model turns) …]`).
     let turn = messages
         .iter()
-        .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-        .count() as u32;
+        .map(|m| match m.get("role").and_then(Value::as_str) {
+            Some("assistant") => 1,
+            Some("user") => message_text(m)
+                .and_then(swarm_protocol::chat::summarised_turns)
+                .unwrap_or(0),
+            _ => 0,
+        })
+        .sum::<u32>();
+    if let Some(task_message) = first_user.strip_prefix("The task:\n") {
+        let mut c = classify_task(task_message);
+        if c.kind == RequestKind::Worker {
+            c.kind = RequestKind::Summary;
+            c.turn = turn;
+            return c;
+        }
+    }
     if first_user.starts_with("Goal: ") {
         return Classified {
             kind: RequestKind::Planner,
@@ -545,23 +566,28 @@ fn classify(body: &Value) -> Classified {
             turn,
         };
     }
-    if let Some(rest) = first_user.strip_prefix("Task ") {
-        let id = rest.split(':').next().unwrap_or("").trim().to_owned();
-        let attempt = first_user
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Attempt: "))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        return Classified {
-            kind: RequestKind::Worker,
-            task: Some(id),
-            attempt,
-            turn,
-        };
-    }
     Classified {
         turn,
-        ..Classified::unknown()
+        ..classify_task(first_user)
+    }
+}
+
+/// A worker's first message: `Task <id>: …` with an `Attempt: N` line.
+fn classify_task(first_user: &str) -> Classified {
+    let Some(rest) = first_user.strip_prefix("Task ") else {
+        return Classified::unknown();
+    };
+    let id = rest.split(':').next().unwrap_or("").trim().to_owned();
+    let attempt = first_user
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Attempt: "))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok());
+    Classified {
+        kind: RequestKind::Worker,
+        task: Some(id),
+        attempt,
+        turn: 0,
     }
 }
 
@@ -776,6 +802,14 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<wire::ScriptedRep
             Ok(wire::ScriptedReply { content: turn.content, calls })
         }
         RequestKind::Probe => Ok(wire::ScriptedReply { content: Some("OK".into()), calls: Vec::new() }),
+        RequestKind::Summary => Ok(wire::ScriptedReply {
+            content: Some(format!(
+                "Scripted summary of task {} up to turn {}: what was done, the files changed, what is left.",
+                c.task.as_deref().unwrap_or("?"),
+                c.turn
+            )),
+            calls: Vec::new(),
+        }),
         RequestKind::Unknown => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
     }
 }

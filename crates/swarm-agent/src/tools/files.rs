@@ -212,12 +212,12 @@ impl Tools {
                     [] => return not_found(path, &text, old),
                     [at] => {
                         let first_line = text[..*at].matches('\n').count() + 1;
-                        let old_lines = old.matches('\n').count() + 1;
+                        let old_lines = spanned_lines(old);
                         let mut updated = String::with_capacity(text.len() + new.len());
                         updated.push_str(&text[..*at]);
                         updated.push_str(new);
                         updated.push_str(&text[at + old.len()..]);
-                        let new_lines = new.matches('\n').count() + 1;
+                        let new_lines = spanned_lines(new);
                         let what = format!(
                             "replaced lines {first_line}-{} with {new_lines} lines",
                             first_line + old_lines - 1
@@ -310,4 +310,10 @@ fn not_found(path: &str, text: &str, old: &str) -> String {
         }
     }
     s
+}
+
+/// The lines a piece of text covers: a final newline ends its last line
+/// rather than starting another (`"a\n"` is one line, `""` none).
+fn spanned_lines(s: &str) -> usize {
+    s.matches('\n').count() + usize::from(!s.is_empty() && !s.ends_with('\n'))
 }
