@@ -238,3 +238,58 @@ fn a_300_turn_attempt_stays_inside_a_32k_window_through_the_model_server() {
         h.server.violations()
     );
 }
+
+/// A model that repeats itself: the same call with the same result. It is
+/// told what was seen, then the attempt ends `stuck` (counted); the next
+/// attempt's prompt says why, and that attempt does the work.
+#[test]
+fn a_looping_attempt_is_nudged_then_ends_stuck_and_the_next_one_is_told() {
+    let same = run_turn("cat missing.txt");
+    let p = plan("loop", &[("t1", &[])], &["test -f done.txt"]);
+    let h = Harness::new(json!({"tasks": {"t1": {"attempts": [
+        vec![same; 12],
+        vec![write_turn("done.txt", "ok\n"), finish_turn("done")],
+    ]}}}));
+    let (out, report) = h.run_plan(&p, &["--max-attempts", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["status"], "done", "{report}");
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    let t1 = &status["tasks"][0];
+    let first = &t1["attempt_history"][0];
+    assert_eq!(first["outcome"], "stuck", "{t1}");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("stuck: the same `run_command` call"),
+        "{reason}"
+    );
+    assert_eq!(t1["attempts_counted"], 1, "a stuck attempt counts: {t1}");
+
+    let worker: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Worker)
+        .collect();
+    // The nudge reached the model within the first attempt.
+    let nudged = worker.iter().filter(|r| r.attempt == Some(1)).any(|r| {
+        r.body["messages"].as_array().unwrap().iter().any(|m| {
+            m["role"] == "user"
+                && m["content"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("same result"))
+        })
+    });
+    assert!(nudged, "the model was told it repeats itself");
+    let ended_at = worker.iter().filter(|r| r.attempt == Some(1)).count();
+    assert!(
+        ended_at < 12,
+        "the attempt ended before its script did ({ended_at} turns)"
+    );
+    // The second attempt's task message says what went wrong.
+    let second = worker.iter().find(|r| r.attempt == Some(2)).unwrap();
+    let prompt = second.body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        prompt.contains("The previous attempt failed: stuck:"),
+        "{prompt}"
+    );
+}
