@@ -366,10 +366,15 @@ async fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode
     let store = open_store(&config)?;
     match project {
         Some(id) => {
-            let d = swarm_engine::views::project_detail(store.as_ref(), &ProjectId::new(id), &[])?;
+            let d = swarm_engine::views::project_detail(
+                store.as_ref(),
+                &config,
+                &ProjectId::new(id),
+                &[],
+            )?;
             output::print_project_status(&d, json);
         }
-        None => output::print_projects(&swarm_engine::views::project_list(store.as_ref())?, json),
+        None => output::print_projects(&swarm_engine::views::project_list(store.as_ref(), &config)?, json),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -476,13 +476,43 @@ pub fn lock_project(config: &Config, project: &ProjectId) -> Result<ProjectLock>
         .write(true)
         .open(&path)
         .map_err(|e| Error::Other(format!("cannot open {}: {e}", path.display())))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(flock) => Ok(ProjectLock {
-            id: project.clone(),
-            _flock: flock,
-        }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Busy(project.clone())),
-        Err((_, e)) => Err(Error::Other(format!("cannot lock {}: {e}", path.display()))),
+    // A few tries: `status` probes the lock for an instant ([`runner_alive`]).
+    let mut file = file;
+    for _ in 0..5 {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => {
+                return Ok(ProjectLock {
+                    id: project.clone(),
+                    _flock: flock,
+                })
+            }
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, e)) => {
+                return Err(Error::Other(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+    }
+    Err(Error::Busy(project.clone()))
+}
+
+/// Whether some process holds `project`'s lock now, i.e. runs it. Probes
+/// with a shared lock, released at once (a runner taking the lock in that
+/// instant retries, see [`lock_project`]); creates no file. When the lock
+/// cannot be probed, says yes: the store's word stands.
+pub fn runner_alive(config: &Config, project: &ProjectId) -> bool {
+    let path = config.data_dir.join("locks").join(format!("{project}.lock"));
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_probe) => false,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err(_) => true,
     }
 }
 

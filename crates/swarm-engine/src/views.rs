@@ -3,25 +3,65 @@
 //! same functions. Surfaces (the server, the CLI) only translate them.
 
 use crate::{Engine, LiveWorker, Result};
+use swarm_config::Config;
 use swarm_protocol::api;
-use swarm_protocol::{AttemptOutcome, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_protocol::{AttemptOutcome, ProjectId, ProjectState, TaskId, TaskKind, TaskState};
 use swarm_store::{EventRecord, ProjectRecord, Store, TaskRecord};
+
+/// Whether a project's stored state says a process runs it now.
+fn claims_a_runner(state: ProjectState) -> bool {
+    match state {
+        ProjectState::Planning | ProjectState::Running | ProjectState::Verifying => true,
+        ProjectState::Queued
+        | ProjectState::Done
+        | ProjectState::Failed
+        | ProjectState::Cancelled
+        | ProjectState::Interrupted
+        | ProjectState::BudgetExhausted
+        | ProjectState::Paused => false,
+    }
+}
+
+/// Whether `p` says it is running but no process runs it (its runner was
+/// killed or crashed: its lock is free). Such a project is shown as
+/// `interrupted`, as recovery will record it on `resume`.
+fn runner_gone(config: &Config, p: &ProjectRecord) -> bool {
+    claims_a_runner(p.state) && !crate::runner_alive(config, &p.id)
+}
+
+/// `p` and its tasks as they are when its runner is gone: the project
+/// `interrupted` with what to do, its running tasks waiting for their
+/// next attempt.
+fn as_interrupted(p: &mut ProjectRecord, tasks: &mut [TaskRecord]) {
+    p.state = ProjectState::Interrupted;
+    p.waiting = None;
+    p.error = Some(format!(
+        "the process that ran it is gone (killed or crashed); `agentswarm resume {}` carries it on",
+        p.id
+    ));
+    for t in tasks {
+        if matches!(t.state, TaskState::Running | TaskState::Merging) {
+            t.state = TaskState::Ready;
+        }
+    }
+}
 
 impl Engine {
     /// Every project, newest first (see [`project_list`]).
     pub fn project_list(&self) -> Result<api::ProjectList> {
-        Ok(project_list(self.store.as_ref())?)
+        Ok(project_list(self.store.as_ref(), &self.config)?)
     }
 
     /// One project's summary; `Store(ProjectNotFound)` if there is none.
     pub fn project_summary(&self, id: &ProjectId) -> Result<api::ProjectSummary> {
-        Ok(project_summary(self.store.as_ref(), id)?)
+        Ok(project_summary(self.store.as_ref(), &self.config, id)?)
     }
 
     /// One project with its tasks and the workers of this engine running now.
     pub fn project_detail(&self, id: &ProjectId) -> Result<api::ProjectDetail> {
         Ok(project_detail(
             self.store.as_ref(),
+            &self.config,
             id,
             &self.live_workers(),
         )?)
@@ -30,12 +70,21 @@ impl Engine {
     /// One task of a project; `None` if the project has no such task,
     /// `Store(ProjectNotFound)` if there is no such project.
     pub fn task_view(&self, id: &ProjectId, task: &TaskId) -> Result<Option<api::Task>> {
+        let gone = runner_gone(&self.config, &self.store.project(id)?);
         match self.task_record(id, task)? {
-            Some(t) => Ok(Some(task_view(
-                self.store.as_ref(),
-                &t,
-                &self.live_workers(),
-            )?)),
+            Some(mut t) => {
+                if gone {
+                    as_interrupted(
+                        &mut self.store.project(id)?,
+                        std::slice::from_mut(&mut t),
+                    );
+                }
+                Ok(Some(task_view(
+                    self.store.as_ref(),
+                    &t,
+                    &self.live_workers(),
+                )?))
+            }
             None => Ok(None),
         }
     }
@@ -122,11 +171,16 @@ pub fn summary(p: &ProjectRecord, tasks: &[TaskRecord]) -> api::ProjectSummary {
 
 /// Every project, newest first, with the store's newest event id read
 /// before them (a stream started after it misses nothing listed).
-pub fn project_list(store: &dyn Store) -> swarm_store::Result<api::ProjectList> {
+/// A project that says it runs but whose runner is gone is shown
+/// `interrupted` (here and in the other views).
+pub fn project_list(store: &dyn Store, config: &Config) -> swarm_store::Result<api::ProjectList> {
     let last_event_id = store.last_event_id(None)?;
     let mut projects = Vec::new();
-    for p in store.list_projects()? {
-        let tasks = store.tasks(&p.id)?;
+    for mut p in store.list_projects()? {
+        let mut tasks = store.tasks(&p.id)?;
+        if runner_gone(config, &p) {
+            as_interrupted(&mut p, &mut tasks);
+        }
         projects.push(summary(&p, &tasks));
     }
     Ok(api::ProjectList {
@@ -137,10 +191,14 @@ pub fn project_list(store: &dyn Store) -> swarm_store::Result<api::ProjectList> 
 
 pub fn project_summary(
     store: &dyn Store,
+    config: &Config,
     id: &ProjectId,
 ) -> swarm_store::Result<api::ProjectSummary> {
-    let p = store.project(id)?;
-    let tasks = store.tasks(id)?;
+    let mut p = store.project(id)?;
+    let mut tasks = store.tasks(id)?;
+    if runner_gone(config, &p) {
+        as_interrupted(&mut p, &mut tasks);
+    }
     Ok(summary(&p, &tasks))
 }
 
@@ -148,13 +206,17 @@ pub fn project_summary(
 /// `live` names the workers running now (none outside the daemon).
 pub fn project_detail(
     store: &dyn Store,
+    config: &Config,
     id: &ProjectId,
     live: &[LiveWorker],
 ) -> swarm_store::Result<api::ProjectDetail> {
     // Read first: a stream started after it misses nothing of this view.
     let last_event_id = store.last_event_id(Some(id))?;
-    let p = store.project(id)?;
-    let records = store.tasks(id)?;
+    let mut p = store.project(id)?;
+    let mut records = store.tasks(id)?;
+    if runner_gone(config, &p) {
+        as_interrupted(&mut p, &mut records);
+    }
     let mut tasks = Vec::with_capacity(records.len());
     for t in &records {
         tasks.push(task_view(store, t, live)?);
@@ -218,7 +280,11 @@ pub fn task_view(
         .into_iter()
         .map(|a| api::Attempt {
             attempt: a.attempt,
-            outcome: a.outcome,
+            // A task shown waiting has no attempt running (its runner is gone).
+            outcome: match (a.outcome, t.state) {
+                (AttemptOutcome::Running, TaskState::Ready) => AttemptOutcome::Interrupted,
+                (o, _) => o,
+            },
             reason: a.reason,
             turns: a.turns,
             commit: a.commit,
