@@ -374,7 +374,10 @@ async fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode
             )?;
             output::print_project_status(&d, json);
         }
-        None => output::print_projects(&swarm_engine::views::project_list(store.as_ref(), &config)?, json),
+        None => output::print_projects(
+            &swarm_engine::views::project_list(store.as_ref(), &config)?,
+            json,
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,7 +44,11 @@ pub async fn logs(
                 );
             }
             let store = open_store(&config)?;
-            Box::new(StoreSource::open(store, ProjectId::new(project))?)
+            Box::new(StoreSource::open(
+                store,
+                config.clone(),
+                ProjectId::new(project),
+            )?)
         }
     };
     let opts = LogOptions {
@@ -80,15 +84,24 @@ pub trait EventSource: Send {
 /// another process writes it).
 pub struct StoreSource {
     store: Arc<dyn Store>,
+    config: swarm_config::Config,
     project: ProjectId,
 }
 
 impl StoreSource {
     /// Fails with the store's "not found" error (which names
     /// `agentswarm status`) when there is no such project.
-    pub fn open(store: Arc<dyn Store>, project: ProjectId) -> Result<Self> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        config: swarm_config::Config,
+        project: ProjectId,
+    ) -> Result<Self> {
         store.project(&project)?;
-        Ok(Self { store, project })
+        Ok(Self {
+            store,
+            config,
+            project,
+        })
     }
 }
 
@@ -98,8 +111,12 @@ impl EventSource for StoreSource {
         Ok(self.store.events(&self.project, after, limit)?)
     }
 
+    /// As `status` shows it: a project whose runner is gone is `interrupted`.
     async fn state(&mut self) -> Result<ProjectState> {
-        Ok(self.store.project(&self.project)?.state)
+        Ok(
+            swarm_engine::views::project_summary(self.store.as_ref(), &self.config, &self.project)?
+                .state,
+        )
     }
 
     async fn task_ids(&mut self) -> Result<Vec<TaskId>> {
@@ -207,10 +224,14 @@ pub async fn follow(
     let mut after = 0;
     let mut state = source.state().await?;
     if opts.follow && is_stopped(state) {
+        // Nothing runs it (a killed run shows as interrupted): following
+        // would wait for ever. Print what there is and say how to go on.
+        print_new(source, opts, after, out).await?;
         eprintln!(
-            "agentswarm logs: the project is {state}; waiting for a run of it \
-             (`agentswarm resume` or the daemon). Ctrl-C stops following."
+            "agentswarm logs: the project is {state}: nothing runs it now; \
+             `agentswarm resume PROJECT` carries it on (then follow again)"
         );
+        return Ok(());
     }
     loop {
         // The state is read before the events, so that the events of a run

@@ -405,6 +405,98 @@ fn kill_9_at_any_moment_then_resume_merges_each_task_once() {
     assert!(branches.trim().is_empty(), "stale branches: {branches}");
 }
 
+/// After `kill -9` of a run, nothing runs the project: `status` shows it
+/// `interrupted` (not `running`) with what to do, no task `running`, and
+/// `logs --follow` ends instead of waiting for ever; `resume` finishes it.
+#[test]
+fn a_killed_run_shows_as_interrupted_and_logs_follow_ends() {
+    let p = plan("dead", &[("d1", &[]), ("d2", &[])], &["test -f d1.txt"]);
+    let h = Harness::new(json!({
+        "tasks": {
+            "d1": {"attempts": [[run_turn("sleep 30")], [write_turn("d1.txt", "1\n"), finish_turn("d1")]]},
+            "d2": {"attempts": [[run_turn("sleep 30")], [write_turn("d2.txt", "2\n"), finish_turn("d2")]]},
+        },
+    }));
+    let path = write_plan(&h, &p, "plan.json");
+    let (mut child, _, project) = h.spawn_run(&["run", "--plan", &path, "dead goal"]);
+    // Wait until both attempts run, then kill the supervisor outright.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status_json(&project);
+        let running = s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "running")
+            .count();
+        if s["state"] == "running" && running == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never running: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(child.id(), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+
+    let s = h.status_json(&project);
+    assert_eq!(s["state"], "interrupted", "{s}");
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("agentswarm resume {project}")),
+        "{error}"
+    );
+    assert!(
+        s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] != "running"),
+        "{s}"
+    );
+    let list = h.run(&["status"]);
+    let list = text(&list);
+    assert!(
+        list.contains("interrupted") && !list.contains("running"),
+        "{list}"
+    );
+
+    // `logs --follow` prints what there is and ends.
+    let mut follow = h
+        .cmd(&["logs", &project, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        if let Some(st) = follow.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            kill(follow.id(), nix::sys::signal::Signal::SIGKILL);
+            panic!("logs --follow did not end for a project nothing runs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = follow.wait_with_output().unwrap();
+    assert!(ended.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("d1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("agentswarm resume"),
+        "{}",
+        text(&out)
+    );
+
+    // `resume` records the killed attempts as interrupted and finishes.
+    let out = h.run(&["resume", &project, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done", "{}", text(&out));
+}
+
 fn memory_hog_run(limiter: &str) {
     // Allocates (and touches) 256 MB against a limit of 96 MB, then waits.
     let hog = "python3 -c \"x = b'a' * (256 << 20); import time; time.sleep(60)\"";

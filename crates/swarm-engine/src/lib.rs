@@ -503,7 +503,10 @@ pub fn lock_project(config: &Config, project: &ProjectId) -> Result<ProjectLock>
 /// instant retries, see [`lock_project`]); creates no file. When the lock
 /// cannot be probed, says yes: the store's word stands.
 pub fn runner_alive(config: &Config, project: &ProjectId) -> bool {
-    let path = config.data_dir.join("locks").join(format!("{project}.lock"));
+    let path = config
+        .data_dir
+        .join("locks")
+        .join(format!("{project}.lock"));
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,

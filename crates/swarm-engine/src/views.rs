@@ -74,10 +74,7 @@ impl Engine {
         match self.task_record(id, task)? {
             Some(mut t) => {
                 if gone {
-                    as_interrupted(
-                        &mut self.store.project(id)?,
-                        std::slice::from_mut(&mut t),
-                    );
+                    as_interrupted(&mut self.store.project(id)?, std::slice::from_mut(&mut t));
                 }
                 Ok(Some(task_view(
                     self.store.as_ref(),
