@@ -96,8 +96,8 @@ async fn drive(
     let base = match ctx.pool.repo().head() {
         Ok(b) => b,
         Err(e) => {
-            let reason = format!("cannot read main: {e}");
-            return (Outcome::ended(Ended::Failed, reason, 0), None);
+            let reason = format!("{SETUP_FAILED}: cannot read main: {e}");
+            return (Outcome::ended(Ended::Setup, reason, 0), None);
         }
     };
     let setup = match lease.reuse {
@@ -118,7 +118,7 @@ async fn drive(
             .await;
             if let Ok(Err(e)) | Err(e) = cleared.map_err(std::io::Error::other) {
                 let reason = format!("{SETUP_FAILED}: {e}");
-                return (Outcome::ended(Ended::Failed, reason, 0), None);
+                return (Outcome::ended(Ended::Setup, reason, 0), None);
             }
             WorktreeSetup::Create {
                 repo: ctx.pool.repo().root().to_owned(),
@@ -149,12 +149,19 @@ async fn drive(
     let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;
     drop(live);
     write_transcript(ctx, &task, attempt, &transcript, &outcome);
-    if matches!(&outcome, Outcome::Ended { reason, .. } if reason.starts_with(SETUP_FAILED)) {
-        // Whatever state that worktree is in, it is not handed out again.
-        let pool = ctx.pool.clone();
-        let path = worktree.clone();
-        let _ = tokio::task::spawn_blocking(move || pool.discard(&path)).await;
-        return (outcome, None);
+    if let Outcome::Ended {
+        how: Ended::Failed,
+        reason,
+        turns,
+    } = &outcome
+    {
+        if reason.starts_with(SETUP_FAILED) {
+            // Whatever state that worktree is in, it is not handed out again.
+            let pool = ctx.pool.clone();
+            let path = worktree.clone();
+            let _ = tokio::task::spawn_blocking(move || pool.discard(&path)).await;
+            return (Outcome::ended(Ended::Setup, reason.clone(), *turns), None);
+        }
     }
     (outcome, Some(worktree))
 }

@@ -78,7 +78,14 @@ pub enum Ended {
     MemoryLimit,
     /// The run stopped (the cancellation token fired, or the project halted).
     Interrupted,
+    /// The swarm could not prepare the attempt's workspace (its own failure,
+    /// not the agent's: git, the file system). Recorded as `failed`; not
+    /// counted the first [`SETUP_RETRIES`] times in a row for a task.
+    Setup,
 }
+
+/// Setup failures in a row a task gets without using up an attempt.
+pub const SETUP_RETRIES: u32 = 2;
 
 impl Ended {
     /// Whether the attempt counts against `max_attempts`: an interrupted
@@ -86,7 +93,8 @@ impl Ended {
     pub fn counts(self) -> bool {
         match self {
             Ended::Interrupted => false,
-            Ended::Failed
+            Ended::Setup
+            | Ended::Failed
             | Ended::Stuck
             | Ended::Crashed
             | Ended::TimedOut
@@ -97,7 +105,7 @@ impl Ended {
     /// The outcome the store records for it.
     pub fn recorded_as(self) -> AttemptOutcome {
         match self {
-            Ended::Failed => AttemptOutcome::Failed,
+            Ended::Failed | Ended::Setup => AttemptOutcome::Failed,
             Ended::Stuck => AttemptOutcome::Stuck,
             Ended::Crashed => AttemptOutcome::Crashed,
             Ended::TimedOut => AttemptOutcome::Timeout,

@@ -136,6 +136,8 @@ pub(crate) struct Scheduler<'e, I> {
     workspaces: HashMap<(TaskId, u32), Workspace>,
     /// Model turns of attempts that committed and wait for their merge.
     turns: HashMap<(TaskId, u32), u32>,
+    /// Setup failures in a row, per task (see [`crate::runner::SETUP_RETRIES`]).
+    setup_failures: HashMap<TaskId, u32>,
     /// When each attempt started by this run started, until it ends (for
     /// `agentswarm_attempt_duration_seconds`).
     attempt_started: HashMap<(TaskId, u32), Instant>,
@@ -180,6 +182,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             last_verify: None,
             workspaces: HashMap::new(),
             turns: HashMap::new(),
+            setup_failures: HashMap::new(),
             attempt_started: HashMap::new(),
             cancel,
         };
@@ -651,6 +654,12 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 let quota = (how == crate::runner::Ended::TimedOut)
                     .then(|| self.engine.gateway.quota_block())
                     .flatten();
+                let setups = self.setup_failures.entry(task.clone()).or_default();
+                if how == crate::runner::Ended::Setup {
+                    *setups += 1;
+                } else {
+                    *setups = 0;
+                }
                 let (counts, reason) = match quota {
                     Some(b) => (
                         false,
@@ -659,6 +668,16 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                             b.provider
                         ),
                     ),
+                    // The swarm's own failure: tried again at once, a few
+                    // times, before it uses up an attempt.
+                    None if how == crate::runner::Ended::Setup
+                        && *setups <= crate::runner::SETUP_RETRIES =>
+                    {
+                        (
+                            false,
+                            format!("{reason} (the swarm's own failure: not counted)"),
+                        )
+                    }
                     None => (how.counts(), reason),
                 };
                 self.end_attempt(AttemptEnd::ended(

@@ -498,6 +498,53 @@ async fn every_kind_of_failure_but_an_interruption_uses_up_an_attempt() {
 }
 
 #[tokio::test]
+async fn the_swarms_own_setup_failures_are_retried_uncounted_a_few_times() {
+    // One attempt allowed: two setup failures in a row do not use it up.
+    let p = Project::new(2, &[("a", &[]), ("b", &[])]);
+    let setup = Step::End(
+        Ended::Setup,
+        "cannot prepare the worktree: fatal: commondir",
+    );
+    let runner = FakeRunner::new(
+        &p.log,
+        QUICK,
+        &[
+            ("a", vec![setup.clone(), setup.clone()]),
+            // Setup failing for good: after the retries it counts.
+            (
+                "b",
+                vec![setup.clone(), setup.clone(), setup.clone(), setup],
+            ),
+        ],
+    );
+    p.run(limits(1), runner, p.main(), CancellationToken::new())
+        .await;
+
+    let a = p.task("a");
+    assert_eq!(a.state, TaskState::Done);
+    assert_eq!((a.attempt, a.attempts_counted), (3, 0));
+    assert_eq!(
+        p.outcomes("a"),
+        vec![
+            AttemptOutcome::Failed,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Merged
+        ]
+    );
+    let b = p.task("b");
+    assert_eq!(b.state, TaskState::Failed);
+    assert_eq!((b.attempt, b.attempts_counted), (3, 1));
+    assert!(
+        b.last_error
+            .as_deref()
+            .unwrap()
+            .contains("no attempts left"),
+        "{:?}",
+        b.last_error
+    );
+}
+
+#[tokio::test]
 async fn interrupted_attempts_are_not_counted() {
     // One attempt allowed: were interruptions counted, the task would fail.
     let p = Project::new(2, &[("a", &[])]);
