@@ -497,6 +497,105 @@ fn a_killed_run_shows_as_interrupted_and_logs_follow_ends() {
     assert_eq!(last_json_line(&out)["status"], "done", "{}", text(&out));
 }
 
+/// An OUTPUTS_DIR that cannot be written is found before anything is spent
+/// (no model call), the project pauses saying what to fix, and `resume`
+/// carries on once it is fixed.
+#[test]
+fn an_unwritable_outputs_dir_pauses_before_planning() {
+    let p = plan("out", &[("o1", &[])], &["test -f o1.txt"]);
+    let h = Harness::new(json!({
+        "planner": [p],
+        "tasks": {"o1": {"turns": [write_turn("o1.txt", "1\n"), finish_turn("o1")]}},
+    }));
+    // A path below a file: no user, root included, can create it.
+    let blocker = h.home.path().join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let bad = blocker.join("outputs");
+    let out = h
+        .cmd(&["run", "--json", "out goal"])
+        .env("OUTPUTS_DIR", &bad)
+        .output()
+        .unwrap();
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "paused", "{}", text(&out));
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("OUTPUTS_DIR")
+            && error.contains("not writable")
+            && error.contains("agentswarm resume"),
+        "{error}"
+    );
+    assert!(
+        h.server.requests().is_empty(),
+        "a model was asked before the check"
+    );
+    let project = report["project_id"].as_str().unwrap();
+    let out = h.run(&["resume", project, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(last_json_line(&out)["status"], "done", "{}", text(&out));
+}
+
+/// A task archive an earlier run did not write (it was killed between the
+/// merge and the archive, or the disk was full) is written on `resume`,
+/// from the task's commit.
+#[test]
+fn a_missing_task_archive_is_written_on_resume() {
+    let p = plan(
+        "arch",
+        &[("a1", &[]), ("a2", &["a1"])],
+        &["test -f src/a1.txt"],
+    );
+    let h = Harness::new(json!({"tasks": {
+        "a1": {"turns": [write_turn("src/a1.txt", "one\n"), finish_turn("a1")]},
+        "a2": {"attempts": [[run_turn("sleep 30")], [write_turn("a2.txt", "2\n"), finish_turn("a2")]]},
+    }}));
+    let path = write_plan(&h, &p, "plan.json");
+    let (mut child, _, project) = h.spawn_run(&["run", "--plan", &path, "arch goal"]);
+    let archive = h
+        .outputs_dir()
+        .join(&project)
+        .join("tasks")
+        .join("a1.tar.gz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status_json(&project);
+        let a2_running = s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "a2" && t["state"] == "running");
+        if a2_running && archive.exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a2 never started: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(child.id(), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    std::fs::remove_file(&archive).unwrap();
+
+    let out = h.run(&["resume", &project, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 task archive(s) an earlier run missed written"),
+        "{}",
+        text(&out)
+    );
+    let files = read_archive(&archive);
+    assert_eq!(
+        files
+            .iter()
+            .find(|(k, _)| k.ends_with("src/a1.txt"))
+            .map(|(_, v)| v.as_slice()),
+        Some(&b"one\n"[..]),
+        "{:?}",
+        files.keys().collect::<Vec<_>>()
+    );
+    // The scratch checkout is gone.
+    let worktrees = git(&h.repo(&project), &["worktree", "list"]);
+    assert!(!worktrees.contains("archive-"), "{worktrees}");
+}
+
 fn memory_hog_run(limiter: &str) {
     // Allocates (and touches) 256 MB against a limit of 96 MB, then waits.
     let hog = "python3 -c \"x = b'a' * (256 << 20); import time; time.sleep(60)\"";

@@ -12,7 +12,7 @@ use crate::prompts::CommandResult;
 use std::path::{Path, PathBuf};
 use swarm_llm::redact::{key_shapes, Redactor};
 use swarm_package::{Delivery, Packed, Withheld};
-use swarm_protocol::{ProjectId, TaskState};
+use swarm_protocol::{ProjectId, TaskId, TaskState};
 use swarm_store::{ProjectRecord, Store, TaskRecord};
 
 /// `OUTPUTS_DIR/<project>`.
@@ -73,6 +73,11 @@ pub fn withheld_message(what: &str, withheld: &[Withheld]) -> Option<String> {
     ))
 }
 
+/// `OUTPUTS_DIR/<project>/tasks/<task>.tar.gz`, given the project's outputs.
+pub fn task_archive_path(outputs: &Path, task: &TaskId) -> PathBuf {
+    outputs.join("tasks").join(format!("{task}.tar.gz"))
+}
+
 /// Writes `OUTPUTS_DIR/<project>/tasks/<task>.tar.gz` from the task's
 /// worktree, withholding the files that hold a secret (logged as a warning;
 /// the delivery reports them to the user).
@@ -84,7 +89,7 @@ pub fn task_archive(
     files: &[String],
     redactor: &Redactor,
 ) -> Result<Packed, String> {
-    let path = outputs.join("tasks").join(format!("{}.tar.gz", task.id));
+    let path = task_archive_path(outputs, &task.id);
     let mut manifest = serde_json::json!({
         "project": project,
         "task": task.id,

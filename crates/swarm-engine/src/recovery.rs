@@ -133,3 +133,51 @@ pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
     }
     Ok(store.set_project_state(id, &[ProjectState::Failed], ProjectState::Interrupted, None)?)
 }
+
+/// Writes the archive of every task in `done` (done, with a commit) that
+/// has none in `outputs`, from a detached checkout of its commit under
+/// `scratch`. Returns how many were written; a failure is logged and the
+/// next task tried (an archive is a convenience, `main` has the work).
+pub(crate) fn rebuild_archives(
+    repo: &swarm_git::Repo,
+    scratch: &std::path::Path,
+    outputs: &std::path::Path,
+    project: &ProjectId,
+    done: &[TaskRecord],
+    redactor: &swarm_llm::redact::Redactor,
+) -> usize {
+    let mut written = 0;
+    for t in done {
+        let Some(commit) = t.commit.as_deref() else {
+            continue;
+        };
+        if crate::packager::task_archive_path(outputs, &t.id).exists() {
+            continue;
+        }
+        let checkout = scratch.join(format!("archive-{}", t.id));
+        let result = (|| -> std::result::Result<(), String> {
+            if checkout.exists() {
+                repo.remove_worktree(&checkout).map_err(|e| e.to_string())?;
+            }
+            std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+            repo.add_detached_worktree_at(&checkout, commit)
+                .map_err(|e| e.to_string())?;
+            let files: Vec<String> = repo
+                .changed_files(commit)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|c| c.path)
+                .collect();
+            crate::packager::task_archive(outputs, project, t, &checkout, &files, redactor)
+                .map(drop)
+        })();
+        if let Err(e) = repo.remove_worktree(&checkout) {
+            tracing::warn!(task = %t.id, error = %e, "cannot remove the archive checkout");
+        }
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => tracing::warn!(task = %t.id, error = %e, "cannot rebuild the task archive"),
+        }
+    }
+    written
+}

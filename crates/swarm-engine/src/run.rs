@@ -122,6 +122,27 @@ async fn run_inner(
         engine.emit(id, None, "project", format!("project {id} paused: {why}"));
         return report(engine, id, None);
     }
+    // Where the results go, checked before anything is spent: an
+    // unwritable OUTPUTS_DIR would otherwise show only after every task ran.
+    if mode != Mode::RecoverOnly {
+        for (dir, what) in [
+            (&outputs, "OUTPUTS_DIR (deliveries and task archives)"),
+            (
+                &project_dir,
+                "the data dir (the project's repository and worktrees)",
+            ),
+        ] {
+            if let Err(e) = check_writable(dir) {
+                let why = format!(
+                    "{what} is not writable: {}: {e}; make it writable (or point OUTPUTS_DIR/AGENTSWARM_HOME elsewhere), then `agentswarm resume {id}`",
+                    dir.display()
+                );
+                set_project(engine, id, ProjectState::Paused, Some(&why))?;
+                engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+                return report(engine, id, None);
+            }
+        }
+    }
     let summary = assessment.summary(sandbox.allow_network);
     let announce = mode != Mode::RecoverOnly;
     if announce {
@@ -228,7 +249,7 @@ async fn run_inner(
         project: id.clone(),
         repo: repo.clone(),
         worktrees_dir: worktrees_dir.clone(),
-        outputs,
+        outputs: outputs.clone(),
         store: store.clone(),
         gateway: engine.gateway.clone(),
         limiter: engine.limiter.clone(),
@@ -248,11 +269,42 @@ async fn run_inner(
         cancel,
     )?;
     let stale = run.stale();
-    let commits = recovery::clean_up(repo, worktrees_dir, !stale.is_empty()).await?;
+    let commits =
+        recovery::clean_up(repo.clone(), worktrees_dir.clone(), !stale.is_empty()).await?;
     run.reconcile(stale, &commits)?;
     if mode == Mode::RecoverOnly {
         run.integration.close_merge_queue().await;
         return report(engine, id, None);
+    }
+    // Task archives an earlier run could not write (a full disk, a crash
+    // before the archive): rebuilt from the tasks' commits.
+    let done: Vec<_> = run
+        .tasks
+        .values()
+        .filter(|t| t.state == TaskState::Done && t.commit.is_some())
+        .cloned()
+        .collect();
+    let (redactor, pid) = (engine.gateway.redactor().clone(), id.clone());
+    let (archive_outputs, archive_dir) = (outputs.clone(), worktrees_dir.clone());
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        recovery::rebuild_archives(
+            &repo,
+            &archive_dir,
+            &archive_outputs,
+            &pid,
+            &done,
+            &redactor,
+        )
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?;
+    if rebuilt > 0 {
+        engine.emit(
+            id,
+            None,
+            "project",
+            format!("project {id}: {rebuilt} task archive(s) an earlier run missed written"),
+        );
     }
     set_project(engine, id, ProjectState::Running, None)?;
     engine.emit(
@@ -277,6 +329,22 @@ async fn run_inner(
     run.integration.close_merge_queue().await;
     result?;
     delivery::finish(&mut run, &plan.name, &sandbox_report, pool).await
+}
+
+/// Whether files can be created in `dir` (made if missing): a file is
+/// created there and removed.
+fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(
+        ".agentswarm-write-check-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// While a model call of `role` for project `id` is out (the caller drops

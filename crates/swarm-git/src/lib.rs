@@ -955,12 +955,18 @@ impl Repo {
 
     /// A detached checkout of the current `main` at `path` (for verify).
     pub fn add_detached_worktree(&self, path: &Path) -> Result<()> {
-        let p = path.to_string_lossy();
         let start = self.head()?;
+        self.add_detached_worktree_at(path, &start)
+    }
+
+    /// A detached checkout of `commit` at `path` (to rebuild a task's
+    /// archive from its commit).
+    pub fn add_detached_worktree_at(&self, path: &Path, commit: &str) -> Result<()> {
+        let p = path.to_string_lossy();
         let _lock = self.worktree_lock(true)?;
         git(
             &self.root,
-            &["worktree", "add", "-q", "--detach", &p, &start],
+            &["worktree", "add", "-q", "--detach", &p, commit],
             None,
         )?;
         Ok(())
