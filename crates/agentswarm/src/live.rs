@@ -322,28 +322,7 @@ impl LiveView {
                 cols,
             ));
         }
-        let mut held = Vec::new();
-        match waiting {
-            Some(w) => held.push(one_line(&w, 200)),
-            None if !status.gate.open && status.ready_tasks > 0 => held.push(format!(
-                "waiting: resource gate closed: {}",
-                status.gate.reason.as_deref().unwrap_or("?")
-            )),
-            None => {}
-        }
-        for q in &status.quota_blocked {
-            held.push(format!(
-                "quota: provider {} is out of quota; work that needs it resumes in {} s",
-                q.provider, q.resets_in_secs
-            ));
-        }
-        let rl = &status.rate_limit;
-        if rl.waiting > 0 {
-            held.push(format!(
-                "rate limit: {} model request(s) waiting ({} of {} per minute started)",
-                rl.waiting, rl.started_in_window, rl.rpm
-            ));
-        }
+        let held = held_lines(waiting.as_deref(), &status);
         if held.is_empty() {
             if self.held_shown {
                 self.held.set_message("");
@@ -359,6 +338,36 @@ impl LiveView {
             self.held.set_message(lines.join("\n"));
         }
     }
+}
+
+/// What holds work back now, one line each: the project's `waiting`
+/// (else a closed resource gate while tasks are ready), providers out of
+/// quota, model requests waiting for the rate limit. Shared by the live
+/// view and the plain output's heartbeat.
+pub fn held_lines(waiting: Option<&str>, status: &swarm_engine::SwarmStatus) -> Vec<String> {
+    let mut held = Vec::new();
+    match waiting {
+        Some(w) => held.push(one_line(w, 200)),
+        None if !status.gate.open && status.ready_tasks > 0 => held.push(format!(
+            "waiting: resource gate closed: {}",
+            status.gate.reason.as_deref().unwrap_or("?")
+        )),
+        None => {}
+    }
+    for q in &status.quota_blocked {
+        held.push(format!(
+            "quota: provider {} is out of quota; work that needs it resumes in {} s",
+            q.provider, q.resets_in_secs
+        ));
+    }
+    let rl = &status.rate_limit;
+    if rl.waiting > 0 {
+        held.push(format!(
+            "rate limit: {} model request(s) waiting ({} of {} per minute started)",
+            rl.waiting, rl.started_in_window, rl.rpm
+        ));
+    }
+    held
 }
 
 fn style(template: &str) -> ProgressStyle {

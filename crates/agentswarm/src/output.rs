@@ -10,9 +10,10 @@ use swarm_protocol::{api, ProjectId, TaskState};
 use tokio::sync::broadcast;
 
 /// What shows a run's progress: the live view in a terminal
-/// ([`crate::live`]), else plain lines ([`spawn_progress`]).
+/// ([`crate::live`]), else plain lines ([`spawn_progress`]) with a
+/// heartbeat ([`Heartbeat`]).
 pub enum Printer {
-    Plain(tokio::task::JoinHandle<()>),
+    Plain(tokio::task::JoinHandle<()>, Heartbeat),
     Live(Box<crate::live::LiveView>),
 }
 
@@ -27,14 +28,28 @@ impl Printer {
                 out.show_tools,
             )))
         } else {
-            Printer::Plain(spawn_progress(engine.subscribe(), out.show_tools))
+            let beat = Heartbeat::new(project.clone());
+            Printer::Plain(
+                spawn_progress(engine.subscribe(), out.show_tools, beat.clone()),
+                beat,
+            )
         }
     }
 
-    /// Runs `run` to its end, keeping the live view (if any) up to date.
+    /// Runs `run` to its end, keeping the live view (if any) up to date, or
+    /// the plain output from going silent.
     pub async fn watch<F: Future>(&mut self, engine: &Engine, run: F) -> F::Output {
         match self {
-            Printer::Plain(_) => run.await,
+            Printer::Plain(_, beat) => {
+                tokio::pin!(run);
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        out = &mut run => return out,
+                        _ = tick.tick() => beat.check(engine),
+                    }
+                }
+            }
             Printer::Live(view) => view.watch(engine, run).await,
         }
     }
@@ -43,7 +58,7 @@ impl Printer {
     /// follows (the report) is printed below the story.
     pub async fn finish(self) {
         match self {
-            Printer::Plain(handle) => {
+            Printer::Plain(handle, _) => {
                 // Let the printer drain what is queued.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 handle.abort();
@@ -53,22 +68,108 @@ impl Printer {
     }
 }
 
+/// Plain output never stays silent longer than [`Heartbeat::SILENCE`]: when
+/// no progress line was printed for that long, one line says what the run
+/// is doing or what holds it back (the rate limit, the gate, a provider's
+/// quota, a planner or worker waiting on its model).
+#[derive(Clone)]
+pub struct Heartbeat {
+    project: ProjectId,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last line printed.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Heartbeat {
+    pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new(project: ProjectId) -> Self {
+        Self {
+            project,
+            started: std::time::Instant::now(),
+            last: Default::default(),
+        }
+    }
+
+    fn printed(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Prints the heartbeat line if the output was silent long enough.
+    fn check(&self, engine: &Engine) {
+        let now = self.started.elapsed();
+        let last =
+            std::time::Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+        if now.saturating_sub(last) < Self::SILENCE {
+            return;
+        }
+        let line = self.describe(engine);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{:7.2}s  {}", now.as_secs_f64(), escape_control(&line));
+        drop(out);
+        self.printed();
+    }
+
+    fn describe(&self, engine: &Engine) -> String {
+        let project = engine.store().project(&self.project).ok();
+        let waiting = project.as_ref().and_then(|p| p.waiting.clone());
+        let status = engine.swarm_status();
+        let mut parts = crate::live::held_lines(waiting.as_deref(), &status);
+        let now = swarm_store::now_ms();
+        let workers: Vec<String> = engine
+            .live_workers()
+            .into_iter()
+            .filter(|w| w.project == self.project)
+            .map(|w| {
+                let secs = (now - w.started_ms).max(0) / 1000;
+                match (w.turns, &w.last_tool) {
+                    (0, _) if w.pid.is_none() => format!("{} verify {secs} s", w.task),
+                    (0, _) => format!("{} attempt {}: starting, {secs} s", w.task, w.attempt),
+                    (t, Some(tool)) => format!(
+                        "{} attempt {}: turn {t}, last tool {tool}, {secs} s",
+                        w.task, w.attempt
+                    ),
+                    (t, None) => format!("{} attempt {}: turn {t}, {secs} s", w.task, w.attempt),
+                }
+            })
+            .collect();
+        if !workers.is_empty() {
+            parts.push(format!("running: {}", workers.join("; ")));
+        }
+        match project.map(|p| p.state) {
+            Some(swarm_protocol::ProjectState::Planning) if parts.is_empty() => {
+                parts.push("planning: waiting for the planner model's answer".into())
+            }
+            Some(swarm_protocol::ProjectState::Running) if parts.is_empty() => {
+                parts.push("merging and checking: no worker is running".into())
+            }
+            _ => {}
+        }
+        if parts.is_empty() {
+            parts.push("working".into());
+        }
+        format!("still: {}", parts.join(" · "))
+    }
+}
+
 /// Prints one line per progress event (tool calls only with `show_tools`).
 pub fn spawn_progress(
     mut rx: broadcast::Receiver<Progress>,
     show_tools: bool,
+    beat: Heartbeat,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let started = std::time::Instant::now();
         loop {
             match rx.recv().await {
                 Ok(p) => {
                     if p.kind == "tool" && !show_tools {
                         continue;
                     }
-                    let secs = started.elapsed().as_secs_f64();
+                    let secs = beat.started.elapsed().as_secs_f64();
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{secs:7.2}s  {}", escape_control(&p.message));
+                    beat.printed();
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     println!("          … {n} progress lines skipped");

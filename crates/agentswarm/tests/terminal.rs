@@ -521,3 +521,53 @@ fn a_failed_run_says_its_delivery_is_partial() {
         "{line}"
     );
 }
+
+/// Plain output is never silent for long: while the planner's answer takes
+/// 12 s, a line at about 10 s says what the run waits for; likewise while a
+/// worker's model turn takes that long.
+#[test]
+fn plain_output_says_what_it_waits_for_at_least_every_10_seconds() {
+    let p = plan("slow", &[("s1", &[])], &["test -f s1.txt"]);
+    let h = Harness::new(json!({
+        "latency_ms": 12_000,
+        "planner": [p],
+        // One turn: write the file and finish.
+        "tasks": {"s1": {"turns": [{"calls": [
+            {"name": "write_file", "arguments": {"path": "s1.txt", "content": "1\n"}},
+            {"name": "finish", "arguments": {"summary": "s1"}}
+        ]}]}},
+    }));
+    let out = h.run(&["run", "--no-progress", "slow goal"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let still: Vec<&str> = stdout.lines().filter(|l| l.contains("  still: ")).collect();
+    assert!(
+        still
+            .iter()
+            .any(|l| l.contains("planning: waiting for the planner model's answer")),
+        "{stdout}"
+    );
+    assert!(
+        still
+            .iter()
+            .any(|l| l.contains("running: s1 attempt 1: turn 1, ")),
+        "{stdout}"
+    );
+    // No two printed lines more than 11 s apart (one tick of slack).
+    let times: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.trim_start()
+                .split_once("s  ")
+                .and_then(|(t, _)| t.parse().ok())
+        })
+        .collect();
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] < 11.5,
+            "silent from {} s to {} s:\n{stdout}",
+            w[0],
+            w[1]
+        );
+    }
+}
