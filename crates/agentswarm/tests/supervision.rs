@@ -708,11 +708,20 @@ fn the_gate_holds_workers_until_memory_is_free() {
         "status never said why the run waits: {}",
         h.status_json(&project)
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Readings that move while the gate stays closed are not news: one
+    // line in the log for the cause, not one a second (a flood with many
+    // projects).
+    for mb in [180, 260, 340, 420, 500] {
+        std::fs::write(&stats, format!(r#"{{"available_mb": {mb}, "load1": 0.2}}"#)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::fs::write(&stats, r#"{"available_mb": 100, "load1": 0.2}"#).unwrap();
     assert!(
         h.server.requests().is_empty(),
         "a worker started behind a closed gate"
     );
+    let logs = text(&h.run(&["logs", &project]));
+    assert_eq!(logs.matches("free memory").count(), 1, "{logs}");
     let table = h.run(&["status", &project]);
     assert!(String::from_utf8_lossy(&table.stdout)
         .contains("waiting: free memory 100 MB < 1024 MB (MIN_FREE_MEMORY_MB)"));
@@ -722,6 +731,8 @@ fn the_gate_holds_workers_until_memory_is_free() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(last_json_line(&out)["status"], "done");
     assert!(h.status_json(&project)["waiting"].is_null());
+    let logs = text(&h.run(&["logs", &project]));
+    assert!(logs.contains("starting work again"), "{logs}");
 }
 
 /// Two projects under one `serve` share MAX_CONCURRENT_WORKERS; `cancel`

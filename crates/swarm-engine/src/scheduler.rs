@@ -447,7 +447,9 @@ impl<'e, I: Integration> Scheduler<'e, I> {
 
     /// Records (on change) why ready tasks wait, for `status` and the log.
     fn set_waiting(&mut self, waiting: Option<String>) -> Result<()> {
-        if self.waiting == waiting {
+        // A change of cause, not of figures: the gate's readings move every
+        // second, and a line (and a stored event) each second is a flood.
+        if self.waiting.as_deref().map(cause) == waiting.as_deref().map(cause) {
             return Ok(());
         }
         record_waiting(
@@ -803,6 +805,14 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             self.runner.release(w, dirty);
         }
     }
+}
+
+/// What a waiting line says without its figures (`free memory 812 MB <
+/// 1024 MB` and `free memory 790 MB < 1024 MB` are one cause).
+pub(crate) fn cause(line: &str) -> String {
+    line.chars()
+        .filter(|c| !c.is_ascii_digit() && *c != '.')
+        .collect()
 }
 
 /// Records a change of why project `id`'s work waits: in the store (for

@@ -108,10 +108,12 @@ pub async fn serve(
                 }
             }
         }
-        let status = status_line(&engine, runs.len(), waiting);
-        if status != last_status {
+        let (status, key) = status_line(&engine, runs.len(), waiting);
+        // Logged when it says something new, not when the gate's readings
+        // moved (they change every second while it is closed).
+        if key != last_status {
             tracing::info!("{status}");
-            last_status = status.clone();
+            last_status = key;
         }
         on(ServeEvent::Status(status));
         tokio::select! {
@@ -151,7 +153,9 @@ pub async fn serve(
     Ok(())
 }
 
-fn status_line(engine: &Engine, running: usize, waiting: usize) -> String {
+/// The daemon's status line, and the same without the gate's figures (to
+/// tell a change of state from a change of readings).
+fn status_line(engine: &Engine, running: usize, waiting: usize) -> (String, String) {
     let mut s = format!(
         "running {running} project(s), {} of {} worker(s) busy",
         engine.running_workers(),
@@ -160,8 +164,10 @@ fn status_line(engine: &Engine, running: usize, waiting: usize) -> String {
     if waiting > 0 {
         s.push_str(&format!("; {waiting} queued"));
     }
+    let mut key = s.clone();
     if let Some(why) = engine.gate_closed() {
+        key.push_str(&format!("; gated: {}", crate::scheduler::cause(&why)));
         s.push_str(&format!("; gated: {why}"));
     }
-    s
+    (s, key)
 }
