@@ -933,3 +933,79 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The daemon's threads now.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// 200 open event streams while a project runs: every stream gets the
+/// project's events, and the daemon does not grow a thread per stream (one
+/// reader of the store serves them all).
+#[test]
+fn two_hundred_event_streams_share_one_reader() {
+    use std::io::{Read, Write};
+    let h = two_task_harness_slow(30);
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let addr = daemon.base.trim_start_matches("http://").to_owned();
+    let before = threads_of(daemon.child.id());
+    let mut streams: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            s
+        })
+        .collect();
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan()})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Read every stream while the project runs; note the daemon's threads.
+    let mut seen: Vec<String> = vec![String::new(); streams.len()];
+    let mut most = before;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 65536];
+    loop {
+        most = most.max(threads_of(daemon.child.id()));
+        for (s, text) in streams.iter_mut().zip(seen.iter_mut()) {
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+        let done = |t: &String| {
+            t.contains(&id) && t.contains(r#""to":"done""#) && t.contains("event: project_state")
+        };
+        if seen.iter().all(|t| done(t)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 200 streams saw the project end",
+            seen.iter().filter(|t| done(t)).count()
+        );
+    }
+    assert!(
+        most < before + 20,
+        "the daemon went from {before} to {most} threads with 200 streams open"
+    );
+}

@@ -3,9 +3,10 @@
 //!
 //! The store is the source (event ids are unique and increasing over the
 //! store), so a stream misses nothing whoever wrote the events — this
-//! daemon or a foreground `agentswarm run` on the same data directory. The
-//! engine's progress broadcast wakes a stream at once when this daemon
-//! writes; otherwise it looks every half second.
+//! daemon or a foreground `agentswarm run` on the same data directory. One
+//! reader ([`EventHub`]) fetches new events for every stream and broadcasts
+//! them: woken at once when this daemon writes, otherwise every half
+//! second. A stream reads the store itself only to catch up.
 
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -138,10 +139,13 @@ async fn respond(
     }
     let state = StreamState {
         engine: s.engine.clone(),
+        hub: s.events.clone(),
+        // Subscribed before the first read: nothing falls in between.
+        rx: s.events.subscribe(&s.engine, &s.shutdown),
         fetch,
         after,
+        catching_up: true,
         buffer: VecDeque::new(),
-        wake: s.engine.subscribe(),
         only,
         stop: s.shutdown.clone(),
     };
@@ -151,13 +155,116 @@ async fn respond(
         .into_response())
 }
 
+/// One reader of the store's new events for every stream of the daemon:
+/// a stream reads the store itself only to catch up (when it starts, or
+/// when it fell behind the broadcast), a few at a time, so that many open
+/// streams cost neither a thread nor a query each.
+pub struct EventHub {
+    tx: broadcast::Sender<Arc<EventRecord>>,
+    started: std::sync::Once,
+    /// Catch-up reads at once (each holds a blocking thread).
+    reads: tokio::sync::Semaphore,
+}
+
+/// Catch-up reads of the store running at once, over every stream.
+const CATCH_UP_READS: usize = 4;
+/// Events the broadcast holds for a slow stream before it must catch up.
+const HUB_CAPACITY: usize = 4096;
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(HUB_CAPACITY).0,
+            started: std::sync::Once::new(),
+            reads: tokio::sync::Semaphore::new(CATCH_UP_READS),
+        }
+    }
+}
+
+impl EventHub {
+    /// A receiver of every new event; starts the reader on first use.
+    fn subscribe(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        stop: &CancellationToken,
+    ) -> broadcast::Receiver<Arc<EventRecord>> {
+        let rx = self.tx.subscribe();
+        self.started.call_once(|| {
+            tokio::spawn(read_new_events(self.clone(), engine.clone(), stop.clone()));
+        });
+        rx
+    }
+}
+
+/// The hub's reader: wakes when this daemon writes (the engine's progress)
+/// or every [`POLL`] (another process may write), and broadcasts what the
+/// store has after the last event it sent.
+async fn read_new_events(hub: Arc<EventHub>, engine: Arc<Engine>, stop: CancellationToken) {
+    let last_id = |engine: Arc<Engine>| async move {
+        tokio::task::spawn_blocking(move || engine.store().last_event_id(None))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    };
+    let mut last = last_id(engine.clone()).await;
+    let mut wake = engine.subscribe();
+    loop {
+        let deadline = tokio::time::Instant::now() + POLL;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = wake.recv() => {
+                if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                    tokio::time::sleep_until(deadline).await;
+                } else {
+                    // Let the rest of the burst that woke us land first.
+                    tokio::time::sleep(WAKE_GAP).await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if hub.tx.receiver_count() == 0 {
+            // Nobody listens: a stream that starts catches up by itself.
+            last = last_id(engine.clone()).await;
+            continue;
+        }
+        loop {
+            let e = engine.clone();
+            let page = match tokio::task::spawn_blocking(move || e.events(None, last, DEFAULT_PAGE))
+                .await
+            {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "event streams: cannot read the store; trying again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event streams: the store read failed");
+                    break;
+                }
+            };
+            let full = page.len() == DEFAULT_PAGE;
+            for ev in page {
+                last = ev.id;
+                let _ = hub.tx.send(Arc::new(ev));
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
 struct StreamState {
     engine: Arc<Engine>,
+    hub: Arc<EventHub>,
+    rx: broadcast::Receiver<Arc<EventRecord>>,
     fetch: Fetch,
     after: i64,
+    /// Reading the store until it has nothing after `after`.
+    catching_up: bool,
     buffer: VecDeque<EventRecord>,
-    wake: broadcast::Receiver<swarm_engine::Progress>,
-    /// A project's stream wakes only for that project's progress.
+    /// A project's stream shows only that project's events.
     only: Option<ProjectId>,
     stop: CancellationToken,
 }
@@ -165,6 +272,9 @@ struct StreamState {
 async fn next_event(mut st: StreamState) -> Option<(Result<SseEvent, Infallible>, StreamState)> {
     loop {
         if let Some(e) = st.buffer.pop_front() {
+            if e.id <= st.after {
+                continue;
+            }
             st.after = e.id;
             let id = e.id.to_string();
             let kind = e.kind.clone();
@@ -175,36 +285,45 @@ async fn next_event(mut st: StreamState) -> Option<(Result<SseEvent, Infallible>
         if st.stop.is_cancelled() {
             return None;
         }
-        let (engine, fetch, after) = (st.engine.clone(), st.fetch.clone(), st.after);
-        match tokio::task::spawn_blocking(move || fetch(&engine, after, DEFAULT_PAGE)).await {
-            Ok(Ok(page)) if !page.is_empty() => {
-                st.buffer.extend(page);
-                continue;
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "event stream: cannot read the store; trying again")
-            }
-            Err(e) => tracing::warn!(error = %e, "event stream: the store read failed"),
-        }
-        let deadline = tokio::time::Instant::now() + POLL;
-        loop {
-            tokio::select! {
+        if st.catching_up {
+            let permit = tokio::select! {
                 _ = st.stop.cancelled() => return None,
-                r = st.wake.recv() => match r {
-                    Ok(p) if st.only.as_ref().is_none_or(|id| *id == p.project) => {
-                        // Let the rest of the burst that woke us land first.
-                        tokio::time::sleep(WAKE_GAP).await;
-                        break;
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep_until(deadline).await;
-                        break;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
+                p = st.hub.reads.acquire() => p.ok(),
+            };
+            let (engine, fetch, after) = (st.engine.clone(), st.fetch.clone(), st.after);
+            let read =
+                tokio::task::spawn_blocking(move || fetch(&engine, after, DEFAULT_PAGE)).await;
+            drop(permit);
+            match read {
+                Ok(Ok(page)) if !page.is_empty() => {
+                    st.buffer.extend(page);
+                    continue;
+                }
+                Ok(Ok(_)) => st.catching_up = false,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "event stream: cannot read the store; trying again");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: the store read failed");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
             }
+        }
+        tokio::select! {
+            _ = st.stop.cancelled() => return None,
+            r = st.rx.recv() => match r {
+                Ok(e) => {
+                    if e.id > st.after && st.only.as_ref().is_none_or(|id| *id == e.project_id) {
+                        st.buffer.push_back((*e).clone());
+                    }
+                }
+                // Fell behind the broadcast: read the store again.
+                Err(broadcast::error::RecvError::Lagged(_)) => st.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
         }
     }
 }

@@ -115,6 +115,8 @@ pub struct AppState {
     guard: guard::Guard,
     /// Ends the event streams at shutdown, so that the server can stop.
     shutdown: CancellationToken,
+    /// The one reader of new events behind every event stream.
+    events: Arc<events::EventHub>,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl AppState {
             phase,
             guard: guard::Guard::new(token),
             shutdown,
+            events: Arc::default(),
         }
     }
 
