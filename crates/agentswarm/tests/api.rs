@@ -995,7 +995,7 @@ fn two_hundred_event_streams_share_one_reader() {
         let done = |t: &String| {
             t.contains(&id) && t.contains(r#""to":"done""#) && t.contains("event: project_state")
         };
-        if seen.iter().all(|t| done(t)) {
+        if seen.iter().all(done) {
             break;
         }
         assert!(
