@@ -1009,3 +1009,42 @@ fn two_hundred_event_streams_share_one_reader() {
         "the daemon went from {before} to {most} threads with 200 streams open"
     );
 }
+
+/// Bodies are read as docs/openapi.json describes them: an object (an array
+/// of the fields is refused), `plan: null` means no plan, an integer may be
+/// written `2.0`, and a whitespace goal is refused.
+#[test]
+fn submit_bodies_are_read_as_the_schema_says() {
+    let h = two_task_harness();
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let submit =
+        |body: Value| api.call("POST", "/api/v1/projects", "/api/v1/projects", Some(&body));
+
+    let (code, err) = submit(json!(["a goal"]));
+    assert_eq!(code, 422, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("must be a JSON object"),
+        "{err}"
+    );
+    let (code, err) = submit(json!({"goal": " \n\t "}));
+    assert_eq!(code, 422, "{err}");
+    let (code, err) = submit(json!({"goal": "g", "options": {"max_attempts": 2.5}}));
+    assert_eq!(code, 422, "{err}");
+
+    let (code, made) = submit(
+        json!({"goal": "two files", "plan": two_task_plan(), "options": {"max_attempts": 2.0}}),
+    );
+    assert_eq!(code, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    api.wait_state(&id, 60, &["done"]);
+    let (code, made) = submit(json!({"goal": "ask the planner", "plan": null}));
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(
+        made["tasks_total"], 0,
+        "no plan given: the planner is asked"
+    );
+}

@@ -55,14 +55,20 @@ fn cross_site(headers: &HeaderMap) -> bool {
             return true;
         }
     }
+    // The daemon speaks plain HTTP; behind a proxy that terminates TLS the
+    // page's origin is https, which the proxy says in X-Forwarded-Proto.
+    let scheme = match text(header::HeaderName::from_static("x-forwarded-proto")) {
+        Some(p) if p.trim().eq_ignore_ascii_case("https") => "https://",
+        _ => "http://",
+    };
     match (text(header::ORIGIN), text(header::HOST)) {
-        (Some(origin), Some(host)) => {
-            let origin_host = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .unwrap_or(origin);
-            !origin_host.eq_ignore_ascii_case(host)
-        }
+        (Some(origin), Some(host)) => match origin.get(..scheme.len()) {
+            Some(s) if s.eq_ignore_ascii_case(scheme) => {
+                !origin[scheme.len()..].eq_ignore_ascii_case(host)
+            }
+            // Another scheme (or `null`) is another site.
+            _ => true,
+        },
         (Some(_), None) => true,
         (None, _) => false,
     }
@@ -303,6 +309,34 @@ mod tests {
         );
         assert_eq!(
             status(&app, "POST", cancel, &[host, ("origin", "null")]).await,
+            403
+        );
+        // The same host under another scheme is another origin; a proxy
+        // that terminates TLS says so.
+        let origin = ("origin", "https://127.0.0.1:7700");
+        assert_eq!(status(&app, "POST", cancel, &[host, origin]).await, 403);
+        assert_eq!(
+            status(
+                &app,
+                "POST",
+                cancel,
+                &[host, origin, ("x-forwarded-proto", "https")]
+            )
+            .await,
+            200
+        );
+        assert_eq!(
+            status(
+                &app,
+                "POST",
+                cancel,
+                &[
+                    host,
+                    ("origin", "http://127.0.0.1:7700"),
+                    ("x-forwarded-proto", "https")
+                ]
+            )
+            .await,
             403
         );
         // Reads are not writes (and the token or Host check guards them).

@@ -130,13 +130,38 @@ fn json_body<T: serde::de::DeserializeOwned>(
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(&body)
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    // serde would also read a struct from an array of its fields.
+    if !value.is_object() {
+        return Err(ApiError::unprocessable(
+            "the body must be a JSON object (see the schema in GET /openapi.json)",
+        ));
+    }
+    whole_numbers(&mut value);
     serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(format!(
             "the body has the wrong shape: {e} (see the schema in GET /openapi.json)"
         ))
     })
+}
+
+/// JSON Schema counts `2.0` as the integer 2; so does the API: numbers
+/// with no fraction become integers before the body is read.
+fn whole_numbers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                // In range: exact as an i64 (|f| < 2^53).
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                *v = serde_json::Value::from(i);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 pub async fn submit(
