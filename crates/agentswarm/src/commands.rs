@@ -281,9 +281,9 @@ pub fn goal_and_plan(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the plan {}", path.display()))?;
-            let plan = swarm_engine::plan::extract_plan(&text).map_err(|p| {
+            let plan = swarm_engine::plan::plan_document(&text).map_err(|p| {
                 anyhow::anyhow!(
-                    "the plan {} is invalid:\n  - {}",
+                    "the plan file {} is invalid:\n  - {}",
                     path.display(),
                     p.join("\n  - ")
                 )

@@ -205,6 +205,28 @@ fn a_user_plan_with_errors_is_refused_with_the_list() {
         0,
         "no model call for a refused plan"
     );
+    // A file that is not JSON, or not a plan: the file is named, and the
+    // error says where, in words for a person's file.
+    let path = h.home.path().join("broken.json");
+    std::fs::write(&path, "{\n  \"name\": \"x\",\n").unwrap();
+    let out = h.run(&["run", "--plan", path.to_str().unwrap(), "goal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("the plan file {} is invalid", path.display()))
+            && err.contains("it is not JSON")
+            && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(!err.contains("reply"), "{err}");
+    std::fs::write(&path, r#"{"name": "x", "tasks": [{"id": "a"}]}"#).unwrap();
+    let out = h.run(&["run", "--plan", path.to_str().unwrap(), "goal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing field `title`") && err.contains("docs/plan.md"),
+        "{err}"
+    );
+    assert_eq!(h.server.requests().len(), 0);
 }
 
 #[test]

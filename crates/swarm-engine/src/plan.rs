@@ -30,6 +30,24 @@ pub fn extract_plan(content: &str) -> Result<Plan, Vec<String>> {
         .map_err(|e| vec![format!("the plan is not valid plan JSON: {e}")])
 }
 
+/// A plan document a person wrote (`run --plan FILE`, the API's `plan`):
+/// plain JSON, with errors that say where, and nothing about model replies.
+pub fn plan_document(text: &str) -> Result<Plan, Vec<String>> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| vec![format!("it is not JSON: {e}")])?;
+    if !value.is_object() {
+        return Err(vec![
+            "it must be a JSON object with `name`, `summary` and `tasks` (docs/plan.md)".into(),
+        ]);
+    }
+    // Read again from the text: serde's errors then carry the line and column.
+    serde_json::from_str::<Plan>(text).map_err(|e| {
+        vec![format!(
+            "it does not have the shape of a plan (docs/plan.md, docs/plan.schema.json): {e}"
+        )]
+    })
+}
+
 /// The bodies of ```json … ``` blocks (a bare ``` fence whose body starts with `{` counts too).
 fn fenced_json_blocks(text: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -180,7 +180,7 @@ pub async fn submit(
         None => None,
         Some(v) => {
             let text = v.to_string();
-            let plan: Plan = swarm_engine::plan::extract_plan(&text).map_err(|p| {
+            let plan: Plan = swarm_engine::plan::plan_document(&text).map_err(|p| {
                 ApiError::unprocessable(format!("the plan is invalid:\n  - {}", p.join("\n  - ")))
             })?;
             Some(plan)
