@@ -31,14 +31,26 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             ref out,
             ref limits,
             ref tape,
-        } => resume(&cli, project, out, limits, tape).await,
-        Command::Status { ref project, json } => status(&cli, project.as_deref(), json).await,
+        } => {
+            let project = expand_project(&cli, project)?;
+            resume(&cli, &project, out, limits, tape).await
+        }
+        Command::Status { ref project, json } => {
+            let project = project
+                .as_deref()
+                .map(|p| expand_project(&cli, p))
+                .transpose()?;
+            status(&cli, project.as_deref(), json).await
+        }
         Command::Logs {
             ref project,
             ref task,
             follow,
             json,
-        } => crate::logs::logs(&cli, project, task.as_deref(), follow, json).await,
+        } => {
+            let project = expand_project(&cli, project)?;
+            crate::logs::logs(&cli, &project, task.as_deref(), follow, json).await
+        }
         Command::Demo {
             ref out,
             ref limits,
@@ -47,7 +59,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
         Command::Serve { bind, ref limits } => crate::daemon::serve(&cli, limits, bind).await,
         Command::Submit(ref args) => crate::daemon::submit(&cli, args).await,
-        Command::Cancel { ref project } => crate::daemon::cancel(&cli, project).await,
+        Command::Cancel { ref project } => {
+            let project = expand_project(&cli, project)?;
+            crate::daemon::cancel(&cli, &project).await
+        }
         Command::Doctor { json, check_model } => {
             crate::doctor::doctor(&cli, json, check_model).await
         }
@@ -308,6 +323,39 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let project = engine.create_project(&goal, plan)?;
     println!("project {}", project.id());
     drive(&engine, &project, &args.out).await
+}
+
+/// The project a command names: its id, or the start of exactly one
+/// project's id (`agentswarm status 2026120`). An unknown or ambiguous
+/// start is an error that lists the candidates; without a store the name
+/// is taken as given (the command says it does not exist).
+fn expand_project(cli: &Cli, given: &str) -> Result<String> {
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    if !config.store_path().exists() {
+        return Ok(given.to_owned());
+    }
+    let ids: Vec<String> = open_store(&config)?
+        .list_projects()?
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    if ids.iter().any(|id| id == given) || given.is_empty() {
+        return Ok(given.to_owned());
+    }
+    let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(given)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Ok(given.to_owned()),
+        many => bail!(
+            "{given:?} is the start of {} project ids: {}; give more of it",
+            many.len(),
+            many.iter()
+                .take(10)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 async fn resume(

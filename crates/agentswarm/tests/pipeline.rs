@@ -544,6 +544,33 @@ fn status_lists_projects_and_tasks() {
         table.contains("one") && table.contains("done") && table.contains("tiny"),
         "{table}"
     );
+    // The start of an id names the project when it is the only one so.
+    let (out2, report2) = h.run_plan(&p, &[]);
+    assert!(out2.status.success(), "{}", text(&out2));
+    let other = report2["project_id"].as_str().unwrap();
+    let common = project
+        .chars()
+        .zip(other.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prefix = &project[..common + 1];
+    assert_eq!(h.status_json(prefix)["project_id"], project);
+    let logs = h.run(&["logs", prefix]);
+    assert!(
+        logs.status.success() && text(&logs).contains("one"),
+        "{}",
+        text(&logs)
+    );
+    let shared = &project[..common];
+    let ambiguous = h.run(&["status", shared]);
+    assert!(!ambiguous.status.success());
+    let err = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        err.contains("is the start of 2 project ids")
+            && err.contains(project)
+            && err.contains(other),
+        "{err}"
+    );
     // Live progress: a line per state change.
     let stdout = String::from_utf8_lossy(&out.stdout);
     for change in [
