@@ -61,6 +61,23 @@ pub enum Command {
         /// The project's id, as `status` lists it.
         project: String,
     },
+    /// Delete what ended projects leave behind: their repository, worktrees,
+    /// transcripts and store rows. Deliveries in OUTPUTS_DIR are kept unless
+    /// --deliveries is given.
+    Prune {
+        /// Projects to prune (ids or unique starts of ids); none: every ended
+        /// project last changed more than --older-than-days ago.
+        projects: Vec<String>,
+        /// Prune only projects that ended at least this many days ago.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        older_than_days: u64,
+        /// Also delete their deliveries and task archives in OUTPUTS_DIR.
+        #[arg(long)]
+        deliveries: bool,
+        /// Say what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the resolved configuration and where each value came from, the
     /// memory-limit mechanism, the resource gate's readings, git and the store.
     Doctor {

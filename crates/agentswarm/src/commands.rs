@@ -59,6 +59,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(ref args) => crate::commands::bench(&cli, args).await,
         Command::Serve { bind, ref limits } => crate::daemon::serve(&cli, limits, bind).await,
         Command::Submit(ref args) => crate::daemon::submit(&cli, args).await,
+        Command::Prune {
+            ref projects,
+            older_than_days,
+            deliveries,
+            dry_run,
+        } => prune(&cli, projects, older_than_days, deliveries, dry_run),
         Command::Cancel { ref project } => {
             let project = expand_project(&cli, project)?;
             crate::daemon::cancel(&cli, &project).await
@@ -356,6 +362,75 @@ fn expand_project(cli: &Cli, given: &str) -> Result<String> {
                 .join(", ")
         ),
     }
+}
+
+fn prune(
+    cli: &Cli,
+    projects: &[String],
+    older_than_days: u64,
+    deliveries: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    if !config.store_path().exists() {
+        println!(
+            "no projects in {}: nothing to prune",
+            config.data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ids = projects
+        .iter()
+        .map(|p| expand_project(cli, p).map(ProjectId::new))
+        .collect::<Result<Vec<_>>>()?;
+    let store = open_store(&config)?;
+    let req = swarm_engine::prune::PruneRequest {
+        projects: ids,
+        older_than: std::time::Duration::from_secs(older_than_days * 86_400),
+        deliveries,
+        dry_run,
+    };
+    let pruned = swarm_engine::prune::prune(&config, store.as_ref(), &req)?;
+    if pruned.is_empty() {
+        println!("no ended project is older than {older_than_days} days: nothing to prune");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut freed = 0;
+    let mut skipped = false;
+    for p in &pruned {
+        let mb = p.bytes as f64 / 1_048_576.0;
+        match (&p.skipped, p.deleted) {
+            (Some(why), _) => {
+                skipped = true;
+                println!("kept   {} ({}, {} days): {why}", p.id, p.state, p.age_days);
+            }
+            (None, true) => {
+                freed += p.bytes;
+                println!(
+                    "pruned {} ({}, {} days): {mb:.1} MB",
+                    p.id, p.state, p.age_days
+                );
+            }
+            (None, false) => println!(
+                "would prune {} ({}, {} days): {mb:.1} MB",
+                p.id, p.state, p.age_days
+            ),
+        }
+    }
+    if !dry_run {
+        println!("{:.1} MB freed", freed as f64 / 1_048_576.0);
+    }
+    if !deliveries {
+        println!(
+            "deliveries kept in {} (--deliveries deletes them too)",
+            config.outputs_dir.display()
+        );
+    }
+    Ok(if skipped {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn resume(

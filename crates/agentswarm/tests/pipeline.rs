@@ -646,3 +646,70 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `prune` deletes an ended project's data and rows, keeps its delivery
+/// unless asked, says what it would do on a dry run, and leaves a project
+/// that has not ended alone.
+#[test]
+fn prune_deletes_ended_projects_and_keeps_deliveries_unless_asked() {
+    let p = plan("tiny", &[("one", &[])], &["test -f one.txt"]);
+    let h = Harness::new(
+        json!({"tasks": {"one": {"turns": [write_turn("one.txt", "1"), finish_turn("one")]}}}),
+    );
+    let (out, report) = h.run_plan(&p, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = report["project_id"].as_str().unwrap().to_owned();
+    let delivery = std::path::PathBuf::from(report["delivery"].as_str().unwrap());
+    let data = h.data_dir().join("projects").join(&first);
+    assert!(data.join("repo").exists() && delivery.exists());
+
+    // Nothing is 30 days old yet.
+    let out = h.run(&["prune"]);
+    assert!(text(&out).contains("nothing to prune"), "{}", text(&out));
+    let out = h.run(&["prune", "--dry-run", &first]);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("would prune {first}")),
+        "{}",
+        text(&out)
+    );
+    assert!(data.exists(), "a dry run deletes nothing");
+
+    let out = h.run(&["prune", &first]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("pruned {first}")) && text(&out).contains("deliveries kept"),
+        "{}",
+        text(&out)
+    );
+    assert!(!data.exists(), "its data directory is gone");
+    assert!(delivery.exists(), "its delivery is kept");
+    let status = h.run(&["status", &first]);
+    assert!(
+        !status.status.success() && text(&status).contains("not found"),
+        "{}",
+        text(&status)
+    );
+
+    // With --deliveries, OUTPUTS_DIR/<project> goes too.
+    let (out, report) = h.run_plan(&p, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let second = report["project_id"].as_str().unwrap().to_owned();
+    let out = h.run(&["prune", "--deliveries", &second]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!h.outputs_dir().join(&second).exists());
+
+    // A project that has not ended is left alone (exit 1, with why).
+    let queued = h.run(&["submit", "--json", "later"]);
+    let queued = last_json_line(&queued)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = h.run(&["prune", &queued]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("it is queued, not ended"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(h.status_json(&queued)["state"], "queued");
+}

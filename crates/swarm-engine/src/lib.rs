@@ -14,6 +14,7 @@ pub mod plan;
 mod planner;
 pub mod probe;
 pub mod prompts;
+pub mod prune;
 mod recovery;
 mod redacted;
 mod run;

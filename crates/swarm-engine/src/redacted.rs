@@ -51,6 +51,9 @@ impl Store for RedactedStore {
     fn set_project_waiting(&self, id: &ProjectId, waiting: Option<&str>) -> Result<()> {
         self.inner.set_project_waiting(id, waiting)
     }
+    fn delete_project(&self, id: &ProjectId) -> Result<bool> {
+        self.inner.delete_project(id)
+    }
     fn cancel_project(&self, id: &ProjectId) -> Result<bool> {
         self.inner.cancel_project(id)
     }

@@ -291,6 +291,10 @@ pub trait Store: Send + Sync {
     /// Cancels a project that has not ended: the project and every task not
     /// yet finished become `cancelled`. `false` if it had already ended.
     fn cancel_project(&self, id: &ProjectId) -> Result<bool>;
+    /// Deletes an ended project (done, failed or cancelled) and all its rows:
+    /// tasks, attempts, events, model calls. `false` (nothing deleted) when
+    /// it has not ended.
+    fn delete_project(&self, id: &ProjectId) -> Result<bool>;
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()>;
     /// Replaces the run options (`resume` with new limits, e.g. a higher budget).
     fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()>;

@@ -476,6 +476,33 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_project(&self, id: &ProjectId) -> Result<bool> {
+        self.write(|tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM projects WHERE id = ?1",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(current) = current else {
+                return Err(Error::ProjectNotFound(id.clone()));
+            };
+            let state: ProjectState = parse(&current)?;
+            if !state.is_terminal() {
+                return Ok(false);
+            }
+            for table in ["task_deps", "attempts", "events", "model_calls", "tasks"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE project_id = ?1"),
+                    [id.as_str()],
+                )?;
+            }
+            tx.execute("DELETE FROM projects WHERE id = ?1", [id.as_str()])?;
+            Ok(true)
+        })
+    }
+
     fn cancel_project(&self, id: &ProjectId) -> Result<bool> {
         self.write(|tx| {
             let current: Option<String> = tx.query_row("SELECT state FROM projects WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()?;
