@@ -239,8 +239,7 @@ fn exit_code(r: &RunReport) -> ExitCode {
         | ProjectState::Cancelled
         | ProjectState::Queued
         | ProjectState::Planning
-        | ProjectState::Running
-        | ProjectState::Verifying => ExitCode::from(1),
+        | ProjectState::Running => ExitCode::from(1),
     }
 }
 

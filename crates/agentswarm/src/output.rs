@@ -225,7 +225,6 @@ pub fn print_report(r: &RunReport, json: bool) {
         swarm_protocol::ProjectState::Queued
         | swarm_protocol::ProjectState::Planning
         | swarm_protocol::ProjectState::Running
-        | swarm_protocol::ProjectState::Verifying
         | swarm_protocol::ProjectState::Done
         | swarm_protocol::ProjectState::Failed
         | swarm_protocol::ProjectState::Cancelled => {}

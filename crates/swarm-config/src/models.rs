@@ -123,20 +123,7 @@ impl Price {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    OpenAi,
-    Anthropic,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Anthropic => "anthropic",
-        }
-    }
-}
+pub use swarm_protocol::chat::ProviderKind;
 
 /// A resolved provider. `Debug` shows where the key came from, never it.
 #[derive(Clone)]

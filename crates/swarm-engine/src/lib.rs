@@ -86,7 +86,6 @@ fn resume_hint(state: ProjectState) -> &'static str {
         ProjectState::Queued
         | ProjectState::Planning
         | ProjectState::Running
-        | ProjectState::Verifying
         | ProjectState::Failed
         | ProjectState::Interrupted
         | ProjectState::BudgetExhausted

@@ -162,7 +162,6 @@ impl Engine {
             ProjectState::Queued
             | ProjectState::Planning
             | ProjectState::Running
-            | ProjectState::Verifying
             | ProjectState::Done
             | ProjectState::Cancelled => return Err(Error::NotResumable(id.clone(), state)),
         };

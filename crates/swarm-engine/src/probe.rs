@@ -4,17 +4,14 @@
 
 use std::time::{Duration, Instant};
 use swarm_config::{Config, ModelRole, ProviderConfig};
-use swarm_llm::{ModelRequest, ProviderKind, ProviderSettings};
+use swarm_llm::{ModelRequest, ProviderSettings};
 use swarm_protocol::chat::ChatMessage;
 
 /// The settings a provider is built from, out of its resolved config.
 pub(crate) fn provider_settings(name: &str, p: &ProviderConfig) -> ProviderSettings {
     ProviderSettings {
         name: name.to_owned(),
-        kind: match p.kind {
-            swarm_config::ProviderKind::OpenAi => ProviderKind::OpenAi,
-            swarm_config::ProviderKind::Anthropic => ProviderKind::Anthropic,
-        },
+        kind: p.kind,
         base_url: p.base_url.clone(),
         api_key: p.api_key.clone(),
         api_key_env: p.api_key_env.clone(),

@@ -97,7 +97,6 @@ async fn run_inner(
         ProjectState::Queued
         | ProjectState::Planning
         | ProjectState::Running
-        | ProjectState::Verifying
         | ProjectState::Interrupted
         | ProjectState::BudgetExhausted
         | ProjectState::Paused => {}

@@ -11,7 +11,7 @@ use swarm_store::{EventRecord, ProjectRecord, Store, TaskRecord};
 /// Whether a project's stored state says a process runs it now.
 fn claims_a_runner(state: ProjectState) -> bool {
     match state {
-        ProjectState::Planning | ProjectState::Running | ProjectState::Verifying => true,
+        ProjectState::Planning | ProjectState::Running => true,
         ProjectState::Queued
         | ProjectState::Done
         | ProjectState::Failed

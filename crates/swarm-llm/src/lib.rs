@@ -160,14 +160,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A 429 asking to wait this long or longer is a quota, not a rate limit.
 pub const QUOTA_MIN_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// A provider's wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenAI-compatible Chat Completions (`POST {base_url}/chat/completions`).
-    OpenAi,
-    /// Anthropic Messages (`POST {base_url}/messages`).
-    Anthropic,
-}
+/// A provider's wire format (one type for the config and the clients).
+pub use swarm_protocol::chat::ProviderKind;
 
 /// What a provider needs; built from the resolved config by the caller.
 #[derive(Clone)]

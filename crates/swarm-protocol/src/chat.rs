@@ -210,3 +210,22 @@ pub fn summarised_turns(text: &str) -> Option<u32> {
     let (_, after) = head.split_once('(')?;
     after.split_once(" model turns)")?.0.trim().parse().ok()
 }
+
+/// A model provider's wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions (`POST {base_url}/chat/completions`).
+    OpenAi,
+    /// Anthropic Messages (`POST {base_url}/messages`).
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// Its name in `agentswarm.toml` (`kind = "openai"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}

@@ -71,7 +71,6 @@ string_enum!(
         Queued => "queued",
         Planning => "planning",
         Running => "running",
-        Verifying => "verifying",
         Done => "done",
         Failed => "failed",
         Interrupted => "interrupted",
@@ -103,7 +102,6 @@ impl ProjectState {
             ProjectState::Queued
             | ProjectState::Planning
             | ProjectState::Running
-            | ProjectState::Verifying
             | ProjectState::Done
             | ProjectState::Cancelled => false,
         }
@@ -115,7 +113,6 @@ impl ProjectState {
             ProjectState::Queued
             | ProjectState::Planning
             | ProjectState::Running
-            | ProjectState::Verifying
             | ProjectState::Interrupted
             | ProjectState::BudgetExhausted
             | ProjectState::Paused => false,
