@@ -576,7 +576,7 @@ fn write_transcript(
     messages: &[ChatMessage],
     outcome: &Outcome,
 ) {
-    let path = ctx.transcripts_dir.join(format!("{task}-{attempt}.json"));
+    let path = crate::operator::transcript_file(&ctx.transcripts_dir, task, attempt);
     let outcome = match outcome {
         Outcome::Committed {
             branch: _,

@@ -9,6 +9,16 @@ use swarm_protocol::api::ProjectOptions;
 use swarm_protocol::{Plan, ProjectId, ProjectState, TaskId};
 use swarm_store::Store;
 
+/// `<data dir>/projects/<id>/transcripts/`.
+pub(crate) fn transcripts_dir(config: &Config, id: &ProjectId) -> PathBuf {
+    config.project_dir(id.as_str()).join("transcripts")
+}
+
+/// An attempt's transcript in `dir` (see [`transcripts_dir`]).
+pub(crate) fn transcript_file(dir: &std::path::Path, task: &TaskId, attempt: u32) -> PathBuf {
+    dir.join(format!("{task}-{attempt}.json"))
+}
+
 /// `limits` with the options a client gave laid over them. The one place
 /// where limits are overridden: options of the API, of `submit`, and the
 /// flags of `resume` ([`flag_options`]) all go through it.
@@ -177,17 +187,13 @@ impl Engine {
     /// `<data dir>/projects/<id>/transcripts/<task>-<attempt>.json`, written
     /// when the attempt ends.
     pub fn transcript_path(&self, id: &ProjectId, task: &TaskId, attempt: u32) -> PathBuf {
-        self.config
-            .project_dir(id.as_str())
-            .join("transcripts")
-            .join(format!("{task}-{attempt}.json"))
+        transcript_file(&transcripts_dir(&self.config, id), task, attempt)
     }
 
     /// `OUTPUTS_DIR/<id>/tasks/<task>.tar.gz`, written when the task merges.
     pub fn task_archive_path(&self, id: &ProjectId, task: &TaskId) -> PathBuf {
-        crate::packager::project_outputs(&self.config.outputs_dir, id)
-            .join("tasks")
-            .join(format!("{task}.tar.gz"))
+        let outputs = crate::packager::project_outputs(&self.config.outputs_dir, id);
+        crate::packager::task_archive_path(&outputs, task)
     }
 
     /// `OUTPUTS_DIR/<id>/manifest.json`.

@@ -1,7 +1,9 @@
-//! The store as the engine sees it: every free text written through it —
+//! The store as the engine sees it: the free text written through it that
+//! can hold what a model or a provider said — the goal, project and task
 //! errors, attempt reasons, why tasks wait, task summaries, event data —
 //! has the configured API keys and key-shaped strings masked first, so no
 //! secret reaches the store, `status`, the event stream or the manifest.
+//! Plans are stored as given.
 
 use std::sync::Arc;
 use swarm_llm::redact::Redactor;
@@ -49,7 +51,8 @@ impl Store for RedactedStore {
         self.inner.set_project_state(id, from, to, error.as_deref())
     }
     fn set_project_waiting(&self, id: &ProjectId, waiting: Option<&str>) -> Result<()> {
-        self.inner.set_project_waiting(id, waiting)
+        let waiting = waiting.map(|w| self.r(w));
+        self.inner.set_project_waiting(id, waiting.as_deref())
     }
     fn delete_project(&self, id: &ProjectId) -> Result<bool> {
         self.inner.delete_project(id)
@@ -149,5 +152,50 @@ impl Store for RedactedStore {
     }
     fn spent(&self, id: &ProjectId) -> Result<Spent> {
         self.inner.spent(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_masked_in_what_it_says_it_masks() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> =
+            Arc::new(swarm_store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let key = "fake-key-for-redaction-test-0123456789";
+        let store = RedactedStore::new(inner.clone(), Redactor::new(vec![key.to_owned()]));
+        let id = ProjectId::new("p1");
+        store
+            .create_project(&NewProject {
+                id: id.clone(),
+                goal: format!("goal with {key}"),
+                options: serde_json::json!({}),
+            })
+            .unwrap();
+        store
+            .set_project_waiting(&id, Some(&format!("waiting: provider said {key}")))
+            .unwrap();
+        store
+            .set_project_state(
+                &id,
+                &[],
+                ProjectState::Failed,
+                Some(&format!("error {key}")),
+            )
+            .unwrap();
+        store
+            .append_event(&id, None, "note", &serde_json::json!({"message": key}))
+            .unwrap();
+        let p = inner.project(&id).unwrap();
+        let events = inner.events(&id, 0, 10).unwrap();
+        let stored = format!("{} {:?} {:?} {:?}", p.goal, p.waiting, p.error, events);
+        assert!(!stored.contains(key), "{stored}");
+        assert!(p
+            .waiting
+            .as_deref()
+            .unwrap()
+            .starts_with("waiting: provider said "));
     }
 }

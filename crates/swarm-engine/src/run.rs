@@ -232,7 +232,7 @@ async fn run_inner(
         project: id.clone(),
         worktrees_dir: worktrees_dir.clone(),
         pool: pool.clone(),
-        transcripts_dir: project_dir.join("transcripts"),
+        transcripts_dir: crate::operator::transcripts_dir(&engine.config, id),
         worker_program: engine.settings.worker_program.clone(),
         worker_args: engine.settings.worker_args.clone(),
         worker_timeout: Duration::from_secs(engine.config.worker_timeout_secs),
