@@ -20,8 +20,12 @@ use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ProjectState, TaskId, Task
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("store database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    #[error("store database error: {message}")]
+    Db {
+        message: String,
+        /// The database was busy or locked: a later try may succeed.
+        busy: bool,
+    },
     #[error("store data error: {0}")]
     Data(String),
     #[error(
@@ -35,11 +39,23 @@ pub enum Error {
 impl Error {
     /// A busy or locked database may succeed on a later try; nothing else will.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Db(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        )
+        matches!(self, Error::Db { busy: true, .. })
+    }
+}
+
+/// SQLite's errors become the store's own (the store's users never see
+/// `rusqlite`'s types).
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        let busy = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        Error::Db {
+            message: e.to_string(),
+            busy,
+        }
     }
 }
 
