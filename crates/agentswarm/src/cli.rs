@@ -92,6 +92,9 @@ pub enum Command {
     /// Install AgentSwarm as a systemd service.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Worker nodes reached over SSH ([nodes.NAME] in agentswarm.toml).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show projects, or one project's tasks.
     Status {
         /// One project's id: its tasks, attempts and verify results
@@ -137,6 +140,31 @@ pub enum Command {
     /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Connect to the nodes of [nodes.NAME] (or one), compare their version
+    /// with this one and show their sandbox, memory limiter and load.
+    Check {
+        /// The node to check (default: every configured node).
+        name: Option<String>,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy this binary to the node (where its `agentswarm` setting says),
+    /// then check it.
+    Install {
+        /// The node, as named in [nodes.NAME].
+        name: String,
+    },
+    /// What this machine offers as a node (run on the node by `check`).
+    #[command(hide = true)]
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,8 @@
 //! The commands. Each builds the config and the engine, then calls into it.
 
-use crate::cli::{Cli, Command, LimitArgs, OutputArgs, RunArgs, ServiceCommand, TapeArgs};
+use crate::cli::{
+    Cli, Command, LimitArgs, NodeCommand, OutputArgs, RunArgs, ServiceCommand, TapeArgs,
+};
 use crate::output;
 use anyhow::{bail, Context, Result};
 use std::process::ExitCode;
@@ -72,6 +74,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor { json, check_model } => {
             crate::doctor::doctor(&cli, json, check_model).await
         }
+        Command::Node(NodeCommand::Check { ref name, json }) => {
+            crate::node::check(&cli, name.as_deref(), json)
+        }
+        Command::Node(NodeCommand::Install { ref name }) => crate::node::install(&cli, name),
+        Command::Node(NodeCommand::Info { json }) => crate::node::info(&cli, json),
         Command::Service(ServiceCommand::Install {
             ref output,
             ref exe,

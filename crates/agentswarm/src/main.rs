@@ -10,6 +10,7 @@ mod daemon;
 mod doctor;
 mod live;
 mod logs;
+mod node;
 mod output;
 mod service;
 

@@ -6,6 +6,7 @@
 //! environment lookup, so tests never touch global state.
 
 mod models;
+pub mod nodes;
 mod secrets;
 
 pub use models::{
@@ -113,6 +114,8 @@ pub struct FileConfig {
     pub models: Option<FileModels>,
     /// `[prices."MODEL"]`: US dollars per million input and output tokens.
     pub prices: Option<BTreeMap<String, Price>>,
+    /// `[nodes.NAME]`: other machines that run attempts, over SSH.
+    pub nodes: Option<BTreeMap<String, nodes::FileNode>>,
     /// `required`, `best-effort` (the default) or `off`: how model-run and
     /// verify commands are confined (docs/security.md).
     pub sandbox: Option<String>,
@@ -262,6 +265,8 @@ pub struct Config {
     /// bearer token the API asks for.
     pub api_token: Option<secrecy::SecretString>,
     pub sandbox: SandboxSettings,
+    /// `[nodes.NAME]`, checked (the local machine is not among them).
+    pub nodes: Vec<nodes::Node>,
     /// `Err` keeps why no model is configured until a command needs one.
     models: std::result::Result<Models, ModelMissing>,
     /// Source of each resolved value, by its name in the file.
@@ -818,6 +823,12 @@ impl Config {
                 token
             });
         let sandbox = r.sandbox(&file)?;
+        let nodes = nodes::resolve(file.nodes.as_ref(), dirs::home_dir().as_deref()).map_err(
+            |message| Error::Parse {
+                path: file_path.clone().unwrap_or_default(),
+                message,
+            },
+        )?;
         let models = r.models(ModelInputs {
             providers: file.providers.as_ref(),
             models: file.models.as_ref(),
@@ -846,6 +857,7 @@ impl Config {
             bind,
             api_token,
             sandbox,
+            nodes,
             models,
             sources: r.sources,
             file: file_path,

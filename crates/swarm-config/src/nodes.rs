@@ -1,0 +1,146 @@
+//! `[nodes.NAME]`: other machines the supervisor runs attempts on, over
+//! SSH (docs/scale-out.md). The local machine is the node `local`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One `[nodes.NAME]` table as written.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileNode {
+    /// `user@host` (or `host`): whom `ssh` logs in as, where.
+    pub ssh: String,
+    /// The SSH port (default 22).
+    pub port: Option<u16>,
+    /// The private key `ssh` authenticates with (default: ssh's own choice).
+    pub identity_file: Option<PathBuf>,
+    /// The known-hosts file the node's host key must be in (default
+    /// `~/.ssh/known_hosts`). Host keys are always checked strictly.
+    pub known_hosts_file: Option<PathBuf>,
+    /// The `agentswarm` binary on the node: an absolute path, or one
+    /// relative to the login's home (default `.local/bin/agentswarm`, where
+    /// `agentswarm node install` puts it).
+    pub agentswarm: Option<String>,
+    /// Attempts the node runs at once (default 2).
+    pub max_workers: Option<u32>,
+    /// What the node offers (e.g. `rust`, `gpu`, an installed agent), for
+    /// placement.
+    pub labels: Option<Vec<String>>,
+}
+
+/// A node, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// `user@host` or `host`.
+    pub ssh: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+    pub agentswarm: String,
+    pub max_workers: u32,
+    pub labels: Vec<String>,
+}
+
+/// The name of this machine as a node.
+pub const LOCAL: &str = "local";
+/// Where `agentswarm node install` puts the binary, relative to the home.
+pub const DEFAULT_REMOTE_BINARY: &str = ".local/bin/agentswarm";
+
+/// The `[nodes]` tables, checked: a problem is a message that names the
+/// node and says what to write instead.
+pub fn resolve(
+    file: Option<&BTreeMap<String, FileNode>>,
+    home: Option<&std::path::Path>,
+) -> Result<Vec<Node>, String> {
+    let mut out = Vec::new();
+    for (name, n) in file.into_iter().flatten() {
+        let bad = |what: String| format!("[nodes.{name}]: {what}");
+        if name == LOCAL {
+            return Err(bad(
+                "`local` is this machine; give the other node another name".into(),
+            ));
+        }
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad("a node's name may hold letters, digits, - and _".into()));
+        }
+        let target = n.ssh.trim();
+        let host = target.rsplit('@').next().unwrap_or_default();
+        if host.is_empty() || target.starts_with('-') || target.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "ssh = {:?} is not `user@host` or `host`",
+                n.ssh
+            )));
+        }
+        let expand = |p: &PathBuf| -> PathBuf {
+            match (p.strip_prefix("~"), home) {
+                (Ok(rest), Some(h)) => h.join(rest),
+                _ => p.clone(),
+            }
+        };
+        let max_workers = n.max_workers.unwrap_or(2);
+        if max_workers == 0 {
+            return Err(bad("max_workers must be at least 1".into()));
+        }
+        let agentswarm = n
+            .agentswarm
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REMOTE_BINARY.to_owned());
+        if agentswarm.trim().is_empty() || agentswarm.contains(['\'', '\n']) {
+            return Err(bad(format!(
+                "agentswarm = {agentswarm:?} is not a path on the node"
+            )));
+        }
+        out.push(Node {
+            name: name.clone(),
+            ssh: target.to_owned(),
+            port: n.port.unwrap_or(22),
+            identity_file: n.identity_file.as_ref().map(expand),
+            known_hosts_file: n.known_hosts_file.as_ref().map(expand),
+            agentswarm,
+            max_workers,
+            labels: n.labels.clone().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(toml_text: &str) -> Result<Vec<Node>, String> {
+        let map: BTreeMap<String, FileNode> = toml::from_str(toml_text).unwrap();
+        resolve(Some(&map), Some(std::path::Path::new("/home/op")))
+    }
+
+    #[test]
+    fn nodes_resolve_with_defaults_and_refuse_what_cannot_work() {
+        let n = nodes(
+            "[b1]\nssh = \"build@10.0.0.2\"\nidentity_file = \"~/.ssh/swarm\"\nlabels = [\"rust\"]\n",
+        )
+        .unwrap();
+        assert_eq!(n[0].name, "b1");
+        assert_eq!(n[0].port, 22);
+        assert_eq!(n[0].max_workers, 2);
+        assert_eq!(n[0].agentswarm, DEFAULT_REMOTE_BINARY);
+        assert_eq!(
+            n[0].identity_file.as_deref(),
+            Some(std::path::Path::new("/home/op/.ssh/swarm"))
+        );
+        let e = nodes("[local]\nssh = \"h\"\n").unwrap_err();
+        assert!(e.contains("`local` is this machine"), "{e}");
+        let e = nodes("[x]\nssh = \"-oProxyCommand=evil\"\n").unwrap_err();
+        assert!(e.contains("is not `user@host`"), "{e}");
+        let e = nodes("[x]\nssh = \"h\"\nmax_workers = 0\n").unwrap_err();
+        assert!(e.contains("max_workers"), "{e}");
+        let unknown =
+            toml::from_str::<BTreeMap<String, FileNode>>("[x]\nssh = \"h\"\nhostname = \"y\"\n");
+        assert!(unknown.is_err(), "an unknown key in a node is refused");
+    }
+}
