@@ -170,15 +170,8 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
     };
 
     let limiter = swarm_engine::memory_limiter(&config);
-    let policy = swarm_exec::sandbox::SandboxPolicy {
-        mode: config.sandbox.mode,
-        mechanism: config.sandbox.mechanism,
-        allow_network: config.run.allow_network,
-        uid: config.sandbox.uid,
-        ..Default::default()
-    };
     let facilities = swarm_exec::sandbox::facilities();
-    let assessment = swarm_exec::sandbox::assess_at(&policy, facilities, &config.data_dir);
+    let (policy, assessment) = assess_sandbox(&config);
     let available = |r: Result<String, &String>| match r {
         Ok(v) => json!({"available": true, "detail": v}),
         Err(why) => json!({"available": false, "needs": why}),
@@ -386,4 +379,27 @@ fn store_health(config: &swarm_config::Config) -> serde_json::Value {
         }
         Err(e) => json!({"path": path.display().to_string(), "error": e.to_string()}),
     }
+}
+
+/// How this machine would confine the configured sandbox's commands (what
+/// `doctor` and `node info` report).
+pub(crate) fn assess_sandbox(
+    config: &swarm_config::Config,
+) -> (
+    swarm_exec::sandbox::SandboxPolicy,
+    swarm_exec::sandbox::Assessment,
+) {
+    let policy = swarm_exec::sandbox::SandboxPolicy {
+        mode: config.sandbox.mode,
+        mechanism: config.sandbox.mechanism,
+        allow_network: config.run.allow_network,
+        uid: config.sandbox.uid,
+        ..Default::default()
+    };
+    let assessment = swarm_exec::sandbox::assess_at(
+        &policy,
+        swarm_exec::sandbox::facilities(),
+        &config.data_dir,
+    );
+    (policy, assessment)
 }

@@ -35,18 +35,7 @@ pub struct NodeInfo {
 /// the node).
 pub fn info(cli: &Cli, json: bool) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
-    let policy = swarm_exec::sandbox::SandboxPolicy {
-        mode: config.sandbox.mode,
-        mechanism: config.sandbox.mechanism,
-        allow_network: config.run.allow_network,
-        uid: config.sandbox.uid,
-        ..Default::default()
-    };
-    let assessment = swarm_exec::sandbox::assess_at(
-        &policy,
-        swarm_exec::sandbox::facilities(),
-        &config.data_dir,
-    );
+    let (_, assessment) = crate::doctor::assess_sandbox(&config);
     let readings = swarm_engine::gate::Gate::from_config(&config)
         .readings()
         .ok();
