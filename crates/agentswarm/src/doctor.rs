@@ -248,6 +248,7 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
             },
             "git": git,
             "store": store,
+            "nodes": config.nodes.iter().map(|n| json!({"name": n.name, "ssh": n.ssh, "port": n.port, "max_workers": n.max_workers, "labels": n.labels})).collect::<Vec<_>>(),
             "model_checks": checks,
             "ready": problems.is_empty(),
             "problems": problems,
@@ -332,6 +333,17 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
             gate.source()
         ),
         Err(e) => println!("resource gate: no readings from {}: {e}", gate.source()),
+    }
+    match config.nodes.as_slice() {
+        [] => println!("nodes: only this machine (no [nodes.NAME] in the config)"),
+        nodes => println!(
+            "nodes: {} (not yet used for attempts; `agentswarm node check` connects to them)",
+            nodes
+                .iter()
+                .map(|n| format!("{} ({}:{}, {} slots)", n.name, n.ssh, n.port, n.max_workers))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
     match &git {
         Ok(v) => println!("git: {v}"),

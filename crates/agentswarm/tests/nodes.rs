@@ -201,6 +201,11 @@ fn write_config(h: &Harness, c: &Client, nodes: &[(&str, &TestHost)]) {
     std::fs::write(h.home.path().join("agentswarm.toml"), toml).unwrap();
 }
 
+/// `doctor --json` prints one pretty-printed object.
+fn pretty_json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
 fn node_binary(h: &Harness, name: &str) -> PathBuf {
     h.home
         .path()
@@ -220,6 +225,12 @@ fn nodes_are_checked_and_installed_over_real_ssh() {
     )
     .unwrap();
     write_config(&h, &c, &[("n1", &one), ("n2", &two)]);
+
+    // doctor lists them (without connecting).
+    let out = h.run(&["doctor", "--json"]);
+    let doctor = pretty_json(&out);
+    assert_eq!(doctor["nodes"][0]["name"], "n1", "{doctor}");
+    assert_eq!(doctor["nodes"][1]["max_workers"], 3);
 
     // Nothing installed yet: both not ready, and each says what to do.
     let out = h.run(&["node", "check"]);
