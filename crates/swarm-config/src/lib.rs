@@ -1211,10 +1211,16 @@ output_per_mtok = 75.0
         assert_eq!(m.cost("unpriced", 1, 1), None);
         // Prompt-cache tokens (of the input): writes at 1.25 ×, reads at 0.1 ×.
         let cost = m
-            .cost_cached("claude-opus-4-1", 1_000_000, 0, 200_000, 500_000)
+            .cost_cached("claude", "claude-opus-4-1", 1_000_000, 0, 200_000, 500_000)
             .unwrap();
         let expected = 300_000.0 * 15.0 / 1e6 + 200_000.0 * 18.75 / 1e6 + 500_000.0 * 1.5 / 1e6;
         assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
+        // OpenAI-compatible providers: cached input as plain input unless
+        // the price says what a cache read costs.
+        let cost = m
+            .cost_cached("openrouter", "claude-opus-4-1", 1_000_000, 0, 0, 500_000)
+            .unwrap();
+        assert!((cost - 15.0).abs() < 1e-9, "{cost}");
     }
 
     #[test]

@@ -323,19 +323,32 @@ impl Models {
         names
     }
 
-    /// The cost of a call whose input was partly written to or read from
-    /// the prompt cache, when the model has a price.
+    /// The cost of a call to `model` of `provider` whose input was partly
+    /// written to or read from the prompt cache, when the model has a price.
+    /// Without a `cache_read_per_mtok`, cache reads are priced as Anthropic
+    /// prices them (0.1 × input) on an Anthropic provider, and as plain
+    /// input on others (OpenAI's discount depends on the model: an
+    /// overestimate, never an underestimate).
     pub fn cost_cached(
         &self,
+        provider: &str,
         model: &str,
         input_tokens: u64,
         output_tokens: u64,
         cache_write: u64,
         cache_read: u64,
     ) -> Option<f64> {
-        self.prices
-            .get(model)
-            .map(|p| p.cost_cached(input_tokens, output_tokens, cache_write, cache_read))
+        let anthropic = self
+            .providers
+            .get(provider)
+            .is_some_and(|p| p.kind == ProviderKind::Anthropic);
+        self.prices.get(model).map(|p| {
+            let mut p = p.clone();
+            if !anthropic && p.cache_read_per_mtok.is_none() {
+                p.cache_read_per_mtok = Some(p.input_per_mtok);
+            }
+            p.cost_cached(input_tokens, output_tokens, cache_write, cache_read)
+        })
     }
 
     /// Every configured key value (for redaction).

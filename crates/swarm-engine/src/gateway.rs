@@ -601,9 +601,10 @@ impl Gateway {
             ),
             Err(_) => (0, 0),
         };
-        let cost_usd = inner
-            .models
-            .cost_cached(model, input, output, cache_write, cache_read);
+        let cost_usd =
+            inner
+                .models
+                .cost_cached(provider, model, input, output, cache_write, cache_read);
         inner.metrics.model_call(&ModelCall {
             role: caller.role.as_str(),
             provider,

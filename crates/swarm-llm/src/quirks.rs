@@ -59,6 +59,16 @@ fn fresh_id() -> String {
 /// object arguments become their JSON text, a missing id or type is filled;
 /// a missing `choices` is an empty one.
 pub fn normalise_answer(answer: &mut Value) {
+    // OpenAI reports the input read from its prompt cache here.
+    if let Some(usage) = answer.get_mut("usage").and_then(Value::as_object_mut) {
+        let cached = usage
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(Value::as_u64);
+        if let (Some(n), false) = (cached, usage.contains_key("cache_read_tokens")) {
+            usage.insert("cache_read_tokens".into(), n.into());
+        }
+    }
     // No `choices` at all reads as none (an error object may say why).
     if let Some(obj) = answer.as_object_mut() {
         if obj.get("choices").is_none_or(Value::is_null) {
@@ -204,6 +214,19 @@ pub fn drop_cut_calls(message: &mut ChatMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openai_cached_input_is_read_as_cache_reads() {
+        let mut v: Value = serde_json::from_str(
+            r#"{"choices": [], "usage": {"prompt_tokens": 1200, "completion_tokens": 5,
+                "total_tokens": 1205, "prompt_tokens_details": {"cached_tokens": 1024}}}"#,
+        )
+        .unwrap();
+        normalise_answer(&mut v);
+        let usage: swarm_protocol::chat::Usage =
+            serde_json::from_value(v["usage"].clone()).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.cache_read_tokens), (1200, 1024));
+    }
 
     #[test]
     fn reasoning_models_get_max_completion_tokens() {
