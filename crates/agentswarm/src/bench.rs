@@ -148,6 +148,10 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         "overhead_cap1_ms_per_task": seq.span_ms / seq.tasks as f64,
         "overhead_ms_per_task": par.span_ms / par.tasks as f64,
         "overhead_cap": args.workers,
+        "phases_ms": {
+            "cap1": {"worker": seq.phases.worker_ms, "merge": seq.phases.merge_ms},
+            "cap": {"worker": par.phases.worker_ms, "merge": par.phases.merge_ms},
+        },
         "supervisor_processes_per_task": par.spawned_per_task,
         "processes_per_task": counted.map(|(t, c)| c.processes as f64 / f64::from(t)),
         "fsyncs_per_task": counted.map(|(t, c)| c.fsyncs as f64 / f64::from(t)),
@@ -180,6 +184,10 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         seq.span_ms / seq.tasks as f64
     );
     println!("  cap {} ({} tasks):  {:7.2} ms/task   ({:.1} processes spawned by the supervisor per task)", args.workers, par.tasks, par.span_ms / par.tasks as f64, par.spawned_per_task);
+    println!(
+        "  median per task, running → merging (the worker) / merging → done (the merge queue): cap 1 {:.1} / {:.1} ms, cap {} {:.1} / {:.1} ms",
+        seq.phases.worker_ms, seq.phases.merge_ms, args.workers, par.phases.worker_ms, par.phases.merge_ms
+    );
     match counted {
         Some((t, c)) => println!(
             "  whole process tree, {t} tasks at cap 1 under strace: {:.2} processes and {:.2} syncs per task",
@@ -303,6 +311,7 @@ fn sandbox_cost(dir: &Path) -> Result<Vec<SandboxCost>> {
 }
 
 struct CaseResult {
+    phases: Phases,
     /// Under strace: what the whole process tree did.
     counted: Option<Counted>,
     tasks: u32,
@@ -384,7 +393,9 @@ async fn run_case(
     };
     let started = Instant::now();
     let mut child = command
-        .args(["run", "--json", "--max-workers", &cap.to_string(), "--plan"])
+        .args(["run", "--json", "--max-workers", &cap.to_string()])
+        // The plan's tasks and its verify task, over the default limit with --scale.
+        .args(["--max-tasks", &(n + 1).to_string(), "--plan"])
         .arg(&plan_path)
         .arg("bench goal")
         .current_dir(&dir)
@@ -414,6 +425,32 @@ async fn run_case(
         .spawn()
         .context("cannot start agentswarm run")?;
     let pid = child.id().unwrap_or(0);
+    // Read the output while the run goes on: a large plan writes more than
+    // a pipe holds, and the run would block on it.
+    let drain = |pipe: Option<_>| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = tokio::io::BufReader::new(&mut p)
+                    .read_to_string(&mut text)
+                    .await;
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
     let mut sup_peak = 0u64;
     let mut worker_peak = 0u64;
     let output = loop {
@@ -428,17 +465,9 @@ async fn run_case(
     };
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     progress(&format!("{name}: finished in {:.1} s", wall_ms / 1000.0));
-    let mut stdout = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        s.read_to_string(&mut stdout).await?;
-    }
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
     if !output.success() {
-        let mut stderr = String::new();
-        if let Some(mut s) = child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            s.read_to_string(&mut stderr).await?;
-        }
         bail!("bench case {name} failed ({output}):\n{stdout}\n{stderr}");
     }
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
@@ -449,6 +478,7 @@ async fn run_case(
 
     let store = SqliteStore::open(&data.join("agentswarm.db"))?;
     let span_ms = task_span_ms(&store, &project)?;
+    let phases = phases(&store, &project)?;
     let spawned = store
         .events(&project, 0, 1_000_000)?
         .iter()
@@ -462,6 +492,7 @@ async fn run_case(
         None
     };
     Ok(CaseResult {
+        phases,
         counted,
         tasks: n,
         span_ms,
@@ -633,4 +664,53 @@ fn progress(line: &str) {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
     eprintln!("[bench {t:6.1} s] {line}");
+}
+
+/// Where a task's time goes, medians over the tasks of a run (ms): `worker`
+/// from `running` to `merging` (spawn, setup, model turns, commit, exit),
+/// `merge` from `merging` to `done` (waiting in the queue and merging).
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    worker_ms: f64,
+    merge_ms: f64,
+}
+
+fn phases(store: &dyn Store, project: &ProjectId) -> Result<Phases> {
+    use std::collections::HashMap;
+    let mut at: HashMap<(String, String), i64> = HashMap::new();
+    for e in store.events(project, 0, 1_000_000)? {
+        if e.kind != "task_state" {
+            continue;
+        }
+        let (Some(task), Some(to)) = (e.task_id.as_ref(), e.data["to"].as_str()) else {
+            continue;
+        };
+        // The last time each task entered each state.
+        at.insert((task.to_string(), to.to_owned()), e.ts_ms);
+    }
+    let mut worker = Vec::new();
+    let mut merge = Vec::new();
+    for ((task, to), ts) in &at {
+        if to != TaskState::Merging.as_str() {
+            continue;
+        }
+        if let Some(r) = at.get(&(task.clone(), TaskState::Running.as_str().to_owned())) {
+            worker.push((ts - r) as f64);
+        }
+        if let Some(d) = at.get(&(task.clone(), TaskState::Done.as_str().to_owned())) {
+            merge.push((d - ts) as f64);
+        }
+    }
+    Ok(Phases {
+        worker_ms: median(&mut worker),
+        merge_ms: median(&mut merge),
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
