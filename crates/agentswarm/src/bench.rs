@@ -22,7 +22,11 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     if args.tasks == 0 || args.workers == 0 || args.turns == 0 {
         bail!("--tasks, --workers and --turns must be positive");
     }
-    let exe = std::env::current_exe().context("cannot find the agentswarm executable")?;
+    let exe = match &args.exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("cannot find the agentswarm executable")?,
+    };
+    progress("starting");
     let home = tempfile::tempdir().context("cannot make a temp dir")?;
     println!(
         "agentswarm bench — scripted model on loopback, data in {}",
@@ -30,7 +34,18 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     );
 
     let n = args.tasks;
-    let seq = run_case(&exe, home.path(), "overhead-cap1", n.min(30), 1, 1, 0, None).await?;
+    let seq = run_case(
+        &exe,
+        home.path(),
+        "overhead-cap1",
+        n.min(30),
+        1,
+        1,
+        0,
+        None,
+        false,
+    )
+    .await?;
     let par = run_case(
         &exe,
         home.path(),
@@ -40,6 +55,7 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         1,
         0,
         None,
+        false,
     )
     .await?;
     let wide = run_case(
@@ -51,6 +67,7 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         args.turns,
         args.latency_ms,
         None,
+        false,
     )
     .await?;
     // API_RATE_LIMIT_RPM with the window scaled down (the limiter is the
@@ -68,10 +85,54 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         6,
         0,
         Some(rate),
+        false,
     )
     .await?
     .rate
     .context("the rate case measures its starts")?;
+
+    // Processes and syncs of the whole process tree (the supervisor, its
+    // workers and every git they run), counted in a run of its own: tracing
+    // slows the run, so it is not timed.
+    let counted = if strace_available() {
+        let c = run_case(&exe, home.path(), "counted", n.min(30), 1, 1, 0, None, true).await?;
+        c.counted.map(|k| (c.tasks, k))
+    } else {
+        progress("strace is not installed: processes and syncs are not counted");
+        None
+    };
+
+    // Whether the cost per task grows with the plan: a large plan against a
+    // 10-task one, both at the cap.
+    let scale = if args.scale > 0 {
+        let small = run_case(
+            &exe,
+            home.path(),
+            "scale-10",
+            10,
+            args.workers,
+            1,
+            0,
+            None,
+            false,
+        )
+        .await?;
+        let large = run_case(
+            &exe,
+            home.path(),
+            "scale-large",
+            args.scale,
+            args.workers,
+            1,
+            0,
+            None,
+            false,
+        )
+        .await?;
+        Some((small, large))
+    } else {
+        None
+    };
 
     let sandbox = tokio::task::spawn_blocking({
         let dir = home.path().join("sandbox");
@@ -87,7 +148,14 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         "overhead_cap1_ms_per_task": seq.span_ms / seq.tasks as f64,
         "overhead_ms_per_task": par.span_ms / par.tasks as f64,
         "overhead_cap": args.workers,
+        "phases_ms": {
+            "cap1": {"worker": seq.phases.worker_ms, "merge": seq.phases.merge_ms},
+            "cap": {"worker": par.phases.worker_ms, "merge": par.phases.merge_ms},
+        },
         "supervisor_processes_per_task": par.spawned_per_task,
+        "processes_per_task": counted.map(|(t, c)| c.processes as f64 / f64::from(t)),
+        "fsyncs_per_task": counted.map(|(t, c)| c.fsyncs as f64 / f64::from(t)),
+        "counted": counted.map(|(t, c)| json!({"tasks": t, "cap": 1, "processes": c.processes, "fsyncs": c.fsyncs})),
         "makespan_ms": wide.span_ms,
         "makespan_lower_bound_ms": lower_ms,
         "makespan_ratio": ratio,
@@ -102,6 +170,10 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             "utilisation": limited.utilisation,
         },
         "sandbox_ms_per_command": sandbox.iter().map(|c| (c.name.to_owned(), json!({"command_ms": c.command_ms, "prepare_ms": c.prepare_ms}))).collect::<serde_json::Map<_, _>>(),
+        "scale": scale.as_ref().map(|(small, large)| {
+            let (a, b) = (small.span_ms / f64::from(small.tasks), large.span_ms / f64::from(large.tasks));
+            json!({"tasks": large.tasks, "cap": args.workers, "ms_per_task_10": a, "ms_per_task": b, "ratio": b / a})
+        }),
         "run_wall_ms": {"overhead_cap1": seq.wall_ms, "overhead_cap": par.wall_ms, "makespan": wide.wall_ms},
     });
     println!();
@@ -112,6 +184,30 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         seq.span_ms / seq.tasks as f64
     );
     println!("  cap {} ({} tasks):  {:7.2} ms/task   ({:.1} processes spawned by the supervisor per task)", args.workers, par.tasks, par.span_ms / par.tasks as f64, par.spawned_per_task);
+    println!(
+        "  median per task, running → merging (the worker) / merging → done (the merge queue): cap 1 {:.1} / {:.1} ms, cap {} {:.1} / {:.1} ms",
+        seq.phases.worker_ms, seq.phases.merge_ms, args.workers, par.phases.worker_ms, par.phases.merge_ms
+    );
+    match counted {
+        Some((t, c)) => println!(
+            "  whole process tree, {t} tasks at cap 1 under strace: {:.2} processes and {:.2} syncs per task",
+            c.processes as f64 / f64::from(t),
+            c.fsyncs as f64 / f64::from(t)
+        ),
+        None => println!("  whole process tree: not counted (no strace)"),
+    }
+    if let Some((small, large)) = &scale {
+        let (a, b) = (
+            small.span_ms / f64::from(small.tasks),
+            large.span_ms / f64::from(large.tasks),
+        );
+        println!(
+            "  {} tasks at cap {}: {b:7.2} ms/task vs {a:.2} ms/task for 10 tasks → ratio {:.2}",
+            large.tasks,
+            args.workers,
+            b / a
+        );
+    }
     println!(
         "makespan, {n} independent tasks × {} turns × {} ms at cap {}:",
         args.turns, args.latency_ms, args.workers
@@ -215,6 +311,9 @@ fn sandbox_cost(dir: &Path) -> Result<Vec<SandboxCost>> {
 }
 
 struct CaseResult {
+    phases: Phases,
+    /// Under strace: what the whole process tree did.
+    counted: Option<Counted>,
     tasks: u32,
     span_ms: f64,
     wall_ms: f64,
@@ -235,6 +334,7 @@ async fn run_case(
     turns: u32,
     latency_ms: u64,
     rate: Option<Rate>,
+    trace: bool,
 ) -> Result<CaseResult> {
     let ids: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
     let mut tasks: Vec<Value> = ids
@@ -265,9 +365,37 @@ async fn run_case(
     std::fs::write(&plan_path, plan.to_string())?;
     let data = dir.join("data");
 
+    progress(&format!(
+        "{name}: {n} tasks × {turns} turns, {latency_ms} ms a turn, cap {cap}{} …",
+        if trace { ", counting under strace" } else { "" }
+    ));
+    let trace_file = dir.join("strace.txt");
+    let mut command = if trace {
+        let mut c = tokio::process::Command::new("strace");
+        // Every process of the tree (-f), stopped only at the counted calls
+        // (--seccomp-bpf), summed (-c).
+        c.args([
+            "-f",
+            "--seccomp-bpf",
+            "-qq",
+            "-c",
+            "-U",
+            "calls,errors,name",
+            "-e",
+        ])
+        .arg(format!("trace={}", TRACED.join(",")))
+        .arg("-o")
+        .arg(&trace_file)
+        .arg(exe);
+        c
+    } else {
+        tokio::process::Command::new(exe)
+    };
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(exe)
-        .args(["run", "--json", "--max-workers", &cap.to_string(), "--plan"])
+    let mut child = command
+        .args(["run", "--json", "--max-workers", &cap.to_string()])
+        // The plan's tasks and its verify task, over the default limit with --scale.
+        .args(["--max-tasks", &(n + 1).to_string(), "--plan"])
         .arg(&plan_path)
         .arg("bench goal")
         .current_dir(&dir)
@@ -297,6 +425,32 @@ async fn run_case(
         .spawn()
         .context("cannot start agentswarm run")?;
     let pid = child.id().unwrap_or(0);
+    // Read the output while the run goes on: a large plan writes more than
+    // a pipe holds, and the run would block on it.
+    let drain = |pipe: Option<_>| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = tokio::io::BufReader::new(&mut p)
+                    .read_to_string(&mut text)
+                    .await;
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
     let mut sup_peak = 0u64;
     let mut worker_peak = 0u64;
     let output = loop {
@@ -310,17 +464,10 @@ async fn run_case(
         }
     };
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut stdout = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        s.read_to_string(&mut stdout).await?;
-    }
+    progress(&format!("{name}: finished in {:.1} s", wall_ms / 1000.0));
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
     if !output.success() {
-        let mut stderr = String::new();
-        if let Some(mut s) = child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            s.read_to_string(&mut stderr).await?;
-        }
         bail!("bench case {name} failed ({output}):\n{stdout}\n{stderr}");
     }
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
@@ -331,6 +478,7 @@ async fn run_case(
 
     let store = SqliteStore::open(&data.join("agentswarm.db"))?;
     let span_ms = task_span_ms(&store, &project)?;
+    let phases = phases(&store, &project)?;
     let spawned = store
         .events(&project, 0, 1_000_000)?
         .iter()
@@ -338,7 +486,14 @@ async fn run_case(
         .find(|e| e.kind == "run_stats")
         .and_then(|e| e.data["spawned"].as_u64())
         .unwrap_or(0);
+    let counted = if trace {
+        Some(read_counts(&trace_file)?)
+    } else {
+        None
+    };
     Ok(CaseResult {
+        phases,
+        counted,
         tasks: n,
         span_ms,
         wall_ms,
@@ -441,4 +596,121 @@ fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The system calls the counting run traces: process images started, and
+/// syncs of file data to the disk.
+const TRACED: &[&str] = &[
+    "execve",
+    "execveat",
+    "fsync",
+    "fdatasync",
+    "sync_file_range",
+    "syncfs",
+    "sync",
+    "msync",
+];
+
+/// What a whole process tree did in one run, from `strace -c`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    /// Successful `execve`s after the supervisor's own: processes started.
+    processes: u64,
+    /// Successful syncs of any kind.
+    fsyncs: u64,
+}
+
+/// Parses `strace -c -U calls,errors,name` output (the errors column is
+/// blank when there were none).
+fn read_counts(path: &Path) -> Result<Counted> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the strace summary {}", path.display()))?;
+    let mut c = Counted::default();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (calls, errors, name) = match fields.as_slice() {
+            [calls, errors, name] => (*calls, *errors, *name),
+            [calls, name] => (*calls, "0", *name),
+            _ => continue,
+        };
+        let (Ok(calls), Ok(errors)) = (calls.parse::<u64>(), errors.parse::<u64>()) else {
+            continue;
+        };
+        let ok = calls.saturating_sub(errors);
+        match name {
+            "execve" | "execveat" => c.processes += ok,
+            "total" => {}
+            _ => c.fsyncs += ok,
+        }
+    }
+    // The first exec is `agentswarm run` itself.
+    c.processes = c.processes.saturating_sub(1);
+    Ok(c)
+}
+
+/// Whether `strace` can run here (the counting run needs it).
+fn strace_available() -> bool {
+    std::process::Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A progress line on stderr (stdout's last line stays the JSON), with the
+/// time since the bench began.
+fn progress(line: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:6.1} s] {line}");
+}
+
+/// Where a task's time goes, medians over the tasks of a run (ms): `worker`
+/// from `running` to `merging` (spawn, setup, model turns, commit, exit),
+/// `merge` from `merging` to `done` (waiting in the queue and merging).
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    worker_ms: f64,
+    merge_ms: f64,
+}
+
+fn phases(store: &dyn Store, project: &ProjectId) -> Result<Phases> {
+    use std::collections::HashMap;
+    let mut at: HashMap<(String, String), i64> = HashMap::new();
+    for e in store.events(project, 0, 1_000_000)? {
+        if e.kind != "task_state" {
+            continue;
+        }
+        let (Some(task), Some(to)) = (e.task_id.as_ref(), e.data["to"].as_str()) else {
+            continue;
+        };
+        // The last time each task entered each state.
+        at.insert((task.to_string(), to.to_owned()), e.ts_ms);
+    }
+    let mut worker = Vec::new();
+    let mut merge = Vec::new();
+    for ((task, to), ts) in &at {
+        if to != TaskState::Merging.as_str() {
+            continue;
+        }
+        if let Some(r) = at.get(&(task.clone(), TaskState::Running.as_str().to_owned())) {
+            worker.push((ts - r) as f64);
+        }
+        if let Some(d) = at.get(&(task.clone(), TaskState::Done.as_str().to_owned())) {
+            merge.push((d - ts) as f64);
+        }
+    }
+    Ok(Phases {
+        worker_ms: median(&mut worker),
+        merge_ms: median(&mut merge),
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

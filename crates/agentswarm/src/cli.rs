@@ -359,4 +359,12 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also run a plan of this many one-turn tasks at the cap and compare its
+    /// orchestration cost per task with a 10-task plan's (0: skip).
+    #[arg(long, default_value_t = 0, value_name = "TASKS")]
+    pub scale: u32,
+    /// Measure this agentswarm binary's `run` instead of this one's (to
+    /// compare two builds with the same harness).
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<std::path::PathBuf>,
 }

@@ -75,6 +75,8 @@ pub(crate) async fn finish(
     let redactor = engine.gateway.redactor().clone();
     let delivery = tokio::task::spawn_blocking(
         move || -> std::result::Result<swarm_package::Delivery, String> {
+            // Merges do not write the integration worktree: bring it to main.
+            repo.check_out_main().map_err(|e| e.to_string())?;
             let tracked = repo.tracked_files().map_err(|e| e.to_string())?;
             let d = packager::write_delivery(
                 &outputs,

@@ -1,10 +1,12 @@
-//! Git through the `git` binary: the project repository, one worktree per
-//! attempt, commits carrying the `Swarm-*` trailers, `--no-ff` merges into
-//! `main` that never leave it half-merged, and file listings for packaging.
+//! Git for a project: the repository, one worktree per attempt, commits
+//! carrying the `Swarm-*` trailers, `--no-ff` merges into `main` that never
+//! leave it half-merged, and file listings for packaging.
 //!
-//! Shelling out is what mature tools do for worktrees and merges (libgit2 and
-//! gitoxide lack parts of both). Each operation spawns as few `git`
-//! processes as it can: process creation is most of the per-task cost.
+//! Worktrees and the worker's commits go through the `git` binary; the merge
+//! and the listings run in this process with libgit2 (`inproc`), falling
+//! back to `git merge-tree` where libgit2's merge could differ from git's.
+//! Each operation spawns as few `git` processes as it can: process creation
+//! is most of the per-task cost.
 //!
 //! Every invocation runs with the user's and the system's git configuration
 //! ignored, hooks disabled and a fixed identity, so a run behaves the same on
@@ -23,8 +25,10 @@
 //! [`Repo::confine`] git on a worktree runs in a Landlock domain that
 //! reaches only the worktree and the repository (docs/security.md).
 
+mod inproc;
 mod pool;
 
+pub use inproc::merge_counts;
 pub use pool::{Lease, WorktreePool};
 
 use std::ffi::OsString;
@@ -67,6 +71,9 @@ pub enum Error {
     },
     #[error("cannot confine git on a worktree: {0}")]
     Confine(String),
+    /// libgit2 (the in-process merge and listings) failed.
+    #[error("git (in process): {0}")]
+    Lib(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -1034,43 +1041,26 @@ impl Repo {
             .count())
     }
 
-    /// Merges `branch` into `main` with `--no-ff`. On a conflict the merge is
-    /// aborted and the conflicting paths returned; on any other failure `main`
-    /// is reset to where it was.
+    /// Merges `branch` into `main` like `git merge --no-ff`: a merge commit on
+    /// `main`, or, on a conflict, the conflicting paths and `main` untouched.
+    /// In this process when the result cannot differ from git's merge-ort,
+    /// else decided by one `git merge-tree` (see `inproc::merge_into_main`). The merge never
+    /// reads or writes the integration worktree, so `main`'s checkout at
+    /// [`Repo::root`] lags behind until [`Repo::check_out_main`]; `main`
+    /// itself moves by a compare-and-swap of its ref and is never left
+    /// half-merged.
     pub fn merge(&self, branch: &str, message: &str) -> Result<MergeOutcome> {
-        let before = self.head()?;
-        let out = match git_status(
-            &self.root,
-            &["merge", "--no-ff", "--no-edit", "-q", "-m", message, branch],
-            None,
-        ) {
-            Ok(out) => out,
-            Err(e) => {
-                // git could not run or was killed: main must not stay half-merged.
-                if let Err(r) = self.repair(Some(&before)) {
-                    tracing::error!(error = %r, "cannot repair main after a failed merge");
-                }
-                return Err(e);
-            }
-        };
-        if out.exit.success() {
-            return Ok(MergeOutcome::Merged {
-                commit: self.head()?,
-            });
+        match inproc::merge_into_main(&self.root, branch, message)? {
+            inproc::Merged::Commit(commit) => Ok(MergeOutcome::Merged { commit }),
+            inproc::Merged::Conflict(paths) => Ok(MergeOutcome::Conflict { paths }),
         }
-        let conflicted = git_status(
-            &self.root,
-            &["diff", "--name-only", "--diff-filter=U", "-z"],
-            None,
-        )?;
-        let paths = nul_split(&conflicted.stdout);
-        // Whatever happened, main ends where it began, with a clean tree.
-        self.repair(Some(&before))?;
-        if paths.is_empty() {
-            Err(command_error(&["merge"], &out))
-        } else {
-            Ok(MergeOutcome::Conflict { paths })
-        }
+    }
+
+    /// Brings the integration worktree (the checkout at [`Repo::root`]) to
+    /// what `main` points at: merges do not write it. One `git` process.
+    pub fn check_out_main(&self) -> Result<()> {
+        git(&self.root, &["reset", "-q", "--hard", MAIN], None)?;
+        Ok(())
     }
 
     /// Brings the integration worktree back to a clean `main` after a merge
@@ -1098,49 +1088,15 @@ impl Repo {
         Ok(())
     }
 
-    /// Paths `commit` changed relative to its first parent.
+    /// Paths `commit` changed relative to its first parent (in this process).
     pub fn changed_files(&self, commit: &str) -> Result<Vec<Change>> {
-        let out = git(
-            &self.root,
-            &[
-                "diff-tree",
-                "-r",
-                "-z",
-                "--no-commit-id",
-                "--name-status",
-                "--root",
-                commit,
-            ],
-            None,
-        )?;
-        let fields = nul_split(&out.stdout);
-        let mut changes = Vec::new();
-        let mut it = fields.into_iter();
-        while let Some(status) = it.next() {
-            let kind = match status.chars().next() {
-                Some('A') => ChangeKind::Added,
-                Some('M') => ChangeKind::Modified,
-                Some('D') => ChangeKind::Deleted,
-                _ => ChangeKind::Other,
-            };
-            // Renames and copies (R/C) carry two paths; -r without -M does not emit them.
-            if matches!(status.chars().next(), Some('R') | Some('C')) {
-                let _ = it.next();
-            }
-            let Some(path) = it.next() else {
-                return Err(Error::Parse(format!(
-                    "diff-tree: status {status} without a path"
-                )));
-            };
-            changes.push(Change { path, kind });
-        }
-        Ok(changes)
+        inproc::changed_files(&self.root.join(".git"), commit)
     }
 
-    /// Every path `main` tracks (from the integration worktree's index).
+    /// Every path `main` tracks (from its tree, in this process: the
+    /// integration worktree may lag behind `main`).
     pub fn tracked_files(&self) -> Result<Vec<String>> {
-        let out = git(&self.root, &["ls-files", "-z"], None)?;
-        Ok(nul_split(&out.stdout))
+        inproc::tracked_files(&self.root.join(".git"))
     }
 
     /// Task commits reachable from `main` (found by their trailers).
@@ -1290,6 +1246,12 @@ mod tests {
             }
         );
         assert_eq!(repo.head().unwrap(), head);
+        let shown = git(repo.root(), &["show", "main:f.txt"], None).unwrap();
+        assert_eq!(shown.stdout, b"one\n");
+        // The merges never wrote the integration worktree; checking main out
+        // there gives a clean tree.
+        assert!(!repo.root().join("f.txt").exists());
+        repo.check_out_main().unwrap();
         assert_eq!(
             std::fs::read_to_string(repo.root().join("f.txt")).unwrap(),
             "one\n"
@@ -1304,14 +1266,18 @@ mod tests {
 
     #[test]
     fn a_merge_cut_short_is_repaired() {
-        // What a supervisor killed during `git merge` leaves behind: a merge
-        // in progress with conflict markers and a stale index.lock.
+        // What a supervisor killed mid-merge leaves behind: with the merge in
+        // process, a stale lock on main's ref (and unreferenced objects);
+        // from a version that ran `git merge`, a merge in progress with
+        // conflict markers and a stale index.lock.
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
         task_commit(&repo, dir.path(), "a", 1, &[("f.txt", "one\n")]);
         task_commit(&repo, dir.path(), "b", 1, &[("f.txt", "two\n")]);
+        task_commit(&repo, dir.path(), "c", 1, &[("g.txt", "three\n")]);
         repo.merge("task/a/1", "m").unwrap();
         let head = repo.head().unwrap();
+        repo.check_out_main().unwrap();
         let out = git_status(
             repo.root(),
             &["merge", "--no-ff", "--no-edit", "task/b/1"],
@@ -1321,16 +1287,14 @@ mod tests {
         assert!(!out.exit.success());
         assert!(repo.root().join(".git/MERGE_HEAD").exists());
         std::fs::write(repo.root().join(".git/index.lock"), "").unwrap();
-        // With the lock in place, the next merge cannot land — and repairs main.
-        assert!(!matches!(
-            repo.merge("task/b/1", "m"),
-            Ok(MergeOutcome::Merged { .. })
-        ));
-        assert!(!repo.root().join(".git/index.lock").exists());
-        assert!(!repo.root().join(".git/MERGE_HEAD").exists());
+        std::fs::write(repo.root().join(".git/refs/heads/main.lock"), "").unwrap();
+        // With main's ref locked, the next merge cannot land, and main stays.
+        assert!(repo.merge("task/c/1", "m").is_err());
         assert_eq!(repo.head().unwrap(), head);
-        std::fs::write(repo.root().join(".git/index.lock"), "").unwrap();
         repo.repair(None).unwrap();
+        assert!(!repo.root().join(".git/index.lock").exists());
+        assert!(!repo.root().join(".git/refs/heads/main.lock").exists());
+        assert!(!repo.root().join(".git/MERGE_HEAD").exists());
         let status = git(repo.root(), &["status", "--porcelain"], None).unwrap();
         assert!(
             status.stdout.is_empty(),
@@ -1341,6 +1305,10 @@ mod tests {
             std::fs::read_to_string(repo.root().join("f.txt")).unwrap(),
             "one\n"
         );
+        assert!(matches!(
+            repo.merge("task/c/1", "m").unwrap(),
+            MergeOutcome::Merged { .. }
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The embedded store: one SQLite file (WAL, `synchronous=FULL`,
-//! `busy_timeout`), every write in a `BEGIN IMMEDIATE` transaction, schema
-//! versions in `PRAGMA user_version`.
+//! The embedded store: one SQLite file (WAL, `synchronous=NORMAL`, FULL for
+//! the writes nothing can rebuild, `busy_timeout`), every write in a `BEGIN
+//! IMMEDIATE` transaction, schema versions in `PRAGMA user_version`.
 
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -160,7 +160,12 @@ impl SqliteStore {
                 path.display()
             ));
         }
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // NORMAL: a commit is not synced; what a crash of the process cannot
+        // lose (the WAL is in the kernel's cache), a power loss can, back to
+        // the last synced commit. Writes recovery cannot rebuild (model-call
+        // accounting, submissions, operator changes) use `write_durable`.
+        // docs/store.md, "Durability".
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -207,6 +212,8 @@ impl SqliteStore {
         f(&conn)
     }
 
+    /// One `BEGIN IMMEDIATE` transaction, committed without a sync (see
+    /// `setup`): for what recovery rebuilds from git or can redo.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self
             .conn
@@ -216,6 +223,29 @@ impl SqliteStore {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Like `write`, but the commit is synced (`synchronous=FULL` for this
+    /// one transaction), and with it every commit before it: for what
+    /// nothing can rebuild — model-call accounting (budgets), a submitted
+    /// project, an operator's cancel or limits, a plan the model was paid for.
+    fn write_durable<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        result
     }
 }
 
@@ -406,7 +436,7 @@ fn load_tasks(conn: &Connection, id: &ProjectId, only: Option<&TaskId>) -> Resul
 
 impl Store for SqliteStore {
     fn create_project(&self, project: &NewProject) -> Result<()> {
-        self.write(|tx| {
+        self.write_durable(|tx| {
             let now = now_ms();
             tx.execute(
                 "INSERT INTO projects (id, goal, state, options, created_ms, updated_ms) VALUES (?1, ?2, 'queued', ?3, ?4, ?4)",
@@ -504,7 +534,7 @@ impl Store for SqliteStore {
     }
 
     fn cancel_project(&self, id: &ProjectId) -> Result<bool> {
-        self.write(|tx| {
+        self.write_durable(|tx| {
             let current: Option<String> = tx.query_row("SELECT state FROM projects WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()?;
             let Some(current) = current else { return Err(Error::ProjectNotFound(id.clone())) };
             let cur: ProjectState = parse(&current)?;
@@ -538,7 +568,7 @@ impl Store for SqliteStore {
 
     fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()> {
         let text = to_json(options)?;
-        self.write(|tx| {
+        self.write_durable(|tx| {
             let n = tx.execute(
                 "UPDATE projects SET options = ?1, updated_ms = ?2 WHERE id = ?3",
                 params![text, now_ms(), id.as_str()],
@@ -566,7 +596,7 @@ impl Store for SqliteStore {
     }
 
     fn save_plan(&self, id: &ProjectId, plan: &Plan, tasks: &[NewTask]) -> Result<()> {
-        self.write(|tx| {
+        self.write_durable(|tx| {
             let n = tx.execute(
                 "UPDATE projects SET plan = ?1, name = ?2, updated_ms = ?3 WHERE id = ?4 AND plan IS NULL",
                 params![to_json(plan)?, plan.name, now_ms(), id.as_str()],
@@ -585,7 +615,7 @@ impl Store for SqliteStore {
         tasks: &[NewTask],
         verify_task: &TaskId,
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_durable(|tx| {
             insert_tasks(tx, id, tasks)?;
             for t in tasks {
                 tx.execute(
@@ -855,7 +885,7 @@ impl Store for SqliteStore {
     }
 
     fn record_model_call(&self, call: &ModelCallRecord) -> Result<()> {
-        self.write(|tx| {
+        self.write_durable(|tx| {
             tx.execute(
                 "INSERT INTO model_calls (project_id, task_id, attempt, role, provider, model, input_tokens, output_tokens, latency_ms, retries, waited_ms, cost_usd, outcome, ts_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -1094,8 +1124,14 @@ mod tests {
     fn survives_reopen_and_records_usage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db/agentswarm.db");
+        let synchronous = |s: &SqliteStore| {
+            s.read(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?))
+                .unwrap()
+        };
         {
             let s = SqliteStore::open(&path).unwrap();
+            // NORMAL (1) between the synced (FULL) writes.
+            assert_eq!(synchronous(&s), 1);
             let id = setup(&s);
             s.start_attempt(&id, &TaskId::from("a"), 1, 5).unwrap();
             s.finish_attempt(
@@ -1122,6 +1158,7 @@ mod tests {
                 })
                 .unwrap();
             }
+            assert_eq!(synchronous(&s), 1, "a synced write restores NORMAL");
             assert!(s
                 .set_project_state(&id, &[ProjectState::Queued], ProjectState::Running, None)
                 .unwrap());
