@@ -99,6 +99,11 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     let theirs_id = repo.refname_to_id(&format!("refs/heads/{branch}"))?;
     let ours = repo.find_commit(ours_id)?;
     let theirs = repo.find_commit(theirs_id)?;
+    // Already merged: `git merge --no-ff` says "Already up to date" and makes
+    // no commit.
+    if theirs_id == ours_id || repo.graph_descendant_of(ours_id, theirs_id)? {
+        return Ok(Merged::Commit(ours_id.to_string()));
+    }
     let decided = match simple_merge(&repo, root, &ours, &theirs)? {
         Some(d) => {
             IN_PROCESS.fetch_add(1, Ordering::Relaxed);

@@ -1187,6 +1187,14 @@ mod tests {
             panic!("conflict")
         };
         assert_eq!(repo.head().unwrap(), commit);
+        // Merging it again changes nothing, as with git merge.
+        assert_eq!(
+            repo.merge("task/a/1", "again").unwrap(),
+            MergeOutcome::Merged {
+                commit: commit.clone()
+            }
+        );
+        assert_eq!(repo.head().unwrap(), commit);
         assert_eq!(repo.tracked_files().unwrap(), vec!["src/a.py".to_owned()]);
         assert_eq!(
             repo.task_commits().unwrap(),
