@@ -305,7 +305,8 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let store = open_store(&config)?;
     let engine = build_engine(config, store, &args.tape)?;
     check_keys(&engine)?;
-    let project = engine.create_project(&goal, plan)?;
+    let source = args.repo.request()?;
+    let project = engine.create_project_on(&goal, plan, source.as_ref())?;
     println!("project {}", project.id());
     drive(&engine, &project, &args.out).await
 }

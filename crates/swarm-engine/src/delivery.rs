@@ -67,6 +67,54 @@ pub(crate) async fn finish(
         }
     }
     let outputs = s.integration.outputs().clone();
+    // An existing repository: the branch, patch, bundle and PR.md first, so
+    // that both manifests name them.
+    if let (Some(src), Some(head)) = (crate::source::of(&project), final_commit.clone()) {
+        let (project2, tasks2, verify2) = (project.clone(), tasks.clone(), last_verify.clone());
+        let (root, out) = (repo.root().to_owned(), outputs.clone());
+        let baseline = crate::source::baseline_of(store, &id)?;
+        let src2 = src.clone();
+        let delivered = tokio::task::spawn_blocking(move || {
+            crate::source::deliver(
+                &project2,
+                &src2,
+                &tasks2,
+                verify2.as_deref(),
+                baseline.as_ref(),
+                &root,
+                &head,
+                &out,
+            )
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        if let Some(obj) = manifest.as_object_mut() {
+            obj.insert("source".into(), delivered.manifest_json());
+            obj.insert("beside".into(), delivered.beside_json());
+        }
+        if let Some(e) = &delivered.branch_error {
+            engine.emit(&id, None, "info", format!("delivery: {e}"));
+        }
+        if let Some(b) = &delivered.branch {
+            engine.emit(
+                &id,
+                None,
+                "info",
+                format!(
+                    "delivery: branch {b} in {}{}",
+                    delivered.repo,
+                    if delivered.pushed { " (pushed)" } else { "" }
+                ),
+            );
+        }
+        let mut stored = src;
+        stored.branch = delivered.branch.clone();
+        store.set_project_source(
+            &id,
+            &serde_json::to_value(&stored).map_err(|e| Error::Other(e.to_string()))?,
+        )?;
+        store.append_event(&id, None, "delivery_source", &delivered.manifest_json())?;
+    }
     let name = if plan_name.is_empty() {
         "project".to_owned()
     } else {

@@ -57,6 +57,9 @@ impl Store for RedactedStore {
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()> {
         self.inner.set_planner_calls(id, calls)
     }
+    fn set_project_source(&self, id: &ProjectId, source: &serde_json::Value) -> Result<()> {
+        self.inner.set_project_source(id, source)
+    }
     fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()> {
         self.inner.set_project_options(id, options)
     }

@@ -149,6 +149,47 @@ async fn run_inner(
         store.append_event(id, None, "sandbox", &sandbox_report)?;
     }
 
+    // An existing repository: the project repository is made from its base
+    // commit (cloned, for a URL) and checked before any model call.
+    let repo_root = project_dir.join("repo");
+    if let Some(src) = crate::source::of(&project) {
+        let config = engine.config.clone();
+        let root = repo_root.clone();
+        let before = src.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || crate::source::prepare(&config, &src, &root))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+        match prepared {
+            Ok(src) => {
+                if src != before {
+                    let v = serde_json::to_value(&src).map_err(|e| Error::Other(e.to_string()))?;
+                    store.set_project_source(id, &v)?;
+                    project = store.project(id)?;
+                }
+                if announce {
+                    engine.emit(
+                        id,
+                        None,
+                        "project",
+                        format!(
+                            "repository: {} at {} ({})",
+                            src.repo,
+                            src.base.as_deref().unwrap_or("HEAD"),
+                            src.base_commit.as_deref().unwrap_or("?")
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                set_project(engine, id, ProjectState::Failed, Some(&msg))?;
+                engine.emit(id, None, "project", format!("project {id} failed: {msg}"));
+                return report(engine, id, None);
+            }
+        }
+    }
+
     // Planning: asked once; a stored plan is never asked for again.
     if project.plan.is_none() {
         set_project(engine, id, ProjectState::Planning, None)?;
@@ -190,7 +231,6 @@ async fn run_inner(
         .clone()
         .ok_or_else(|| Error::Other("the project has no plan".into()))?;
 
-    let repo_root = project_dir.join("repo");
     let pid = id.to_string();
     let repo = {
         let root = repo_root.clone();
@@ -302,6 +342,11 @@ pub(crate) fn report(
     let p = engine.store.project(id)?;
     let tasks = engine.store.tasks(id)?;
     let delivery = p.delivery.as_ref().map(PathBuf::from);
+    let source = crate::source::of(&p);
+    let patch = source.as_ref().and(delivery.as_ref()).and_then(|d| {
+        let patch = d.parent()?.join("changes.patch");
+        patch.is_file().then_some(patch)
+    });
     let manifest = manifest.or_else(|| {
         delivery
             .as_ref()
@@ -314,6 +359,9 @@ pub(crate) fn report(
         manifest,
         tasks_total: tasks.len(),
         tasks_done: tasks.iter().filter(|t| t.state == TaskState::Done).count(),
-        error: p.error,
+        error: p.error.clone(),
+        branch: source.as_ref().and_then(|s| s.branch.clone()),
+        base: source.as_ref().and_then(|s| s.base_commit.clone()),
+        patch,
     })
 }

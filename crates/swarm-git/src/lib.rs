@@ -24,6 +24,7 @@
 //! reaches only the worktree and the repository (docs/security.md).
 
 mod pool;
+pub mod source;
 
 pub use pool::{Lease, WorktreePool};
 

@@ -1,0 +1,349 @@
+//! End-to-end: a project that starts from an existing repository
+//! (`run --repo`), against the scripted model on loopback; the delivery
+//! back into it (branch, changes.patch, bundle, PR.md); and the bad inputs
+//! refused before any model call.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `sh -c script` in `dir` with a fixed git identity and no user config.
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Someone")
+        .env("GIT_AUTHOR_EMAIL", "someone@example.com")
+        .env("GIT_COMMITTER_NAME", "Someone")
+        .env("GIT_COMMITTER_EMAIL", "someone@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const OPS_BUGGY: &str = "def add(a, b):\n    return a - b\n";
+const OPS_FIXED: &str = "def add(a, b):\n    return a + b\n";
+const TEXT_BUGGY: &str = "def shout(s):\n    return s.lower() + '!'\n";
+const TEXT_FIXED: &str = "def shout(s):\n    return s.upper() + '!'\n";
+
+/// A small Python project, on branch `trunk`, with two failing tests (two
+/// commits of history), and a clone of it as the user's working copy.
+fn python_project(dir: &Path) -> PathBuf {
+    let repo = dir.join("calc-project");
+    std::fs::create_dir_all(repo.join("calc")).unwrap();
+    std::fs::create_dir_all(repo.join("tests")).unwrap();
+    std::fs::write(repo.join("calc/__init__.py"), "").unwrap();
+    std::fs::write(repo.join("calc/ops.py"), OPS_BUGGY).unwrap();
+    std::fs::write(repo.join("calc/text.py"), TEXT_BUGGY).unwrap();
+    std::fs::write(repo.join("tests/__init__.py"), "").unwrap();
+    std::fs::write(
+        repo.join("tests/test_calc.py"),
+        "import unittest\nfrom calc.ops import add\nfrom calc.text import shout\n\n\
+         class T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\
+         \x20   def test_shout(self):\n        self.assertEqual(shout('hi'), 'HI!')\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("README.md"), "# calc\n\nA calculator.\n").unwrap();
+    sh(
+        &repo,
+        "git init -q -b trunk && git add README.md && git commit -qm 'Start' && git add -A && git commit -qm 'Add calc'",
+    );
+    repo
+}
+
+fn fix_plan() -> Value {
+    json!({
+        "name": "calc-fix",
+        "summary": "Fix add and shout so the tests pass",
+        "tasks": [
+            {"id": "fix-ops", "title": "Fix add", "description": "calc/ops.py subtracts", "depends_on": [], "files": ["calc/ops.py"]},
+            {"id": "fix-text", "title": "Fix shout", "description": "calc/text.py lowercases", "depends_on": [], "files": ["calc/text.py"]},
+            {"id": "changelog", "title": "Changelog", "description": "Note the fixes", "depends_on": ["fix-ops", "fix-text"], "files": ["CHANGELOG.md"]},
+            {"id": "verify", "title": "Run the tests", "kind": "verify", "depends_on": ["changelog"],
+             "commands": ["python3 -m unittest discover -s tests -v"]}
+        ]
+    })
+}
+
+fn fix_scenario() -> Value {
+    json!({
+        "planner": [fix_plan()],
+        "tasks": {
+            "fix-ops": {"turns": [write_turn("calc/ops.py", OPS_FIXED), finish_turn("add adds now")]},
+            "fix-text": {"turns": [write_turn("calc/text.py", TEXT_FIXED), finish_turn("shout upper-cases now")]},
+            "changelog": {"turns": [write_turn("CHANGELOG.md", "- fixed add and shout\n"), finish_turn("changelog written")]},
+        }
+    })
+}
+
+/// The goal's story: failing tests of an existing Python project fixed by
+/// a 3-task plan; the work comes back as a branch of the user's
+/// repository, a patch that `git apply` takes on the base, and a bundle.
+#[test]
+fn a_python_project_with_failing_tests_is_fixed_and_delivered_as_a_branch() {
+    let h = Harness::new(fix_scenario());
+    let repo = python_project(h.home.path());
+    let base = sh(&repo, "git rev-parse trunk").trim().to_owned();
+    // Untracked files in the user's working tree are not "dirty" and stay.
+    std::fs::write(repo.join("notes.txt"), "my notes\n").unwrap();
+
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--repo",
+        repo.to_str().unwrap(),
+        "Fix the failing tests",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    let project = report["project_id"].as_str().unwrap();
+    let branch = format!("agentswarm/{project}");
+    assert_eq!(report["branch"], branch.as_str());
+    assert_eq!(report["base"], base.as_str());
+
+    // The planner saw the repository, not only the goal.
+    let planner = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.kind == swarm_testkit::RequestKind::Planner)
+        .expect("a planner request");
+    let first_user = planner.body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        first_user.starts_with("Goal: Fix the failing tests"),
+        "{first_user}"
+    );
+
+    // The project's main: the base with its history, then one merge per task.
+    let main_repo = h.repo(project);
+    sh(
+        &main_repo,
+        &format!("git merge-base --is-ancestor {base} main"),
+    );
+    assert_eq!(
+        sh(
+            &main_repo,
+            "git rev-list --count main --first-parent --merges"
+        )
+        .trim(),
+        "3"
+    );
+    let main_head = sh(&main_repo, "git rev-parse main").trim().to_owned();
+
+    // The branch exists in the user's repository, at main; nothing else changed there.
+    assert_eq!(
+        sh(&repo, &format!("git rev-parse {branch}")).trim(),
+        main_head
+    );
+    assert_eq!(sh(&repo, "git symbolic-ref --short HEAD").trim(), "trunk");
+    assert_eq!(sh(&repo, "git rev-parse trunk").trim(), base);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("calc/ops.py")).unwrap(),
+        OPS_BUGGY
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("notes.txt")).unwrap(),
+        "my notes\n"
+    );
+    assert!(sh(&repo, "git status --porcelain --untracked-files=no").is_empty());
+    assert_eq!(
+        sh(
+            &repo,
+            "git for-each-ref --format='%(refname:short)' refs/heads"
+        )
+        .trim(),
+        format!("{branch}\ntrunk")
+    );
+    // The branch passes the tests, run outside the swarm.
+    let check = h.home.path().join("check");
+    sh(
+        h.home.path(),
+        &format!("git clone -q -b {branch} {} check", repo.display()),
+    );
+    sh(&check, "python3 -m unittest discover -s tests");
+
+    // changes.patch on the base reproduces main.
+    let patch = PathBuf::from(report["patch"].as_str().unwrap());
+    assert_eq!(patch, h.outputs_dir().join(project).join("changes.patch"));
+    let applied = h.home.path().join("applied");
+    sh(
+        h.home.path(),
+        &format!(
+            "git clone -q {} applied && cd applied && git checkout -q {base}",
+            repo.display()
+        ),
+    );
+    sh(&applied, &format!("git apply --index {}", patch.display()));
+    assert_eq!(
+        sh(&applied, "git write-tree").trim(),
+        sh(&main_repo, "git rev-parse main^{tree}").trim(),
+        "git apply of changes.patch on the base gives main's tree"
+    );
+
+    // The bundle brings the branch into a clone of the base.
+    let bundle = h.outputs_dir().join(project).join("calc-fix.bundle");
+    sh(
+        &applied,
+        &format!("git fetch -q {} {branch}:from-bundle", bundle.display()),
+    );
+    assert_eq!(sh(&applied, "git rev-parse from-bundle").trim(), main_head);
+
+    // PR.md tells a reviewer what each task did and what verify said.
+    let pr = std::fs::read_to_string(h.outputs_dir().join(project).join("PR.md")).unwrap();
+    for want in [
+        "Fix add",
+        "add adds now",
+        "Fix shout",
+        "`calc/ops.py`",
+        "After: passed",
+    ] {
+        assert!(pr.contains(want), "PR.md lacks {want:?}:\n{pr}");
+    }
+
+    // Both manifests name the files beside the archive.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(manifest["source"]["branch"], branch.as_str());
+    assert_eq!(manifest["source"]["base_commit"], base.as_str());
+    assert_eq!(manifest["source"]["patch"], "changes.patch");
+    let beside: Vec<&str> = manifest["beside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(beside, ["changes.patch", "calc-fix.bundle", "PR.md"]);
+    let txt = std::fs::read_to_string(h.outputs_dir().join(project).join("manifest.txt")).unwrap();
+    assert!(txt.contains("  changes.patch\n"), "{txt}");
+    // The archive holds the whole tree (the user's files and the fixes).
+    let files = check_delivery(
+        &PathBuf::from(report["delivery"].as_str().unwrap()),
+        "calc-fix",
+    );
+    assert_eq!(files["calc/ops.py"], OPS_FIXED.as_bytes());
+    assert_eq!(files["README.md"], b"# calc\n\nA calculator.\n");
+    assert!(
+        h.server.violations().is_empty(),
+        "{:?}",
+        h.server.violations()
+    );
+}
+
+/// Every bad `--repo`/`--base` is a clear error before any model call, no
+/// project is stored, and nothing is written into the user's repository.
+#[test]
+fn bad_repositories_are_refused_before_any_model_call() {
+    let h = Harness::new(json!({"planner": [fix_plan()]}));
+    let dir = h.home.path();
+    let repo = python_project(dir);
+    let refs_before = sh(&repo, "git for-each-ref");
+
+    let plain = dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let refused = |args: &[&str], want: &str| {
+        let mut full = vec!["run", "--json"];
+        full.extend_from_slice(args);
+        full.push("Fix the failing tests");
+        let out = h.run(&full);
+        assert!(
+            !out.status.success(),
+            "{args:?} was accepted: {}",
+            text(&out)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(want),
+            "{args:?}: wanted {want:?} in:\n{}",
+            text(&out)
+        );
+    };
+    refused(
+        &["--repo", plain.to_str().unwrap()],
+        "is not a git repository",
+    );
+    refused(
+        &["--repo", dir.join("nowhere").to_str().unwrap()],
+        "does not exist",
+    );
+    refused(
+        &["--repo", repo.to_str().unwrap(), "--base", "no-such-branch"],
+        "the base \"no-such-branch\" does not exist",
+    );
+    refused(
+        &["--repo", "https://user:secret@example.invalid/x.git"],
+        "holds a password or token",
+    );
+
+    // A dirty working tree: refused without --base; the user's change stays.
+    std::fs::write(repo.join("calc/ops.py"), "# my unfinished work\n").unwrap();
+    refused(
+        &["--repo", repo.to_str().unwrap()],
+        "uncommitted changes to 1 tracked file(s) (calc/ops.py)",
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("calc/ops.py")).unwrap(),
+        "# my unfinished work\n"
+    );
+    sh(&repo, "git checkout -q -- calc/ops.py");
+
+    // Submodules and LFS, each on a branch of its own.
+    sh(
+        &repo,
+        "git checkout -q -b with-submodule && git update-index --add --cacheinfo 160000,$(git rev-parse HEAD),vendor/dep \
+         && git commit -qm sub && git checkout -q trunk \
+         && git checkout -q -b with-lfs && echo '*.bin filter=lfs diff=lfs merge=lfs -text' > .gitattributes \
+         && git add .gitattributes && git commit -qm lfs && git checkout -q trunk",
+    );
+    let refs_before = {
+        let _ = refs_before;
+        sh(&repo, "git for-each-ref")
+    };
+    refused(
+        &["--repo", repo.to_str().unwrap(), "--base", "with-submodule"],
+        "has submodules (vendor/dep)",
+    );
+    refused(
+        &["--repo", repo.to_str().unwrap(), "--base", "with-lfs"],
+        "stores files in Git LFS",
+    );
+
+    // Larger than the configured limit.
+    let config = dir.join("small.toml");
+    std::fs::write(&config, "[repos]\nmax_files = 3\n").unwrap();
+    refused(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--repo",
+            repo.to_str().unwrap(),
+        ],
+        "has 6 files at its base commit, more than the 3 allowed",
+    );
+
+    assert!(h.server.requests().is_empty(), "a model was called");
+    assert_eq!(
+        sh(&repo, "git for-each-ref"),
+        refs_before,
+        "refs of the user's repository changed"
+    );
+    let status = h.run(&["status", "--json"]);
+    assert_eq!(last_json_line(&status), json!([]), "a project was stored");
+}
