@@ -57,6 +57,7 @@ fn python_project(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(repo.join("README.md"), "# calc\n\nA calculator.\n").unwrap();
+    std::fs::write(repo.join("AGENTS.md"), "Keep functions pure; no prints.\n").unwrap();
     sh(
         &repo,
         "git init -q -b trunk && git add README.md && git commit -qm 'Start' && git add -A && git commit -qm 'Add calc'",
@@ -335,7 +336,7 @@ fn bad_repositories_are_refused_before_any_model_call() {
             "--repo",
             repo.to_str().unwrap(),
         ],
-        "has 6 files at its base commit, more than the 3 allowed",
+        "has 7 files at its base commit, more than the 3 allowed",
     );
 
     assert!(h.server.requests().is_empty(), "a model was called");

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod prompts;
 mod recovery;
 mod redacted;
+pub mod repomap;
 mod run;
 pub mod runner;
 mod scheduler;

@@ -98,10 +98,13 @@ async fn ask(
     }
 }
 
-pub async fn plan(
+/// Asks for the project's plan; `request` is the first user message
+/// ([`prompts::planner_request`], or for an existing repository
+/// [`prompts::planner_request_on_repo`]).
+pub async fn plan_with(
     gateway: &Gateway,
     project: &ProjectId,
-    goal: &str,
+    request: String,
     max_tasks: u32,
 ) -> PlanOutcome {
     let caller = Caller {
@@ -115,7 +118,7 @@ pub async fn plan(
         gateway,
         caller,
         prompts::PLANNER_SYSTEM,
-        prompts::planner_request(goal, max_tasks),
+        request,
         Kind::Initial,
         max_tasks,
     )

@@ -40,6 +40,48 @@ pub fn planner_request(goal: &str, max_tasks: u32) -> String {
     format!("Goal: {goal}\n\nPlan at most {max_tasks} tasks. Reply with the plan document only.")
 }
 
+/// The planner's first user message for a project on an existing
+/// repository: the goal (still the first line), then the repository map
+/// and the repository's instructions for agents.
+pub fn planner_request_on_repo(
+    goal: &str,
+    max_tasks: u32,
+    map: &str,
+    instructions: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "Goal: {goal}\n\nThe project is an existing repository: work on what is there. Tasks may \
+         edit existing files (name them in `files`); tasks that can run at the same time must \
+         still not write the same files. The verify task's commands should be the repository's \
+         own checks (its tests) where it has them.\n\n<repository-map>\n{}\n</repository-map>\n",
+        map.trim_end()
+    );
+    if let Some(i) = instructions {
+        s.push_str(&format!(
+            "\nThe repository's instructions for agents (its workers get them too):\n<agent-instructions>\n{}\n</agent-instructions>\n",
+            i.trim_end()
+        ));
+    }
+    s.push_str(&format!(
+        "\nPlan at most {max_tasks} tasks. Reply with the plan document only."
+    ));
+    s
+}
+
+/// The worker's system prompt, with the repository's instructions for
+/// agents when it has some.
+pub fn worker_system(instructions: Option<&str>) -> String {
+    match instructions {
+        None => WORKER_SYSTEM.to_owned(),
+        Some(i) => format!(
+            "{WORKER_SYSTEM}\n\nThis project is an existing repository. Its own instructions for \
+             agents follow; keep to them where they do not contradict your task.\n\
+             <agent-instructions>\n{}\n</agent-instructions>",
+            i.trim_end()
+        ),
+    }
+}
+
 /// A re-ask after a plan that broke rules.
 pub fn planner_reask(problems: &[String]) -> String {
     let mut s = String::from("Your plan cannot be used; it has these problems:\n");

@@ -194,8 +194,40 @@ async fn run_inner(
     if project.plan.is_none() {
         set_project(engine, id, ProjectState::Planning, None)?;
         engine.emit(id, None, "project", format!("project {id}: planning"));
+        let request = match crate::source::of(&project) {
+            None => crate::prompts::planner_request(&project.goal, limits.max_tasks),
+            Some(_) => {
+                let root = repo_root.clone();
+                let budget = engine.config.repos.map_tokens * crate::repomap::CHARS_PER_TOKEN;
+                let (map, instructions) = tokio::task::spawn_blocking(move || {
+                    (
+                        crate::repomap::map(&root, budget),
+                        crate::repomap::instructions(&root),
+                    )
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+                let map = map?;
+                store.append_event(
+                    id,
+                    None,
+                    "repo_map",
+                    &serde_json::json!({
+                        "chars": map.len(),
+                        "budget_chars": budget,
+                        "instructions_chars": instructions.as_ref().map_or(0, String::len),
+                    }),
+                )?;
+                crate::prompts::planner_request_on_repo(
+                    &project.goal,
+                    limits.max_tasks,
+                    &map,
+                    instructions.as_deref(),
+                )
+            }
+        };
         let outcome = tokio::select! {
-            o = planner::plan(&engine.gateway, id, &project.goal, limits.max_tasks) => o,
+            o = planner::plan_with(&engine.gateway, id, request, limits.max_tasks) => o,
             _ = cancel.cancelled() => {
                 set_project(engine, id, ProjectState::Interrupted, None)?;
                 return report(engine, id, None);
@@ -284,6 +316,13 @@ async fn run_inner(
         |events| Mainline::start(parts, events),
         cancel,
     )?;
+    if crate::source::of(&project).is_some() {
+        let root = repo_root.clone();
+        let instructions = tokio::task::spawn_blocking(move || crate::repomap::instructions(&root))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
+        run.set_worker_system(crate::prompts::worker_system(instructions.as_deref()));
+    }
     let stale = run.stale();
     let commits = recovery::clean_up(repo, worktrees_dir, !stale.is_empty()).await?;
     run.reconcile(stale, &commits)?;
