@@ -73,8 +73,9 @@ fn fix_plan() -> Value {
             {"id": "fix-ops", "title": "Fix add", "description": "calc/ops.py subtracts", "depends_on": [], "files": ["calc/ops.py"]},
             {"id": "fix-text", "title": "Fix shout", "description": "calc/text.py lowercases", "depends_on": [], "files": ["calc/text.py"]},
             {"id": "changelog", "title": "Changelog", "description": "Note the fixes", "depends_on": ["fix-ops", "fix-text"], "files": ["CHANGELOG.md"]},
+            // No commands: the repository's own checks are detected.
             {"id": "verify", "title": "Run the tests", "kind": "verify", "depends_on": ["changelog"],
-             "commands": ["python3 -m unittest discover -s tests -v"]}
+             "commands": []}
         ]
     })
 }
@@ -115,6 +116,24 @@ fn a_python_project_with_failing_tests_is_fixed_and_delivered_as_a_branch() {
     let branch = format!("agentswarm/{project}");
     assert_eq!(report["branch"], branch.as_str());
     assert_eq!(report["base"], base.as_str());
+
+    // Verify ran the detected checks, and said which and why; the
+    // baseline on the base commit showed the failures that were there.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "verify will run: python3 -m unittest discover -s tests -v (detected: Python tests under tests/)"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains(
+            "baseline: verify already fails on the base commit (1 of 1 command(s) failed"
+        ),
+        "{}",
+        text(&out)
+    );
 
     // The planner saw the repository, not only the goal.
     let planner = h
@@ -213,6 +232,7 @@ fn a_python_project_with_failing_tests_is_fixed_and_delivered_as_a_branch() {
         "add adds now",
         "Fix shout",
         "`calc/ops.py`",
+        "Before (on the base commit): failed",
         "After: passed",
     ] {
         assert!(pr.contains(want), "PR.md lacks {want:?}:\n{pr}");
@@ -223,6 +243,17 @@ fn a_python_project_with_failing_tests_is_fixed_and_delivered_as_a_branch() {
         serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
             .unwrap();
     assert_eq!(manifest["source"]["branch"], branch.as_str());
+    assert_eq!(manifest["verify"]["passed"], true);
+    assert_eq!(
+        manifest["verify"]["results"][0]["command"],
+        "python3 -m unittest discover -s tests -v"
+    );
+    assert_eq!(manifest["verify"]["baseline"]["passed"], false);
+    assert_eq!(manifest["verify"]["baseline"]["base_commit"], base.as_str());
+    let before = manifest["verify"]["baseline"]["results"][0]["output_tail"]
+        .as_str()
+        .unwrap();
+    assert!(before.contains("FAILED (failures=2)"), "{before}");
     assert_eq!(manifest["source"]["base_commit"], base.as_str());
     assert_eq!(manifest["source"]["patch"], "changes.patch");
     let beside: Vec<&str> = manifest["beside"]
@@ -347,4 +378,97 @@ fn bad_repositories_are_refused_before_any_model_call() {
     );
     let status = h.run(&["status", "--json"]);
     assert_eq!(last_json_line(&status), json!([]), "a project was stored");
+}
+
+/// A Rust crate: `cargo test` is detected from Cargo.toml, fails on the
+/// base commit, passes after the one task, and the branch holds the fix.
+#[test]
+fn a_rust_crate_is_fixed_with_its_own_cargo_test() {
+    // The toolchain, readable by the sandboxed verify commands.
+    let cargo = Command::new("rustup").args(["which", "cargo"]).output();
+    let Some(bin) = cargo
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        eprintln!("skipping: no rustup toolchain to run cargo with");
+        return;
+    };
+    let toolchain = bin.parent().unwrap().to_path_buf();
+    let h = Harness::new(json!({
+        "planner": [{
+            "name": "adder", "summary": "Make add add",
+            "tasks": [
+                {"id": "fix-add", "title": "Fix add", "description": "src/lib.rs subtracts", "depends_on": [], "files": ["src/lib.rs"]},
+                {"id": "verify", "title": "Test", "kind": "verify", "depends_on": ["fix-add"], "commands": []}
+            ]
+        }],
+        "tasks": {"fix-add": {"turns": [
+            write_turn("src/lib.rs", "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\n#[test]\nfn adds() {\n    assert_eq!(add(2, 3), 5);\n}\n"),
+            finish_turn("add adds"),
+        ]}}
+    }));
+    let repo = h.home.path().join("adder");
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    std::fs::write(
+        repo.join("Cargo.toml"),
+        "[package]\nname = \"adder\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("src/lib.rs"),
+        "pub fn add(a: i32, b: i32) -> i32 {\n    a - b\n}\n\n#[test]\nfn adds() {\n    assert_eq!(add(2, 3), 5);\n}\n",
+    )
+    .unwrap();
+    sh(
+        &repo,
+        "git init -q -b main && git add -A && git commit -qm 'adder'",
+    );
+    let config = h.home.path().join("agentswarm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "sandbox_read_paths = [{:?}]\n",
+            toolchain.display().to_string()
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = h
+        .cmd(&[
+            "run",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+            "--repo",
+            repo.to_str().unwrap(),
+            "Make the tests pass",
+        ])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(manifest["verify"]["results"][0]["command"], "cargo test");
+    assert_eq!(manifest["verify"]["passed"], true);
+    assert_eq!(
+        manifest["verify"]["baseline"]["passed"], false,
+        "{}",
+        manifest["verify"]
+    );
+    let branch = report["branch"].as_str().unwrap();
+    let fixed = sh(&repo, &format!("git show {branch}:src/lib.rs"));
+    assert!(fixed.contains("a + b"), "{fixed}");
+    // Build output never reaches the branch.
+    let files = sh(&repo, &format!("git ls-tree -r --name-only {branch}"));
+    assert_eq!(files, "Cargo.toml\nsrc/lib.rs\n");
 }

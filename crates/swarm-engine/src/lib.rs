@@ -2,6 +2,7 @@
 //! queue, verify, packager and recovery. The only crate that knows all the
 //! others. See docs/architecture.md.
 
+pub mod checks;
 mod delivery;
 mod driver;
 pub mod gate;

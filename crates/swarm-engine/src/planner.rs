@@ -40,8 +40,11 @@ pub struct PlanOutcome {
 }
 
 enum Kind<'a> {
-    Initial,
-    Fix { existing: &'a HashSet<TaskId> },
+    /// With the repository's checks, given to a verify task without commands.
+    Initial(Option<&'a crate::checks::Checks>),
+    Fix {
+        existing: &'a HashSet<TaskId>,
+    },
 }
 
 async fn ask(
@@ -71,9 +74,12 @@ async fn ask(
         };
         let content = reply.content.clone().unwrap_or_default();
         let problems = match extract_plan(&content) {
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let problems = match kind {
-                    Kind::Initial => validate_plan(&plan, max_tasks),
+                    Kind::Initial(checks) => {
+                        crate::checks::fill_verify(&mut plan, checks);
+                        validate_plan(&plan, max_tasks)
+                    }
                     Kind::Fix { existing } => validate_fix_tasks(&plan, existing, max_tasks),
                 };
                 if problems.is_empty() {
@@ -106,6 +112,7 @@ pub async fn plan_with(
     project: &ProjectId,
     request: String,
     max_tasks: u32,
+    checks: Option<&crate::checks::Checks>,
 ) -> PlanOutcome {
     let caller = Caller {
         project,
@@ -119,7 +126,7 @@ pub async fn plan_with(
         caller,
         prompts::PLANNER_SYSTEM,
         request,
-        Kind::Initial,
+        Kind::Initial(checks),
         max_tasks,
     )
     .await

@@ -48,6 +48,7 @@ pub fn planner_request_on_repo(
     max_tasks: u32,
     map: &str,
     instructions: Option<&str>,
+    checks: Option<&crate::checks::Checks>,
 ) -> String {
     let mut s = format!(
         "Goal: {goal}\n\nThe project is an existing repository: work on what is there. Tasks may \
@@ -61,6 +62,22 @@ pub fn planner_request_on_repo(
             "\nThe repository's instructions for agents (its workers get them too):\n<agent-instructions>\n{}\n</agent-instructions>\n",
             i.trim_end()
         ));
+    }
+    match checks {
+        Some(c) => s.push_str(&format!(
+            "\nThe repository's checks ({}): {}. Leave the verify task's `commands` empty to run \
+             exactly these, or list the commands that check the goal.\n",
+            c.why,
+            c.commands
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None => s.push_str(
+            "\nNo test command was found in the repository: give the verify task the commands \
+             that check the goal.\n",
+        ),
     }
     s.push_str(&format!(
         "\nPlan at most {max_tasks} tasks. Reply with the plan document only."

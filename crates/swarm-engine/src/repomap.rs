@@ -214,7 +214,7 @@ fn render(root: &Path, entries: &[(String, u64)], budget: usize) -> String {
         }
     }
     let mut langs: Vec<(&str, u64)> = langs.into_iter().collect();
-    langs.sort_by(|a, b| b.1.cmp(&a.1));
+    langs.sort_by_key(|l| std::cmp::Reverse(l.1));
     let _ = writeln!(
         out,
         "{} files, {} in all. Languages by size: {}.",

@@ -152,6 +152,9 @@ async fn run_inner(
     // An existing repository: the project repository is made from its base
     // commit (cloned, for a URL) and checked before any model call.
     let repo_root = project_dir.join("repo");
+    // Its `.agentswarm.toml` and the checks it names or that are detected.
+    let mut _repo_config: Option<crate::checks::RepoConfig> = None;
+    let mut repo_checks: Option<crate::checks::Checks> = None;
     if let Some(src) = crate::source::of(&project) {
         let config = engine.config.clone();
         let root = repo_root.clone();
@@ -162,6 +165,27 @@ async fn run_inner(
                 .map_err(|e| Error::Other(e.to_string()))?;
         match prepared {
             Ok(src) => {
+                let root = repo_root.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    crate::checks::repo_config(&root).map(|c| {
+                        let checks = crate::checks::default_checks(&root, c.as_ref());
+                        (c, checks)
+                    })
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+                match found {
+                    Ok((c, checks)) => {
+                        _repo_config = c;
+                        repo_checks = checks;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        set_project(engine, id, ProjectState::Failed, Some(&msg))?;
+                        engine.emit(id, None, "project", format!("project {id} failed: {msg}"));
+                        return report(engine, id, None);
+                    }
+                }
                 if src != before {
                     let v = serde_json::to_value(&src).map_err(|e| Error::Other(e.to_string()))?;
                     store.set_project_source(id, &v)?;
@@ -223,11 +247,12 @@ async fn run_inner(
                     limits.max_tasks,
                     &map,
                     instructions.as_deref(),
+                    repo_checks.as_ref(),
                 )
             }
         };
         let outcome = tokio::select! {
-            o = planner::plan_with(&engine.gateway, id, request, limits.max_tasks) => o,
+            o = planner::plan_with(&engine.gateway, id, request, limits.max_tasks, repo_checks.as_ref()) => o,
             _ = cancel.cancelled() => {
                 set_project(engine, id, ProjectState::Interrupted, None)?;
                 return report(engine, id, None);
@@ -237,6 +262,9 @@ async fn run_inner(
         match outcome.result {
             Ok(plan) => {
                 store.save_plan(id, &plan, &new_tasks(&plan, 0))?;
+                if crate::source::of(&project).is_some() {
+                    announce_verify(engine, id, &plan, repo_checks.as_ref())?;
+                }
                 store.append_event(id, None, "plan", &serde_json::json!({"source": "planner", "tasks": plan.tasks.len(), "calls": outcome.calls}))?;
                 engine.emit(
                     id,
@@ -293,6 +321,8 @@ async fn run_inner(
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
     });
+    let baseline_sandbox = sandbox.clone();
+    let baseline_limits = limits.clone();
     let parts = MainlineParts {
         project: id.clone(),
         repo: repo.clone(),
@@ -324,11 +354,32 @@ async fn run_inner(
         run.set_worker_system(crate::prompts::worker_system(instructions.as_deref()));
     }
     let stale = run.stale();
-    let commits = recovery::clean_up(repo, worktrees_dir, !stale.is_empty()).await?;
+    let commits =
+        recovery::clean_up(repo.clone(), worktrees_dir.clone(), !stale.is_empty()).await?;
     run.reconcile(stale, &commits)?;
     if mode == Mode::RecoverOnly {
         run.integration.close_merge_queue().await;
         return report(engine, id, None);
+    }
+    if let Some(src) = crate::source::of(&project) {
+        let verify_commands = store
+            .tasks(id)?
+            .into_iter()
+            .find(|t| t.kind == swarm_protocol::TaskKind::Verify)
+            .map(|t| t.commands)
+            .unwrap_or_default();
+        crate::source::baseline(
+            engine,
+            id,
+            &src,
+            &repo,
+            &worktrees_dir.join("baseline"),
+            &verify_commands,
+            &baseline_limits,
+            baseline_sandbox,
+            &run.cancel,
+        )
+        .await?;
     }
     set_project(engine, id, ProjectState::Running, None)?;
     engine.emit(
@@ -353,6 +404,41 @@ async fn run_inner(
     run.integration.close_merge_queue().await;
     result?;
     delivery::finish(&mut run, &plan.name, &sandbox_report, pool).await
+}
+
+/// Says which verify commands an existing repository's project runs and
+/// why (the plan's, `.agentswarm.toml`'s, or detected), as a
+/// `verify_commands` event and a progress line.
+fn announce_verify(
+    engine: &Engine,
+    id: &ProjectId,
+    plan: &swarm_protocol::Plan,
+    checks: Option<&crate::checks::Checks>,
+) -> Result<()> {
+    let Some(verify) = plan
+        .tasks
+        .iter()
+        .find(|t| t.kind == swarm_protocol::TaskKind::Verify)
+    else {
+        return Ok(());
+    };
+    let why = match checks {
+        Some(c) if c.commands == verify.commands => c.why.clone(),
+        Some(_) | None => "the plan".to_owned(),
+    };
+    engine.store.append_event(
+        id,
+        None,
+        "verify_commands",
+        &serde_json::json!({"commands": verify.commands, "why": why}),
+    )?;
+    engine.emit(
+        id,
+        None,
+        "verify",
+        format!("verify will run: {} ({why})", verify.commands.join(" && ")),
+    );
+    Ok(())
 }
 
 pub(crate) fn set_project(

@@ -522,3 +522,121 @@ pub fn baseline_of(
         .last()
         .map(|e| e.data))
 }
+
+/// The baseline verify: the verify commands on the base commit, before any
+/// task ran, so that failures already there are reported as such and not
+/// blamed on the swarm. Runs once per project (a `baseline` event records
+/// it), only while `main` is still at the base commit, confined like
+/// verify.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn baseline(
+    engine: &crate::Engine,
+    id: &ProjectId,
+    source: &RepoSource,
+    repo: &swarm_git::Repo,
+    checkout: &Path,
+    commands: &[String],
+    limits: &swarm_config::RunLimits,
+    sandbox: swarm_exec::sandbox::SandboxPolicy,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let store = engine.store();
+    if commands.is_empty() || !store.events_of_kind(id, "baseline", 1)?.is_empty() {
+        return Ok(());
+    }
+    let Some(base) = source.base_commit.clone() else {
+        return Ok(());
+    };
+    if repo.head()? != base {
+        return Ok(());
+    }
+    engine.emit(
+        id,
+        None,
+        "verify",
+        format!(
+            "baseline: running the verify commands on the base commit {}",
+            short(&base)
+        ),
+    );
+    let enclosure = engine
+        .limiter
+        .enclose(engine.config.worker_memory_limit_mb << 20)
+        .ok()
+        .map(std::sync::Arc::new);
+    let (repo2, checkout2, commands2, cancel2) = (
+        repo.clone(),
+        checkout.to_owned(),
+        commands.to_vec(),
+        cancel.clone(),
+    );
+    let timeout = std::time::Duration::from_secs(limits.verify_timeout_secs);
+    let output_cap = limits.output_cap_bytes;
+    let enc = enclosure.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::verify::run_verify(
+            &repo2,
+            &checkout2,
+            &commands2,
+            crate::verify::Limits {
+                timeout,
+                output_cap,
+                sandbox: &sandbox,
+            },
+            enc,
+            &cancel2,
+        )
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?;
+    if let Some(e) = enclosure {
+        e.release();
+    }
+    if cancel.is_cancelled() {
+        return Ok(());
+    }
+    let data = match &result {
+        Ok(results) => {
+            let passed = !results.is_empty() && results.iter().all(|r| r.passed);
+            serde_json::json!({
+                "base_commit": base,
+                "passed": passed,
+                "results": results.iter().map(|r| serde_json::json!({
+                    "command": r.command, "exit": r.exit, "passed": r.passed,
+                    "duration_ms": r.duration_ms,
+                    "output_tail": tail_chars(&r.output, 2000),
+                })).collect::<Vec<_>>(),
+            })
+        }
+        Err(e) => serde_json::json!({"base_commit": base, "passed": null, "error": e}),
+    };
+    store.append_event(id, None, "baseline", &data)?;
+    let line = match &result {
+        Ok(results) if results.iter().all(|r| r.passed) => {
+            "baseline: verify passes on the base commit".to_owned()
+        }
+        Ok(results) => format!(
+            "baseline: verify already fails on the base commit ({} of {} command(s) failed: {}); \
+             these failures were there before the swarm",
+            results.iter().filter(|r| !r.passed).count(),
+            results.len(),
+            results
+                .iter()
+                .filter(|r| !r.passed)
+                .map(|r| format!("`{}` exit {}", r.command, r.exit))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => format!("baseline: could not run: {e}"),
+    };
+    engine.emit(id, None, "verify", line);
+    Ok(())
+}
+
+fn tail_chars(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
