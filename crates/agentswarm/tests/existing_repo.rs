@@ -472,3 +472,117 @@ fn a_rust_crate_is_fixed_with_its_own_cargo_test() {
     let files = sh(&repo, &format!("git ls-tree -r --name-only {branch}"));
     assert_eq!(files, "Cargo.toml\nsrc/lib.rs\n");
 }
+
+/// A git URL (a bare repository on `file://`, shallow with `clone_depth`),
+/// `.agentswarm.toml`'s verify, set-up command and copied file, and
+/// `--push`; a URL that cannot be cloned fails before any model call.
+#[test]
+fn a_url_is_cloned_prepared_by_its_config_and_the_branch_pushed() {
+    let h = Harness::new(json!({
+        "planner": [{
+            "name": "calc-url", "summary": "Fix add",
+            "tasks": [
+                {"id": "fix-ops", "title": "Fix add", "description": "calc/ops.py", "depends_on": [], "files": ["calc/ops.py"]},
+                {"id": "verify", "title": "Test", "kind": "verify", "depends_on": ["fix-ops"], "commands": []}
+            ]
+        }],
+        "tasks": {"fix-ops": {"turns": [
+            run_turn("cat build/setup-ran settings.ini"),
+            write_turn("calc/ops.py", OPS_FIXED),
+            finish_turn("add adds"),
+        ]}}
+    }));
+    let dir = h.home.path();
+    let work = python_project(dir);
+    // Only the add test: this goal fixes add alone.
+    sh(
+        &work,
+        "git rm -q calc/text.py && sed -i '/shout/d' tests/test_calc.py \
+         && printf 'build/\\n' > .gitignore && printf 'secret = 1\\n' > settings.example.ini \
+         && printf 'verify = [\"python3 -m unittest discover -s tests -v\"]\\nsetup = [\"mkdir -p build && echo prepared > build/setup-ran\"]\\n[copy]\\n\"settings.example.ini\" = \"settings.ini\"\\n' > .agentswarm.toml \
+         && git add -A && git commit -qm 'Configure agentswarm'",
+    );
+    sh(
+        dir,
+        &format!("git clone -q --bare {} remote.git", work.display()),
+    );
+    let url = format!("file://{}", dir.join("remote.git").display());
+    let config = dir.join("agentswarm.toml");
+    std::fs::write(&config, "[repos]\nclone_depth = 1\n").unwrap();
+
+    // A URL that cannot be cloned: failed, no model call.
+    let bad = format!("file://{}", dir.join("nowhere.git").display());
+    let out = h.run(&["run", "--json", "--repo", &bad, "Fix add"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["error"].as_str().unwrap().contains("cannot clone"),
+        "{report}"
+    );
+    assert!(h.server.requests().is_empty(), "a model was called");
+
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--repo",
+        &url,
+        "--base",
+        "trunk",
+        "--push",
+        "Fix add",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    let project = report["project_id"].as_str().unwrap();
+    let branch = format!("agentswarm/{project}");
+    assert_eq!(report["branch"], branch.as_str());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "verify will run: python3 -m unittest discover -s tests -v (.agentswarm.toml `verify`)"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    // The project repository: shallow, and no trace of the URL.
+    let main_repo = h.repo(project);
+    assert!(main_repo.join(".git/shallow").is_file());
+    let git_config = std::fs::read_to_string(main_repo.join(".git/config")).unwrap();
+    assert!(
+        !git_config.contains("remote") && !git_config.contains("file://"),
+        "{git_config}"
+    );
+
+    // The worker saw what set-up made and the copied file.
+    let results = tool_results(&h, "fix-ops");
+    assert!(
+        results[0].contains("prepared") && results[0].contains("secret = 1"),
+        "{results:?}"
+    );
+    // Neither reached the branch, which was pushed to the URL.
+    let pushed = sh(
+        &dir.join("remote.git"),
+        &format!("git ls-tree -r --name-only {branch}"),
+    );
+    assert!(pushed.contains("calc/ops.py\n"), "{pushed}");
+    assert!(
+        !pushed.contains("settings.ini\n") && !pushed.contains("build/"),
+        "{pushed}"
+    );
+    assert_eq!(
+        sh(
+            &dir.join("remote.git"),
+            &format!("git show {branch}:calc/ops.py")
+        ),
+        OPS_FIXED
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(manifest["source"]["pushed"], true);
+    assert_eq!(manifest["source"]["repo"], url.as_str());
+}

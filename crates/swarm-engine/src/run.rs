@@ -153,7 +153,7 @@ async fn run_inner(
     // commit (cloned, for a URL) and checked before any model call.
     let repo_root = project_dir.join("repo");
     // Its `.agentswarm.toml` and the checks it names or that are detected.
-    let mut _repo_config: Option<crate::checks::RepoConfig> = None;
+    let mut repo_config: Option<crate::checks::RepoConfig> = None;
     let mut repo_checks: Option<crate::checks::Checks> = None;
     if let Some(src) = crate::source::of(&project) {
         let config = engine.config.clone();
@@ -176,7 +176,7 @@ async fn run_inner(
                 .map_err(|e| Error::Other(e.to_string()))?;
                 match found {
                     Ok((c, checks)) => {
-                        _repo_config = c;
+                        repo_config = c;
                         repo_checks = checks;
                     }
                     Err(e) => {
@@ -299,6 +299,23 @@ async fn run_inner(
             .map_err(|e| Error::Other(e.to_string()))??
     };
 
+    // `.agentswarm.toml`'s copied files are never committed.
+    let prepare = match &repo_config {
+        Some(c) => {
+            let dests: Vec<String> = c.copy.values().cloned().collect();
+            let root = repo_root.clone();
+            tokio::task::spawn_blocking(move || crate::source::exclude(&root, &dests))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+            swarm_protocol::worker::RepoPrepare {
+                copy: c.copy.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+                commands: c.setup.clone(),
+                run_commands: false,
+                timeout_secs: limits.verify_timeout_secs,
+            }
+        }
+        None => Default::default(),
+    };
     let worktrees_dir = project_dir.join("worktrees");
     let pool = Arc::new(swarm_git::WorktreePool::new(
         repo.clone(),
@@ -320,6 +337,7 @@ async fn run_inner(
         store: store.clone(),
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
+        prepare,
     });
     let baseline_sandbox = sandbox.clone();
     let baseline_limits = limits.clone();

@@ -640,3 +640,22 @@ fn tail_chars(s: &str, n: usize) -> &str {
     }
     &s[start..]
 }
+
+/// Adds `paths` (relative to the repository's top level) to the project
+/// repository's `.git/info/exclude`, shared by every worktree, so that no
+/// worker commits them (`.agentswarm.toml`'s copied files).
+pub fn exclude(repo_root: &Path, paths: &[String]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let file = repo_root.join(".git/info/exclude");
+    let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+    text.push_str("# written by agentswarm: copied into each worktree by .agentswarm.toml\n");
+    for p in paths {
+        text.push('/');
+        text.push_str(p.trim_start_matches('/'));
+        text.push('\n');
+    }
+    std::fs::write(&file, text)
+        .map_err(|e| Error::Other(format!("cannot write {}: {e}", file.display())))
+}
