@@ -162,6 +162,14 @@ pub struct RunArgs {
     /// Run this plan document instead of asking the planner.
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Add more work to an existing project: plan tasks for this goal on
+    /// its `main`, keeping what is done, then run them and deliver again.
+    #[arg(
+        long = "continue",
+        value_name = "PROJECT",
+        conflicts_with_all = ["plan", "repo", "base", "push"]
+    )]
+    pub continue_project: Option<String>,
     /// Model name (over AGENTSWARM_MODEL).
     #[arg(long)]
     pub model: Option<String>,

@@ -586,3 +586,130 @@ fn a_url_is_cloned_prepared_by_its_config_and_the_branch_pushed() {
     assert_eq!(manifest["source"]["pushed"], true);
     assert_eq!(manifest["source"]["repo"], url.as_str());
 }
+
+/// `run --continue PROJECT "also do Y"`: more tasks on the same main, the
+/// done ones kept (not run again), verify again, the branch moved on.
+#[test]
+fn a_done_project_is_continued_with_more_tasks() {
+    let first = json!({
+        "name": "calc-add", "summary": "Fix add",
+        "tasks": [
+            {"id": "fix-ops", "title": "Fix add", "description": "calc/ops.py", "depends_on": [], "files": ["calc/ops.py"]},
+            {"id": "verify", "title": "Test add", "kind": "verify", "depends_on": ["fix-ops"],
+             "commands": ["python3 -m unittest tests.test_calc.T.test_add"]}
+        ]
+    });
+    let more = json!({
+        "name": "calc-shout", "summary": "Fix shout",
+        "tasks": [
+            {"id": "fix-text", "title": "Fix shout", "description": "calc/text.py", "depends_on": [], "files": ["calc/text.py"]}
+        ]
+    });
+    let h = Harness::new(json!({
+        "planner": [first, more],
+        "tasks": {
+            "fix-ops": {"turns": [write_turn("calc/ops.py", OPS_FIXED), finish_turn("add adds now")]},
+            "c1-fix-text": {"turns": [write_turn("calc/text.py", TEXT_FIXED), finish_turn("shout upper-cases now")]},
+        }
+    }));
+    let repo = python_project(h.home.path());
+    let out = h.run(&["run", "--json", "--repo", repo.to_str().unwrap(), "Fix add"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    let project = report["project_id"].as_str().unwrap().to_owned();
+    let branch = format!("agentswarm/{project}");
+    let first_head = sh(&repo, &format!("git rev-parse {branch}"))
+        .trim()
+        .to_owned();
+    let workers_before = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Worker)
+        .count();
+
+    let out = h.run(&["run", "--json", "--continue", &project, "Also fix shout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("continuing with 1 new task(s): c1-fix-text"),
+        "{}",
+        text(&out)
+    );
+    let report = last_json_line(&out);
+    assert_eq!(report["project_id"], project.as_str());
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["tasks_total"], 3);
+    assert_eq!(report["branch"], branch.as_str());
+
+    // The continuation's planner request starts with the new goal and
+    // names what is done.
+    let planners: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Planner)
+        .collect();
+    assert_eq!(planners.len(), 2);
+    let asked = planners[1].body["messages"][1]["content"].as_str().unwrap();
+    assert!(asked.starts_with("Goal: Also fix shout"), "{asked}");
+    assert!(
+        asked.contains("- fix-ops (Fix add): add adds now"),
+        "{asked}"
+    );
+    // Only the new task ran: one worker request per turn of it.
+    let workers: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Worker)
+        .collect();
+    assert!(workers[workers_before..]
+        .iter()
+        .all(|r| r.task.as_deref() == Some("c1-fix-text")));
+    let counts = trailer_counts(&h.repo(&project));
+    assert_eq!(counts.get("fix-ops"), Some(&1));
+    assert_eq!(counts.get("c1-fix-text"), Some(&1));
+
+    // The branch moved on from the first delivery and holds both fixes;
+    // the patch covers both.
+    let head = sh(&repo, &format!("git rev-parse {branch}"))
+        .trim()
+        .to_owned();
+    sh(
+        &repo,
+        &format!("git merge-base --is-ancestor {first_head} {head}"),
+    );
+    assert_ne!(head, first_head);
+    assert_eq!(
+        sh(&repo, &format!("git show {branch}:calc/text.py")),
+        TEXT_FIXED
+    );
+    assert_eq!(
+        sh(&repo, &format!("git show {branch}:calc/ops.py")),
+        OPS_FIXED
+    );
+    let patch = std::fs::read_to_string(report["patch"].as_str().unwrap()).unwrap();
+    assert!(
+        patch.contains("calc/ops.py") && patch.contains("calc/text.py"),
+        "{patch}"
+    );
+    let status = h.status_json(&project);
+    let verify = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "verify")
+        .unwrap()
+        .clone();
+    assert_eq!(verify["state"], "done", "{verify}");
+
+    // A project that does not exist, or an empty goal: clear errors.
+    let out = h.run(&["run", "--continue", "no-such-project", "More"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-project"),
+        "{}",
+        text(&out)
+    );
+}

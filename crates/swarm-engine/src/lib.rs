@@ -3,6 +3,7 @@
 //! others. See docs/architecture.md.
 
 pub mod checks;
+pub mod continuation;
 mod delivery;
 mod driver;
 pub mod gate;
@@ -389,6 +390,11 @@ impl Engine {
     /// See [`create_project`].
     pub fn create_project(&self, goal: &str, plan: Option<Plan>) -> Result<ProjectLock> {
         create_project(&self.config, self.store.as_ref(), goal, plan)
+    }
+
+    /// See [`continuation::continue_project`] (`run --continue`).
+    pub async fn continue_project(&self, project: &ProjectLock, goal: &str) -> Result<Vec<TaskId>> {
+        continuation::continue_project(self, project, goal).await
     }
 
     /// See [`create_project_from`]: a project on an existing repository.

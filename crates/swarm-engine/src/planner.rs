@@ -156,3 +156,31 @@ pub async fn fix_plan(
     )
     .await
 }
+
+/// Asks for the tasks of a follow-up goal on a project's `main`
+/// (`run --continue`): code tasks only, validated as fix tasks are;
+/// `request` begins with `Goal: ` ([`prompts::continue_request`]).
+pub async fn continue_plan(
+    gateway: &Gateway,
+    project: &ProjectId,
+    request: String,
+    existing: &HashSet<TaskId>,
+    max_tasks: u32,
+) -> PlanOutcome {
+    let caller = Caller {
+        project,
+        task: None,
+        attempt: None,
+        role: ModelRole::Planner,
+        turn: 1,
+    };
+    ask(
+        gateway,
+        caller,
+        prompts::CONTINUE_SYSTEM,
+        request,
+        Kind::Fix { existing },
+        max_tasks,
+    )
+    .await
+}

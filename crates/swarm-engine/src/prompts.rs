@@ -35,6 +35,48 @@ task completely and only your task, check your work (run its tests when there ar
 finish with a short summary of what you did and which files you changed. Everything you write is \
 committed for you when you call finish.";
 
+pub const CONTINUE_SYSTEM: &str = "You are the planner of AgentSwarm, a swarm of coding agents. \
+The project below exists and its work so far is merged into `main`; the user asks for more. Plan the \
+code tasks that do the new goal on top of `main`, split so that separate agents can do them in \
+parallel, each in its own git worktree. Reply with a plan document only (bare JSON or one ```json \
+block): {\"name\": \"<slug>\", \"summary\": \"…\", \"tasks\": [{\"id\", \"title\", \"description\", \
+\"depends_on\", \"files\", \"kind\": \"code\"}]}. Tasks may edit existing files; tasks that can run \
+at the same time must not write the same files. Do not include a verify task: the project's verify \
+runs again by itself after your tasks merge.";
+
+/// The first message of a follow-up plan (`run --continue`): the new goal
+/// first (the contract of planner conversations), then what the project
+/// is and what is done, then the repository map.
+pub fn continue_request(
+    goal: &str,
+    project_goal: &str,
+    done: &[(String, String, String)],
+    map: &str,
+    instructions: Option<&str>,
+    max_tasks: u32,
+) -> String {
+    let mut s = format!(
+        "Goal: {goal}\n\nThis continues an existing project whose goal was: {project_goal}\n\nDone and merged so far:\n"
+    );
+    for (id, title, summary) in done {
+        s.push_str(&format!("- {id} ({title}): {}\n", summary.trim()));
+    }
+    s.push_str(&format!(
+        "\n<repository-map>\n{}\n</repository-map>\n",
+        map.trim_end()
+    ));
+    if let Some(i) = instructions {
+        s.push_str(&format!(
+            "\n<agent-instructions>\n{}\n</agent-instructions>\n",
+            i.trim_end()
+        ));
+    }
+    s.push_str(&format!(
+        "\nPlan at most {max_tasks} tasks. Reply with the plan document only."
+    ));
+    s
+}
+
 /// The planner's first user message.
 pub fn planner_request(goal: &str, max_tasks: u32) -> String {
     format!("Goal: {goal}\n\nPlan at most {max_tasks} tasks. Reply with the plan document only.")
