@@ -368,6 +368,11 @@ pub struct BenchArgs {
     /// shorter here so that the run takes seconds).
     #[arg(long, default_value_t = 2000)]
     pub rate_window_ms: u64,
+    /// Instead of the runs above: time setting up a project on a generated
+    /// repository of this many files (`run --repo`: the checks, the copy of
+    /// the base commit, the repository map) and report the map's size.
+    #[arg(long, value_name = "N")]
+    pub repo_files: Option<u32>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
