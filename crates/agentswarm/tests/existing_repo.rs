@@ -11,6 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// `sh -c script` in `dir` with a fixed git identity and no user config.
 fn sh(dir: &Path, script: &str) -> String {
@@ -712,4 +713,114 @@ fn a_done_project_is_continued_with_more_tasks() {
         "{}",
         text(&out)
     );
+}
+
+/// Crash recovery on an existing repository: killed with SIGKILL while the
+/// planner thinks and then at random moments, `resume` carries on from
+/// the project repository already made; each task merges once, the
+/// baseline runs once, and the branch is delivered.
+#[test]
+fn kill_9_then_resume_on_an_existing_repository() {
+    let ids = ["one", "two", "three", "four"];
+    let tasks: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let deps: Vec<&str> = if i >= 2 { vec![ids[i - 2]] } else { vec![] };
+            json!({"id": id, "title": format!("Write {id}"), "description": "", "depends_on": deps, "files": [format!("{id}.txt")]})
+        })
+        .chain(std::iter::once(json!({
+            "id": "verify", "title": "Check", "kind": "verify", "depends_on": ["three", "four"],
+            "commands": ["test -f one.txt && test -f four.txt && test -f README.md"]
+        })))
+        .collect();
+    let mut scripts = serde_json::Map::new();
+    for id in ids {
+        scripts.insert(
+            id.to_owned(),
+            json!({"turns": [write_turn(&format!("{id}.txt"), id), run_turn("sleep 0.2"), finish_turn(id)]}),
+        );
+    }
+    let h = Harness::new(json!({
+        "latency_ms": 60,
+        "planner": [{"name": "chaos", "summary": "s", "tasks": tasks}],
+        "tasks": scripts,
+        "errors": [{"kind": "planner", "delay_ms": 1500}]
+    }));
+    let repo = python_project(h.home.path());
+    let base = sh(&repo, "git rev-parse trunk").trim().to_owned();
+
+    let (mut child, _, project) = h.spawn_run(&[
+        "run",
+        "--json",
+        "--repo",
+        repo.to_str().unwrap(),
+        "chaos goal",
+    ]);
+    std::thread::sleep(Duration::from_millis(700));
+    kill_9(child.id());
+    child.wait().unwrap();
+
+    let mut finished = false;
+    for round in 0..12 {
+        let mut child = h
+            .cmd(&["resume", &project, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(400 + fastrand::u64(0..900));
+        let mut exited = false;
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited && round < 11 {
+            kill_9(child.id());
+        }
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            let report = last_json_line(&out);
+            assert_eq!(report["status"], "done", "{}", text(&out));
+            assert_eq!(report["base"], base.as_str());
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the run never finished");
+    let counts = trailer_counts(&h.repo(&project));
+    for id in ids {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} merged {:?} times",
+            counts.get(id)
+        );
+    }
+    let main = sh(&h.repo(&project), "git rev-parse main")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        sh(&repo, &format!("git rev-parse agentswarm/{project}")).trim(),
+        main
+    );
+    sh(
+        &h.repo(&project),
+        &format!("git merge-base --is-ancestor {base} main"),
+    );
+    assert_eq!(sh(&repo, "git rev-parse trunk").trim(), base);
+    let logs = h.run(&["logs", &project, "--json"]);
+    let baselines = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"baseline\""))
+        .count();
+    assert_eq!(baselines, 1, "the baseline ran {baselines} times");
+}
+
+fn kill_9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
