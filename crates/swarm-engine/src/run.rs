@@ -372,8 +372,21 @@ async fn run_inner(
         run.set_worker_system(crate::prompts::worker_system(instructions.as_deref()));
     }
     let stale = run.stale();
-    let commits =
+    let mut commits =
         recovery::clean_up(repo.clone(), worktrees_dir.clone(), !stale.is_empty()).await?;
+    // On an existing repository, commits of its own history that carry
+    // Swarm trailers (an earlier delivery merged there) are not this run's.
+    if let (Some(base), false) = (
+        crate::source::of(&project).and_then(|s| s.base_commit),
+        commits.is_empty(),
+    ) {
+        let root = repo_root.clone();
+        let history =
+            tokio::task::spawn_blocking(move || swarm_git::source::reachable(&root, &base))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+        commits.retain(|c| !history.contains(&c.sha));
+    }
     run.reconcile(stale, &commits)?;
     if mode == Mode::RecoverOnly {
         run.integration.close_merge_queue().await;

@@ -322,6 +322,16 @@ pub fn push_branch(project_repo: &Path, remote: &str, commit: &str, branch: &str
     )
 }
 
+/// Every commit reachable from `rev` (its whole history, one `git
+/// rev-list`).
+pub fn reachable(repo: &Path, rev: &str) -> Result<std::collections::HashSet<String>> {
+    let out = git(repo, &["rev-list", "--end-of-options", rev], None)?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
 /// The difference from `base` to `head` as a patch that `git apply` takes
 /// (binary files included).
 pub fn diff(repo: &Path, base: &str, head: &str) -> Result<Vec<u8>> {
@@ -501,6 +511,9 @@ mod tests {
         assert!(String::from_utf8_lossy(&patch).contains("+three"));
         let rows = numstat(&dest, &base, &main).unwrap();
         assert_eq!(rows, vec![(Some(1), Some(0), "b.txt".to_owned())]);
+        let history = reachable(&dest, &base).unwrap();
+        assert!(history.contains(&base) && !history.contains(&main));
+        assert_eq!(history.len(), 1);
         let file = work.path().join("x.bundle");
         assert!(bundle(&dest, &file, "agentswarm/p1", &base, &main).unwrap());
         assert!(!bundle(&dest, &file, "agentswarm/p1", &main, &main).unwrap());
