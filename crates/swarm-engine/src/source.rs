@@ -60,12 +60,21 @@ pub fn check(config: &Config, req: &SourceRequest) -> Result<RepoSource> {
             "{repo} does not exist or is not a directory; give the path of a git repository"
         )));
     }
-    let info = git_source::inspect(path)?.ok_or_else(|| {
-        refuse(format!(
+    let info = git_source::inspect(path)
+        .map_err(|e| match e.to_string() {
+            s if s.contains("dubious ownership") => refuse(format!(
+                "git refuses {repo}: it is owned by another user than the one agentswarm runs as \
+                 (git's safe.directory); run agentswarm as the repository's owner, or give it a \
+                 clone of the repository that this user owns"
+            )),
+            _ => Error::from(e),
+        })?
+        .ok_or_else(|| {
+            refuse(format!(
             "{repo} is not a git repository; run `git init` and commit there first, or give the \
              path of a repository"
         ))
-    })?;
+        })?;
     let root = info.root.clone();
     let (base_name, commit) = match &req.base {
         Some(b) => {

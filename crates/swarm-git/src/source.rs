@@ -32,15 +32,15 @@ pub struct SourceInfo {
 }
 
 /// Whether `dir` is (inside) a git repository, and which.
-/// `Ok(None)`: git says it is not one.
+/// `Ok(None)`: git says it is not one. A repository git refuses to use
+/// (one owned by another user: `safe.directory`) is an error saying so.
 pub fn inspect(dir: &Path) -> Result<Option<SourceInfo>> {
-    let out = git_status_env(
-        dir,
-        Vec::new(),
-        &["rev-parse", "--is-bare-repository", "--absolute-git-dir"],
-        None,
-    )?;
+    let args = ["rev-parse", "--is-bare-repository", "--absolute-git-dir"];
+    let out = git_status_env(dir, Vec::new(), &args, None)?;
     if !out.exit.success() {
+        if String::from_utf8_lossy(&out.stderr).contains("dubious ownership") {
+            return Err(crate::command_error(&args, &out));
+        }
         return Ok(None);
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
