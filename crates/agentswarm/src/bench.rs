@@ -28,6 +28,20 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     };
     progress("starting");
     let home = tempfile::tempdir().context("cannot make a temp dir")?;
+    if let Some(files) = args.repo_files {
+        if files == 0 {
+            bail!("--repo-files must be positive");
+        }
+        println!(
+            "agentswarm bench --repo-files {files} — data in {}",
+            home.path().display()
+        );
+        let result = crate::bench_repo::repo_case(&exe, home.path(), files).await?;
+        if args.json {
+            println!("{result}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "agentswarm bench — scripted model on loopback, data in {}",
         home.path().display()

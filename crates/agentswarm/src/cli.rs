@@ -207,12 +207,22 @@ pub struct RunArgs {
     /// Run this plan document instead of asking the planner.
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Add more work to an existing project: plan tasks for this goal on
+    /// its `main`, keeping what is done, then run them and deliver again.
+    #[arg(
+        long = "continue",
+        value_name = "PROJECT",
+        conflicts_with_all = ["plan", "repo", "base", "push"]
+    )]
+    pub continue_project: Option<String>,
     /// Model name (over AGENTSWARM_MODEL).
     #[arg(long)]
     pub model: Option<String>,
     /// Model endpoint (over OPENAI_BASE_URL).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
     #[command(flatten)]
     pub out: OutputArgs,
     #[command(flatten)]
@@ -237,7 +247,54 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
     pub limits: ProjectLimitArgs,
+}
+
+/// Starting from an existing repository (docs/existing-repos.md).
+#[derive(Debug, Args, Default, Clone)]
+pub struct RepoArgs {
+    /// Start from an existing repository instead of an empty one: a local
+    /// path or a git URL (https, ssh; cloned by the supervisor with this
+    /// machine's git credentials). The delivery is also a branch
+    /// `agentswarm/<project>` there, `changes.patch` and a bundle.
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: Option<String>,
+    /// The branch of --repo to start from (default: the branch checked out
+    /// there, whose working tree must then be clean).
+    #[arg(long, value_name = "BRANCH", requires = "repo")]
+    pub base: Option<String>,
+    /// Push the delivery branch to the repository's remote (`origin` of a
+    /// local path; the URL itself).
+    #[arg(long, requires = "repo")]
+    pub push: bool,
+}
+
+impl RepoArgs {
+    /// The request for the engine, a relative path made absolute against
+    /// the current directory.
+    pub fn request(&self) -> anyhow::Result<Option<swarm_engine::source::SourceRequest>> {
+        let Some(repo) = &self.repo else {
+            return Ok(None);
+        };
+        let repo =
+            if swarm_protocol::source::is_url(repo) || std::path::Path::new(repo).is_absolute() {
+                repo.clone()
+            } else {
+                let cwd = std::env::current_dir()?;
+                let p = cwd.join(repo);
+                std::fs::canonicalize(&p)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+        Ok(Some(swarm_engine::source::SourceRequest {
+            repo,
+            base: self.base.clone(),
+            push: self.push,
+        }))
+    }
 }
 
 /// A project's own limits (`submit`); the same flags as in [`LimitArgs`]
@@ -356,6 +413,11 @@ pub struct BenchArgs {
     /// shorter here so that the run takes seconds).
     #[arg(long, default_value_t = 2000)]
     pub rate_window_ms: u64,
+    /// Instead of the runs above: time setting up a project on a generated
+    /// repository of this many files (`run --repo`: the checks, the copy of
+    /// the base commit, the repository map) and report the map's size.
+    #[arg(long, value_name = "N")]
+    pub repo_files: Option<u32>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

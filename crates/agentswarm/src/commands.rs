@@ -332,7 +332,25 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let store = open_store(&config)?;
     let engine = build_engine(config, store, &args.tape)?;
     check_keys(&engine)?;
-    let project = engine.create_project(&goal, plan)?;
+    if let Some(id) = &args.continue_project {
+        let id = ProjectId::new(id.as_str());
+        engine.store().project(&id)?;
+        let lock = engine.lock(&id)?;
+        let added = engine.continue_project(&lock, &goal).await?;
+        println!("project {id}");
+        println!(
+            "continuing with {} new task(s): {}",
+            added.len(),
+            added
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return drive(&engine, &lock, &args.out).await;
+    }
+    let source = args.repo.request()?;
+    let project = engine.create_project_on(&goal, plan, source.as_ref())?;
     println!("project {}", project.id());
     drive(&engine, &project, &args.out).await
 }

@@ -180,12 +180,16 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<ExitCode> {
     let limits = LimitArgs::from(&args.limits);
     let config = load_config(cli, &limits, None, None)?;
     let mut daemon = true;
+    let source = args.repo.request()?;
     let id = match Client::discover(&config).await? {
         Some(client) => {
             let body = serde_json::to_value(swarm_protocol::api::SubmitRequest {
                 goal,
                 plan: plan.map(serde_json::to_value).transpose()?,
                 options: project_options(&limits),
+                repo: source.as_ref().map(|s| s.repo.clone()),
+                base: source.as_ref().and_then(|s| s.base.clone()),
+                push: source.as_ref().is_some_and(|s| s.push),
             })?;
             let created: swarm_protocol::api::ProjectSummary =
                 client.post("/api/v1/projects", &body).await?;
@@ -194,7 +198,14 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<ExitCode> {
         None => {
             daemon = false;
             let store = open_store(&config)?;
-            let lock = swarm_engine::create_project(&config, store.as_ref(), &goal, plan)?;
+            let lock = swarm_engine::create_project_from(
+                &config,
+                store.as_ref(),
+                &goal,
+                plan,
+                config.run.clone(),
+                source.as_ref(),
+            )?;
             let id = lock.id().clone();
             drop(lock);
             id

@@ -214,6 +214,12 @@ pub fn print_report(r: &RunReport, json: bool) {
     if let Some(m) = &r.manifest {
         println!("manifest: {}", m.display());
     }
+    if let Some(b) = &r.branch {
+        println!("branch: {b}");
+    }
+    if let Some(p) = &r.patch {
+        println!("patch: {}", p.display());
+    }
     match r.status {
         swarm_protocol::ProjectState::Interrupted | swarm_protocol::ProjectState::Paused => {
             println!("resume with: agentswarm resume {}", r.project_id);
@@ -239,6 +245,13 @@ pub fn print_report(r: &RunReport, json: bool) {
             "tasks_done": r.tasks_done,
             "error": r.error,
         });
+        let mut v = v;
+        // On an existing repository (`--repo`): where the work went.
+        if let (Some(obj), true) = (v.as_object_mut(), r.base.is_some()) {
+            obj.insert("branch".into(), serde_json::json!(r.branch));
+            obj.insert("base".into(), serde_json::json!(r.base));
+            obj.insert("patch".into(), serde_json::json!(r.patch));
+        }
         println!("{v}");
     }
 }

@@ -1052,3 +1052,89 @@ fn submit_bodies_are_read_as_the_schema_says() {
         "no plan given: the planner is asked"
     );
 }
+
+/// `repo` and `base` in the API: a path that is not a repository is a 422
+/// before anything is stored; a repository's project is delivered as a
+/// branch there, and the project's detail has its source.
+#[test]
+fn a_project_on_an_existing_repository_through_the_api() {
+    let h = two_task_harness();
+    let repo = h.home.path().join("src-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# existing\n").unwrap();
+    let git_in = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git_in(&["init", "-q", "-b", "main"]);
+    git_in(&["add", "-A"]);
+    git_in(&["commit", "-qm", "start"]);
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+
+    let plain = h.home.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let (code, err) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": plain})),
+    );
+    assert_eq!(code, 422, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a git repository"),
+        "{err}"
+    );
+    let (code, err) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "base": "nope"})),
+    );
+    assert_eq!(code, 422, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("does not exist"),
+        "{err}"
+    );
+    let (_, list) = api.get("/api/v1/projects", "/api/v1/projects");
+    assert_eq!(list["projects"].as_array().unwrap().len(), 0, "{list}");
+
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "base": "main"})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let detail = api.wait_state(&id, 120, &["done"]);
+    let branch = format!("agentswarm/{id}");
+    assert_eq!(detail["source"]["branch"], branch.as_str(), "{detail}");
+    assert_eq!(detail["source"]["base"], "main");
+    assert_eq!(
+        detail["source"]["base_commit"].as_str().unwrap(),
+        git_in(&["rev-parse", "main"])
+    );
+    assert_eq!(git_in(&["show", &format!("{branch}:b.txt")]), "b");
+    assert_eq!(
+        git_in(&["show", &format!("{branch}:README.md")]),
+        "# existing"
+    );
+}

@@ -13,6 +13,7 @@
 
 pub mod context;
 pub mod paths;
+mod prepare;
 pub mod stuck;
 pub mod tools;
 
@@ -466,19 +467,23 @@ fn start_setup(start: &WorkerStart) -> Setup {
     let worktree = start.worktree.clone();
     let repo = start.repo.clone();
     let policy = start.sandbox.clone();
-    std::thread::spawn(move || match setup {
-        WorktreeSetup::Ready => Ok(()),
-        WorktreeSetup::Create { repo, branch, base } => open_repo(&repo, &policy)
-            .and_then(|r| r.add_worktree_at(&worktree, &branch, &base))
-            .map_err(|e| e.to_string()),
-        WorktreeSetup::Reset {
-            branch,
-            base,
-            clean,
-        } => open_repo(&repo, &policy)
-            .and_then(|r| swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean))
-            .map(|link| report_link(&worktree, link))
-            .map_err(|e| e.to_string()),
+    let repo_prepare = start.prepare.clone();
+    std::thread::spawn(move || {
+        match setup {
+            WorktreeSetup::Ready => Ok(()),
+            WorktreeSetup::Create { repo, branch, base } => open_repo(&repo, &policy)
+                .and_then(|r| r.add_worktree_at(&worktree, &branch, &base))
+                .map_err(|e| e.to_string()),
+            WorktreeSetup::Reset {
+                branch,
+                base,
+                clean,
+            } => open_repo(&repo, &policy)
+                .and_then(|r| swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean))
+                .map(|link| report_link(&worktree, link))
+                .map_err(|e| e.to_string()),
+        }?;
+        prepare::prepare_worktree(&worktree, &repo_prepare, &policy)
     })
 }
 
@@ -572,6 +577,7 @@ mod tests {
             setup,
             sandbox: Default::default(),
             agent: Default::default(),
+            prepare: Default::default(),
         })))
         .unwrap()
     }

@@ -134,6 +134,46 @@ pub struct FileConfig {
     /// (default 65534, `nobody`; never 0).
     pub sandbox_uid: Option<u32>,
     pub run: Option<FileRun>,
+    /// `[repos]`: projects that start from an existing repository
+    /// (`run --repo`; docs/existing-repos.md).
+    pub repos: Option<FileRepos>,
+}
+
+/// `[repos]` of the config file.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRepos {
+    /// The most files the base commit may hold (default 200000).
+    pub max_files: Option<u64>,
+    /// The most bytes its files may add up to, in MB (default 2048).
+    pub max_size_mb: Option<u64>,
+    /// Commits of history fetched from a URL (default 0: all of it; a
+    /// shallow clone of a large repository is much faster).
+    pub clone_depth: Option<u32>,
+    /// The repository map in the planner's prompt, in tokens (about 4
+    /// characters each; default 6000).
+    pub map_tokens: Option<usize>,
+}
+
+/// The resolved `[repos]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSettings {
+    pub max_files: u64,
+    pub max_size_mb: u64,
+    /// 0: the whole history.
+    pub clone_depth: u32,
+    pub map_tokens: usize,
+}
+
+impl Default for RepoSettings {
+    fn default() -> Self {
+        Self {
+            max_files: 200_000,
+            max_size_mb: 2048,
+            clone_depth: 0,
+            map_tokens: 6000,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
@@ -267,6 +307,8 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     /// `[nodes.NAME]`, checked (the local machine is not among them).
     pub nodes: Vec<nodes::Node>,
+    /// `[repos]`: limits and budgets of projects on an existing repository.
+    pub repos: RepoSettings,
     /// `Err` keeps why no model is configured until a command needs one.
     models: std::result::Result<Models, ModelMissing>,
     /// Source of each resolved value, by its name in the file.
@@ -829,6 +871,37 @@ impl Config {
                 message,
             },
         )?;
+        let repos = {
+            let f = file.repos.clone().unwrap_or_default();
+            let d = RepoSettings::default();
+            RepoSettings {
+                max_files: r.pick("repos.max_files", None, None, f.max_files, d.max_files, "")?,
+                max_size_mb: r.pick(
+                    "repos.max_size_mb",
+                    None,
+                    None,
+                    f.max_size_mb,
+                    d.max_size_mb,
+                    "",
+                )?,
+                clone_depth: r.pick(
+                    "repos.clone_depth",
+                    None,
+                    None,
+                    f.clone_depth,
+                    d.clone_depth,
+                    "",
+                )?,
+                map_tokens: r.pick(
+                    "repos.map_tokens",
+                    None,
+                    None,
+                    f.map_tokens,
+                    d.map_tokens,
+                    "",
+                )?,
+            }
+        };
         let models = r.models(ModelInputs {
             providers: file.providers.as_ref(),
             models: file.models.as_ref(),
@@ -858,6 +931,7 @@ impl Config {
             api_token,
             sandbox,
             nodes,
+            repos,
             models,
             sources: r.sources,
             file: file_path,

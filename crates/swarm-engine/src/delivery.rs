@@ -41,9 +41,23 @@ pub(crate) async fn finish(
     } else {
         ProjectState::Failed
     };
-    let error = (!verify_done).then(|| wording::failure_summary(&s.order, &s.tasks));
-
+    let mut error = (!verify_done).then(|| wording::failure_summary(&s.order, &s.tasks));
     let store = engine.store.as_ref();
+    // On an existing repository: what verify said on the base commit.
+    let baseline = crate::source::baseline_of(store, &id)?;
+    if let (Some(e), Some(false)) = (
+        error.as_mut(),
+        baseline
+            .as_ref()
+            .and_then(|b| b.get("passed"))
+            .and_then(serde_json::Value::as_bool),
+    ) {
+        e.push_str(
+            "; note: verify already failed on the base commit before any task ran (the \
+             baseline), so some of these failures were there before the swarm",
+        );
+    }
+
     let project = store.project(&id)?;
     let tasks = store.tasks(&id)?;
     let repo = s.integration.repo().clone();
@@ -67,6 +81,60 @@ pub(crate) async fn finish(
         }
     }
     let outputs = s.integration.outputs().clone();
+    // An existing repository: the branch, patch, bundle and PR.md first, so
+    // that both manifests name them.
+    if let (Some(src), Some(head)) = (crate::source::of(&project), final_commit.clone()) {
+        let (project2, tasks2, verify2) = (project.clone(), tasks.clone(), last_verify.clone());
+        let (root, out) = (repo.root().to_owned(), outputs.clone());
+        let baseline2 = baseline.clone();
+        let src2 = src.clone();
+        let delivered = tokio::task::spawn_blocking(move || {
+            crate::source::deliver(
+                &project2,
+                &src2,
+                &tasks2,
+                verify2.as_deref(),
+                baseline2.as_ref(),
+                &root,
+                &head,
+                &out,
+            )
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        if let Some(obj) = manifest.as_object_mut() {
+            if let Some(v) = obj.get_mut("verify").and_then(|v| v.as_object_mut()) {
+                v.insert(
+                    "baseline".into(),
+                    baseline.clone().unwrap_or(serde_json::Value::Null),
+                );
+            }
+            obj.insert("source".into(), delivered.manifest_json());
+            obj.insert("beside".into(), delivered.beside_json());
+        }
+        if let Some(e) = &delivered.branch_error {
+            engine.emit(&id, None, "info", format!("delivery: {e}"));
+        }
+        if let Some(b) = &delivered.branch {
+            engine.emit(
+                &id,
+                None,
+                "info",
+                format!(
+                    "delivery: branch {b} in {}{}",
+                    delivered.repo,
+                    if delivered.pushed { " (pushed)" } else { "" }
+                ),
+            );
+        }
+        let mut stored = src;
+        stored.branch = delivered.branch.clone();
+        store.set_project_source(
+            &id,
+            &serde_json::to_value(&stored).map_err(|e| Error::Other(e.to_string()))?,
+        )?;
+        store.append_event(&id, None, "delivery_source", &delivered.manifest_json())?;
+    }
     let name = if plan_name.is_empty() {
         "project".to_owned()
     } else {

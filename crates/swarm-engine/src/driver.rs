@@ -45,6 +45,9 @@ pub struct BuiltinRunner {
     pub progress: broadcast::Sender<Progress>,
     /// The confinement of the commands the workers run.
     pub sandbox: swarm_exec::sandbox::SandboxPolicy,
+    /// An existing repository's worktree preparation (`.agentswarm.toml`);
+    /// `run_commands` is decided per attempt.
+    pub prepare: swarm_protocol::worker::RepoPrepare,
 }
 
 fn branch_name(task: &TaskId, attempt: u32) -> String {
@@ -128,6 +131,13 @@ async fn drive(
         }
     };
     let worktree = lease.path;
+    let mut prepare = ctx.prepare.clone();
+    // Set-up commands run in a new worktree or one cleaned of what they made.
+    prepare.run_commands = !prepare.commands.is_empty()
+        && matches!(
+            setup,
+            WorktreeSetup::Create { .. } | WorktreeSetup::Reset { clean: true, .. }
+        );
     let start = WorkerStart {
         project_id: project,
         task_id: task.clone(),
@@ -144,6 +154,7 @@ async fn drive(
         sandbox: ctx.sandbox.clone(),
         // The worker model's bounds (tool results, context window).
         agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
+        prepare,
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;

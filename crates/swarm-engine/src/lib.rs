@@ -2,6 +2,8 @@
 //! queue, verify, packager and recovery. The only crate that knows all the
 //! others. See docs/architecture.md.
 
+pub mod checks;
+pub mod continuation;
 mod delivery;
 mod driver;
 pub mod gate;
@@ -17,10 +19,12 @@ pub mod prompts;
 pub mod prune;
 mod recovery;
 mod redacted;
+pub mod repomap;
 mod run;
 pub mod runner;
 mod scheduler;
 pub mod serve;
+pub mod source;
 mod verify;
 pub mod views;
 mod wording;
@@ -70,6 +74,10 @@ pub enum Error {
          `run`/`resume`); `agentswarm status {0}` shows its progress, `agentswarm cancel {0}` stops it"
     )]
     Busy(ProjectId),
+    /// A `--repo`/`--base` that cannot be a project's starting point: said
+    /// before anything is stored or any model is called.
+    #[error("{0}")]
+    InvalidSource(String),
     #[error("{0}")]
     Other(String),
 }
@@ -158,6 +166,16 @@ pub struct RunReport {
     pub tasks_done: usize,
     /// Why the run did not end `done` (failed tasks, verify output, planner problems).
     pub error: Option<String>,
+    /// On an existing repository: the delivery branch written there
+    /// (`agentswarm/<project>`), once written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// On an existing repository: the base commit the project started from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// On an existing repository: `changes.patch` (against the base), once written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PathBuf>,
 }
 
 pub struct Engine {
@@ -379,6 +397,28 @@ impl Engine {
         create_project(&self.config, self.store.as_ref(), goal, plan)
     }
 
+    /// See [`continuation::continue_project`] (`run --continue`).
+    pub async fn continue_project(&self, project: &ProjectLock, goal: &str) -> Result<Vec<TaskId>> {
+        continuation::continue_project(self, project, goal).await
+    }
+
+    /// See [`create_project_from`]: a project on an existing repository.
+    pub fn create_project_on(
+        &self,
+        goal: &str,
+        plan: Option<Plan>,
+        source: Option<&source::SourceRequest>,
+    ) -> Result<ProjectLock> {
+        create_project_from(
+            &self.config,
+            self.store.as_ref(),
+            goal,
+            plan,
+            self.config.run.clone(),
+            source,
+        )
+    }
+
     /// Plans (if needed), runs and delivers the locked project until it ends
     /// or `cancel` fires. Safe to call again on a stopped project (`resume`):
     /// finished tasks are never run again.
@@ -585,6 +625,20 @@ pub fn create_project_with(
     plan: Option<Plan>,
     limits: RunLimits,
 ) -> Result<ProjectLock> {
+    create_project_from(config, store, goal, plan, limits, None)
+}
+
+/// [`create_project_with`] on an existing repository (`--repo`): `source`
+/// is checked first ([`source::check`]); a bad one is an error before
+/// anything is stored.
+pub fn create_project_from(
+    config: &Config,
+    store: &dyn Store,
+    goal: &str,
+    plan: Option<Plan>,
+    limits: RunLimits,
+    source: Option<&source::SourceRequest>,
+) -> Result<ProjectLock> {
     if let Some(why) = goal_problem(goal) {
         return Err(Error::InvalidGoal(why));
     }
@@ -597,6 +651,13 @@ pub fn create_project_with(
             return Err(Error::InvalidPlan(problems));
         }
     }
+    let source = match source {
+        Some(req) => Some(
+            serde_json::to_value(source::check(config, req)?)
+                .map_err(|e| Error::Other(e.to_string()))?,
+        ),
+        None => None,
+    };
     let id = new_project_id();
     let lock = lock_project(config, &id)?;
     let options = serde_json::to_value(&limits).map_err(|e| Error::Other(e.to_string()))?;
@@ -604,6 +665,7 @@ pub fn create_project_with(
         id: id.clone(),
         goal: goal.to_owned(),
         options,
+        source,
     })?;
     if let Some(p) = plan {
         store.save_plan(&id, &p, &new_tasks(&p, 0))?;

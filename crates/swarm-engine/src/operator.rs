@@ -130,13 +130,30 @@ impl Engine {
         plan: Option<Plan>,
         options: &ProjectOptions,
     ) -> Result<ProjectId> {
+        self.submit_on(goal, plan, options, None)
+    }
+
+    /// [`Engine::submit`] on an existing repository (`source`).
+    pub fn submit_on(
+        &self,
+        goal: &str,
+        plan: Option<Plan>,
+        options: &ProjectOptions,
+        source: Option<&crate::source::SourceRequest>,
+    ) -> Result<ProjectId> {
         let problems = options.problems();
         if !problems.is_empty() {
             return Err(Error::InvalidOptions(problems));
         }
         let limits = apply_options(self.config.run.clone(), options);
-        let lock =
-            crate::create_project_with(&self.config, self.store.as_ref(), goal, plan, limits)?;
+        let lock = crate::create_project_from(
+            &self.config,
+            self.store.as_ref(),
+            goal,
+            plan,
+            limits,
+            source,
+        )?;
         Ok(lock.id().clone())
     }
 
@@ -262,6 +279,7 @@ mod tests {
                 id: id.clone(),
                 goal: "a goal".into(),
                 options: serde_json::json!({}),
+                source: None,
             })
             .unwrap();
         assert_eq!(

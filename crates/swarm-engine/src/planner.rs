@@ -40,8 +40,11 @@ pub struct PlanOutcome {
 }
 
 enum Kind<'a> {
-    Initial,
-    Fix { existing: &'a HashSet<TaskId> },
+    /// With the repository's checks, given to a verify task without commands.
+    Initial(Option<&'a crate::checks::Checks>),
+    Fix {
+        existing: &'a HashSet<TaskId>,
+    },
 }
 
 async fn ask(
@@ -71,9 +74,12 @@ async fn ask(
         };
         let content = reply.content.clone().unwrap_or_default();
         let problems = match extract_plan(&content) {
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let problems = match kind {
-                    Kind::Initial => validate_plan(&plan, max_tasks),
+                    Kind::Initial(checks) => {
+                        crate::checks::fill_verify(&mut plan, checks);
+                        validate_plan(&plan, max_tasks)
+                    }
                     Kind::Fix { existing } => validate_fix_tasks(&plan, existing, max_tasks),
                 };
                 if problems.is_empty() {
@@ -98,11 +104,15 @@ async fn ask(
     }
 }
 
-pub async fn plan(
+/// Asks for the project's plan; `request` is the first user message
+/// ([`prompts::planner_request`], or for an existing repository
+/// [`prompts::planner_request_on_repo`]).
+pub async fn plan_with(
     gateway: &Gateway,
     project: &ProjectId,
-    goal: &str,
+    request: String,
     max_tasks: u32,
+    checks: Option<&crate::checks::Checks>,
 ) -> PlanOutcome {
     let caller = Caller {
         project,
@@ -115,8 +125,8 @@ pub async fn plan(
         gateway,
         caller,
         prompts::PLANNER_SYSTEM,
-        prompts::planner_request(goal, max_tasks),
-        Kind::Initial,
+        request,
+        Kind::Initial(checks),
         max_tasks,
     )
     .await
@@ -140,6 +150,34 @@ pub async fn fix_plan(
         gateway,
         caller,
         prompts::FIXER_SYSTEM,
+        request,
+        Kind::Fix { existing },
+        max_tasks,
+    )
+    .await
+}
+
+/// Asks for the tasks of a follow-up goal on a project's `main`
+/// (`run --continue`): code tasks only, validated as fix tasks are;
+/// `request` begins with `Goal: ` ([`prompts::continue_request`]).
+pub async fn continue_plan(
+    gateway: &Gateway,
+    project: &ProjectId,
+    request: String,
+    existing: &HashSet<TaskId>,
+    max_tasks: u32,
+) -> PlanOutcome {
+    let caller = Caller {
+        project,
+        task: None,
+        attempt: None,
+        role: ModelRole::Planner,
+        turn: 1,
+    };
+    ask(
+        gateway,
+        caller,
+        prompts::CONTINUE_SYSTEM,
         request,
         Kind::Fix { existing },
         max_tasks,

@@ -35,9 +35,110 @@ task completely and only your task, check your work (run its tests when there ar
 finish with a short summary of what you did and which files you changed. Everything you write is \
 committed for you when you call finish.";
 
+pub const CONTINUE_SYSTEM: &str = "You are the planner of AgentSwarm, a swarm of coding agents. \
+The project below exists and its work so far is merged into `main`; the user asks for more. Plan the \
+code tasks that do the new goal on top of `main`, split so that separate agents can do them in \
+parallel, each in its own git worktree. Reply with a plan document only (bare JSON or one ```json \
+block): {\"name\": \"<slug>\", \"summary\": \"…\", \"tasks\": [{\"id\", \"title\", \"description\", \
+\"depends_on\", \"files\", \"kind\": \"code\"}]}. Tasks may edit existing files; tasks that can run \
+at the same time must not write the same files. Do not include a verify task: the project's verify \
+runs again by itself after your tasks merge.";
+
+/// The first message of a follow-up plan (`run --continue`): the new goal
+/// first (the contract of planner conversations), then what the project
+/// is and what is done, then the repository map.
+pub fn continue_request(
+    goal: &str,
+    project_goal: &str,
+    done: &[(String, String, String)],
+    map: &str,
+    instructions: Option<&str>,
+    max_tasks: u32,
+) -> String {
+    let mut s = format!(
+        "Goal: {goal}\n\nThis continues an existing project whose goal was: {project_goal}\n\nDone and merged so far:\n"
+    );
+    for (id, title, summary) in done {
+        s.push_str(&format!("- {id} ({title}): {}\n", summary.trim()));
+    }
+    s.push_str(&format!(
+        "\n<repository-map>\n{}\n</repository-map>\n",
+        map.trim_end()
+    ));
+    if let Some(i) = instructions {
+        s.push_str(&format!(
+            "\n<agent-instructions>\n{}\n</agent-instructions>\n",
+            i.trim_end()
+        ));
+    }
+    s.push_str(&format!(
+        "\nPlan at most {max_tasks} tasks. Reply with the plan document only."
+    ));
+    s
+}
+
 /// The planner's first user message.
 pub fn planner_request(goal: &str, max_tasks: u32) -> String {
     format!("Goal: {goal}\n\nPlan at most {max_tasks} tasks. Reply with the plan document only.")
+}
+
+/// The planner's first user message for a project on an existing
+/// repository: the goal (still the first line), then the repository map
+/// and the repository's instructions for agents.
+pub fn planner_request_on_repo(
+    goal: &str,
+    max_tasks: u32,
+    map: &str,
+    instructions: Option<&str>,
+    checks: Option<&crate::checks::Checks>,
+) -> String {
+    let mut s = format!(
+        "Goal: {goal}\n\nThe project is an existing repository: work on what is there. Tasks may \
+         edit existing files (name them in `files`); tasks that can run at the same time must \
+         still not write the same files. The verify task's commands should be the repository's \
+         own checks (its tests) where it has them.\n\n<repository-map>\n{}\n</repository-map>\n",
+        map.trim_end()
+    );
+    if let Some(i) = instructions {
+        s.push_str(&format!(
+            "\nThe repository's instructions for agents (its workers get them too):\n<agent-instructions>\n{}\n</agent-instructions>\n",
+            i.trim_end()
+        ));
+    }
+    match checks {
+        Some(c) => s.push_str(&format!(
+            "\nThe repository's checks ({}): {}. Leave the verify task's `commands` empty to run \
+             exactly these, or list the commands that check the goal.\n",
+            c.why,
+            c.commands
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None => s.push_str(
+            "\nNo test command was found in the repository: give the verify task the commands \
+             that check the goal.\n",
+        ),
+    }
+    s.push_str(&format!(
+        "\nPlan at most {max_tasks} tasks. Reply with the plan document only."
+    ));
+    s
+}
+
+/// The worker's system prompt, with the repository's instructions for
+/// agents when it has some.
+pub fn worker_system(instructions: Option<&str>) -> String {
+    match instructions {
+        None => WORKER_SYSTEM.to_owned(),
+        Some(i) => format!(
+            "{WORKER_SYSTEM}\n\nThis project is an existing repository. Its own instructions for \
+             agents follow; keep to them where they do not contradict your task.\n\
+             <agent-instructions>\n{}\n</agent-instructions>",
+            i.trim_end()
+        ),
+    }
 }
 
 /// A re-ask after a plan that broke rules.

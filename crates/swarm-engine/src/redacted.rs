@@ -63,6 +63,9 @@ impl Store for RedactedStore {
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()> {
         self.inner.set_planner_calls(id, calls)
     }
+    fn set_project_source(&self, id: &ProjectId, source: &serde_json::Value) -> Result<()> {
+        self.inner.set_project_source(id, source)
+    }
     fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()> {
         self.inner.set_project_options(id, options)
     }
@@ -172,6 +175,7 @@ mod tests {
                 id: id.clone(),
                 goal: format!("goal with {key}"),
                 options: serde_json::json!({}),
+                source: None,
             })
             .unwrap();
         store

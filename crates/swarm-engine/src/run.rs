@@ -170,12 +170,110 @@ async fn run_inner(
         store.append_event(id, None, "sandbox", &sandbox_report)?;
     }
 
+    // An existing repository: the project repository is made from its base
+    // commit (cloned, for a URL) and checked before any model call.
+    let repo_root = project_dir.join("repo");
+    // Its `.agentswarm.toml` and the checks it names or that are detected.
+    let mut repo_config: Option<crate::checks::RepoConfig> = None;
+    let mut repo_checks: Option<crate::checks::Checks> = None;
+    if let Some(src) = crate::source::of(&project) {
+        let config = engine.config.clone();
+        let root = repo_root.clone();
+        let before = src.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || crate::source::prepare(&config, &src, &root))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+        match prepared {
+            Ok(src) => {
+                let root = repo_root.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    crate::checks::repo_config(&root).map(|c| {
+                        let checks = crate::checks::default_checks(&root, c.as_ref());
+                        (c, checks)
+                    })
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+                match found {
+                    Ok((c, checks)) => {
+                        repo_config = c;
+                        repo_checks = checks;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        set_project(engine, id, ProjectState::Failed, Some(&msg))?;
+                        engine.emit(id, None, "project", format!("project {id} failed: {msg}"));
+                        return report(engine, id, None);
+                    }
+                }
+                if src != before {
+                    let v = serde_json::to_value(&src).map_err(|e| Error::Other(e.to_string()))?;
+                    store.set_project_source(id, &v)?;
+                    project = store.project(id)?;
+                }
+                if announce {
+                    engine.emit(
+                        id,
+                        None,
+                        "project",
+                        format!(
+                            "repository: {} at {} ({})",
+                            src.repo,
+                            src.base.as_deref().unwrap_or("HEAD"),
+                            src.base_commit.as_deref().unwrap_or("?")
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                set_project(engine, id, ProjectState::Failed, Some(&msg))?;
+                engine.emit(id, None, "project", format!("project {id} failed: {msg}"));
+                return report(engine, id, None);
+            }
+        }
+    }
+
     // Planning: asked once; a stored plan is never asked for again.
     if project.plan.is_none() {
         set_project(engine, id, ProjectState::Planning, None)?;
         engine.emit(id, None, "project", format!("project {id}: planning"));
+        let request = match crate::source::of(&project) {
+            None => crate::prompts::planner_request(&project.goal, limits.max_tasks),
+            Some(_) => {
+                let root = repo_root.clone();
+                let budget = engine.config.repos.map_tokens * crate::repomap::CHARS_PER_TOKEN;
+                let (map, instructions) = tokio::task::spawn_blocking(move || {
+                    (
+                        crate::repomap::map(&root, budget),
+                        crate::repomap::instructions(&root),
+                    )
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+                let map = map?;
+                store.append_event(
+                    id,
+                    None,
+                    "repo_map",
+                    &serde_json::json!({
+                        "chars": map.len(),
+                        "budget_chars": budget,
+                        "instructions_chars": instructions.as_ref().map_or(0, String::len),
+                    }),
+                )?;
+                crate::prompts::planner_request_on_repo(
+                    &project.goal,
+                    limits.max_tasks,
+                    &map,
+                    instructions.as_deref(),
+                    repo_checks.as_ref(),
+                )
+            }
+        };
         let outcome = tokio::select! {
-            o = planner::plan(&engine.gateway, id, &project.goal, limits.max_tasks) => o,
+            o = planner::plan_with(&engine.gateway, id, request, limits.max_tasks, repo_checks.as_ref()) => o,
             _ = cancel.cancelled() => {
                 set_project(engine, id, ProjectState::Interrupted, None)?;
                 return report(engine, id, None);
@@ -187,6 +285,9 @@ async fn run_inner(
         match outcome.result {
             Ok(plan) => {
                 store.save_plan(id, &plan, &new_tasks(&plan, 0))?;
+                if crate::source::of(&project).is_some() {
+                    announce_verify(engine, id, &plan, repo_checks.as_ref())?;
+                }
                 store.append_event(id, None, "plan", &serde_json::json!({"source": "planner", "tasks": plan.tasks.len(), "calls": outcome.calls}))?;
                 engine.emit(
                     id,
@@ -213,7 +314,6 @@ async fn run_inner(
         .clone()
         .ok_or_else(|| Error::Other("the project has no plan".into()))?;
 
-    let repo_root = project_dir.join("repo");
     let pid = id.to_string();
     let repo = {
         let root = repo_root.clone();
@@ -222,6 +322,23 @@ async fn run_inner(
             .map_err(|e| Error::Other(e.to_string()))??
     };
 
+    // `.agentswarm.toml`'s copied files are never committed.
+    let prepare = match &repo_config {
+        Some(c) => {
+            let dests: Vec<String> = c.copy.values().cloned().collect();
+            let root = repo_root.clone();
+            tokio::task::spawn_blocking(move || crate::source::exclude(&root, &dests))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+            swarm_protocol::worker::RepoPrepare {
+                copy: c.copy.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+                commands: c.setup.clone(),
+                run_commands: false,
+                timeout_secs: limits.verify_timeout_secs,
+            }
+        }
+        None => Default::default(),
+    };
     let worktrees_dir = project_dir.join("worktrees");
     let pool = Arc::new(swarm_git::WorktreePool::new(
         repo.clone(),
@@ -243,7 +360,10 @@ async fn run_inner(
         store: store.clone(),
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
+        prepare,
     });
+    let baseline_sandbox = sandbox.clone();
+    let baseline_limits = limits.clone();
     let parts = MainlineParts {
         project: id.clone(),
         repo: repo.clone(),
@@ -267,9 +387,29 @@ async fn run_inner(
         |events| Mainline::start(parts, events),
         cancel,
     )?;
+    if crate::source::of(&project).is_some() {
+        let root = repo_root.clone();
+        let instructions = tokio::task::spawn_blocking(move || crate::repomap::instructions(&root))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
+        run.set_worker_system(crate::prompts::worker_system(instructions.as_deref()));
+    }
     let stale = run.stale();
-    let commits =
+    let mut commits =
         recovery::clean_up(repo.clone(), worktrees_dir.clone(), !stale.is_empty()).await?;
+    // On an existing repository, commits of its own history that carry
+    // Swarm trailers (an earlier delivery merged there) are not this run's.
+    if let (Some(base), false) = (
+        crate::source::of(&project).and_then(|s| s.base_commit),
+        commits.is_empty(),
+    ) {
+        let root = repo_root.clone();
+        let history =
+            tokio::task::spawn_blocking(move || swarm_git::source::reachable(&root, &base))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+        commits.retain(|c| !history.contains(&c.sha));
+    }
     run.reconcile(stale, &commits)?;
     if mode == Mode::RecoverOnly {
         run.integration.close_merge_queue().await;
@@ -285,9 +425,10 @@ async fn run_inner(
         .collect();
     let (redactor, pid) = (engine.gateway.redactor().clone(), id.clone());
     let (archive_outputs, archive_dir) = (outputs.clone(), worktrees_dir.clone());
+    let archive_repo = repo.clone();
     let rebuilt = tokio::task::spawn_blocking(move || {
         recovery::rebuild_archives(
-            &repo,
+            &archive_repo,
             &archive_dir,
             &archive_outputs,
             &pid,
@@ -304,6 +445,26 @@ async fn run_inner(
             "project",
             format!("project {id}: {rebuilt} task archive(s) an earlier run missed written"),
         );
+    }
+    if let Some(src) = crate::source::of(&project) {
+        let verify_commands = store
+            .tasks(id)?
+            .into_iter()
+            .find(|t| t.kind == swarm_protocol::TaskKind::Verify)
+            .map(|t| t.commands)
+            .unwrap_or_default();
+        crate::source::baseline(
+            engine,
+            id,
+            &src,
+            &repo,
+            &worktrees_dir.join("baseline"),
+            &verify_commands,
+            &baseline_limits,
+            baseline_sandbox,
+            &run.cancel,
+        )
+        .await?;
     }
     set_project(engine, id, ProjectState::Running, None)?;
     engine.emit(
@@ -374,6 +535,41 @@ pub(crate) async fn note_quota_holds(
     }
 }
 
+/// Says which verify commands an existing repository's project runs and
+/// why (the plan's, `.agentswarm.toml`'s, or detected), as a
+/// `verify_commands` event and a progress line.
+fn announce_verify(
+    engine: &Engine,
+    id: &ProjectId,
+    plan: &swarm_protocol::Plan,
+    checks: Option<&crate::checks::Checks>,
+) -> Result<()> {
+    let Some(verify) = plan
+        .tasks
+        .iter()
+        .find(|t| t.kind == swarm_protocol::TaskKind::Verify)
+    else {
+        return Ok(());
+    };
+    let why = match checks {
+        Some(c) if c.commands == verify.commands => c.why.clone(),
+        Some(_) | None => "the plan".to_owned(),
+    };
+    engine.store.append_event(
+        id,
+        None,
+        "verify_commands",
+        &serde_json::json!({"commands": verify.commands, "why": why}),
+    )?;
+    engine.emit(
+        id,
+        None,
+        "verify",
+        format!("verify will run: {} ({why})", verify.commands.join(" && ")),
+    );
+    Ok(())
+}
+
 pub(crate) fn set_project(
     engine: &Engine,
     id: &ProjectId,
@@ -400,6 +596,11 @@ pub(crate) fn report(
     let p = engine.store.project(id)?;
     let tasks = engine.store.tasks(id)?;
     let delivery = p.delivery.as_ref().map(PathBuf::from);
+    let source = crate::source::of(&p);
+    let patch = source.as_ref().and(delivery.as_ref()).and_then(|d| {
+        let patch = d.parent()?.join("changes.patch");
+        patch.is_file().then_some(patch)
+    });
     let manifest = manifest.or_else(|| {
         delivery
             .as_ref()
@@ -412,6 +613,9 @@ pub(crate) fn report(
         manifest,
         tasks_total: tasks.len(),
         tasks_done: tasks.iter().filter(|t| t.state == TaskState::Done).count(),
-        error: p.error,
+        error: p.error.clone(),
+        branch: source.as_ref().and_then(|s| s.branch.clone()),
+        base: source.as_ref().and_then(|s| s.base_commit.clone()),
+        patch,
     })
 }

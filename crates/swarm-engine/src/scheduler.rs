@@ -142,6 +142,9 @@ pub(crate) struct Scheduler<'e, I> {
     /// `agentswarm_attempt_duration_seconds`).
     attempt_started: HashMap<(TaskId, u32), Instant>,
     pub(crate) cancel: CancellationToken,
+    /// The workers' system prompt (with an existing repository's
+    /// instructions for agents: [`Scheduler::set_worker_system`]).
+    worker_system: String,
 }
 
 impl<'e, I: Integration> Scheduler<'e, I> {
@@ -185,9 +188,15 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             setup_failures: HashMap::new(),
             attempt_started: HashMap::new(),
             cancel,
+            worker_system: prompts::WORKER_SYSTEM.to_owned(),
         };
         s.reload()?;
         Ok(s)
+    }
+
+    /// The system prompt of every worker this scheduler starts from now on.
+    pub(crate) fn set_worker_system(&mut self, system: String) {
+        self.worker_system = system;
     }
 
     pub(crate) fn store(&self) -> &dyn swarm_store::Store {
@@ -412,7 +421,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         project: self.id.clone(),
                         task: id.clone(),
                         attempt,
-                        system_prompt: prompts::WORKER_SYSTEM.to_owned(),
+                        system_prompt: self.worker_system.clone(),
                         prompt,
                         commit_subject: format!("{}: {}", id, t.title),
                         max_turns: self.limits.max_turns,

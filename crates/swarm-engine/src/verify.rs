@@ -290,10 +290,22 @@ pub(crate) fn fix_tasks(
     round: u32,
     existing: &HashSet<TaskId>,
 ) -> Vec<swarm_store::NewTask> {
+    prefixed_tasks(plan, &format!("f{round}"), round, existing)
+}
+
+/// `plan`'s tasks with fresh ids `<prefix>-<id>` (unique among `existing`),
+/// their dependencies on each other renamed to match, and `fix_round` as
+/// their fix round.
+pub(crate) fn prefixed_tasks(
+    plan: &Plan,
+    prefix: &str,
+    round: u32,
+    existing: &HashSet<TaskId>,
+) -> Vec<swarm_store::NewTask> {
     let mut taken: HashSet<TaskId> = existing.clone();
     let mut rename: BTreeMap<TaskId, TaskId> = BTreeMap::new();
     for t in &plan.tasks {
-        let base: String = format!("f{round}-{}", t.id).chars().take(60).collect();
+        let base: String = format!("{prefix}-{}", t.id).chars().take(60).collect();
         let mut candidate = TaskId::new(base.clone());
         let mut n = 2;
         while taken.contains(&candidate) {

@@ -244,6 +244,7 @@ pub fn project_detail(
     Ok(api::ProjectDetail {
         project: summary(&p, &records),
         options: p.options.clone(),
+        source: crate::source::of(&p),
         fix_round: p.fix_round,
         planner_calls: p.planner_calls,
         final_commit: p.final_commit.clone(),

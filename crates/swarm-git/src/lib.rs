@@ -27,6 +27,7 @@
 
 mod inproc;
 mod pool;
+pub mod source;
 
 pub use inproc::merge_counts;
 pub use pool::{Lease, WorktreePool};

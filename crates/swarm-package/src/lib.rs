@@ -200,6 +200,11 @@ pub struct Delivery {
 }
 
 /// Keeps `[A-Za-z0-9._-]`, replaces the rest: the name becomes a file name.
+/// The SHA-256 of `bytes`, in lowercase hex (as in the manifests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn safe_name(name: &str) -> String {
     let s: String = name
         .chars()
@@ -219,11 +224,28 @@ pub fn safe_name(name: &str) -> String {
     }
 }
 
-fn manifest_text(files: &[FileEntry], total: u64, withheld: &[Withheld]) -> String {
+fn manifest_text(
+    files: &[FileEntry],
+    total: u64,
+    withheld: &[Withheld],
+    beside: &serde_json::Value,
+) -> String {
     let mut s = format!(
         "# agentswarm manifest v1\n# files: {}\n# bytes: {total}\n",
         files.len()
     );
+    // Files delivered next to the archive (an existing repository's patch,
+    // bundle and PR.md), named in `beside` of manifest.json.
+    for b in beside.as_array().into_iter().flatten() {
+        let field = |k: &str| b.get(k).map(|v| v.to_string().trim_matches('"').to_owned());
+        if let (Some(path), Some(size), Some(sha)) = (field("path"), field("size"), field("sha256"))
+        {
+            s.push_str(&format!(
+                "# beside  {sha}  {size}  {}\n",
+                escape_control(&path)
+            ));
+        }
+    }
     if !withheld.is_empty() {
         let n = withheld.len();
         s.push_str(&format!(
@@ -376,7 +398,11 @@ pub fn write_archive(
             }
         }
         let total_bytes = files.iter().map(|f| f.size).sum();
-        let manifest_txt = manifest_text(&files, total_bytes, &withheld);
+        let beside = manifest
+            .get("beside")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let manifest_txt = manifest_text(&files, total_bytes, &withheld, &beside);
         let mut doc = match manifest {
             serde_json::Value::Object(m) => m,
             serde_json::Value::Null => serde_json::Map::new(),

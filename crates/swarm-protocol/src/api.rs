@@ -65,6 +65,17 @@ pub struct SubmitRequest {
     pub plan: Option<serde_json::Value>,
     #[serde(default)]
     pub options: ProjectOptions,
+    /// Start from this existing repository (an absolute path on the
+    /// server's machine, or a git URL) instead of an empty one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// With `repo`: the branch to start from (default: the branch its
+    /// `HEAD` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// With `repo`: push the delivery branch to its remote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push: bool,
 }
 
 /// `POST /api/v1/projects/{id}/resume`.
@@ -119,6 +130,10 @@ pub struct ProjectList {
 pub struct ProjectDetail {
     pub project: ProjectSummary,
     pub options: serde_json::Value,
+    /// The existing repository the project starts from (`repo` at submit),
+    /// with its base commit and, once delivered, its branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::source::RepoSource>,
     pub fix_round: u32,
     /// How many times the planner model was asked.
     pub planner_calls: u32,

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod ids;
 pub mod plan;
 pub mod sandbox;
+pub mod source;
 pub mod state;
 pub mod text;
 pub mod worker;

@@ -60,6 +60,26 @@ pub struct WorkerStart {
     /// The worker model's bounds: tool results and its context window.
     #[serde(default)]
     pub agent: AgentSettings,
+    /// An existing repository's own preparation of a worktree
+    /// (`.agentswarm.toml`: `copy`, `setup`), done after [`WorkerStart::setup`].
+    #[serde(default)]
+    pub prepare: RepoPrepare,
+}
+
+/// What `.agentswarm.toml` asks of each worktree (docs/existing-repos.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RepoPrepare {
+    /// Files copied inside the worktree (source, destination), every
+    /// attempt; the destinations are never committed.
+    pub copy: Vec<(String, String)>,
+    /// Shell commands run in the worktree, in the sandbox, in order.
+    pub commands: Vec<String>,
+    /// Whether to run `commands` this attempt: the worktree is new, or was
+    /// cleaned of untracked and ignored files (what the commands made).
+    pub run_commands: bool,
+    /// Wall time of each command, in seconds.
+    pub timeout_secs: u64,
 }
 
 /// Per-model bounds of the built-in agent (`[models.worker]` in the

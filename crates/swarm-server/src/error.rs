@@ -72,9 +72,11 @@ impl From<swarm_engine::Error> for ApiError {
         use swarm_engine::Error as E;
         match e {
             E::Store(s) => s.into(),
-            E::InvalidPlan(_) | E::InvalidOptions(_) | E::InvalidGoal(_) | E::UnpricedBudget(_) => {
-                ApiError::unprocessable(e.to_string())
-            }
+            E::InvalidPlan(_)
+            | E::InvalidOptions(_)
+            | E::InvalidGoal(_)
+            | E::UnpricedBudget(_)
+            | E::InvalidSource(_) => ApiError::unprocessable(e.to_string()),
             E::Busy(_) | E::Cancelled(_) | E::NotResumable(..) => ApiError::conflict(e.to_string()),
             E::Config(_) | E::Git(_) | E::Other(_) => ApiError::internal(e.to_string()),
         }

@@ -188,7 +188,20 @@ pub async fn submit(
     };
     let engine = s.engine.clone();
     let goal = goal.to_owned();
-    let id = blocking(move || engine.submit(&goal, plan, &req.options)).await?;
+    let source = match req.repo {
+        Some(repo) => Some(swarm_engine::source::SourceRequest {
+            repo,
+            base: req.base,
+            push: req.push,
+        }),
+        None if req.base.is_some() || req.push => {
+            return Err(ApiError::unprocessable(
+                "`base` and `push` go with `repo`: name the repository to start from",
+            ))
+        }
+        None => None,
+    };
+    let id = blocking(move || engine.submit_on(&goal, plan, &req.options, source.as_ref())).await?;
     tracing::info!(project = %id, "project submitted through the API");
     Ok((StatusCode::CREATED, Json(s.engine.project_summary(&id)?)))
 }

@@ -76,6 +76,9 @@ pub struct NewProject {
     /// Run options as given (max_tasks, max_attempts, …), stored as JSON so
     /// `resume` runs with the same ones.
     pub options: serde_json::Value,
+    /// The existing repository it starts from (a `RepoSource` as JSON), if any.
+    #[serde(default)]
+    pub source: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +102,9 @@ pub struct ProjectRecord {
     pub updated_ms: i64,
     /// Why ready tasks are not starting (the resource gate), while that lasts.
     pub waiting: Option<String>,
+    /// The existing repository it starts from (a `RepoSource` as JSON), if any.
+    #[serde(default)]
+    pub source: Option<serde_json::Value>,
 }
 
 /// A task as the planner (or a fix round) gave it.
@@ -314,6 +320,8 @@ pub trait Store: Send + Sync {
     fn set_planner_calls(&self, id: &ProjectId, calls: u32) -> Result<()>;
     /// Replaces the run options (`resume` with new limits, e.g. a higher budget).
     fn set_project_options(&self, id: &ProjectId, options: &serde_json::Value) -> Result<()>;
+    /// Replaces the project's source (its base commit, once a URL is cloned).
+    fn set_project_source(&self, id: &ProjectId, source: &serde_json::Value) -> Result<()>;
     fn set_final(
         &self,
         id: &ProjectId,

@@ -100,6 +100,9 @@ ALTER TABLE model_calls ADD COLUMN provider TEXT NOT NULL DEFAULT '';
 ALTER TABLE model_calls ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE model_calls ADD COLUMN cost_usd REAL;
 "#,
+    r#"
+ALTER TABLE projects ADD COLUMN source TEXT;
+"#,
 ];
 
 /// The SQLite implementation of [`Store`]. One connection behind a mutex:
@@ -304,7 +307,7 @@ fn insert_tasks(tx: &Connection, id: &ProjectId, tasks: &[NewTask]) -> Result<()
     Ok(())
 }
 
-const PROJECT_COLUMNS: &str = "id, goal, name, state, plan, options, fix_round, planner_calls, error, final_commit, delivery, created_ms, updated_ms, waiting";
+const PROJECT_COLUMNS: &str = "id, goal, name, state, plan, options, fix_round, planner_calls, error, final_commit, delivery, created_ms, updated_ms, waiting, source";
 
 fn project_from_row(
     r: &Row<'_>,
@@ -328,6 +331,9 @@ fn project_from_row(
             created_ms: r.get(11)?,
             updated_ms: r.get(12)?,
             waiting: r.get(13)?,
+            source: r
+                .get::<_, Option<String>>(14)?
+                .and_then(|s| serde_json::from_str(&s).ok()),
         },
         state,
         plan,
@@ -439,8 +445,14 @@ impl Store for SqliteStore {
         self.write_durable(|tx| {
             let now = now_ms();
             tx.execute(
-                "INSERT INTO projects (id, goal, state, options, created_ms, updated_ms) VALUES (?1, ?2, 'queued', ?3, ?4, ?4)",
-                params![project.id.as_str(), project.goal, to_json(&project.options)?, now],
+                "INSERT INTO projects (id, goal, state, options, created_ms, updated_ms, source) VALUES (?1, ?2, 'queued', ?3, ?4, ?4, ?5)",
+                params![
+                    project.id.as_str(),
+                    project.goal,
+                    to_json(&project.options)?,
+                    now,
+                    project.source.as_ref().map(to_json).transpose()?
+                ],
             )?;
             insert_event(tx, &project.id, None, "project_state", &serde_json::json!({"from": null, "to": "queued"}))?;
             Ok(())
@@ -571,6 +583,20 @@ impl Store for SqliteStore {
         self.write_durable(|tx| {
             let n = tx.execute(
                 "UPDATE projects SET options = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![text, now_ms(), id.as_str()],
+            )?;
+            if n == 0 {
+                return Err(Error::ProjectNotFound(id.clone()));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_project_source(&self, id: &ProjectId, source: &serde_json::Value) -> Result<()> {
+        let text = to_json(source)?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE projects SET source = ?1, updated_ms = ?2 WHERE id = ?3",
                 params![text, now_ms(), id.as_str()],
             )?;
             if n == 0 {
@@ -987,6 +1013,7 @@ mod tests {
                 id: id.clone(),
                 goal: "g".into(),
                 options: serde_json::json!({}),
+                source: None,
             })
             .unwrap();
         store
@@ -1056,6 +1083,7 @@ mod tests {
             id: p2.clone(),
             goal: "g2".into(),
             options: serde_json::json!({}),
+            source: None,
         })
         .unwrap();
         let a = s
@@ -1118,6 +1146,39 @@ mod tests {
         let v = s.task(&id, &TaskId::from("v")).unwrap().unwrap();
         assert_eq!(v.depends_on, vec![TaskId::from("b"), TaskId::from("f1-x")]);
         assert_eq!(s.project(&id).unwrap().fix_round, 1);
+    }
+
+    #[test]
+    fn a_project_source_is_stored_replaced_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentswarm.db");
+        let id = ProjectId::from("p9");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_project(&NewProject {
+                id: id.clone(),
+                goal: "g".into(),
+                options: serde_json::json!({}),
+                source: Some(serde_json::json!({"repo": "/srv/app", "base": "main"})),
+            })
+            .unwrap();
+            assert_eq!(setup(&s), ProjectId::from("p1"));
+            assert_eq!(s.project(&ProjectId::from("p1")).unwrap().source, None);
+            s.set_project_source(
+                &id,
+                &serde_json::json!({"repo": "/srv/app", "base": "main", "branch": "agentswarm/p9"}),
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let p = s.project(&id).unwrap();
+        assert_eq!(
+            p.source.unwrap()["branch"],
+            serde_json::json!("agentswarm/p9")
+        );
+        assert!(s
+            .set_project_source(&ProjectId::from("nope"), &serde_json::json!({}))
+            .is_err());
     }
 
     #[test]
