@@ -99,12 +99,33 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     let theirs_id = repo.refname_to_id(&format!("refs/heads/{branch}"))?;
     let ours = repo.find_commit(ours_id)?;
     let theirs = repo.find_commit(theirs_id)?;
+    // A shallow repository (an existing repository cloned with a depth):
+    // libgit2's history walks stop at the missing parents with an error, so
+    // git, which knows the shallow boundary, walks it.
+    let shallow = root.join(".git/shallow").exists();
     // Already merged: `git merge --no-ff` says "Already up to date" and makes
     // no commit.
-    if theirs_id == ours_id || repo.graph_descendant_of(ours_id, theirs_id)? {
+    let merged = if shallow {
+        let (t, o) = (theirs_id.to_string(), ours_id.to_string());
+        let args = ["merge-base", "--is-ancestor", &t, &o];
+        let out = crate::git_status(root, &args, None)?;
+        match out.exit.code {
+            Some(0) => true,
+            Some(1) => false,
+            _ => return Err(crate::command_error(&args, &out)),
+        }
+    } else {
+        repo.graph_descendant_of(ours_id, theirs_id)?
+    };
+    if theirs_id == ours_id || merged {
         return Ok(Merged::Commit(ours_id.to_string()));
     }
-    let decided = match simple_merge(&repo, root, &ours, &theirs)? {
+    let simple = if shallow {
+        None
+    } else {
+        simple_merge(&repo, root, &ours, &theirs)?
+    };
+    let decided = match simple {
         Some(d) => {
             IN_PROCESS.fetch_add(1, Ordering::Relaxed);
             d
