@@ -220,6 +220,10 @@ pub struct ProjectLimitArgs {
     /// Let the project's commands use the network (package installs); recorded in the manifest.
     #[arg(long)]
     pub allow_network: bool,
+    /// The agent that does the project's tasks unless a task names one: a name under
+    /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 impl From<&ProjectLimitArgs> for LimitArgs {
@@ -233,6 +237,7 @@ impl From<&ProjectLimitArgs> for LimitArgs {
             max_cost_usd: p.max_cost_usd,
             max_tokens: p.max_tokens,
             allow_network: p.allow_network,
+            agent: p.agent.clone(),
         }
     }
 }
@@ -287,6 +292,10 @@ pub struct LimitArgs {
     /// Let the project's commands use the network (package installs); recorded in the manifest.
     #[arg(long)]
     pub allow_network: bool,
+    /// The agent that does the project's tasks unless a task names one: a name under
+    /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -112,6 +112,7 @@ pub fn load_config(
         max_cost_usd: limits.max_cost_usd,
         max_tokens: limits.max_tokens,
         allow_network: limits.allow_network.then_some(true),
+        agent: limits.agent.clone(),
     };
     let config = Config::resolve(file, &env_lookup, &flags)?;
     // From here on, every log line masks the configured keys and the API token.

@@ -571,6 +571,7 @@ mod tests {
             setup,
             sandbox: Default::default(),
             agent: Default::default(),
+            external: None,
         })))
         .unwrap()
     }

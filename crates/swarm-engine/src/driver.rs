@@ -45,6 +45,60 @@ pub struct BuiltinRunner {
     pub progress: broadcast::Sender<Progress>,
     /// The confinement of the commands the workers run.
     pub sandbox: swarm_exec::sandbox::SandboxPolicy,
+    /// Which agent does which task (docs/agents.md).
+    pub agents: AgentPlan,
+}
+
+/// Which agent does each task: the task's own choice (its plan's `agent`),
+/// else the project's (`--agent`, the API's option, `[models.worker]
+/// agent`), else the built-in agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentPlan {
+    pub configured: std::collections::BTreeMap<String, swarm_config::AgentChoice>,
+    pub project: Option<String>,
+    pub tasks: std::collections::HashMap<TaskId, String>,
+}
+
+impl AgentPlan {
+    /// The agent name for `task`.
+    pub fn name_for(&self, task: &TaskId) -> &str {
+        self.tasks
+            .get(task)
+            .or(self.project.as_ref())
+            .map(String::as_str)
+            .unwrap_or(swarm_config::BUILTIN)
+    }
+
+    /// The outside agent for `task` (`None`: the built-in one), or why the
+    /// task names one that is not configured.
+    pub fn spec_for(&self, task: &TaskId) -> Result<Option<swarm_protocol::agent::AgentSpec>, String> {
+        let name = self.name_for(task);
+        match self.configured.get(name) {
+            Some(swarm_config::AgentChoice::Builtin) => Ok(None),
+            Some(swarm_config::AgentChoice::External(s)) => Ok(Some(s.clone())),
+            None => Err(format!(
+                "agent {name:?} is not configured: add [agents.{name}] to agentswarm.toml (docs/agents.md)"
+            )),
+        }
+    }
+
+    /// Every name used that is not configured, with the task that uses it
+    /// (checked before a run starts any task).
+    pub fn unknown(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, n)| !self.configured.contains_key(n.as_str()))
+            .map(|(t, n)| format!("task {t} names agent {n:?}"))
+            .collect();
+        if let Some(n) = &self.project {
+            if !self.configured.contains_key(n.as_str()) {
+                v.push(format!("the project's agent is {n:?}"));
+            }
+        }
+        v.sort();
+        v
+    }
 }
 
 fn branch_name(task: &TaskId, attempt: u32) -> String {
@@ -90,6 +144,13 @@ async fn drive(
         live,
     } = job;
     let branch = branch_name(&task, attempt);
+    let external = match ctx.agents.spec_for(&task) {
+        Ok(e) => e,
+        Err(reason) => return (Outcome::ended(Ended::Failed, reason, 0), None),
+    };
+    if let Some(e) = &external {
+        live.tool(0, &format!("agent {}", e.name));
+    }
     // The worker prepares the worktree itself, while its first model call
     // is in flight; here it only gets a path and what to do with it.
     let lease = ctx.pool.lease();
@@ -144,6 +205,7 @@ async fn drive(
         sandbox: ctx.sandbox.clone(),
         // The worker model's bounds (tool results, context window).
         agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
+        external,
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;

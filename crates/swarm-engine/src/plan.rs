@@ -305,6 +305,7 @@ mod tests {
             } else {
                 vec![]
             },
+            agent: None,
         }
     }
 

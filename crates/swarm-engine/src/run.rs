@@ -3,7 +3,7 @@
 //! runner and its work on `main`, and the delivery. Each of those jobs has
 //! its own module; this one wires them together.
 
-use crate::driver::BuiltinRunner;
+use crate::driver::{AgentPlan, BuiltinRunner};
 use crate::mainline::{Mainline, MainlineParts};
 use crate::scheduler::Scheduler;
 use crate::{delivery, new_tasks, packager, planner, recovery};
@@ -190,6 +190,28 @@ async fn run_inner(
         .clone()
         .ok_or_else(|| Error::Other("the project has no plan".into()))?;
 
+    let agents = AgentPlan {
+        configured: engine.config.agents.clone(),
+        project: limits.agent.clone(),
+        tasks: plan
+            .tasks
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.agent.clone()?)))
+            .collect(),
+    };
+    // Checked before any task starts: a name that is not configured would
+    // fail every attempt of its task.
+    let unknown = agents.unknown();
+    if !unknown.is_empty() && mode != Mode::RecoverOnly {
+        let why = format!(
+            "{} not configured: add them under [agents] in agentswarm.toml (docs/agents.md) and resume",
+            unknown.join("; ")
+        );
+        set_project(engine, id, ProjectState::Paused, Some(&why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+
     let repo_root = project_dir.join("repo");
     let pid = id.to_string();
     let repo = {
@@ -220,6 +242,7 @@ async fn run_inner(
         store: store.clone(),
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
+        agents,
     });
     let parts = MainlineParts {
         project: id.clone(),

@@ -331,6 +331,7 @@ mod tests {
                     files: vec![],
                     kind: TaskKind::Code,
                     commands: vec![],
+                    agent: None,
                 },
                 PlanTask {
                     id: "b".into(),
@@ -340,6 +341,7 @@ mod tests {
                     files: vec![],
                     kind: TaskKind::Code,
                     commands: vec![],
+                    agent: None,
                 },
             ],
         };

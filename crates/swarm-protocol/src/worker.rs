@@ -60,6 +60,10 @@ pub struct WorkerStart {
     /// The worker model's bounds: tool results and its context window.
     #[serde(default)]
     pub agent: AgentSettings,
+    /// An outside agent that does the attempt instead of the built-in loop
+    /// (docs/agents.md); `None`: the built-in agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<crate::agent::AgentSpec>,
 }
 
 /// Per-model bounds of the built-in agent (`[models.worker]` in the
@@ -149,6 +153,9 @@ pub enum FromWorker {
         tools: Vec<ToolSpec>,
     },
     /// A tool call is about to run (for live progress and the event log).
+    /// An outside agent's tool calls, messages and plan updates come as
+    /// these too (`tool` is then the agent's own tool name, or `message`
+    /// and `plan`).
     Progress {
         turn: u32,
         tool: String,
