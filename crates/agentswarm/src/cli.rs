@@ -120,6 +120,19 @@ pub enum Command {
     /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Internal: the relay in front of an outside agent, inside its sandbox
+    /// (docs/agents.md): gives it a loopback endpoint that reaches SOCKET.
+    #[command(hide = true)]
+    AgentRelay {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// Environment variables whose `{gateway}` is replaced (comma-separated).
+        #[arg(long, default_value = "")]
+        templated: String,
+        /// The agent's program and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -112,7 +112,10 @@ pub(crate) fn resolve_agents(
             }
         };
         if name == BUILTIN {
-            return Err(bad(name, "`builtin` is the built-in agent's name; choose another"));
+            return Err(bad(
+                name,
+                "`builtin` is the built-in agent's name; choose another",
+            ));
         }
         let command = a.command.clone().unwrap_or_default();
         if command.is_empty() || command[0].trim().is_empty() {
@@ -160,17 +163,20 @@ pub(crate) fn resolve_agents(
             }
         };
         if kind == AgentKind::Acp && a.output.is_some() {
-            return Err(bad(name, "`output` is for `command` agents; an ACP agent's output is its protocol"));
+            return Err(bad(
+                name,
+                "`output` is for `command` agents; an ACP agent's output is its protocol",
+            ));
         }
         let credentials = match a.credentials.as_deref() {
             None | Some("gateway") => Credentials::Gateway,
             Some("own") => Credentials::Own,
-            Some(other) => {
-                return Err(bad(
-                    name,
-                    format!("credentials {other:?} is unknown; use \"gateway\" (the default) or \"own\""),
-                ))
-            }
+            Some(other) => return Err(bad(
+                name,
+                format!(
+                    "credentials {other:?} is unknown; use \"gateway\" (the default) or \"own\""
+                ),
+            )),
         };
         let paths = |list: &Option<Vec<PathBuf>>, what: &str| -> Result<Vec<PathBuf>> {
             let mut v = Vec::new();
@@ -179,7 +185,10 @@ pub(crate) fn resolve_agents(
                 if !p.is_absolute() {
                     return Err(bad(
                         name,
-                        format!("{what}: {} is not absolute; use an absolute path or ~/…", p.display()),
+                        format!(
+                            "{what}: {} is not absolute; use an absolute path or ~/…",
+                            p.display()
+                        ),
                     ));
                 }
                 v.push(p);

@@ -856,7 +856,13 @@ impl Config {
                 token
             });
         let sandbox = r.sandbox(&file)?;
-        for (role, f) in [("planner", file.models.as_ref().and_then(|m| m.planner.as_ref())), ("fixer", file.models.as_ref().and_then(|m| m.fixer.as_ref()))] {
+        for (role, f) in [
+            (
+                "planner",
+                file.models.as_ref().and_then(|m| m.planner.as_ref()),
+            ),
+            ("fixer", file.models.as_ref().and_then(|m| m.fixer.as_ref())),
+        ] {
             if f.is_some_and(|f| f.agent.is_some()) {
                 return Err(Error::Parse {
                     path: file_path.clone().unwrap_or_default(),
@@ -869,7 +875,11 @@ impl Config {
             if !agents.contains_key(name) {
                 return Err(Error::UnknownAgent {
                     name: name.clone(),
-                    origin: r.sources.get("run.agent").cloned().unwrap_or(Source::Default),
+                    origin: r
+                        .sources
+                        .get("run.agent")
+                        .cloned()
+                        .unwrap_or(Source::Default),
                     known: agents.keys().cloned().collect::<Vec<_>>().join(", "),
                 });
             }
@@ -1399,7 +1409,10 @@ output_per_mtok = 75.0
         let e = Config::resolve(Some((file, path)), &env_of(&[]), &flags)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("agent \"nope\" (from flag --agent) is not configured"), "{e}");
+        assert!(
+            e.contains("agent \"nope\" (from flag --agent) is not configured"),
+            "{e}"
+        );
         assert!(e.contains("builtin, gem"), "{e}");
         let e = resolve_file("[models.planner]\nmodel = \"m\"\nagent = \"x\"\n", &[])
             .unwrap_err()

@@ -71,7 +71,10 @@ impl AgentPlan {
 
     /// The outside agent for `task` (`None`: the built-in one), or why the
     /// task names one that is not configured.
-    pub fn spec_for(&self, task: &TaskId) -> Result<Option<swarm_protocol::agent::AgentSpec>, String> {
+    pub fn spec_for(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<swarm_protocol::agent::AgentSpec>, String> {
         let name = self.name_for(task);
         match self.configured.get(name) {
             Some(swarm_config::AgentChoice::Builtin) => Ok(None),

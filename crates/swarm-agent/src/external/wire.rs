@@ -1,0 +1,519 @@
+//! What an outside agent sends to its model endpoint, translated to the
+//! swarm's conversation (Chat Completions messages, which the gateway
+//! sends to any provider in the provider's own format), and the gateway's
+//! answer rendered back in the agent's format: a JSON body, or the
+//! server-sent events of a streamed answer.
+//!
+//! Two formats: Anthropic Messages and OpenAI Chat Completions. The
+//! request side is read leniently (content as a string or as parts, the
+//! fields agents add that the gateway has no use for are ignored); the
+//! answer side is written exactly as the vendors' APIs write it, since
+//! agents parse it strictly. Hand-written: the vendors' SDKs are clients,
+//! and no crate serves these formats.
+
+use serde_json::{json, Value};
+use swarm_protocol::chat::{ChatMessage, FunctionCall, Role, ToolCall, ToolSpec, Usage};
+
+/// A request of an agent, in the swarm's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRequest {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolSpec>,
+    pub stream: bool,
+    /// The model the agent asked for (echoed back; the gateway's model
+    /// answers).
+    pub model: String,
+    /// Chat Completions `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") | Some("input_text") | Some("output_text") => {
+                    p.get("text").and_then(Value::as_str).map(str::to_owned)
+                }
+                Some("image") | Some("image_url") => Some("[image omitted]".to_owned()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn bad(what: impl Into<String>) -> String {
+    what.into()
+}
+
+/// An Anthropic tool-use id may only hold `[a-zA-Z0-9_-]`.
+fn anthropic_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Reads an Anthropic Messages request body.
+pub fn from_anthropic(body: &Value) -> Result<AgentRequest, String> {
+    let mut messages = Vec::new();
+    let system = body.get("system").map(text_of).unwrap_or_default();
+    if !system.is_empty() {
+        messages.push(ChatMessage::system(system));
+    }
+    let Some(list) = body.get("messages").and_then(Value::as_array) else {
+        return Err(bad("`messages` must be an array"));
+    };
+    for m in list {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let content = m.get("content").cloned().unwrap_or(Value::Null);
+        let blocks: Vec<Value> = match content {
+            Value::String(s) => vec![json!({"type": "text", "text": s})],
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        match role {
+            "user" => {
+                let mut text = Vec::new();
+                for b in &blocks {
+                    match b.get("type").and_then(Value::as_str) {
+                        Some("tool_result") => {
+                            let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                            let mut t = b.get("content").map(text_of).unwrap_or_default();
+                            if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+                                t = format!("error: {t}");
+                            }
+                            messages.push(ChatMessage::tool_result(id, t));
+                        }
+                        _ => {
+                            let t = text_of(&Value::Array(vec![b.clone()]));
+                            if !t.is_empty() {
+                                text.push(t);
+                            }
+                        }
+                    }
+                }
+                if !text.is_empty() {
+                    messages.push(ChatMessage::user(text.join("\n")));
+                }
+            }
+            "assistant" => {
+                let mut text = Vec::new();
+                let mut calls = Vec::new();
+                for b in &blocks {
+                    match b.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            if let Some(t) = b.get("text").and_then(Value::as_str) {
+                                text.push(t.to_owned());
+                            }
+                        }
+                        Some("tool_use") => calls.push(ToolCall {
+                            id: b.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                            kind: "function".into(),
+                            function: FunctionCall {
+                                name: b
+                                    .get("name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_owned(),
+                                arguments: b.get("input").cloned().unwrap_or(json!({})).to_string(),
+                            },
+                        }),
+                        // Thinking blocks are the provider's to keep; a
+                        // different provider could not check their signature.
+                        _ => {}
+                    }
+                }
+                let joined = text.join("\n");
+                messages.push(ChatMessage {
+                    role: Role::Assistant,
+                    content: (!joined.is_empty() || calls.is_empty()).then_some(joined),
+                    tool_calls: calls,
+                    tool_call_id: None,
+                });
+            }
+            other => {
+                return Err(bad(format!(
+                    "message role {other:?} is not user or assistant"
+                )))
+            }
+        }
+    }
+    let mut tools = Vec::new();
+    for t in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        // Server tools (web search and the like) have no schema: the
+        // provider behind the gateway may not offer them.
+        let Some(schema) = t.get("input_schema") else {
+            continue;
+        };
+        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+        let description = t.get("description").and_then(Value::as_str).unwrap_or("");
+        tools.push(ToolSpec::function(name, description, schema.clone()));
+    }
+    Ok(AgentRequest {
+        messages,
+        tools,
+        stream: body.get("stream").and_then(Value::as_bool) == Some(true),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        include_usage: true,
+    })
+}
+
+/// Reads a Chat Completions request body.
+pub fn from_openai_chat(body: &Value) -> Result<AgentRequest, String> {
+    let Some(list) = body.get("messages").and_then(Value::as_array) else {
+        return Err(bad("`messages` must be an array"));
+    };
+    let mut messages = Vec::new();
+    for m in list {
+        let role = match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => return Err(bad(format!("message role {other:?} is not known"))),
+        };
+        let content = m.get("content").map(text_of);
+        let mut calls = Vec::new();
+        for c in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let f = c.get("function").cloned().unwrap_or(json!({}));
+            calls.push(ToolCall {
+                id: c.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: f
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    arguments: f
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or("{}")
+                        .to_owned(),
+                },
+            });
+        }
+        let content = match (&role, content) {
+            (Role::Assistant, Some(c)) if c.is_empty() && !calls.is_empty() => None,
+            (Role::Assistant, None) if calls.is_empty() => Some(String::new()),
+            (Role::Assistant, c) => c,
+            (_, c) => Some(c.unwrap_or_default()),
+        };
+        messages.push(ChatMessage {
+            role,
+            content,
+            tool_calls: calls,
+            tool_call_id: m
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
+    let mut tools = Vec::new();
+    for t in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(f) = t.get("function") else { continue };
+        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+        let description = f.get("description").and_then(Value::as_str).unwrap_or("");
+        let params = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or(json!({"type": "object", "properties": {}}));
+        tools.push(ToolSpec::function(name, description, params));
+    }
+    Ok(AgentRequest {
+        messages,
+        tools,
+        stream: body.get("stream").and_then(Value::as_bool) == Some(true),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        include_usage: body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true),
+    })
+}
+
+fn tool_input(args: &str) -> Value {
+    match serde_json::from_str::<Value>(args) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({}),
+    }
+}
+
+/// An Anthropic Messages answer.
+pub fn to_anthropic(message: &ChatMessage, usage: &Usage, model: &str, id: &str) -> Value {
+    let mut content = Vec::new();
+    if let Some(t) = message.content.as_deref().filter(|t| !t.is_empty()) {
+        content.push(json!({"type": "text", "text": t}));
+    }
+    for c in &message.tool_calls {
+        content.push(json!({"type": "tool_use", "id": anthropic_id(&c.id), "name": c.function.name, "input": tool_input(&c.function.arguments)}));
+    }
+    if content.is_empty() {
+        content.push(json!({"type": "text", "text": ""}));
+    }
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": if message.tool_calls.is_empty() { "end_turn" } else { "tool_use" },
+        "stop_sequence": null,
+        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+    })
+}
+
+/// The same answer as Anthropic's server-sent events, in order.
+pub fn to_anthropic_events(
+    message: &ChatMessage,
+    usage: &Usage,
+    model: &str,
+    id: &str,
+) -> Vec<(String, Value)> {
+    let full = to_anthropic(message, usage, model, id);
+    let mut start = full.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"] = json!({"input_tokens": usage.prompt_tokens, "output_tokens": 0});
+    let mut ev = vec![(
+        "message_start".to_owned(),
+        json!({"type": "message_start", "message": start}),
+    )];
+    for (i, block) in full["content"].as_array().into_iter().flatten().enumerate() {
+        let (open, delta) = match block["type"].as_str() {
+            Some("tool_use") => (
+                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            ),
+            _ => (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": block["text"]}),
+            ),
+        };
+        ev.push((
+            "content_block_start".into(),
+            json!({"type": "content_block_start", "index": i, "content_block": open}),
+        ));
+        ev.push((
+            "content_block_delta".into(),
+            json!({"type": "content_block_delta", "index": i, "delta": delta}),
+        ));
+        ev.push((
+            "content_block_stop".into(),
+            json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    ev.push((
+        "message_delta".into(),
+        json!({"type": "message_delta", "delta": {"stop_reason": full["stop_reason"], "stop_sequence": null}, "usage": {"output_tokens": usage.completion_tokens}}),
+    ));
+    ev.push(("message_stop".into(), json!({"type": "message_stop"})));
+    ev
+}
+
+/// A Chat Completions answer.
+pub fn to_openai_chat(
+    message: &ChatMessage,
+    usage: &Usage,
+    model: &str,
+    id: &str,
+    created: u64,
+) -> Value {
+    let mut m = json!({"role": "assistant", "content": message.content.clone().filter(|c| !c.is_empty() || message.tool_calls.is_empty())});
+    if !message.tool_calls.is_empty() {
+        m["tool_calls"] = serde_json::to_value(&message.tool_calls).unwrap_or(Value::Null);
+    }
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": m, "finish_reason": finish(message)}],
+        "usage": usage_json(usage),
+    })
+}
+
+fn finish(message: &ChatMessage) -> &'static str {
+    if message.tool_calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+/// The same answer as Chat Completions chunks (each a `data:` line; the
+/// caller ends with `data: [DONE]`).
+pub fn to_openai_chunks(
+    message: &ChatMessage,
+    usage: &Usage,
+    model: &str,
+    id: &str,
+    created: u64,
+    include_usage: bool,
+) -> Vec<Value> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    if let Some(t) = message.content.as_deref().filter(|t| !t.is_empty()) {
+        out.push(chunk(json!({"content": t}), Value::Null));
+    }
+    for (i, c) in message.tool_calls.iter().enumerate() {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}]}),
+            Value::Null,
+        ));
+    }
+    out.push(chunk(json!({}), json!(finish(message))));
+    if include_usage {
+        out.push(
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage_json(usage)}),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anthropic_conversation_becomes_chat_messages_and_back() {
+        let body = json!({
+            "model": "claude-x", "max_tokens": 100, "stream": true,
+            "system": [{"type": "text", "text": "be brief"}],
+            "tools": [{"name": "Write", "description": "write", "input_schema": {"type": "object"}},
+                      {"type": "web_search_20250305", "name": "web_search"}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": "Task a: do"}]},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}, {"type": "tool_use", "id": "toolu_1", "name": "Write", "input": {"file_path": "a"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "ok"}]}]}
+            ]
+        });
+        let r = from_anthropic(&body).unwrap();
+        assert!(r.stream);
+        assert_eq!(r.tools.len(), 1, "the server tool is left out");
+        assert_eq!(r.messages[0], ChatMessage::system("be brief"));
+        assert_eq!(
+            r.messages[1].content.as_deref(),
+            Some("<system-reminder>x</system-reminder>\nTask a: do")
+        );
+        assert_eq!(
+            r.messages[2].tool_calls[0].function.arguments,
+            r#"{"file_path":"a"}"#
+        );
+        assert_eq!(r.messages[2].content, None);
+        assert_eq!(r.messages[3], ChatMessage::tool_result("toolu_1", "ok"));
+
+        let reply = ChatMessage {
+            role: Role::Assistant,
+            content: Some("done".into()),
+            tool_calls: vec![ToolCall {
+                id: "call.9".into(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "Write".into(),
+                    arguments: r#"{"a":1}"#.into(),
+                },
+            }],
+            tool_call_id: None,
+        };
+        let u = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+            total_tokens: 7,
+            ..Usage::default()
+        };
+        let v = to_anthropic(&reply, &u, "claude-x", "msg_1");
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["content"][1]["id"], "call_9");
+        assert_eq!(v["content"][1]["input"], json!({"a": 1}));
+        let ev = to_anthropic_events(&reply, &u, "claude-x", "msg_1");
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(ev[5].1["delta"]["partial_json"], r#"{"a":1}"#);
+        assert_eq!(ev[7].1["delta"]["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn a_chat_completions_conversation_becomes_chat_messages_and_back() {
+        let body = json!({
+            "model": "m", "stream": true, "stream_options": {"include_usage": true},
+            "tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "developer", "content": "sys"},
+                {"role": "user", "content": [{"type": "text", "text": "Task a: do"}]},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "out"}
+            ]
+        });
+        let r = from_openai_chat(&body).unwrap();
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.messages[0].role, Role::System);
+        assert_eq!(r.messages[1].content.as_deref(), Some("Task a: do"));
+        assert_eq!(r.messages[2].content, None);
+        assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("c1"));
+        let reply = ChatMessage::assistant("all done");
+        let chunks = to_openai_chunks(&reply, &Usage::default(), "m", "chatcmpl-1", 1, true);
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "all done");
+        assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[3]["choices"], json!([]));
+        let v = to_openai_chat(&reply, &Usage::default(), "m", "chatcmpl-1", 1);
+        assert_eq!(v["choices"][0]["message"]["content"], "all done");
+    }
+}
