@@ -171,12 +171,14 @@ pub(crate) fn resolve_agents(
         let credentials = match a.credentials.as_deref() {
             None | Some("gateway") => Credentials::Gateway,
             Some("own") => Credentials::Own,
-            Some(other) => return Err(bad(
-                name,
-                format!(
+            Some(other) => {
+                return Err(bad(
+                    name,
+                    format!(
                     "credentials {other:?} is unknown; use \"gateway\" (the default) or \"own\""
                 ),
-            )),
+                ))
+            }
         };
         let paths = |list: &Option<Vec<PathBuf>>, what: &str| -> Result<Vec<PathBuf>> {
             let mut v = Vec::new();

@@ -545,7 +545,12 @@ fn classify(body: &Value) -> Classified {
             turn,
         };
     }
-    if let Some(rest) = first_user.strip_prefix("Task ") {
+    // Outside agents (docs/agents.md) may put their own context before the
+    // task's prompt: a line that starts with `Task <id>: ` counts too.
+    let task_line = first_user
+        .lines()
+        .find(|l| l.starts_with("Task ") && l.contains(": "));
+    if let Some(rest) = task_line.and_then(|l| l.strip_prefix("Task ")) {
         let id = rest.split(':').next().unwrap_or("").trim().to_owned();
         let attempt = first_user
             .lines()

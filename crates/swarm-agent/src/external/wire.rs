@@ -141,9 +141,16 @@ pub fn from_anthropic(body: &Value) -> Result<AgentRequest, String> {
                     tool_call_id: None,
                 });
             }
+            // Not in Anthropic's API, but Claude Code's SDK sends it.
+            "system" => {
+                let t = text_of(&Value::Array(blocks));
+                if !t.is_empty() {
+                    messages.push(ChatMessage::system(t));
+                }
+            }
             other => {
                 return Err(bad(format!(
-                    "message role {other:?} is not user or assistant"
+                    "message role {other:?} is not user, assistant or system"
                 )))
             }
         }
