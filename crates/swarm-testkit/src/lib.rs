@@ -74,6 +74,11 @@ pub struct Scenario {
     /// Injected failures, tried in order before a request is answered.
     #[serde(default)]
     pub errors: Vec<InjectedError>,
+    /// The text answering a request that is none of the kinds below (an
+    /// outside agent's side calls: opencode's title, Claude Code's topic
+    /// check). Absent: such a request is an error (HTTP 500).
+    #[serde(default)]
+    pub other: Option<String>,
 }
 
 /// One task's turns, or one list of turns per attempt (the last repeats).
@@ -781,7 +786,10 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<wire::ScriptedRep
             Ok(wire::ScriptedReply { content: turn.content, calls })
         }
         RequestKind::Probe => Ok(wire::ScriptedReply { content: Some("OK".into()), calls: Vec::new() }),
-        RequestKind::Unknown => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
+        RequestKind::Unknown => match &sc.other {
+            Some(text) => Ok(wire::ScriptedReply { content: Some(text.clone()), calls: Vec::new() }),
+            None => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
+        },
     }
 }
 

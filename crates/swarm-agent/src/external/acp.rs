@@ -4,8 +4,10 @@
 //!
 //! What the worker answers for the agent:
 //! - `session/request_permission`: allowed, by policy — the agent runs in
-//!   the attempt's sandbox, which is what bounds it (the first option of
-//!   kind `allow_always`, else `allow_once`);
+//!   the attempt's sandbox, which is what bounds it (the option of kind
+//!   `allow_once`, else `allow_always`: Claude Code writes an "always" into
+//!   `.claude/settings.local.json` of the worktree, and every task's copy
+//!   of that file would then conflict at merge);
 //! - `fs/*` and `terminal/*`: not offered (the client capabilities say so),
 //!   so the agent uses its own tools, inside the same sandbox. Gemini CLI
 //!   cannot create a file through a client's `fs` (docs/agents.md);
@@ -115,7 +117,7 @@ impl Conn {
                     .pointer("/toolCall/title")
                     .and_then(Value::as_str)
                     .unwrap_or("a tool call");
-                match pick("allow_always").or_else(|| pick("allow_once")) {
+                match pick("allow_once").or_else(|| pick("allow_always")) {
                     Some(id) => {
                         self.shared
                             .progress("permission", &format!("allowed (sandboxed): {title}"));
