@@ -173,6 +173,17 @@ fn an_acp_agent_and_a_command_agent_do_tasks_in_the_sandbox_through_the_gateway(
             "{mechanism}: {a_results:?}"
         );
 
+        // The manifest says which agent did which task, through the gateway.
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(manifest["agents"]["tasks"]["a"], "fake-acp", "{manifest}");
+        assert_eq!(manifest["agents"]["tasks"]["b"], "fake-cmd");
+        assert_eq!(
+            manifest["agents"]["agents"]["fake-acp"]["credentials"],
+            "gateway"
+        );
+
         // The calls are counted as the project's.
         let status = h.status_json(&project);
         let calls: u64 = status["usage"]
@@ -244,4 +255,72 @@ fn an_agent_that_is_not_configured_is_refused_before_any_task_starts() {
         text(&out)
     );
     assert!(h.server.requests().is_empty(), "no model call was made");
+}
+
+#[test]
+fn a_missing_agent_program_is_said_by_doctor_and_before_any_task_starts() {
+    let h = Harness::new(json!({}));
+    let toml = agents_toml().replace("\"python3\", ", "\"/nonexistent/python3\", ");
+    std::fs::write(h.home.path().join("agentswarm.toml"), toml).unwrap();
+    let out = h.run(&["doctor"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("agent fake-acp: its program /nonexistent/python3 is not an executable file"),
+        "{t}"
+    );
+
+    let mut p = plan("agents", &[("a", &[])], &["true"]);
+    p["tasks"][0]["agent"] = json!("fake-cmd");
+    let (out, report) = h.run_plan(&p, &[]);
+    assert_eq!(report["status"], "paused", "{}", text(&out));
+    assert!(
+        text(&out).contains("agent fake-cmd: its program"),
+        "{}",
+        text(&out)
+    );
+    assert!(h.server.requests().is_empty(), "no model call was made");
+}
+
+#[test]
+fn an_agent_with_its_own_credentials_gets_its_login_and_the_run_says_whose_costs_they_are() {
+    let h = Harness::new(json!({"tasks": {"a": {"turns": [
+        run("cat $HOME/fake-login/token > login.txt"),
+        {"content": "Copied."}
+    ]}}}));
+    let login = h.home.path().join("fake-login");
+    std::fs::create_dir_all(&login).unwrap();
+    std::fs::write(login.join("token"), "subscription-login\n").unwrap();
+    let toml = agents_toml().replace(
+        "[agents.fake-cmd]\n",
+        &format!(
+            "[agents.fake-cmd]\ncredentials = \"own\"\nhome_files = [\"{}\"]\n",
+            login.display()
+        ),
+    );
+    std::fs::write(h.home.path().join("agentswarm.toml"), toml).unwrap();
+    let mut p = plan("agents", &[("a", &[])], &["test -s login.txt"]);
+    p["tasks"][0]["agent"] = json!("fake-cmd");
+    let (out, report) = h.run_plan(&p, &[]);
+    assert_eq!(report["status"], "done", "{}", text(&out));
+    assert!(
+        text(&out).contains("agent fake-cmd uses its own credentials")
+            && text(&out).contains("costs are the vendor's"),
+        "{}",
+        text(&out)
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(report["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(manifest["agents"]["tasks"]["a"], "fake-cmd", "{manifest}");
+    assert_eq!(
+        manifest["agents"]["agents"]["fake-cmd"]["credentials"],
+        "own"
+    );
+    let delivery = check_delivery(
+        std::path::Path::new(report["delivery"].as_str().unwrap()),
+        "agents",
+    );
+    let key = delivery.keys().find(|k| k.ends_with("login.txt")).unwrap();
+    assert_eq!(delivery[key], b"subscription-login\n");
 }

@@ -5,7 +5,9 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-pub use swarm_protocol::agent::{AgentKind, AgentSpec, AgentWire, Credentials, OutputFormat};
+pub use swarm_protocol::agent::{
+    AgentKind, AgentSpec, AgentWire, Credentials, HomeFile, OutputFormat,
+};
 
 /// The name that always means the built-in agent.
 pub const BUILTIN: &str = "builtin";
@@ -198,7 +200,19 @@ pub(crate) fn resolve_agents(
             Ok(v)
         };
         let read_paths = paths(&a.read_paths, "read_paths")?;
-        let home_files = paths(&a.home_files, "home_files")?;
+        let home_files: Vec<HomeFile> = paths(&a.home_files, "home_files")?
+            .into_iter()
+            .zip(a.home_files.iter().flatten())
+            .map(|(from, written)| HomeFile {
+                to: written
+                    .strip_prefix("~")
+                    .map(Path::to_path_buf)
+                    .ok()
+                    .or_else(|| from.file_name().map(PathBuf::from))
+                    .unwrap_or_default(),
+                from,
+            })
+            .collect();
         if credentials == Credentials::Gateway && !home_files.is_empty() {
             return Err(bad(
                 name,
@@ -229,6 +243,60 @@ pub(crate) fn resolve_agents(
     Ok(out)
 }
 
+/// What keeps `spec` from starting on this machine: its program is not
+/// there, or a `read_paths` or `home_files` entry is missing. `path` is the
+/// `PATH` a bare program name is looked up in.
+pub fn check_agent(spec: &AgentSpec, path: Option<&std::ffi::OsStr>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let program = Path::new(&spec.command[0]);
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.components().count() > 1 {
+        executable(program)
+    } else {
+        path.map(std::env::split_paths)
+            .into_iter()
+            .flatten()
+            .any(|d| executable(&d.join(program)))
+    };
+    if !found {
+        problems.push(format!(
+            "agent {}: its program {} is not an executable file{}; install it or fix `command` under [agents.{}] (docs/agents.md)",
+            spec.name,
+            program.display(),
+            if program.components().count() > 1 { "" } else { " on PATH" },
+            spec.name
+        ));
+    }
+    for p in spec
+        .read_paths
+        .iter()
+        .chain(spec.home_files.iter().map(|h| &h.from))
+    {
+        if !p.exists() {
+            problems.push(format!(
+                "agent {}: {} does not exist (read_paths or home_files under [agents.{}])",
+                spec.name,
+                p.display(),
+                spec.name
+            ));
+        }
+    }
+    problems
+}
+
+/// What the operator is told about an agent that uses its own credentials.
+pub fn own_credentials_notice(spec: &AgentSpec) -> Option<String> {
+    (spec.credentials == Credentials::Own).then(|| {
+        format!(
+            "agent {} uses its own credentials: its model calls go to its vendor with the network open, and their rate limits and costs are the vendor's — the swarm's rate limit, budget and accounting do not see them",
+            spec.name
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +325,24 @@ mod tests {
         assert_eq!(s.env["ANTHROPIC_BASE_URL"], "{gateway}");
         assert_eq!(s.credentials, Credentials::Gateway);
         assert_eq!(a["builtin"], AgentChoice::Builtin);
+    }
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let a = parse("[agents.x]\nkind = \"acp\"\ncommand = [\"no-such-agent-cli\"]\nspeaks = \"anthropic\"\n").unwrap();
+        let AgentChoice::External(s) = &a["x"] else {
+            panic!()
+        };
+        let p = check_agent(s, Some(std::ffi::OsStr::new("/usr/bin:/bin")));
+        assert!(
+            p[0].contains("no-such-agent-cli is not an executable file on PATH"),
+            "{p:?}"
+        );
+        let mut sh = s.clone();
+        sh.command = vec!["sh".into()];
+        assert!(check_agent(&sh, Some(std::ffi::OsStr::new("/usr/bin:/bin"))).is_empty());
+        sh.command = vec!["/nope/sh".into()];
+        assert_eq!(check_agent(&sh, None).len(), 1);
     }
 
     #[test]

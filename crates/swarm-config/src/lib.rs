@@ -10,7 +10,8 @@ mod models;
 mod secrets;
 
 pub use agents::{
-    AgentChoice, AgentKind, AgentSpec, AgentWire, Credentials, FileAgent, OutputFormat, BUILTIN,
+    check_agent, own_credentials_notice, AgentChoice, AgentKind, AgentSpec, AgentWire, Credentials,
+    FileAgent, OutputFormat, BUILTIN,
 };
 
 pub use models::{

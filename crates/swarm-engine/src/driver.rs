@@ -85,6 +85,55 @@ impl AgentPlan {
         }
     }
 
+    /// The outside agents this plan uses (by a task, or as the project's).
+    pub fn used(&self) -> Vec<swarm_protocol::agent::AgentSpec> {
+        let mut names: Vec<&String> = self.tasks.values().chain(self.project.iter()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| match self.configured.get(n.as_str()) {
+                Some(swarm_config::AgentChoice::External(s)) => Some(s.clone()),
+                Some(swarm_config::AgentChoice::Builtin) | None => None,
+            })
+            .collect()
+    }
+
+    /// For manifest.json: which agent did which task, and on whose
+    /// credentials; `None` when every task is the built-in agent's.
+    pub fn report(&self) -> Option<serde_json::Value> {
+        let used = self.used();
+        if used.is_empty() {
+            return None;
+        }
+        let agents: serde_json::Map<String, serde_json::Value> = used
+            .iter()
+            .map(|s| {
+                let own = s.credentials == swarm_protocol::agent::Credentials::Own;
+                (
+                    s.name.clone(),
+                    serde_json::json!({
+                        "kind": s.kind.as_str(),
+                        "speaks": s.speaks.as_str(),
+                        "credentials": if own { "own" } else { "gateway" },
+                        "note": if own {
+                            "rate limits and costs of this agent's model calls are its vendor's; they are not in this manifest's usage"
+                        } else {
+                            "model calls through the gateway: in this manifest's usage"
+                        },
+                    }),
+                )
+            })
+            .collect();
+        let mut tasks: Vec<(&TaskId, &String)> = self.tasks.iter().collect();
+        tasks.sort();
+        Some(serde_json::json!({
+            "project": self.project.clone().unwrap_or_else(|| swarm_config::BUILTIN.to_owned()),
+            "tasks": tasks.into_iter().map(|(t, n)| (t.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+            "agents": agents,
+        }))
+    }
+
     /// Every name used that is not configured, with the task that uses it
     /// (checked before a run starts any task).
     pub fn unknown(&self) -> Vec<String> {

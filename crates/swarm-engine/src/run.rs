@@ -211,6 +211,27 @@ async fn run_inner(
         engine.emit(id, None, "project", format!("project {id} paused: {why}"));
         return report(engine, id, None);
     }
+    // An agent whose program is missing would fail every attempt of its
+    // tasks: said before any task starts. One with its own credentials is
+    // announced: the swarm does not count its calls.
+    let used = agents.used();
+    let path = std::env::var_os("PATH");
+    let broken: Vec<String> = used
+        .iter()
+        .flat_map(|s| swarm_config::check_agent(s, path.as_deref()))
+        .collect();
+    if !broken.is_empty() && mode != Mode::RecoverOnly {
+        let why = broken.join("; ");
+        set_project(engine, id, ProjectState::Paused, Some(&why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+    if announce {
+        for notice in used.iter().filter_map(swarm_config::own_credentials_notice) {
+            engine.emit(id, None, "project", notice);
+        }
+    }
+    let agents_report = agents.report();
 
     let repo_root = project_dir.join("repo");
     let pid = id.to_string();
@@ -296,7 +317,7 @@ async fn run_inner(
     // Nothing is merging any more: closing the queue ends its task.
     run.integration.close_merge_queue().await;
     result?;
-    delivery::finish(&mut run, &plan.name, &sandbox_report, pool).await
+    delivery::finish(&mut run, &plan.name, &sandbox_report, &agents_report, pool).await
 }
 
 pub(crate) fn set_project(

@@ -97,8 +97,18 @@ pub struct AgentSpec {
     pub read_paths: Vec<PathBuf>,
     #[serde(default)]
     pub credentials: Credentials,
-    /// With own credentials: directories copied into the attempt's private
-    /// HOME (`~/.claude` becomes `$HOME/.claude`).
+    /// With own credentials: files and directories copied into the
+    /// attempt's private HOME (`~/.claude` becomes `$HOME/.claude`).
     #[serde(default)]
-    pub home_files: Vec<PathBuf>,
+    pub home_files: Vec<HomeFile>,
+}
+
+/// One entry of [`AgentSpec::home_files`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeFile {
+    /// Where it is (absolute).
+    pub from: PathBuf,
+    /// Where it goes, relative to the attempt's HOME: the path below `~/`,
+    /// else the file name.
+    pub to: PathBuf,
 }

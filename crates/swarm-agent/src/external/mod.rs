@@ -26,7 +26,7 @@ pub mod wire;
 use crate::{Channel, Error, Result, Setup};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -315,18 +315,18 @@ fn prepare_sandbox(
 }
 
 /// Copies the agent's login into the attempt's private HOME.
-fn copy_home_files(files: &[PathBuf], worktree: &Path) -> std::result::Result<(), String> {
+fn copy_home_files(
+    files: &[swarm_protocol::agent::HomeFile],
+    worktree: &Path,
+) -> std::result::Result<(), String> {
     let home = worktree.join(swarm_exec::sandbox::PRIVATE_DIR).join("home");
-    let service_home = std::env::var_os("HOME").map(PathBuf::from);
     for f in files {
-        let rel = service_home
-            .as_deref()
-            .and_then(|h| f.strip_prefix(h).ok())
-            .map(Path::to_path_buf)
-            .or_else(|| f.file_name().map(PathBuf::from))
-            .unwrap_or_default();
-        copy_tree(f, &home.join(rel))
-            .map_err(|e| format!("cannot copy {} into the attempt's HOME: {e}", f.display()))?;
+        copy_tree(&f.from, &home.join(&f.to)).map_err(|e| {
+            format!(
+                "cannot copy {} into the attempt's HOME: {e}",
+                f.from.display()
+            )
+        })?;
     }
     Ok(())
 }
