@@ -324,3 +324,72 @@ fn an_agent_with_its_own_credentials_gets_its_login_and_the_run_says_whose_costs
     let key = delivery.keys().find(|k| k.ends_with("login.txt")).unwrap();
     assert_eq!(delivery[key], b"subscription-login\n");
 }
+
+#[test]
+fn an_agent_is_held_to_max_turns_and_the_attempt_wall_time() {
+    // max_turns: the third model request of the agent is refused, and the
+    // attempt fails with that reason.
+    let looping: Vec<Value> = (0..6).map(|i| run(&format!("echo {i}"))).collect();
+    let h = Harness::new(
+        json!({"tasks": {"a": {"turns": looping}, "b": {"turns": [run("sleep 60.417")]}}}),
+    );
+    std::fs::write(h.home.path().join("agentswarm.toml"), agents_toml()).unwrap();
+    let mut p = plan("agents", &[("a", &[])], &["true"]);
+    p["tasks"][0]["agent"] = json!("fake-acp");
+    let (out, report) = h.run_plan(&p, &["--max-turns", "2", "--max-attempts", "1"]);
+    assert_eq!(report["status"], "failed", "{}", text(&out));
+    assert!(
+        text(&out).contains("max_turns (2) reached without the agent ending its turn"),
+        "{}",
+        text(&out)
+    );
+    let a_calls = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.task.as_deref() == Some("a"))
+        .count();
+    assert_eq!(a_calls, 2, "the refused request never reached the provider");
+
+    // The wall time: an agent whose command hangs is ended with its whole
+    // tree when WORKER_TIMEOUT_SECONDS is up.
+    let mut p = plan("agents", &[("b", &[])], &["true"]);
+    p["tasks"][0]["agent"] = json!("fake-cmd");
+    let path = h.home.path().join("plan-b.json");
+    std::fs::write(&path, p.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let out = h
+        .cmd(&[
+            "run",
+            "--json",
+            "--max-attempts",
+            "1",
+            "--plan",
+            path.to_str().unwrap(),
+            "goal",
+        ])
+        .env("WORKER_TIMEOUT_SECONDS", "3")
+        .output()
+        .unwrap();
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "failed", "{}", text(&out));
+    assert!(
+        text(&out).contains("timeout: the attempt ran longer than 3 s"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 60.417"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the agent's command outlived the attempt: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
