@@ -1,6 +1,7 @@
 //! End-to-end tests with real coding agents (docs/agents.md): Claude Code
 //! through `claude-code-acp` (ACP), Claude Code's `claude -p` (a `command`
-//! agent) and opencode (`opencode acp`), installed at pinned versions by
+//! agent), opencode (`opencode acp`) and Gemini CLI (`gemini --acp`, which
+//! speaks the Gemini API to the gateway), installed at pinned versions by
 //! `.ci/run` (npm, into `target/agent-clis`). They run real tasks in the
 //! sandbox against the scripted server, through the gateway's per-attempt
 //! endpoint; nothing leaves loopback and no key is real.
@@ -33,7 +34,7 @@ fn installed() -> Option<PathBuf> {
     let bins = dir.join("node_modules/.bin");
     let required = std::env::var("AGENTSWARM_TEST_AGENTS").unwrap_or_default();
     let mut missing = Vec::new();
-    for name in ["claude-code-acp", "claude", "opencode"] {
+    for name in ["claude-code-acp", "claude", "opencode", "gemini"] {
         if !bins.join(name).exists() {
             missing.push(name);
         }
@@ -62,6 +63,8 @@ fn installed() -> Option<PathBuf> {
 /// `[agents.*]` for the three real agents installed under `dir`.
 fn agents_toml(dir: &std::path::Path) -> String {
     let d = dir.to_str().unwrap();
+    let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let support = support.to_str().unwrap();
     let opencode = json!({
         "provider": {"swarm": {"npm": "@ai-sdk/openai-compatible", "name": "swarm",
             "options": {"baseURL": "{gateway}/v1", "apiKey": "{token}"},
@@ -87,6 +90,13 @@ speaks = "anthropic"
 read_paths = ["{d}"]
 env = {{ ANTHROPIC_BASE_URL = "{{gateway}}", ANTHROPIC_API_KEY = "{{token}}", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1" }}
 
+[agents.gemini]
+kind = "acp"
+command = ["{d}/node_modules/.bin/gemini", "--acp", "-m", "gemini-2.5-pro"]
+speaks = "gemini"
+read_paths = ["{d}", "{support}"]
+env = {{ GOOGLE_GEMINI_BASE_URL = "{{gateway}}", GEMINI_API_KEY = "{{token}}", GEMINI_CLI_TRUST_WORKSPACE = "true", GEMINI_CLI_SYSTEM_SETTINGS_PATH = "{support}/gemini-settings.json" }}
+
 [agents.opencode]
 kind = "acp"
 command = ["{d}/node_modules/.bin/opencode", "acp"]
@@ -100,12 +110,26 @@ env = {{ OPENCODE_CONFIG_CONTENT = '{opencode}', OPENCODE_DISABLE_MODELS_FETCH =
 /// The scripted turns of a task done by `agent`: one shell call that
 /// writes `<task>.txt` and dumps the agent's environment, then an answer.
 fn turns(agent: &str, task: &str) -> Value {
-    let tool = if agent == "opencode" { "bash" } else { "Bash" };
     let command = format!("echo {task} by {agent} > {task}.txt && env > env-{task}.txt");
+    let call = match agent {
+        "gemini" => json!({"name": "run_shell_command", "arguments": {"command": command}}),
+        _ => {
+            json!({"name": tool_of(agent), "arguments": {"command": command, "description": format!("Write {task}.txt")}})
+        }
+    };
     json!({"turns": [
-        {"calls": [{"name": tool, "arguments": {"command": command, "description": format!("Write {task}.txt")}}]},
+        {"calls": [call]},
         {"content": format!("Wrote {task}.txt.")}
     ]})
+}
+
+/// The name of the shell tool of `agent`.
+fn tool_of(agent: &str) -> &'static str {
+    match agent {
+        "opencode" => "bash",
+        "gemini" => "run_shell_command",
+        _ => "Bash",
+    }
 }
 
 /// Runs `assignments` (task, agent) as one plan with a verify task over
@@ -205,7 +229,7 @@ fn run_plan_with(
     );
     let logs = text(&h.run(&["logs", &project]));
     for (t, a) in assignments {
-        let tool = if *a == "opencode" { "bash" } else { "Bash" };
+        let tool = tool_of(a);
         assert!(
             logs.lines()
                 .any(|l| l.contains(&format!(" {t} ")) && l.contains(tool)),
@@ -216,31 +240,32 @@ fn run_plan_with(
 }
 
 #[test]
-fn claude_code_over_acp_claude_p_and_opencode_do_tasks_in_each_sandbox() {
+fn claude_code_claude_p_opencode_and_gemini_cli_do_tasks_in_each_sandbox() {
     let Some(dir) = installed() else { return };
     for mechanism in mechanisms() {
         run_plan_with(
             &dir,
             mechanism,
-            &[("a", "claude"), ("b", "claude-p"), ("c", "opencode")],
+            &[
+                ("a", "claude"),
+                ("b", "claude-p"),
+                ("c", "opencode"),
+                ("d", "gemini"),
+            ],
             &[],
         );
     }
 }
 
-/// The acceptance of issue 14: a 10-task plan with two different real
-/// agents in one project, chosen per task, offline.
+/// The acceptance of issue 14: a 10-task plan with different real agents
+/// in one project (Gemini CLI, Claude Code and opencode), chosen per task,
+/// offline.
 #[test]
-fn a_ten_task_plan_with_two_real_agents() {
+fn a_ten_task_plan_with_real_agents_chosen_per_task() {
     let Some(dir) = installed() else { return };
     let mechanism = mechanisms()[0];
     let assignments: Vec<(String, &str)> = (1..=9)
-        .map(|i| {
-            (
-                format!("t{i}"),
-                if i % 2 == 0 { "opencode" } else { "claude" },
-            )
-        })
+        .map(|i| (format!("t{i}"), ["gemini", "claude", "opencode"][i % 3]))
         .collect();
     let refs: Vec<(&str, &str)> = assignments.iter().map(|(t, a)| (t.as_str(), *a)).collect();
     run_plan_with(&dir, mechanism, &refs, &["--max-workers", "3"]);

@@ -36,6 +36,9 @@ pub enum AgentWire {
     Anthropic,
     /// OpenAI Chat Completions (`POST /v1/chat/completions`), streamed or not.
     OpenaiChat,
+    /// Google's Gemini API (`POST /v1beta/models/<m>:generateContent`, or
+    /// `:streamGenerateContent?alt=sse`).
+    Gemini,
 }
 
 impl AgentWire {
@@ -43,6 +46,7 @@ impl AgentWire {
         match self {
             AgentWire::Anthropic => "anthropic",
             AgentWire::OpenaiChat => "openai_chat",
+            AgentWire::Gemini => "gemini",
         }
     }
 }

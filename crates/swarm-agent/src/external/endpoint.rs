@@ -1,6 +1,7 @@
 //! The agent's model endpoint: HTTP on a UNIX socket in the attempt's
 //! private directory (the relay in the sandbox forwards the agent's TCP
-//! connections to it). Every request must carry the attempt's token
+//! connections to it): Anthropic Messages, Chat Completions and Gemini's
+//! generateContent. Every request must carry the attempt's token
 //! (`x-api-key`, `Authorization: Bearer` or `x-goog-api-key`); its
 //! conversation goes to the supervisor's gateway as this worker's model
 //! request — under the shared rate limit, the budget, the accounting,
@@ -23,6 +24,10 @@ use swarm_protocol::worker::ModelResult;
 enum Format {
     Anthropic,
     OpenaiChat,
+    /// Gemini's `models/<model>:generateContent` (or `:streamGenerateContent`).
+    Gemini {
+        stream: bool,
+    },
 }
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -31,16 +36,35 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/messages", post(anthropic))
         .route("/v1/chat/completions", post(openai))
         .route("/chat/completions", post(openai))
+        .route("/v1beta/models/{*rest}", post(gemini))
         .fallback(not_found)
         .with_state(shared)
 }
 
 async fn anthropic(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(s, headers, body, Format::Anthropic).await
+    serve(s, headers, body, Format::Anthropic, "").await
 }
 
 async fn openai(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(s, headers, body, Format::OpenaiChat).await
+    serve(s, headers, body, Format::OpenaiChat, "").await
+}
+
+async fn gemini(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (model, action) = rest.rsplit_once(':').unwrap_or((rest.as_str(), ""));
+    match action {
+        "generateContent" => serve(s, headers, body, Format::Gemini { stream: false }, model).await,
+        "streamGenerateContent" => {
+            serve(s, headers, body, Format::Gemini { stream: true }, model).await
+        }
+        // Answered here, without a model call: a rough count (4 bytes a token).
+        "countTokens" => axum::Json(json!({"totalTokens": body.len() / 4})).into_response(),
+        _ => not_found().await,
+    }
 }
 
 async fn not_found() -> Response {
@@ -58,6 +82,9 @@ fn error(format: Format, status: StatusCode, kind: &str, message: &str) -> Respo
         Format::OpenaiChat => {
             json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
         }
+        Format::Gemini { .. } => {
+            json!({"error": {"code": status.as_u16(), "message": message, "status": kind}})
+        }
     };
     (status, axum::Json(body)).into_response()
 }
@@ -69,7 +96,13 @@ fn token_of(headers: &HeaderMap) -> Option<&str> {
         .or_else(|| h("x-goog-api-key"))
 }
 
-async fn serve(s: Arc<Shared>, headers: HeaderMap, body: Bytes, format: Format) -> Response {
+async fn serve(
+    s: Arc<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+    format: Format,
+    url_model: &str,
+) -> Response {
     use subtle::ConstantTimeEq;
     let authorized = token_of(&headers)
         .map(|t| bool::from(t.as_bytes().ct_eq(s.token.as_bytes())))
@@ -87,6 +120,7 @@ async fn serve(s: Arc<Shared>, headers: HeaderMap, body: Bytes, format: Format) 
         .and_then(|v| match format {
             Format::Anthropic => wire::from_anthropic(&v),
             Format::OpenaiChat => wire::from_openai_chat(&v),
+            Format::Gemini { stream } => wire::from_gemini(&v, stream, url_model),
         });
     let req = match parsed {
         Ok(r) => r,
@@ -180,6 +214,13 @@ async fn serve(s: Arc<Shared>, headers: HeaderMap, body: Bytes, format: Format) 
             text.push_str("data: [DONE]\n\n");
             sse(text)
         }
+        (Format::Gemini { stream: false }, _) => {
+            axum::Json(wire::to_gemini(&message, &usage, &model)).into_response()
+        }
+        (Format::Gemini { stream: true }, _) => sse(format!(
+            "data: {}\r\n\r\n",
+            wire::to_gemini(&message, &usage, &model)
+        )),
     }
 }
 

@@ -4,7 +4,8 @@
 //! answer rendered back in the agent's format: a JSON body, or the
 //! server-sent events of a streamed answer.
 //!
-//! Two formats: Anthropic Messages and OpenAI Chat Completions. The
+//! Three formats: Anthropic Messages, OpenAI Chat Completions and Gemini's
+//! generateContent. The
 //! request side is read leniently (content as a string or as parts, the
 //! fields agents add that the gateway has no use for are ignored); the
 //! answer side is written exactly as the vendors' APIs write it, since
@@ -422,6 +423,186 @@ pub fn to_openai_chunks(
     out
 }
 
+/// Reads a Gemini `generateContent` / `streamGenerateContent` request body
+/// (the model is in the URL). Gemini's function calls may come without
+/// ids: a call gets `gemini_<turn>_<n>`, and an answer without an id is
+/// matched to the earliest open call of its name.
+pub fn from_gemini(body: &Value, stream: bool, model: &str) -> Result<AgentRequest, String> {
+    let mut messages = Vec::new();
+    let system = body
+        .pointer("/systemInstruction/parts")
+        .or_else(|| body.pointer("/system_instruction/parts"))
+        .map(gemini_text)
+        .unwrap_or_default();
+    if !system.is_empty() {
+        messages.push(ChatMessage::system(system));
+    }
+    let Some(contents) = body.get("contents").and_then(Value::as_array) else {
+        return Err(bad("`contents` must be an array"));
+    };
+    let mut open: Vec<(String, String)> = Vec::new();
+    for (turn, c) in contents.iter().enumerate() {
+        let parts: Vec<Value> = c
+            .get("parts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        match c.get("role").and_then(Value::as_str).unwrap_or("user") {
+            "model" => {
+                let mut text = Vec::new();
+                let mut calls = Vec::new();
+                for (i, p) in parts.iter().enumerate() {
+                    if p.get("thought").and_then(Value::as_bool) == Some(true) {
+                        continue;
+                    }
+                    if let Some(f) = p.get("functionCall") {
+                        let name = f
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned();
+                        let id = f
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| format!("gemini_{turn}_{i}"));
+                        open.push((id.clone(), name.clone()));
+                        calls.push(ToolCall {
+                            id,
+                            kind: "function".into(),
+                            function: FunctionCall {
+                                name,
+                                arguments: f.get("args").cloned().unwrap_or(json!({})).to_string(),
+                            },
+                        });
+                    } else if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        text.push(t.to_owned());
+                    }
+                }
+                let joined = text.join("");
+                messages.push(ChatMessage {
+                    role: Role::Assistant,
+                    content: (!joined.is_empty() || calls.is_empty()).then_some(joined),
+                    tool_calls: calls,
+                    tool_call_id: None,
+                });
+            }
+            _ => {
+                let mut text = Vec::new();
+                for p in &parts {
+                    if let Some(f) = p.get("functionResponse") {
+                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+                        let id = match f.get("id").and_then(Value::as_str) {
+                            Some(id) => {
+                                open.retain(|(o, _)| o != id);
+                                id.to_owned()
+                            }
+                            None => match open.iter().position(|(_, n)| n == name) {
+                                Some(i) => open.remove(i).0,
+                                None => format!("gemini_{turn}_{name}"),
+                            },
+                        };
+                        let out = match f.get("response") {
+                            Some(Value::Object(o)) if o.len() == 1 && o.contains_key("output") => {
+                                text_of(&o["output"])
+                            }
+                            Some(v) => v.to_string(),
+                            None => String::new(),
+                        };
+                        messages.push(ChatMessage::tool_result(id, out));
+                    } else if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        text.push(t.to_owned());
+                    }
+                }
+                if !text.is_empty() {
+                    messages.push(ChatMessage::user(text.join("\n")));
+                }
+            }
+        }
+    }
+    let mut tools = Vec::new();
+    for group in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for d in group
+            .get("functionDeclarations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+            let description = d.get("description").and_then(Value::as_str).unwrap_or("");
+            let params = d
+                .get("parametersJsonSchema")
+                .or_else(|| d.get("parameters"))
+                .cloned()
+                .map(lower_gemini_types)
+                .unwrap_or(json!({"type": "object", "properties": {}}));
+            tools.push(ToolSpec::function(name, description, params));
+        }
+    }
+    Ok(AgentRequest {
+        messages,
+        tools,
+        stream,
+        model: model.to_owned(),
+        include_usage: true,
+    })
+}
+
+fn gemini_text(parts: &Value) -> String {
+    parts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Gemini's OpenAPI-style schemas write types in capitals (`OBJECT`);
+/// JSON Schema wants them lower-case.
+fn lower_gemini_types(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("type", Value::String(t)) => Value::String(t.to_ascii_lowercase()),
+                        (_, v) => lower_gemini_types(v),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(lower_gemini_types).collect()),
+        other => other,
+    }
+}
+
+/// A Gemini `GenerateContentResponse` (also the one event of a stream).
+pub fn to_gemini(message: &ChatMessage, usage: &Usage, model: &str) -> Value {
+    let mut parts = Vec::new();
+    if let Some(t) = message.content.as_deref().filter(|t| !t.is_empty()) {
+        parts.push(json!({"text": t}));
+    }
+    for c in &message.tool_calls {
+        parts.push(json!({"functionCall": {"id": c.id, "name": c.function.name, "args": tool_input(&c.function.arguments)}}));
+    }
+    if parts.is_empty() {
+        parts.push(json!({"text": ""}));
+    }
+    json!({
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": usage.prompt_tokens, "candidatesTokenCount": usage.completion_tokens,
+                          "totalTokenCount": usage.prompt_tokens + usage.completion_tokens},
+        "modelVersion": model,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +676,52 @@ mod tests {
         );
         assert_eq!(ev[5].1["delta"]["partial_json"], r#"{"a":1}"#);
         assert_eq!(ev[7].1["delta"]["stop_reason"], "tool_use");
+    }
+
+    #[test]
+    fn a_gemini_conversation_becomes_chat_messages_and_back() {
+        let body = json!({
+            "systemInstruction": {"role": "user", "parts": [{"text": "sys"}]},
+            "tools": [{"functionDeclarations": [{"name": "write_file", "description": "w",
+                "parameters": {"type": "OBJECT", "properties": {"path": {"type": "STRING"}}}}]}],
+            "contents": [
+                {"role": "user", "parts": [{"text": "Task a: do"}]},
+                {"role": "model", "parts": [{"text": "thinking", "thought": true}, {"functionCall": {"name": "write_file", "args": {"path": "a"}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "write_file", "response": {"output": "ok"}}}]}
+            ]
+        });
+        let r = from_gemini(&body, true, "gemini-x").unwrap();
+        assert_eq!(r.messages[0], ChatMessage::system("sys"));
+        assert_eq!(
+            r.tools[0].function.parameters["properties"]["path"]["type"],
+            "string"
+        );
+        let id = r.messages[2].tool_calls[0].id.clone();
+        assert_eq!(id, "gemini_1_1");
+        assert_eq!(r.messages[2].content, None, "the thought is left out");
+        assert_eq!(r.messages[3], ChatMessage::tool_result(id, "ok"));
+        let reply = ChatMessage {
+            role: Role::Assistant,
+            content: None,
+            tool_calls: vec![ToolCall {
+                id: "c9".into(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "write_file".into(),
+                    arguments: r#"{"path":"b"}"#.into(),
+                },
+            }],
+            tool_call_id: None,
+        };
+        let v = to_gemini(&reply, &Usage::default(), "gemini-x");
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"][0]["functionCall"]["args"]["path"],
+            "b"
+        );
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"][0]["functionCall"]["id"],
+            "c9"
+        );
     }
 
     #[test]
