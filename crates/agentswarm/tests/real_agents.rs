@@ -34,7 +34,7 @@ fn installed() -> Option<PathBuf> {
     let bins = dir.join("node_modules/.bin");
     let required = std::env::var("AGENTSWARM_TEST_AGENTS").unwrap_or_default();
     let mut missing = Vec::new();
-    for name in ["claude-code-acp", "claude", "opencode", "gemini"] {
+    for name in ["claude-code-acp", "claude", "opencode", "gemini", "codex"] {
         if !bins.join(name).exists() {
             missing.push(name);
         }
@@ -97,6 +97,14 @@ speaks = "gemini"
 read_paths = ["{d}", "{support}"]
 env = {{ GOOGLE_GEMINI_BASE_URL = "{{gateway}}", GEMINI_API_KEY = "{{token}}", GEMINI_CLI_TRUST_WORKSPACE = "true", GEMINI_CLI_SYSTEM_SETTINGS_PATH = "{support}/gemini-settings.json" }}
 
+[agents.codex]
+kind = "command"
+command = ["{d}/node_modules/.bin/codex", "exec", "--json", "--skip-git-repo-check", "--sandbox", "danger-full-access", "-c", 'model="gpt-5.1-codex"', "-c", 'model_provider="swarm"', "-c", 'model_providers.swarm={{name="swarm",base_url="{{gateway}}/v1",env_key="SWARM_TOKEN",wire_api="responses"}}', "-c", "analytics.enabled=false", "-c", "features.plugins=false", "{{prompt}}"]
+output = "codex_json"
+speaks = "openai_responses"
+read_paths = ["{d}"]
+env = {{ SWARM_TOKEN = "{{token}}" }}
+
 [agents.opencode]
 kind = "acp"
 command = ["{d}/node_modules/.bin/opencode", "acp"]
@@ -113,6 +121,7 @@ fn turns(agent: &str, task: &str) -> Value {
     let command = format!("echo {task} by {agent} > {task}.txt && env > env-{task}.txt");
     let call = match agent {
         "gemini" => json!({"name": "run_shell_command", "arguments": {"command": command}}),
+        "codex" => json!({"name": "exec_command", "arguments": {"cmd": command}}),
         _ => {
             json!({"name": tool_of(agent), "arguments": {"command": command, "description": format!("Write {task}.txt")}})
         }
@@ -128,6 +137,7 @@ fn tool_of(agent: &str) -> &'static str {
     match agent {
         "opencode" => "bash",
         "gemini" => "run_shell_command",
+        "codex" => "exec_command",
         _ => "Bash",
     }
 }
@@ -240,7 +250,7 @@ fn run_plan_with(
 }
 
 #[test]
-fn claude_code_claude_p_opencode_and_gemini_cli_do_tasks_in_each_sandbox() {
+fn claude_code_claude_p_opencode_gemini_cli_and_codex_do_tasks_in_each_sandbox() {
     let Some(dir) = installed() else { return };
     for mechanism in mechanisms() {
         run_plan_with(
@@ -251,6 +261,7 @@ fn claude_code_claude_p_opencode_and_gemini_cli_do_tasks_in_each_sandbox() {
                 ("b", "claude-p"),
                 ("c", "opencode"),
                 ("d", "gemini"),
+                ("e", "codex"),
             ],
             &[],
         );

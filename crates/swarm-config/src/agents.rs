@@ -28,7 +28,8 @@ pub struct FileAgent {
     /// `{token}`.
     pub env: Option<BTreeMap<String, String>>,
     /// The model API the agent speaks: `anthropic` (Messages),
-    /// `openai_chat` (Chat Completions) or `gemini` (generateContent).
+    /// `openai_chat` (Chat Completions), `openai_responses` (Responses) or
+    /// `gemini` (generateContent).
     pub speaks: Option<String>,
     /// `command` agents: how stdout is read: `text` (default),
     /// `claude_stream_json` or `codex_json`.
@@ -139,18 +140,19 @@ pub(crate) fn resolve_agents(
             Some("anthropic") => AgentWire::Anthropic,
             Some("openai_chat" | "openai") => AgentWire::OpenaiChat,
             Some("gemini") => AgentWire::Gemini,
+            Some("openai_responses" | "responses") => AgentWire::OpenaiResponses,
             Some(other) => {
                 return Err(bad(
                     name,
                     format!(
-                        "speaks {other:?} is not served by the gateway; use \"anthropic\" (Messages), \"openai_chat\" (Chat Completions) or \"gemini\""
+                        "speaks {other:?} is not served by the gateway; use \"anthropic\" (Messages), \"openai_chat\" (Chat Completions), \"openai_responses\" or \"gemini\""
                     ),
                 ))
             }
             None => {
                 return Err(bad(
                     name,
-                    "`speaks` is missing: the model API the agent uses, \"anthropic\", \"openai_chat\" or \"gemini\" (docs/agents.md lists it per agent)",
+                    "`speaks` is missing: the model API the agent uses, \"anthropic\", \"openai_chat\", \"openai_responses\" or \"gemini\" (docs/agents.md lists it per agent)",
                 ))
             }
         };
@@ -354,7 +356,7 @@ mod tests {
             ("[agents.x]\nkind = \"acp\"\nspeaks = \"anthropic\"\n", "`command` is missing"),
             ("[agents.x]\nkind = \"command\"\ncommand = [\"aider\"]\nspeaks = \"openai_chat\"\n", "put {prompt}"),
             ("[agents.x]\nkind = \"acp\"\ncommand = [\"g\"]\n", "`speaks` is missing"),
-            ("[agents.x]\nkind = \"acp\"\ncommand = [\"g\"]\nspeaks = \"responses\"\n", "not served by the gateway"),
+            ("[agents.x]\nkind = \"acp\"\ncommand = [\"g\"]\nspeaks = \"ollama\"\n", "not served by the gateway"),
             ("[agents.X]\nkind = \"acp\"\ncommand = [\"g\"]\nspeaks = \"anthropic\"\n", "lowercase"),
             ("[agents.builtin]\nkind = \"acp\"\ncommand = [\"g\"]\nspeaks = \"anthropic\"\n", "built-in agent's name"),
             ("[agents.x]\nkind = \"acp\"\ncommand = [\"g\"]\nspeaks = \"anthropic\"\nhome_files = [\"~/.g\"]\n", "needs credentials = \"own\""),

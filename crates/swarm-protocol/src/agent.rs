@@ -39,6 +39,8 @@ pub enum AgentWire {
     /// Google's Gemini API (`POST /v1beta/models/<m>:generateContent`, or
     /// `:streamGenerateContent?alt=sse`).
     Gemini,
+    /// OpenAI Responses (`POST /v1/responses`), streamed or not (Codex).
+    OpenaiResponses,
 }
 
 impl AgentWire {
@@ -47,6 +49,7 @@ impl AgentWire {
             AgentWire::Anthropic => "anthropic",
             AgentWire::OpenaiChat => "openai_chat",
             AgentWire::Gemini => "gemini",
+            AgentWire::OpenaiResponses => "openai_responses",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The agent's model endpoint: HTTP on a UNIX socket in the attempt's
 //! private directory (the relay in the sandbox forwards the agent's TCP
-//! connections to it): Anthropic Messages, Chat Completions and Gemini's
-//! generateContent. Every request must carry the attempt's token
+//! connections to it): Anthropic Messages, Chat Completions, Responses and
+//! Gemini's generateContent. Every request must carry the attempt's token
 //! (`x-api-key`, `Authorization: Bearer` or `x-goog-api-key`); its
 //! conversation goes to the supervisor's gateway as this worker's model
 //! request — under the shared rate limit, the budget, the accounting,
@@ -28,6 +28,8 @@ enum Format {
     Gemini {
         stream: bool,
     },
+    /// OpenAI Responses.
+    Responses,
 }
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -37,6 +39,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(openai))
         .route("/chat/completions", post(openai))
         .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/v1/responses", post(responses))
+        .route("/responses", post(responses))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -47,6 +51,10 @@ async fn anthropic(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
 
 async fn openai(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     serve(s, headers, body, Format::OpenaiChat, "").await
+}
+
+async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(s, headers, body, Format::Responses, "").await
 }
 
 async fn gemini(
@@ -79,7 +87,7 @@ async fn not_found() -> Response {
 fn error(format: Format, status: StatusCode, kind: &str, message: &str) -> Response {
     let body = match format {
         Format::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
-        Format::OpenaiChat => {
+        Format::OpenaiChat | Format::Responses => {
             json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
         }
         Format::Gemini { .. } => {
@@ -121,7 +129,11 @@ async fn serve(
             Format::Anthropic => wire::from_anthropic(&v),
             Format::OpenaiChat => wire::from_openai_chat(&v),
             Format::Gemini { stream } => wire::from_gemini(&v, stream, url_model),
+            Format::Responses => wire::from_responses(&v),
         });
+    let custom = serde_json::from_slice::<Value>(&body)
+        .map(|v| wire::responses_custom_tools(&v))
+        .unwrap_or_default();
     let req = match parsed {
         Ok(r) => r,
         Err(e) => return error(format, StatusCode::BAD_REQUEST, "invalid_request_error", &e),
@@ -212,6 +224,29 @@ async fn serve(
                 text.push_str(&format!("data: {c}\n\n"));
             }
             text.push_str("data: [DONE]\n\n");
+            sse(text)
+        }
+        (Format::Responses, false) => axum::Json(wire::to_responses(
+            &message,
+            &usage,
+            &model,
+            &format!("resp_swarm{n}"),
+            created,
+            &custom,
+        ))
+        .into_response(),
+        (Format::Responses, true) => {
+            let mut text = String::new();
+            for (event, data) in wire::to_responses_events(
+                &message,
+                &usage,
+                &model,
+                &format!("resp_swarm{n}"),
+                created,
+                &custom,
+            ) {
+                text.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+            }
             sse(text)
         }
         (Format::Gemini { stream: false }, _) => {

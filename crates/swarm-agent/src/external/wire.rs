@@ -4,8 +4,8 @@
 //! answer rendered back in the agent's format: a JSON body, or the
 //! server-sent events of a streamed answer.
 //!
-//! Three formats: Anthropic Messages, OpenAI Chat Completions and Gemini's
-//! generateContent. The
+//! Four formats: Anthropic Messages, OpenAI Chat Completions, OpenAI
+//! Responses and Gemini's generateContent. The
 //! request side is read leniently (content as a string or as parts, the
 //! fields agents add that the gateway has no use for are ignored); the
 //! answer side is written exactly as the vendors' APIs write it, since
@@ -603,6 +603,242 @@ pub fn to_gemini(message: &ChatMessage, usage: &Usage, model: &str) -> Value {
     })
 }
 
+/// Reads an OpenAI Responses request body (`POST /v1/responses`, what
+/// Codex speaks). Free-form ("custom") tool calls travel as function calls
+/// whose arguments are `{"input": …}`; reasoning items stay the provider's.
+pub fn from_responses(body: &Value) -> Result<AgentRequest, String> {
+    let mut messages = Vec::new();
+    if let Some(i) = body.get("instructions").and_then(Value::as_str) {
+        if !i.is_empty() {
+            messages.push(ChatMessage::system(i));
+        }
+    }
+    let items: Vec<Value> = match body.get("input") {
+        Some(Value::String(t)) => vec![json!({"type": "message", "role": "user", "content": t})],
+        Some(Value::Array(a)) => a.clone(),
+        _ => return Err(bad("`input` must be a string or an array")),
+    };
+    for it in &items {
+        let kind = it.get("type").and_then(Value::as_str).unwrap_or("message");
+        let s = |k: &str| it.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        match kind {
+            "message" => {
+                let text = it.get("content").map(text_of).unwrap_or_default();
+                match it.get("role").and_then(Value::as_str).unwrap_or("user") {
+                    "system" | "developer" => messages.push(ChatMessage::system(text)),
+                    "assistant" => push_assistant(&mut messages, Some(text), None),
+                    // Codex sends its environment context and the prompt as
+                    // two user items: one user message, as a person writes it.
+                    _ => match messages.last_mut() {
+                        Some(m) if m.role == Role::User => {
+                            let old = m.content.take().unwrap_or_default();
+                            m.content = Some(format!("{old}\n{text}"));
+                        }
+                        _ => messages.push(ChatMessage::user(text)),
+                    },
+                }
+            }
+            "function_call" => push_assistant(
+                &mut messages,
+                None,
+                Some(ToolCall {
+                    id: s("call_id"),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: s("name"),
+                        arguments: s("arguments"),
+                    },
+                }),
+            ),
+            "custom_tool_call" => push_assistant(
+                &mut messages,
+                None,
+                Some(ToolCall {
+                    id: s("call_id"),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: s("name"),
+                        arguments: json!({"input": s("input")}).to_string(),
+                    },
+                }),
+            ),
+            "function_call_output" | "custom_tool_call_output" => {
+                let out = it.get("output").map(text_of).unwrap_or_default();
+                messages.push(ChatMessage::tool_result(s("call_id"), out));
+            }
+            _ => {}
+        }
+    }
+    let mut tools = Vec::new();
+    for t in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+        let description = t.get("description").and_then(Value::as_str).unwrap_or("");
+        match t.get("type").and_then(Value::as_str) {
+            Some("function") => tools.push(ToolSpec::function(
+                name,
+                description,
+                t.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}})),
+            )),
+            Some("custom") => tools.push(ToolSpec::function(
+                name,
+                description,
+                json!({"type": "object", "properties": {"input": {"type": "string", "description": "The tool's free-form input."}}, "required": ["input"]}),
+            )),
+            // Hosted tools (web search, …) are the vendor's.
+            _ => {}
+        }
+    }
+    Ok(AgentRequest {
+        messages,
+        tools,
+        stream: body.get("stream").and_then(Value::as_bool) == Some(true),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        include_usage: true,
+    })
+}
+
+/// Adds text or a call to the assistant message at the end, or starts one
+/// (the Responses API gives each call its own item).
+fn push_assistant(messages: &mut Vec<ChatMessage>, text: Option<String>, call: Option<ToolCall>) {
+    let starts_new = !matches!(messages.last(), Some(m) if m.role == Role::Assistant);
+    if starts_new {
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            content: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        });
+    }
+    if let Some(m) = messages.last_mut() {
+        if let Some(t) = text {
+            m.content = Some(match m.content.take() {
+                Some(old) if !old.is_empty() => format!("{old}\n{t}"),
+                _ => t,
+            });
+        }
+        m.tool_calls.extend(call);
+    }
+}
+
+/// The output items of a Responses answer. A call to a tool the agent
+/// declared free-form (`custom`) goes back as a `custom_tool_call`.
+fn responses_output(message: &ChatMessage, custom: &[String], id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(t) = message.content.as_deref().filter(|t| !t.is_empty()) {
+        out.push(json!({"type": "message", "id": format!("{id}_msg"), "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": t, "annotations": []}]}));
+    }
+    for (i, c) in message.tool_calls.iter().enumerate() {
+        if custom.contains(&c.function.name) {
+            let input = tool_input(&c.function.arguments)
+                .get("input")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            out.push(
+                json!({"type": "custom_tool_call", "id": format!("{id}_ctc{i}"), "call_id": c.id,
+                            "name": c.function.name, "input": input, "status": "completed"}),
+            );
+        } else {
+            out.push(json!({"type": "function_call", "id": format!("{id}_fc{i}"), "call_id": c.id,
+                            "name": c.function.name, "arguments": c.function.arguments, "status": "completed"}));
+        }
+    }
+    out
+}
+
+/// The names of the free-form (`custom`) tools of a Responses request.
+pub fn responses_custom_tools(body: &Value) -> Vec<String> {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("custom"))
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// A Responses answer (`object: "response"`).
+pub fn to_responses(
+    message: &ChatMessage,
+    usage: &Usage,
+    model: &str,
+    id: &str,
+    created: u64,
+    custom: &[String],
+) -> Value {
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "model": model,
+        "output": responses_output(message, custom, id),
+        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+                  "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                  "input_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+    })
+}
+
+/// The same answer as the Responses API's server-sent events.
+pub fn to_responses_events(
+    message: &ChatMessage,
+    usage: &Usage,
+    model: &str,
+    id: &str,
+    created: u64,
+    custom: &[String],
+) -> Vec<(String, Value)> {
+    let full = to_responses(message, usage, model, id, created, custom);
+    let mut start = full.clone();
+    start["status"] = json!("in_progress");
+    start["output"] = json!([]);
+    start["usage"] = Value::Null;
+    let mut ev = vec![
+        (
+            "response.created".to_owned(),
+            json!({"type": "response.created", "response": start.clone()}),
+        ),
+        (
+            "response.in_progress".to_owned(),
+            json!({"type": "response.in_progress", "response": start}),
+        ),
+    ];
+    for (i, item) in full["output"].as_array().into_iter().flatten().enumerate() {
+        ev.push((
+            "response.output_item.added".into(),
+            json!({"type": "response.output_item.added", "output_index": i, "item": item}),
+        ));
+        if item["type"] == "message" {
+            let text = item["content"][0]["text"].clone();
+            ev.push(("response.output_text.delta".into(), json!({"type": "response.output_text.delta", "item_id": item["id"], "output_index": i, "content_index": 0, "delta": text})));
+            ev.push(("response.output_text.done".into(), json!({"type": "response.output_text.done", "item_id": item["id"], "output_index": i, "content_index": 0, "text": text})));
+        }
+        ev.push((
+            "response.output_item.done".into(),
+            json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+        ));
+    }
+    ev.push((
+        "response.completed".into(),
+        json!({"type": "response.completed", "response": full}),
+    ));
+    for (n, (_, e)) in ev.iter_mut().enumerate() {
+        e["sequence_number"] = json!(n);
+    }
+    ev
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,6 +958,61 @@ mod tests {
             v["candidates"][0]["content"]["parts"][0]["functionCall"]["id"],
             "c9"
         );
+    }
+
+    #[test]
+    fn a_responses_conversation_becomes_chat_messages_and_back() {
+        let body = json!({
+            "model": "gpt-x", "instructions": "be codex", "stream": true, "store": false,
+            "tools": [{"type": "function", "name": "shell", "description": "run", "parameters": {"type": "object"}},
+                      {"type": "custom", "name": "apply_patch", "description": "patch", "format": {"type": "grammar"}},
+                      {"type": "web_search"}],
+            "input": [
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "perms"}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Task a: do"}]},
+                {"type": "reasoning", "summary": []},
+                {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{\"command\":[\"ls\"]}"},
+                {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},
+                {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
+                {"type": "custom_tool_call_output", "call_id": "c2", "output": "Done"}
+            ]
+        });
+        let r = from_responses(&body).unwrap();
+        assert_eq!(r.tools.len(), 2, "the hosted tool is left out");
+        assert_eq!(r.messages[0], ChatMessage::system("be codex"));
+        assert_eq!(r.messages[1], ChatMessage::system("perms"));
+        assert_eq!(
+            r.messages[3].tool_calls.len(),
+            2,
+            "one assistant message holds both calls"
+        );
+        assert_eq!(
+            r.messages[3].tool_calls[1].function.arguments,
+            r#"{"input":"*** Begin Patch"}"#
+        );
+        assert_eq!(r.messages[4], ChatMessage::tool_result("c1", "a.txt"));
+        let custom = responses_custom_tools(&body);
+        let reply = ChatMessage {
+            role: Role::Assistant,
+            content: Some("ok".into()),
+            tool_calls: vec![ToolCall {
+                id: "c3".into(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "apply_patch".into(),
+                    arguments: r#"{"input":"P"}"#.into(),
+                },
+            }],
+            tool_call_id: None,
+        };
+        let ev = to_responses_events(&reply, &Usage::default(), "gpt-x", "resp_1", 1, &custom);
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"response.created"));
+        assert_eq!(names.last(), Some(&"response.completed"));
+        let out = &ev.last().unwrap().1["response"]["output"];
+        assert_eq!(out[0]["content"][0]["text"], "ok");
+        assert_eq!(out[1]["type"], "custom_tool_call");
+        assert_eq!(out[1]["input"], "P");
     }
 
     #[test]
