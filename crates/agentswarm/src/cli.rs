@@ -140,6 +140,19 @@ pub enum Command {
     /// Internal: run one task attempt, speaking JSON lines on stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Internal: the relay in front of an outside agent, inside its sandbox
+    /// (docs/agents.md): gives it a loopback endpoint that reaches SOCKET.
+    #[command(hide = true)]
+    AgentRelay {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// Environment variables whose `{gateway}` is replaced (comma-separated).
+        #[arg(long, default_value = "")]
+        templated: String,
+        /// The agent's program and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +335,10 @@ pub struct ProjectLimitArgs {
     /// Let the project's commands use the network (package installs); recorded in the manifest.
     #[arg(long)]
     pub allow_network: bool,
+    /// The agent that does the project's tasks unless a task names one: a name under
+    /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 impl From<&ProjectLimitArgs> for LimitArgs {
@@ -335,6 +352,7 @@ impl From<&ProjectLimitArgs> for LimitArgs {
             max_cost_usd: p.max_cost_usd,
             max_tokens: p.max_tokens,
             allow_network: p.allow_network,
+            agent: p.agent.clone(),
         }
     }
 }
@@ -389,6 +407,10 @@ pub struct LimitArgs {
     /// Let the project's commands use the network (package installs); recorded in the manifest.
     #[arg(long)]
     pub allow_network: bool,
+    /// The agent that does the project's tasks unless a task names one: a name under
+    /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,41 @@ pub fn worker() -> ExitCode {
     }
 }
 
+/// `agentswarm agent-relay` (internal): runs inside an outside agent's
+/// sandbox, in front of the agent; exits with the agent's status.
+pub fn agent_relay(
+    socket: std::path::PathBuf,
+    templated: String,
+    command: Vec<std::ffi::OsString>,
+) -> ExitCode {
+    let spec = swarm_exec::relay::RelaySpec {
+        socket,
+        command,
+        templated: templated
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentswarm agent-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(swarm_exec::relay::run(spec)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("agentswarm agent-relay: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(ref args) => run(&cli, args).await,
@@ -109,6 +144,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker => Ok(worker()),
+        Command::AgentRelay {
+            socket,
+            templated,
+            command,
+        } => Ok(agent_relay(socket, templated, command)),
     }
 }
 
@@ -140,6 +180,7 @@ pub fn load_config(
         max_cost_usd: limits.max_cost_usd,
         max_tokens: limits.max_tokens,
         allow_network: limits.allow_network.then_some(true),
+        agent: limits.agent.clone(),
     };
     let config = Config::resolve(file, &env_lookup, &flags)?;
     // From here on, every log line masks the configured keys and the API token.

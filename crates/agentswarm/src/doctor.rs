@@ -226,6 +226,25 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
     if let Some(why) = &assessment.refusal {
         problems.push(why.clone());
     }
+    // Outside agents (docs/agents.md): each configured one, whether its
+    // program is there, and whose credentials it uses.
+    let path = std::env::var_os("PATH");
+    let mut agents = Vec::new();
+    for (name, choice) in &config.agents {
+        let swarm_config::AgentChoice::External(spec) = choice else {
+            continue;
+        };
+        let broken = swarm_config::check_agent(spec, path.as_deref());
+        problems.extend(broken.iter().cloned());
+        agents.push(json!({
+            "name": name,
+            "kind": spec.kind.as_str(),
+            "speaks": spec.speaks.as_str(),
+            "credentials": if spec.credentials == swarm_config::Credentials::Own { "own" } else { "gateway" },
+            "notice": swarm_config::own_credentials_notice(spec),
+            "problems": broken,
+        }));
+    }
     let code = if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -250,6 +269,8 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
             "store": store,
             "nodes": config.nodes.iter().map(|n| json!({"name": n.name, "ssh": n.ssh, "port": n.port, "max_workers": n.max_workers, "labels": n.labels})).collect::<Vec<_>>(),
             "model_checks": checks,
+            "agents": agents,
+            "worker_agent": config.run.agent.clone().unwrap_or_else(|| swarm_config::BUILTIN.to_owned()),
             "ready": problems.is_empty(),
             "problems": problems,
         });
@@ -318,6 +339,30 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
     }
     if let Some(why) = &assessment.refusal {
         println!("  REFUSED: {why}");
+    }
+    println!(
+        "worker agent: {}",
+        config.run.agent.as_deref().unwrap_or(swarm_config::BUILTIN)
+    );
+    for a in &agents {
+        println!(
+            "  agent {}: {}, speaks {}, {} credentials{}",
+            a["name"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or(""),
+            a["speaks"].as_str().unwrap_or(""),
+            a["credentials"].as_str().unwrap_or(""),
+            if a["problems"].as_array().is_some_and(|p| p.is_empty()) {
+                "; program found"
+            } else {
+                ""
+            }
+        );
+        if let Some(n) = a["notice"].as_str() {
+            println!("    {n}");
+        }
+        for p in a["problems"].as_array().into_iter().flatten() {
+            println!("    PROBLEM: {}", p.as_str().unwrap_or(""));
+        }
     }
     match &readings {
         Ok(r) => println!(

@@ -22,6 +22,14 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, cli::Command::Worker) {
         return commands::worker();
     }
+    if let cli::Command::AgentRelay {
+        socket,
+        templated,
+        command,
+    } = cli.command
+    {
+        return commands::agent_relay(socket, templated, command);
+    }
     // Commands that only print end quietly when their reader goes away
     // (`status | head -n1`), as Unix tools do, instead of panicking in
     // `println!`. Not the ones that run workers: a worker that died must not

@@ -12,6 +12,7 @@
 //! async runtime keeps the worker process small.
 
 pub mod context;
+pub mod external;
 pub mod paths;
 mod prepare;
 pub mod stuck;
@@ -80,7 +81,10 @@ pub fn run_worker(input: impl BufRead, output: impl Write) -> Result<()> {
     };
     // The worktree is prepared while the first model call is in flight.
     let mut setup = Some(start_setup(&start));
-    let result = agent_loop(&mut ch, &start, &mut setup);
+    let result = match &start.external {
+        Some(spec) => external::run(&mut ch, &start, spec, &mut setup),
+        None => agent_loop(&mut ch, &start, &mut setup),
+    };
     if let Some(handle) = setup.take() {
         // Never leave a git process running behind the attempt.
         let _ = handle.join();
@@ -578,6 +582,7 @@ mod tests {
             sandbox: Default::default(),
             agent: Default::default(),
             prepare: Default::default(),
+            external: None,
         })))
         .unwrap()
     }

@@ -5,9 +5,15 @@
 //! Nothing here reads the process environment by itself: callers pass an
 //! environment lookup, so tests never touch global state.
 
+mod agents;
 mod models;
 pub mod nodes;
 mod secrets;
+
+pub use agents::{
+    check_agent, own_credentials_notice, AgentChoice, AgentKind, AgentSpec, AgentWire, Credentials,
+    FileAgent, OutputFormat, BUILTIN,
+};
 
 pub use models::{
     known_context_window, AgentSettings, FileModelRef, FileModels, FileProvider, FileRole,
@@ -58,6 +64,17 @@ pub enum Error {
          AGENTSWARM_SECRETS_FILE)"
     )]
     MissingKey { provider: String, env: String },
+    #[error("[agents.{name}] in agentswarm.toml is invalid: {message} (docs/agents.md)")]
+    Agent { name: String, message: String },
+    #[error(
+        "agent {name:?} (from {origin}) is not configured: add an [agents.{name}] table to \
+         agentswarm.toml (docs/agents.md), or use one of: {known}"
+    )]
+    UnknownAgent {
+        name: String,
+        origin: Source,
+        known: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -116,6 +133,9 @@ pub struct FileConfig {
     pub prices: Option<BTreeMap<String, Price>>,
     /// `[nodes.NAME]`: other machines that run attempts, over SSH.
     pub nodes: Option<BTreeMap<String, nodes::FileNode>>,
+    /// `[agents.NAME]`: outside coding agents (ACP or command) that can do
+    /// a task instead of the built-in agent (docs/agents.md).
+    pub agents: Option<BTreeMap<String, FileAgent>>,
     /// `required`, `best-effort` (the default) or `off`: how model-run and
     /// verify commands are confined (docs/security.md).
     pub sandbox: Option<String>,
@@ -236,6 +256,10 @@ pub struct RunLimits {
     /// The project's commands may use the network.
     #[serde(default)]
     pub allow_network: bool,
+    /// The agent that does the project's tasks unless a task names one: a
+    /// name under `[agents]`, or `builtin` (none: the built-in agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 impl Default for RunLimits {
@@ -251,6 +275,7 @@ impl Default for RunLimits {
             max_cost_usd: None,
             max_tokens: None,
             allow_network: false,
+            agent: None,
         }
     }
 }
@@ -309,6 +334,8 @@ pub struct Config {
     pub nodes: Vec<nodes::Node>,
     /// `[repos]`: limits and budgets of projects on an existing repository.
     pub repos: RepoSettings,
+    /// `[agents.NAME]`, resolved; always holds `builtin`.
+    pub agents: BTreeMap<String, AgentChoice>,
     /// `Err` keeps why no model is configured until a command needs one.
     models: std::result::Result<Models, ModelMissing>,
     /// Source of each resolved value, by its name in the file.
@@ -332,6 +359,8 @@ pub struct Overrides {
     pub max_tokens: Option<u64>,
     /// `--allow-network`.
     pub allow_network: Option<bool>,
+    /// `--agent`: the project's agent.
+    pub agent: Option<String>,
 }
 
 /// Where the config file is looked for when `--config` is not given:
@@ -797,6 +826,16 @@ impl Config {
                 false,
                 "true or false",
             )?,
+            agent: r.pick_opt(
+                "run.agent",
+                flags.agent.clone().map(|v| (v, "--agent")),
+                Some("AGENTSWARM_AGENT"),
+                file.models
+                    .as_ref()
+                    .and_then(|m| m.worker.as_ref())
+                    .and_then(|w| w.agent.clone()),
+                "an agent name",
+            )?,
         };
         for (name, v) in [
             ("run.max_tasks", u64::from(run.max_tasks)),
@@ -902,6 +941,34 @@ impl Config {
                 )?,
             }
         };
+        for (role, f) in [
+            (
+                "planner",
+                file.models.as_ref().and_then(|m| m.planner.as_ref()),
+            ),
+            ("fixer", file.models.as_ref().and_then(|m| m.fixer.as_ref())),
+        ] {
+            if f.is_some_and(|f| f.agent.is_some()) {
+                return Err(Error::Parse {
+                    path: file_path.clone().unwrap_or_default(),
+                    message: format!("`agent` under [models.{role}] is not supported: only the worker role runs as an outside agent; move it to [models.worker]"),
+                });
+            }
+        }
+        let agents = agents::resolve_agents(file.agents.as_ref(), sandbox.home.as_deref())?;
+        if let Some(name) = &run.agent {
+            if !agents.contains_key(name) {
+                return Err(Error::UnknownAgent {
+                    name: name.clone(),
+                    origin: r
+                        .sources
+                        .get("run.agent")
+                        .cloned()
+                        .unwrap_or(Source::Default),
+                    known: agents.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
         let models = r.models(ModelInputs {
             providers: file.providers.as_ref(),
             models: file.models.as_ref(),
@@ -932,6 +999,7 @@ impl Config {
             sandbox,
             nodes,
             repos,
+            agents,
             models,
             sources: r.sources,
             file: file_path,
@@ -1415,6 +1483,34 @@ output_per_mtok = 75.0
         )
         .unwrap();
         assert_eq!(old.max_cost_usd, None);
+    }
+
+    #[test]
+    fn the_worker_agent_comes_from_the_file_the_environment_or_the_flag() {
+        let text = "[agents.gem]\nkind = \"acp\"\ncommand = [\"gemini\", \"--acp\"]\nspeaks = \"openai_chat\"\n[models.worker]\nmodel = \"m\"\nagent = \"gem\"\n";
+        let c = resolve_file(text, &[]).unwrap();
+        assert_eq!(c.run.agent.as_deref(), Some("gem"));
+        assert!(matches!(c.agents["gem"], AgentChoice::External(_)));
+        let c = resolve_file(text, &[("AGENTSWARM_AGENT", "builtin")]).unwrap();
+        assert_eq!(c.run.agent.as_deref(), Some("builtin"));
+        let path = PathBuf::from("/x/agentswarm.toml");
+        let flags = Overrides {
+            agent: Some("nope".into()),
+            ..Overrides::default()
+        };
+        let file = FileConfig::parse(text, &path).unwrap();
+        let e = Config::resolve(Some((file, path)), &env_of(&[]), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent \"nope\" (from flag --agent) is not configured"),
+            "{e}"
+        );
+        assert!(e.contains("builtin, gem"), "{e}");
+        let e = resolve_file("[models.planner]\nmodel = \"m\"\nagent = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the worker role"), "{e}");
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub struct FileRole {
     pub search_max_matches: Option<usize>,
     /// Entries one `list_files` shows. Default 2000.
     pub list_max_entries: Option<usize>,
+    /// Only under `[models.worker]`: the agent that does tasks, a name under
+    /// `[agents]` (default: the built-in agent). A plan task's `agent`, or
+    /// a project's (`--agent`, the API's `agent` option), comes first.
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

@@ -17,6 +17,7 @@ pub(crate) async fn finish(
     s: &mut Scheduler<'_, Mainline>,
     plan_name: &str,
     sandbox_report: &serde_json::Value,
+    agents_report: &Option<serde_json::Value>,
     pool: Arc<swarm_git::WorktreePool>,
 ) -> Result<RunReport> {
     s.integration.settle().await;
@@ -76,6 +77,9 @@ pub(crate) async fn finish(
     );
     if let Some(obj) = manifest.as_object_mut() {
         obj.insert("sandbox".into(), sandbox_report.clone());
+        if let Some(a) = agents_report {
+            obj.insert("agents".into(), a.clone());
+        }
         if let Some(e) = &error {
             obj.insert("error".into(), serde_json::Value::String(e.clone()));
         }

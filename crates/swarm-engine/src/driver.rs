@@ -48,6 +48,112 @@ pub struct BuiltinRunner {
     /// An existing repository's worktree preparation (`.agentswarm.toml`);
     /// `run_commands` is decided per attempt.
     pub prepare: swarm_protocol::worker::RepoPrepare,
+    /// Which agent does which task (docs/agents.md).
+    pub agents: AgentPlan,
+}
+
+/// Which agent does each task: the task's own choice (its plan's `agent`),
+/// else the project's (`--agent`, the API's option, `[models.worker]
+/// agent`), else the built-in agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentPlan {
+    pub configured: std::collections::BTreeMap<String, swarm_config::AgentChoice>,
+    pub project: Option<String>,
+    pub tasks: std::collections::HashMap<TaskId, String>,
+}
+
+impl AgentPlan {
+    /// The agent name for `task`.
+    pub fn name_for(&self, task: &TaskId) -> &str {
+        self.tasks
+            .get(task)
+            .or(self.project.as_ref())
+            .map(String::as_str)
+            .unwrap_or(swarm_config::BUILTIN)
+    }
+
+    /// The outside agent for `task` (`None`: the built-in one), or why the
+    /// task names one that is not configured.
+    pub fn spec_for(
+        &self,
+        task: &TaskId,
+    ) -> Result<Option<swarm_protocol::agent::AgentSpec>, String> {
+        let name = self.name_for(task);
+        match self.configured.get(name) {
+            Some(swarm_config::AgentChoice::Builtin) => Ok(None),
+            Some(swarm_config::AgentChoice::External(s)) => Ok(Some(s.clone())),
+            None => Err(format!(
+                "agent {name:?} is not configured: add [agents.{name}] to agentswarm.toml (docs/agents.md)"
+            )),
+        }
+    }
+
+    /// The outside agents this plan uses (by a task, or as the project's).
+    pub fn used(&self) -> Vec<swarm_protocol::agent::AgentSpec> {
+        let mut names: Vec<&String> = self.tasks.values().chain(self.project.iter()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| match self.configured.get(n.as_str()) {
+                Some(swarm_config::AgentChoice::External(s)) => Some(s.clone()),
+                Some(swarm_config::AgentChoice::Builtin) | None => None,
+            })
+            .collect()
+    }
+
+    /// For manifest.json: which agent did which task, and on whose
+    /// credentials; `None` when every task is the built-in agent's.
+    pub fn report(&self) -> Option<serde_json::Value> {
+        let used = self.used();
+        if used.is_empty() {
+            return None;
+        }
+        let agents: serde_json::Map<String, serde_json::Value> = used
+            .iter()
+            .map(|s| {
+                let own = s.credentials == swarm_protocol::agent::Credentials::Own;
+                (
+                    s.name.clone(),
+                    serde_json::json!({
+                        "kind": s.kind.as_str(),
+                        "speaks": s.speaks.as_str(),
+                        "credentials": if own { "own" } else { "gateway" },
+                        "note": if own {
+                            "rate limits and costs of this agent's model calls are its vendor's; they are not in this manifest's usage"
+                        } else {
+                            "model calls through the gateway: in this manifest's usage"
+                        },
+                    }),
+                )
+            })
+            .collect();
+        let mut tasks: Vec<(&TaskId, &String)> = self.tasks.iter().collect();
+        tasks.sort();
+        Some(serde_json::json!({
+            "project": self.project.clone().unwrap_or_else(|| swarm_config::BUILTIN.to_owned()),
+            "tasks": tasks.into_iter().map(|(t, n)| (t.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+            "agents": agents,
+        }))
+    }
+
+    /// Every name used that is not configured, with the task that uses it
+    /// (checked before a run starts any task).
+    pub fn unknown(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, n)| !self.configured.contains_key(n.as_str()))
+            .map(|(t, n)| format!("task {t} names agent {n:?}"))
+            .collect();
+        if let Some(n) = &self.project {
+            if !self.configured.contains_key(n.as_str()) {
+                v.push(format!("the project's agent is {n:?}"));
+            }
+        }
+        v.sort();
+        v
+    }
 }
 
 fn branch_name(task: &TaskId, attempt: u32) -> String {
@@ -93,6 +199,13 @@ async fn drive(
         live,
     } = job;
     let branch = branch_name(&task, attempt);
+    let external = match ctx.agents.spec_for(&task) {
+        Ok(e) => e,
+        Err(reason) => return (Outcome::ended(Ended::Failed, reason, 0), None),
+    };
+    if let Some(e) = &external {
+        live.tool(0, &format!("agent {}", e.name));
+    }
     // The worker prepares the worktree itself, while its first model call
     // is in flight; here it only gets a path and what to do with it.
     let lease = ctx.pool.lease();
@@ -155,6 +268,7 @@ async fn drive(
         // The worker model's bounds (tool results, context window).
         agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
         prepare,
+        external,
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;

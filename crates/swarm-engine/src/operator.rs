@@ -44,6 +44,9 @@ pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     if let Some(v) = o.allow_network {
         limits.allow_network = v;
     }
+    if o.agent.is_some() {
+        limits.agent = o.agent.clone();
+    }
     limits
 }
 
@@ -83,10 +86,25 @@ pub fn flag_options(config: &Config) -> ProjectOptions {
         max_cost_usd: run.max_cost_usd.filter(|_| flag("run.max_cost_usd")),
         max_tokens: run.max_tokens.filter(|_| flag("run.max_tokens")),
         allow_network: flag("run.allow_network").then_some(run.allow_network),
+        agent: run.agent.clone().filter(|_| flag("run.agent")),
     }
 }
 
 impl Engine {
+    /// What is wrong with `options`, the agent named included.
+    fn option_problems(&self, options: &ProjectOptions) -> Vec<String> {
+        let mut problems = options.problems();
+        if let Some(name) = &options.agent {
+            if !self.config.agents.contains_key(name) {
+                problems.push(format!(
+                    "agent {name:?} is not configured on this server; configured: {} (docs/agents.md)",
+                    self.config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        problems
+    }
+
     /// The project's stored limits (the configured ones if they cannot be read).
     pub(crate) fn limits_of(&self, options: &serde_json::Value) -> RunLimits {
         serde_json::from_value(options.clone()).unwrap_or_else(|_| self.config.run.clone())
@@ -141,7 +159,7 @@ impl Engine {
         options: &ProjectOptions,
         source: Option<&crate::source::SourceRequest>,
     ) -> Result<ProjectId> {
-        let problems = options.problems();
+        let problems = self.option_problems(options);
         if !problems.is_empty() {
             return Err(Error::InvalidOptions(problems));
         }
@@ -164,7 +182,7 @@ impl Engine {
     /// tasks are never run again. `Busy` while another process runs it;
     /// `NotResumable` when it is done, cancelled or still running.
     pub fn resume_project(&self, id: &ProjectId, options: &ProjectOptions) -> Result<()> {
-        let problems = options.problems();
+        let problems = self.option_problems(options);
         if !problems.is_empty() {
             return Err(Error::InvalidOptions(problems));
         }

@@ -323,6 +323,7 @@ mod tests {
             } else {
                 vec![]
             },
+            agent: None,
         }
     }
 

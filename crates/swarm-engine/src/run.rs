@@ -3,7 +3,7 @@
 //! runner and its work on `main`, and the delivery. Each of those jobs has
 //! its own module; this one wires them together.
 
-use crate::driver::BuiltinRunner;
+use crate::driver::{AgentPlan, BuiltinRunner};
 use crate::mainline::{Mainline, MainlineParts};
 use crate::scheduler::Scheduler;
 use crate::{delivery, new_tasks, packager, planner, recovery, wording};
@@ -314,6 +314,49 @@ async fn run_inner(
         .clone()
         .ok_or_else(|| Error::Other("the project has no plan".into()))?;
 
+    let agents = AgentPlan {
+        configured: engine.config.agents.clone(),
+        project: limits.agent.clone(),
+        tasks: plan
+            .tasks
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.agent.clone()?)))
+            .collect(),
+    };
+    // Checked before any task starts: a name that is not configured would
+    // fail every attempt of its task.
+    let unknown = agents.unknown();
+    if !unknown.is_empty() && mode != Mode::RecoverOnly {
+        let why = format!(
+            "{} not configured: add them under [agents] in agentswarm.toml (docs/agents.md) and resume",
+            unknown.join("; ")
+        );
+        set_project(engine, id, ProjectState::Paused, Some(&why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+    // An agent whose program is missing would fail every attempt of its
+    // tasks: said before any task starts. One with its own credentials is
+    // announced: the swarm does not count its calls.
+    let used = agents.used();
+    let path = std::env::var_os("PATH");
+    let broken: Vec<String> = used
+        .iter()
+        .flat_map(|s| swarm_config::check_agent(s, path.as_deref()))
+        .collect();
+    if !broken.is_empty() && mode != Mode::RecoverOnly {
+        let why = broken.join("; ");
+        set_project(engine, id, ProjectState::Paused, Some(&why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
+    if announce {
+        for notice in used.iter().filter_map(swarm_config::own_credentials_notice) {
+            engine.emit(id, None, "project", notice);
+        }
+    }
+    let agents_report = agents.report();
+
     let pid = id.to_string();
     let repo = {
         let root = repo_root.clone();
@@ -361,6 +404,7 @@ async fn run_inner(
         progress: engine.progress.clone(),
         sandbox: sandbox.clone(),
         prepare,
+        agents,
     });
     let baseline_sandbox = sandbox.clone();
     let baseline_limits = limits.clone();
@@ -488,7 +532,7 @@ async fn run_inner(
     // Nothing is merging any more: closing the queue ends its task.
     run.integration.close_merge_queue().await;
     result?;
-    delivery::finish(&mut run, &plan.name, &sandbox_report, pool).await
+    delivery::finish(&mut run, &plan.name, &sandbox_report, &agents_report, pool).await
 }
 
 /// Whether files can be created in `dir` (made if missing): a file is

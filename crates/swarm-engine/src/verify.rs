@@ -348,6 +348,7 @@ mod tests {
                     files: vec![],
                     kind: TaskKind::Code,
                     commands: vec![],
+                    agent: None,
                 },
                 PlanTask {
                     id: "b".into(),
@@ -357,6 +358,7 @@ mod tests {
                     files: vec![],
                     kind: TaskKind::Code,
                     commands: vec![],
+                    agent: None,
                 },
             ],
         };

@@ -27,6 +27,7 @@
 //! the commands [`run_shell`] starts.
 
 pub mod limit;
+pub mod relay;
 pub mod sandbox;
 pub mod tree;
 
@@ -684,6 +685,81 @@ pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Re
     if let Some(e) = &opts.enclosure {
         e.set_root(child.pid);
     }
+    Ok(child)
+}
+
+/// Spawns a long-lived child confined by `sandbox` (an outside agent, or
+/// the relay in front of it): `program args` in `cwd` with the sandbox's
+/// environment plus `env`, stdin and stdout piped, stderr as `stderr` says,
+/// its own process group and the parent-death signal, forked from the
+/// spawner thread. Under bubblewrap, `program` runs inside `bwrap`. Must be
+/// called inside a tokio runtime.
+pub fn spawn_confined(
+    program: &Path,
+    args: &[OsString],
+    cwd: &Path,
+    env: &[(OsString, OsString)],
+    stderr: ChildStderr,
+    sandbox: &Sandbox,
+) -> Result<ChildProcess> {
+    let spawn_err = |source: std::io::Error| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    };
+    let handle =
+        tokio::runtime::Handle::try_current().map_err(|e| spawn_err(std::io::Error::other(e)))?;
+    let (exe, mut all_args) = match sandbox.wrapper() {
+        Some((bwrap, mut a)) => {
+            a.push(program.as_os_str().to_owned());
+            (bwrap, a)
+        }
+        None => (program.to_owned(), Vec::new()),
+    };
+    all_args.extend(args.iter().cloned());
+    let mut std_cmd = match sandbox.env() {
+        Some(base) => command_with_env(exe.as_os_str(), Some(cwd), base, env),
+        None => base_command(exe.as_os_str(), Some(cwd), env),
+    };
+    std_cmd.args(&all_args);
+    set_parent_death_signal(&mut std_cmd);
+    sandbox.install(&mut std_cmd);
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.stderr(match stderr {
+        ChildStderr::Inherit => Stdio::inherit(),
+        ChildStderr::Piped => Stdio::piped(),
+        ChildStderr::Null => Stdio::null(),
+    });
+    let (tx, rx) = mpsc::channel();
+    let job: SpawnJob = Box::new(move || {
+        let _entered = handle.enter();
+        let result = spawn_registered(
+            || {
+                cmd.spawn().map(|child| ChildProcess {
+                    pid: child.id().unwrap_or(0),
+                    child,
+                })
+            },
+            ChildProcess::pid,
+        );
+        let _ = tx.send(result);
+    });
+    let sent = spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job);
+    if sent.is_err() {
+        return Err(spawn_err(std::io::Error::other(
+            "the spawner thread is gone",
+        )));
+    }
+    let child = rx
+        .recv()
+        .map_err(|_| spawn_err(std::io::Error::other("the spawner thread is gone")))?
+        .map_err(spawn_err)?;
+    SPAWNED.fetch_add(1, Ordering::Relaxed);
     Ok(child)
 }
 

@@ -580,6 +580,15 @@ impl Sandbox {
         matches!(self.kind, Kind::Off)
     }
 
+    /// `bwrap` and its arguments, before the confined program, under
+    /// bubblewrap; `None` for the mechanisms that apply in the child itself.
+    pub(crate) fn wrapper(&self) -> Option<(PathBuf, Vec<OsString>)> {
+        match &self.kind {
+            Kind::Bubblewrap { program, args } => Some((program.clone(), args.clone())),
+            Kind::Off | Kind::Landlock { .. } => None,
+        }
+    }
+
     /// The program to start for `sh -c`, and the arguments before `-c`.
     pub(crate) fn shell(&self) -> (PathBuf, Vec<OsString>) {
         match &self.kind {

@@ -24,6 +24,10 @@ pub struct ProjectOptions {
     pub max_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_network: Option<bool>,
+    /// The agent that does the project's tasks unless a task names one (a
+    /// name under `[agents]` in agentswarm.toml, or `builtin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 impl ProjectOptions {

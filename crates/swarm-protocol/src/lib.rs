@@ -4,6 +4,7 @@
 //!
 //! This crate depends on nothing of ours; every other crate may depend on it.
 
+pub mod agent;
 pub mod api;
 pub mod chat;
 pub mod ids;

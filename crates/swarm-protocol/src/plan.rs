@@ -32,6 +32,11 @@ pub struct PlanTask {
     /// Shell commands; only for `kind = "verify"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<String>,
+    /// The agent that does this task: a name under `[agents]` in
+    /// agentswarm.toml, or `builtin`; absent: the project's choice
+    /// (docs/agents.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

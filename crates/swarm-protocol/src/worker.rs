@@ -64,6 +64,10 @@ pub struct WorkerStart {
     /// (`.agentswarm.toml`: `copy`, `setup`), done after [`WorkerStart::setup`].
     #[serde(default)]
     pub prepare: RepoPrepare,
+    /// An outside agent that does the attempt instead of the built-in loop
+    /// (docs/agents.md); `None`: the built-in agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<crate::agent::AgentSpec>,
 }
 
 /// What `.agentswarm.toml` asks of each worktree (docs/existing-repos.md).
@@ -169,6 +173,9 @@ pub enum FromWorker {
         tools: Vec<ToolSpec>,
     },
     /// A tool call is about to run (for live progress and the event log).
+    /// An outside agent's tool calls, messages and plan updates come as
+    /// these too (`tool` is then the agent's own tool name, or `message`
+    /// and `plan`).
     Progress {
         turn: u32,
         tool: String,

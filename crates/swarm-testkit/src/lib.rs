@@ -2,7 +2,8 @@
 //! `agentswarm demo`.
 //!
 //! It speaks OpenAI's `POST /v1/chat/completions` and Anthropic's
-//! `POST /v1/messages` (both non-streaming, with tool calling) and answers
+//! `POST /v1/messages` (with tool calling; streamed as server-sent events
+//! when the request says `stream: true`) and answers
 //! both from one [`Scenario`]: the planner's and fixer's replies in order,
 //! each task's tool calls turn by turn, a fixed latency, and injected errors
 //! (HTTP 429/5xx, 401, 404, context length exceeded, malformed JSON). It
@@ -74,6 +75,11 @@ pub struct Scenario {
     /// Injected failures, tried in order before a request is answered.
     #[serde(default)]
     pub errors: Vec<InjectedError>,
+    /// The text answering a request that is none of the kinds below (an
+    /// outside agent's side calls: opencode's title, Claude Code's topic
+    /// check). Absent: such a request is an error (HTTP 500).
+    #[serde(default)]
+    pub other: Option<String>,
 }
 
 /// One task's turns, or one list of turns per attempt (the last repeats).
@@ -573,8 +579,13 @@ fn classify(body: &Value) -> Classified {
 }
 
 /// A worker's first message: `Task <id>: …` with an `Attempt: N` line.
+/// Outside agents (docs/agents.md) may put their own context before the
+/// task's prompt: a line that starts with `Task <id>: ` counts too.
 fn classify_task(first_user: &str) -> Classified {
-    let Some(rest) = first_user.strip_prefix("Task ") else {
+    let task_line = first_user
+        .lines()
+        .find(|l| l.starts_with("Task ") && l.contains(": "));
+    let Some(rest) = task_line.and_then(|l| l.strip_prefix("Task ")) else {
         return Classified::unknown();
     };
     let id = rest.split(':').next().unwrap_or("").trim().to_owned();
@@ -706,7 +717,23 @@ async fn handle(inner: &Inner, wire: Wire, headers: &HeaderMap, raw: &[u8]) -> R
     let n = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
     let model = body.get("model").cloned().unwrap_or(Value::Null);
     let answer = wire::reply_body(wire, &scripted, &model, n, raw.len());
+    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
     record(inner, &at, c, body, 200);
+    if stream {
+        return (
+            StatusCode::OK,
+            [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+            ],
+            wire::stream_body(wire, &answer, include_usage),
+        )
+            .into_response();
+    }
     json_response(200, &answer)
 }
 
@@ -810,7 +837,10 @@ fn reply(inner: &Inner, c: &Classified) -> std::result::Result<wire::ScriptedRep
             )),
             calls: Vec::new(),
         }),
-        RequestKind::Unknown => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
+        RequestKind::Unknown => match &sc.other {
+            Some(text) => Ok(wire::ScriptedReply { content: Some(text.clone()), calls: Vec::new() }),
+            None => Err("the scripted server cannot tell what this request is: the first user message starts with neither `Goal: `, `Verify failed` nor `Task <id>: `".into()),
+        },
     }
 }
 
@@ -901,6 +931,78 @@ mod tests {
     fn tools() -> Value {
         json!([{"type": "function", "function": {"name": "write_file", "description": "w", "parameters": {"type": "object"}}},
                {"type": "function", "function": {"name": "finish", "description": "f", "parameters": {"type": "object"}}}])
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_gets_the_providers_events() {
+        let sc = Scenario::from_json_str(
+            &json!({"tasks": {"t1": {"turns": [{"content": "hi", "calls": [{"name": "write_file", "arguments": {"path": "a", "content": "b"}}]}]}}}).to_string(),
+        )
+        .unwrap();
+        let server = ScriptedServer::start(sc).await.unwrap();
+        let data = |raw: &str| -> Vec<Value> {
+            raw.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect()
+        };
+        // Chat Completions: chunks, the usage chunk asked for, then [DONE].
+        let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}, "tools": tools(),
+            "messages": [{"role": "user", "content": "Task t1: do it\nAttempt: 1\n"}]});
+        let r = post_with(
+            &format!("{}/chat/completions", server.base_url()),
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+        assert!(r.raw.trim_end().ends_with("data: [DONE]"), "{}", r.raw);
+        let chunks = data(&r.raw);
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "hi");
+        assert_eq!(
+            chunks[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+            "write_file"
+        );
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "tool_calls");
+        assert!(chunks[4]["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+        // stream_options without stream is refused, as OpenAI does.
+        let bad = json!({"model": "m", "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "Task t1: do it\nAttempt: 1\n"}]});
+        let (status, _) = post(&format!("{}/chat/completions", server.base_url()), bad).await;
+        assert_eq!(status, 400);
+        // Anthropic: the Messages events, in order.
+        let body = json!({"model": "m", "max_tokens": 10, "stream": true,
+            "tools": [{"name": "write_file", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "Task t1: do it\nAttempt: 1\n"}]});
+        let r = post_with(
+            &format!("{}/messages", server.base_url()),
+            &[("anthropic-version", "2023-06-01")],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        let types: Vec<String> = data(&r.raw)
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(types.first().map(String::as_str), Some("message_start"));
+        assert_eq!(types.last().map(String::as_str), Some("message_stop"));
+        assert_eq!(
+            types.iter().filter(|t| *t == "content_block_start").count(),
+            2
+        );
+        let events = data(&r.raw);
+        let json_delta = events
+            .iter()
+            .find(|e| e["delta"]["type"] == "input_json_delta")
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(json_delta["delta"]["partial_json"].as_str().unwrap())
+                .unwrap(),
+            json!({"path": "a", "content": "b"})
+        );
     }
 
     #[tokio::test]

@@ -35,8 +35,14 @@ pub fn request(body: &Value) -> Result<(), Vec<String>> {
         Some(Value::String(s)) if !s.is_empty() => {}
         _ => problems.push("`model` must be a non-empty string".into()),
     }
-    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
-        problems.push("`stream: true` is not scripted".into());
+    match obj.get("stream") {
+        None | Some(Value::Bool(_)) => {}
+        Some(v) => problems.push(format!("`stream` must be a boolean, not {v}")),
+    }
+    if obj.contains_key("stream_options") && obj.get("stream") != Some(&Value::Bool(true)) {
+        problems.push(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(),
+        );
     }
     // OpenAI's reasoning models, in OpenAI's words.
     let model = obj.get("model").and_then(Value::as_str).unwrap_or("");
@@ -300,8 +306,9 @@ pub fn anthropic_request(anthropic_version: Option<&str>, body: &Value) -> Resul
         Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
         Some(v) => problems.push(format!("`max_tokens` must be a positive integer, not {v}")),
     }
-    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
-        problems.push("`stream: true` is not scripted".into());
+    match obj.get("stream") {
+        None | Some(Value::Bool(_)) => {}
+        Some(v) => problems.push(format!("stream: Input should be a valid boolean, not {v}")),
     }
     match obj.get("system") {
         None | Some(Value::String(_)) => {}
@@ -673,7 +680,7 @@ mod tests {
         );
         // Chat Completions fields and tools sent to the Messages API; streaming.
         let p = problems(
-            json!({"model": "m", "max_tokens": 1, "n": 1, "stream": true,
+            json!({"model": "m", "max_tokens": 1, "n": 1, "stream": "yes",
             "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
             "messages": [{"role": "user", "content": "x"}]}),
         );

@@ -115,6 +115,97 @@ pub(crate) fn reply_body(
     }
 }
 
+/// A 200 body of [`reply_body`] as the provider streams it (`stream:
+/// true`): Anthropic's events (`message_start`, a start, delta and stop per
+/// content block, `message_delta`, `message_stop`), or Chat Completions
+/// chunks ending in `data: [DONE]` (with a usage chunk when the request's
+/// `stream_options.include_usage` asks).
+pub(crate) fn stream_body(wire: Wire, body: &Value, include_usage: bool) -> String {
+    let mut out = String::new();
+    match wire {
+        Wire::Anthropic => {
+            let mut ev = |name: &str, data: Value| {
+                out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+            };
+            let mut start = body.clone();
+            start["content"] = json!([]);
+            start["stop_reason"] = Value::Null;
+            start["usage"]["output_tokens"] = json!(0);
+            ev(
+                "message_start",
+                json!({"type": "message_start", "message": start}),
+            );
+            for (i, b) in body["content"].as_array().into_iter().flatten().enumerate() {
+                let (open, delta) = if b["type"] == "tool_use" {
+                    (
+                        json!({"type": "tool_use", "id": b["id"], "name": b["name"], "input": {}}),
+                        json!({"type": "input_json_delta", "partial_json": b["input"].to_string()}),
+                    )
+                } else {
+                    (
+                        json!({"type": "text", "text": ""}),
+                        json!({"type": "text_delta", "text": b["text"]}),
+                    )
+                };
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": i, "content_block": open}),
+                );
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": i, "delta": delta}),
+                );
+                ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": i}),
+                );
+            }
+            ev(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": body["stop_reason"], "stop_sequence": null}, "usage": {"output_tokens": body["usage"]["output_tokens"]}}),
+            );
+            ev("message_stop", json!({"type": "message_stop"}));
+        }
+        Wire::OpenAi => {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"],
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let message = &body["choices"][0]["message"];
+            let mut chunks = vec![chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            )];
+            if let Some(t) = message["content"].as_str().filter(|t| !t.is_empty()) {
+                chunks.push(chunk(json!({"content": t}), Value::Null));
+            }
+            for (i, c) in message["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let mut c = c.clone();
+                c["index"] = json!(i);
+                chunks.push(chunk(json!({"tool_calls": [c]}), Value::Null));
+            }
+            chunks.push(chunk(
+                json!({}),
+                body["choices"][0]["finish_reason"].clone(),
+            ));
+            if include_usage {
+                chunks.push(json!({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
+                                   "model": body["model"], "choices": [], "usage": body["usage"]}));
+            }
+            for c in chunks {
+                out.push_str(&format!("data: {c}\n\n"));
+            }
+            out.push_str("data: [DONE]\n\n");
+        }
+    }
+    out
+}
+
 /// An error body in the provider's shape. `code` is OpenAI's `code` field
 /// (Anthropic has none); `kind` is OpenAI's `type` or Anthropic's
 /// `error.type`.
