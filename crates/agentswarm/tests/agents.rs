@@ -325,6 +325,75 @@ fn an_agent_with_its_own_credentials_gets_its_login_and_the_run_says_whose_costs
     assert_eq!(delivery[key], b"subscription-login\n");
 }
 
+/// An agent on its own credentials that says its vendor's usage limit is
+/// reached: its attempts are not counted (one attempt is allowed), no task
+/// goes to it until the reset it names, and then the work resumes by itself.
+#[test]
+fn an_own_credentials_agent_out_of_its_usage_limit_gets_no_task_until_its_reset() {
+    let task = |f: &str| json!({"turns": [write(f, "done\n"), {"content": "Done."}]});
+    let h = Harness::new(json!({"tasks": {"a": task("a.txt"), "b": task("b.txt")}}));
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(6);
+    let until_s = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The command agent, on its own credentials, told when its limit ends.
+    let toml = agents_toml();
+    let cmd = toml.find("[agents.fake-cmd]").unwrap();
+    let (acp, command) = toml.split_at(cmd);
+    let command = command
+        .replacen(
+            "[agents.fake-cmd]\n",
+            "[agents.fake-cmd]\ncredentials = \"own\"\n",
+            1,
+        )
+        .replacen(
+            "FAKE_AGENT_KEY = \"{token}\" }",
+            &format!("FAKE_AGENT_KEY = \"{{token}}\", FAKE_AGENT_LIMIT_UNTIL = \"{until_s}\" }}"),
+            1,
+        );
+    let toml = format!("{acp}{command}");
+    assert!(toml.contains("FAKE_AGENT_LIMIT_UNTIL"), "{toml}");
+    std::fs::write(h.home.path().join("agentswarm.toml"), &toml).unwrap();
+    let mut p = plan(
+        "limits",
+        &[("a", &[]), ("b", &[])],
+        &["test -f a.txt && test -f b.txt"],
+    );
+    p["tasks"][0]["agent"] = json!("fake-cmd");
+    p["tasks"][1]["agent"] = json!("fake-cmd");
+    let (out, report) = h.run_plan(&p, &["--max-attempts", "1"]);
+    assert_eq!(report["status"], "done", "{}", text(&out));
+    let status = h.status_json(report["project_id"].as_str().unwrap());
+    let until_ms = (until_s * 1000) as i64;
+    for t in status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "code")
+    {
+        assert_eq!(t["attempts_counted"], 0, "{t}");
+        let history = t["attempt_history"].as_array().unwrap();
+        let first = &history[0];
+        assert!(
+            first["reason"]
+                .as_str()
+                .unwrap()
+                .contains("is out of its usage limit (not counted)"),
+            "{t}"
+        );
+        // No attempt of this agent started during the hold.
+        for a in &history[1..] {
+            assert!(a["started_ms"].as_i64().unwrap() >= until_ms - 1000, "{t}");
+        }
+    }
+    let logs = text(&h.run(&["logs", report["project_id"].as_str().unwrap()]));
+    assert!(
+        logs.contains("agent fake-cmd is out of its usage limit until"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn an_agent_is_held_to_max_turns_and_the_attempt_wall_time() {
     // max_turns: the third model request of the agent is refused, and the

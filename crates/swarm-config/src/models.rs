@@ -347,7 +347,7 @@ impl Models {
             .get(provider)
             .is_some_and(|p| p.kind == ProviderKind::Anthropic);
         self.prices.get(model).map(|p| {
-            let mut p = p.clone();
+            let mut p = *p;
             if !anthropic && p.cache_read_per_mtok.is_none() {
                 p.cache_read_per_mtok = Some(p.input_per_mtok);
             }

@@ -167,7 +167,28 @@ impl AttemptRunner for BuiltinRunner {
     }
 
     async fn run(self: Arc<Self>, job: AttemptJob, cancel: CancellationToken) -> AttemptReport {
-        let (outcome, worktree) = drive(&self, job, cancel).await;
+        let task = job.task.clone();
+        let (mut outcome, worktree) = drive(&self, job, cancel).await;
+        // An agent on its own credentials that hit its vendor's usage limit:
+        // not the task's fault; the agent waits for its reset.
+        if let (Some(spec), Outcome::Ended { how, reason, turns }) =
+            (self.own_credentials_agent(&task), &outcome)
+        {
+            if matches!(how, Ended::Failed | Ended::Crashed) {
+                if let Some(wait) = usage_limit_reset(reason) {
+                    let until = std::time::SystemTime::now() + wait;
+                    self.gateway.hold_agent(&spec.name, until, reason);
+                    outcome = Outcome::ended(
+                        Ended::UsageLimit,
+                        format!(
+                            "agent {} is out of its usage limit (not counted): {reason}",
+                            spec.name
+                        ),
+                        *turns,
+                    );
+                }
+            }
+        }
         AttemptReport {
             outcome,
             workspace: worktree.map(|path| Workspace { path }),
@@ -177,6 +198,82 @@ impl AttemptRunner for BuiltinRunner {
     fn release(&self, workspace: Workspace, dirty: bool) {
         self.pool.release(&workspace.path, dirty);
     }
+
+    fn hold(&self, task: &TaskId) -> Option<crate::gateway::QuotaBlock> {
+        let spec = self.own_credentials_agent(task)?;
+        self.gateway.agent_hold(&spec.name)
+    }
+}
+
+impl BuiltinRunner {
+    /// The outside agent that does `task`, when it runs on its own
+    /// credentials (its vendor's quota, which the gateway does not see).
+    fn own_credentials_agent(&self, task: &TaskId) -> Option<swarm_protocol::agent::AgentSpec> {
+        self.agents
+            .spec_for(task)
+            .ok()
+            .flatten()
+            .filter(|s| s.credentials == swarm_protocol::agent::Credentials::Own)
+    }
+}
+
+/// How long until an agent's usage limit resets, when `reason` (its last
+/// words) says the limit is reached: the time it names (`…|<unix seconds>`
+/// as Claude Code writes it, `try again in 2 hours`, `retry in 56s`), else
+/// [`crate::gateway::DEFAULT_QUOTA_BLOCK`]. `None`: some other failure.
+/// Hand-written: each CLI words it its own way and no crate knows them.
+pub(crate) fn usage_limit_reset(reason: &str) -> Option<Duration> {
+    let lower = reason.to_ascii_lowercase();
+    let limited = [
+        "usage limit",
+        "quota exceeded",
+        "exceeded your current quota",
+        "rate limit reached",
+        "limit reached",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    if !limited {
+        return None;
+    }
+    // `usage limit reached|1718900000`: the reset as unix seconds.
+    if let Some(epoch) = lower
+        .split(['|', ' '])
+        .filter_map(|w| {
+            w.trim_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u64>()
+                .ok()
+        })
+        .find(|n| *n > 1_000_000_000)
+    {
+        let reset = std::time::UNIX_EPOCH + Duration::from_secs(epoch);
+        return Some(
+            reset
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::from_secs(1)),
+        );
+    }
+    // `(try again|retry) in N (s|sec|seconds|m|min|minutes|h|hours)`.
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        let (Some(&next), true) = (words.get(i + 1), *w == "in") else {
+            continue;
+        };
+        let (num, unit) = match next.find(|c: char| !c.is_ascii_digit() && c != '.') {
+            Some(j) if j > 0 => (&next[..j], &next[j..]),
+            _ => (next, words.get(i + 2).copied().unwrap_or("")),
+        };
+        let Ok(n) = num.parse::<f64>() else { continue };
+        let unit = unit.trim_matches(|c: char| !c.is_ascii_alphabetic());
+        let secs = match unit {
+            "s" | "sec" | "secs" | "second" | "seconds" => n,
+            "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => n * 3600.0,
+            _ => continue,
+        };
+        return Some(Duration::from_secs_f64(secs.max(1.0)));
+    }
+    Some(crate::gateway::DEFAULT_QUOTA_BLOCK)
 }
 
 /// Runs the attempt; returns how it ended and the worktree it used (to be
@@ -728,5 +825,40 @@ fn write_transcript(
     };
     if let Err(e) = write() {
         tracing::warn!(error = %e, path = %path.display(), "could not write the transcript");
+    }
+}
+
+#[cfg(test)]
+mod usage_limit_tests {
+    use super::*;
+
+    #[test]
+    fn usage_limit_messages_give_their_reset() {
+        let soon = std::time::SystemTime::now() + Duration::from_secs(120);
+        let epoch = soon
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let d = usage_limit_reset(&format!("Claude AI usage limit reached|{epoch}")).unwrap();
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(110),
+            "{d:?}"
+        );
+        assert_eq!(
+            usage_limit_reset("You've hit your usage limit. Try again in 2 hours."),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            usage_limit_reset("Quota exceeded for model; please retry in 56s"),
+            Some(Duration::from_secs(56))
+        );
+        assert_eq!(
+            usage_limit_reset("5-hour limit reached"),
+            Some(crate::gateway::DEFAULT_QUOTA_BLOCK)
+        );
+        assert_eq!(
+            usage_limit_reset("agent claude failed (exit code 1): SyntaxError"),
+            None
+        );
     }
 }

@@ -186,6 +186,9 @@ struct Inner {
     router: Router,
     /// Providers out of quota, by name, until their reset.
     quota: Mutex<BTreeMap<String, QuotaBlock>>,
+    /// Outside agents on their own credentials out of their usage limit,
+    /// by agent name, until their reset.
+    agent_quota: Mutex<BTreeMap<String, QuotaBlock>>,
     /// The router's shared request limiter, for its snapshot.
     limiter: Arc<dyn RequestLimiter>,
     /// Every call is counted here too (the engine renders these).
@@ -277,6 +280,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 router: Router::new(limiter.clone(), RetryPolicy::default()),
                 quota: Mutex::new(BTreeMap::new()),
+                agent_quota: Mutex::new(BTreeMap::new()),
                 limiter,
                 metrics: Arc::new(Metrics::new()),
                 routes,
@@ -312,6 +316,18 @@ impl Gateway {
         q.values().cloned().collect()
     }
 
+    /// The providers out of quota and the outside agents out of their usage
+    /// limit now (for the status, the dashboard and `/metrics`).
+    pub fn all_holds(&self) -> Vec<QuotaBlock> {
+        let mut all = self.quota_blocks();
+        let now = SystemTime::now();
+        if let Ok(mut q) = self.inner.agent_quota.lock() {
+            q.retain(|_, b| b.until > now);
+            all.extend(q.values().cloned());
+        }
+        all
+    }
+
     /// Whether `role`'s calls cannot go out: every model of its route (the
     /// model and its fallbacks) is served by a provider out of quota. The
     /// block that ends first: from then on the role can be served again.
@@ -334,6 +350,33 @@ impl Gateway {
     /// `quota_block_for(Planner)` / `(Fixer)` before it plans.
     pub fn quota_block(&self) -> Option<QuotaBlock> {
         self.quota_block_for(ModelRole::Worker)
+    }
+
+    /// An outside agent on its own credentials (its vendor's quota, which
+    /// this gateway does not see) said its usage limit is reached: no task
+    /// goes to it, in any project, until `until`.
+    pub fn hold_agent(&self, agent: &str, until: SystemTime, reason: &str) {
+        let reason = self.inner.redactor.redact(reason).into_owned();
+        tracing::warn!(%agent, %reason, "an agent's usage limit is reached: it gets no task until its reset");
+        if let Ok(mut q) = self.inner.agent_quota.lock() {
+            let e = q.entry(agent.to_owned()).or_insert_with(|| QuotaBlock {
+                provider: format!("agent {agent}"),
+                until,
+                reason: reason.clone(),
+            });
+            if until >= e.until {
+                e.until = until;
+                e.reason = reason;
+            }
+        }
+    }
+
+    /// `agent`'s usage-limit hold, while it lasts (see [`Gateway::hold_agent`]).
+    pub fn agent_hold(&self, agent: &str) -> Option<QuotaBlock> {
+        let now = SystemTime::now();
+        let mut q = self.inner.agent_quota.lock().ok()?;
+        q.retain(|_, b| b.until > now);
+        q.get(agent).cloned()
     }
 
     /// Records a quota answer: the provider is left alone until its reset.

@@ -294,7 +294,7 @@ impl Engine {
             },
             quota_blocked: self
                 .gateway
-                .quota_blocks()
+                .all_holds()
                 .iter()
                 .map(|b| QuotaStatus::of(b, now))
                 .collect(),

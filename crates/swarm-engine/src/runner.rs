@@ -82,6 +82,10 @@ pub enum Ended {
     /// not the agent's: git, the file system). Recorded as `failed`; not
     /// counted the first [`SETUP_RETRIES`] times in a row for a task.
     Setup,
+    /// An outside agent on its own credentials said its vendor's usage
+    /// limit is reached: the attempt is not counted, and the agent gets no
+    /// task until the reset ([`AttemptRunner::hold`]). Recorded as `failed`.
+    UsageLimit,
 }
 
 /// Setup failures in a row a task gets without using up an attempt.
@@ -92,7 +96,7 @@ impl Ended {
     /// one does not, the task simply runs again.
     pub fn counts(self) -> bool {
         match self {
-            Ended::Interrupted => false,
+            Ended::Interrupted | Ended::UsageLimit => false,
             Ended::Setup
             | Ended::Failed
             | Ended::Stuck
@@ -105,7 +109,7 @@ impl Ended {
     /// The outcome the store records for it.
     pub fn recorded_as(self) -> AttemptOutcome {
         match self {
-            Ended::Failed | Ended::Setup => AttemptOutcome::Failed,
+            Ended::Failed | Ended::Setup | Ended::UsageLimit => AttemptOutcome::Failed,
             Ended::Stuck => AttemptOutcome::Stuck,
             Ended::Crashed => AttemptOutcome::Crashed,
             Ended::TimedOut => AttemptOutcome::Timeout,
@@ -177,4 +181,10 @@ pub trait AttemptRunner: Send + Sync + 'static {
     /// Takes back a workspace [`AttemptRunner::run`] left. `dirty`: the
     /// attempt did not end in a commit, so files may be left in it.
     fn release(&self, workspace: Workspace, dirty: bool);
+
+    /// Why `task` must not start now, and until when: the agent that would
+    /// do it is out of its usage limit. `None`: it may start.
+    fn hold(&self, _task: &TaskId) -> Option<crate::gateway::QuotaBlock> {
+        None
+    }
 }

@@ -349,6 +349,36 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 ));
             }
         }
+        // Tasks whose outside agent is out of its own usage limit wait for
+        // its reset (docs/agents.md); the others go on.
+        if ready.iter().any(|id| self.tasks[id].kind == TaskKind::Code) {
+            let mut held = None::<crate::gateway::QuotaBlock>;
+            ready.retain(|id| {
+                if self.tasks[id].kind != TaskKind::Code {
+                    return true;
+                }
+                match self.runner.hold(id) {
+                    Some(b) => {
+                        if held.as_ref().is_none_or(|h| b.until < h.until) {
+                            held = Some(b);
+                        }
+                        false
+                    }
+                    None => true,
+                }
+            });
+            if let Some(b) = held {
+                let left = b
+                    .until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                let at = tokio::time::Instant::now() + left;
+                self.quota_until = Some(self.quota_until.map_or(at, |q| q.min(at)));
+                if waiting.is_none() {
+                    waiting = Some(wording::waiting_for_quota(&b.provider, b.until, &b.reason));
+                }
+            }
+        }
         for id in ready {
             let Some(permit) = self
                 .spare

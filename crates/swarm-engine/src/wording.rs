@@ -47,9 +47,15 @@ pub(crate) fn waiting_for_slots(max_concurrent_workers: u32) -> String {
 }
 
 /// Work that needs `provider` waits for its quota reset at `until`.
+/// `provider` is a provider's name, or `agent NAME` for an outside agent
+/// on its own credentials.
 pub(crate) fn waiting_for_quota(provider: &str, until: SystemTime, reason: &str) -> String {
+    let who = match provider.strip_prefix("agent ") {
+        Some(agent) => format!("agent {agent} is out of its usage limit"),
+        None => format!("provider {provider} is out of quota"),
+    };
     format!(
-        "waiting: provider {provider} is out of quota until {}; work that needs it resumes by itself then ({})",
+        "waiting: {who} until {}; work that needs it resumes by itself then ({})",
         humantime::format_rfc3339_seconds(until),
         truncate(reason.lines().next().unwrap_or_default(), 160)
     )

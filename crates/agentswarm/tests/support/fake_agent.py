@@ -16,6 +16,7 @@ the call only if allowed. Diagnostics go to stderr.
 
 import json
 import os
+import time
 import subprocess
 import sys
 import urllib.request
@@ -179,6 +180,12 @@ def acp(anthropic):
 
 
 def main():
+    # Until FAKE_AGENT_LIMIT_UNTIL (unix seconds), say the vendor's usage
+    # limit is reached, as Claude Code words it, and fail.
+    until = os.environ.get("FAKE_AGENT_LIMIT_UNTIL")
+    if until and time.time() < int(until):
+        print(f"Claude AI usage limit reached|{until}", file=sys.stderr)
+        raise SystemExit(1)
     args = sys.argv[1:]
     anthropic = not ("--speaks" in args and args[args.index("--speaks") + 1] == "openai_chat")
     if args and args[0] == "acp":
