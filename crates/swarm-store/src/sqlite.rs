@@ -208,24 +208,28 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
-        f(&conn)
+        may_block(|| {
+            let conn = self
+                .conn
+                .lock()
+                .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
+            f(&conn)
+        })
     }
 
     /// One `BEGIN IMMEDIATE` transaction, committed without a sync (see
     /// `setup`): for what recovery rebuilds from git or can redo.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        may_block(|| {
+            let mut conn = self
+                .conn
+                .lock()
+                .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Like `write`, but the commit is synced (`synchronous=FULL` for this
@@ -236,19 +240,34 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
-        conn.execute_batch("PRAGMA synchronous = FULL")?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        result
+        may_block(|| {
+            let mut conn = self
+                .conn
+                .lock()
+                .map_err(|_| Error::Data("the store lock is poisoned".into()))?;
+            conn.execute_batch("PRAGMA synchronous = FULL")?;
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            result
+        })
+    }
+}
+
+/// Runs a store call that may block (the connection's lock, a sync to
+/// disk). On a worker thread of a multi-thread tokio runtime the runtime is
+/// told first (`block_in_place`), so the other tasks of that thread move on
+/// instead of waiting behind it; anywhere else (a blocking-pool thread, a
+/// plain thread, a current-thread runtime) it simply runs.
+fn may_block<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -980,6 +999,51 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store call that waits (here for the connection, held by another
+    /// thread as a slow write would) does not stall the other tasks of the
+    /// runtime thread it was called on.
+    #[test]
+    fn a_waiting_store_call_does_not_stall_its_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let held = s.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _conn = held.conn.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        });
+        locked_rx.recv().unwrap();
+        let longest_gap = rt.block_on(async {
+            let store = s.clone();
+            let ticker = tokio::spawn(async {
+                let mut longest = std::time::Duration::ZERO;
+                let mut last = std::time::Instant::now();
+                for _ in 0..40 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    longest = longest.max(last.elapsed());
+                    last = std::time::Instant::now();
+                }
+                longest
+            });
+            // The ticker is running on the one worker thread; now the call.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let call = tokio::spawn(async move { store.list_projects().map(|p| p.len()) });
+            assert_eq!(call.await.unwrap().unwrap(), 0);
+            ticker.await.unwrap()
+        });
+        holder.join().unwrap();
+        assert!(
+            longest_gap < std::time::Duration::from_millis(300),
+            "the runtime thread stalled for {longest_gap:?} behind a store call"
+        );
+    }
 
     fn task(id: &str, deps: &[&str], kind: TaskKind) -> NewTask {
         NewTask {
