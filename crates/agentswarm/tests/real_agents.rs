@@ -63,8 +63,16 @@ fn installed() -> Option<PathBuf> {
 /// `[agents.*]` for the three real agents installed under `dir`.
 fn agents_toml(dir: &std::path::Path) -> String {
     let d = dir.to_str().unwrap();
-    let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-    let support = support.to_str().unwrap();
+    // Gemini skips a system settings file below a directory others may
+    // write to ("Parent directory '/tmp' is insecure"), as a checkout under
+    // /tmp is; without its settings its shell needs a pty, which the sandbox
+    // has not. So they go where no parent is writable by others.
+    let settings_dir = std::path::Path::new("/run/agentswarm-test-gemini");
+    std::fs::create_dir_all(settings_dir).unwrap();
+    let settings = settings_dir.join("settings.json");
+    std::fs::write(&settings, include_str!("support/gemini-settings.json")).unwrap();
+    let settings = settings.to_str().unwrap();
+    let settings_dir = settings_dir.to_str().unwrap();
     let opencode = json!({
         "provider": {"swarm": {"npm": "@ai-sdk/openai-compatible", "name": "swarm",
             "options": {"baseURL": "{gateway}/v1", "apiKey": "{token}"},
@@ -94,8 +102,8 @@ env = {{ ANTHROPIC_BASE_URL = "{{gateway}}", ANTHROPIC_API_KEY = "{{token}}", CL
 kind = "acp"
 command = ["{d}/node_modules/.bin/gemini", "--acp", "-m", "gemini-2.5-pro"]
 speaks = "gemini"
-read_paths = ["{d}", "{support}"]
-env = {{ GOOGLE_GEMINI_BASE_URL = "{{gateway}}", GEMINI_API_KEY = "{{token}}", GEMINI_CLI_TRUST_WORKSPACE = "true", GEMINI_CLI_SYSTEM_SETTINGS_PATH = "{support}/gemini-settings.json" }}
+read_paths = ["{d}", "{settings_dir}"]
+env = {{ GOOGLE_GEMINI_BASE_URL = "{{gateway}}", GEMINI_API_KEY = "{{token}}", GEMINI_CLI_TRUST_WORKSPACE = "true", GEMINI_CLI_SYSTEM_SETTINGS_PATH = "{settings}" }}
 
 [agents.codex]
 kind = "command"
