@@ -308,6 +308,15 @@ impl Rig {
             .unwrap()
             .trim_start_matches("#/projects/")
             .to_owned();
+        // The view fills in from the project's first answer, a moment after
+        // the address changes.
+        let shown = serde_json::to_string(goal).unwrap();
+        page.wait(
+            "the project view shows the goal",
+            30,
+            &format!("(document.querySelector('#project-goal') || {{}}).textContent === {shown}"),
+        )
+        .await;
         assert_eq!(page.text("#project-goal").await, goal);
         // The project view does not poll: only its event stream refreshes it.
         page.wait(
