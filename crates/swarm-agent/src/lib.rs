@@ -259,8 +259,9 @@ fn agent_loop<R: BufRead, W: Write>(
 }
 
 /// Sends one model request and waits for its reply (a reply to an older
-/// request is skipped).
-fn ask<R: BufRead, W: Write>(
+/// request is skipped). The built-in loop and a hosted outside agent
+/// both ask through it.
+pub(crate) fn ask<R: BufRead, W: Write>(
     ch: &mut Channel<R, W>,
     seq: &mut u64,
     turn: u32,

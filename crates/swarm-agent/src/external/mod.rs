@@ -23,7 +23,7 @@ mod command;
 mod endpoint;
 pub mod wire;
 
-use crate::{Channel, Error, Result, Setup};
+use crate::{Channel, Result, Setup};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -32,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use swarm_protocol::agent::{AgentKind, AgentSpec, Credentials};
 use swarm_protocol::chat::{ChatMessage, ToolSpec};
-use swarm_protocol::worker::{FromWorker, ModelResult, ToWorker, WorkerStart, SETUP_FAILED};
+use swarm_protocol::worker::{FromWorker, ModelResult, WorkerStart, SETUP_FAILED};
 
 /// The socket of the agent's endpoint, relative to the worktree (short:
 /// a socket path has at most 107 bytes).
@@ -223,7 +223,7 @@ pub(crate) fn run<R: BufRead, W: Write>(
                     continue;
                 }
                 turns += 1;
-                let result = ask(ch, &mut seq, turns, messages, tools)?;
+                let result = crate::ask(ch, &mut seq, turns, messages, tools)?;
                 if let ModelResult::Ok { message, .. } = &result {
                     for c in &message.tool_calls {
                         ch.send(&FromWorker::Progress {
@@ -262,34 +262,6 @@ pub(crate) fn run<R: BufRead, W: Write>(
         },
         AgentEnd::Failed { reason } => failed(reason, turns),
     })
-}
-
-/// Sends one model request on the IPC channel and waits for its reply.
-fn ask<R: BufRead, W: Write>(
-    ch: &mut Channel<R, W>,
-    seq: &mut u64,
-    turn: u32,
-    messages: Vec<ChatMessage>,
-    tools: Vec<ToolSpec>,
-) -> Result<ModelResult> {
-    *seq += 1;
-    ch.send(&FromWorker::ModelRequest {
-        seq: *seq,
-        turn,
-        messages,
-        tools,
-    })?;
-    loop {
-        match ch.recv()? {
-            ToWorker::ModelReply { seq: s, result } if s == *seq => return Ok(result),
-            ToWorker::ModelReply { .. } => continue,
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected model_reply, got {other:?}"
-                )))
-            }
-        }
-    }
 }
 
 /// The attempt's sandbox for the agent: the task's policy, plus this
