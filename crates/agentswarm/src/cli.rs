@@ -178,6 +178,20 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Runs one attempt's worker on this node for a supervisor over SSH
+    /// (internal: the supervisor starts it).
+    #[command(hide = true)]
+    Worker {
+        /// The worker tree's memory limit, in MB.
+        #[arg(long)]
+        memory_mb: u64,
+        /// Seconds without the supervisor's heartbeat before the worker ends.
+        #[arg(long, default_value_t = 10)]
+        lost_after: u64,
+        /// SIGTERM, then SIGKILL after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        grace_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -114,6 +114,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Node(NodeCommand::Install { ref name }) => crate::node::install(&cli, name),
         Command::Node(NodeCommand::Info { json }) => crate::node::info(&cli, json),
+        Command::Node(NodeCommand::Worker {
+            memory_mb,
+            lost_after,
+            grace_secs,
+        }) => crate::node::worker_host(&cli, memory_mb, lost_after, grace_secs).await,
         Command::Service(ServiceCommand::Install {
             ref output,
             ref exe,

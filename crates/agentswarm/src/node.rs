@@ -9,26 +9,17 @@
 use crate::cli::{Cli, LimitArgs};
 use crate::commands::load_config;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use swarm_config::nodes::Node;
+use swarm_engine::nodes::{probe, ssh_argv, ssh_failure, Master};
+use swarm_protocol::node::NodeInfo;
 
-/// What `agentswarm node info --json` prints on a node: enough to decide
-/// whether it can run attempts.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeInfo {
-    pub version: String,
-    pub hostname: String,
-    pub cpus: usize,
-    /// The sandbox mechanism its commands would run under, and its gaps.
-    pub sandbox: String,
-    pub sandbox_gaps: Vec<String>,
-    /// The memory limiter its workers would run under.
-    pub memory_limiter: String,
-    pub free_memory_mb: Option<u64>,
-    pub load_1m: Option<f64>,
+/// `ssh` to `node` with the swarm's options, running `remote` there.
+fn ssh(node: &Node, control_dir: &std::path::Path, remote: &str) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(ssh_argv(node, control_dir, Master::Auto, remote));
+    c
 }
 
 /// This machine's [`NodeInfo`] (`agentswarm node info`, run by `check` on
@@ -53,6 +44,14 @@ pub fn info(cli: &Cli, json: bool) -> Result<ExitCode> {
             .to_owned(),
         free_memory_mb: readings.map(|r| r.available_mb),
         load_1m: readings.map(|r| r.load1),
+        home: std::env::var_os("HOME").map(std::path::PathBuf::from),
+        git: Command::new("git")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
     };
     if json {
         println!("{}", serde_json::to_string(&info)?);
@@ -76,123 +75,12 @@ fn describe(i: &NodeInfo) -> String {
     s
 }
 
-/// `ssh` to `node` with the swarm's options; the remote command follows.
-fn ssh(node: &Node, control_dir: &Path) -> Command {
-    let mut c = Command::new("ssh");
-    let opt = |c: &mut Command, o: String| {
-        c.arg("-o").arg(o);
-    };
-    opt(&mut c, "BatchMode=yes".into());
-    opt(&mut c, "StrictHostKeyChecking=yes".into());
-    opt(&mut c, "ConnectTimeout=10".into());
-    opt(&mut c, "ServerAliveInterval=2".into());
-    opt(&mut c, "ServerAliveCountMax=3".into());
-    opt(&mut c, "ControlMaster=auto".into());
-    opt(&mut c, format!("ControlPath={}/%C", control_dir.display()));
-    opt(&mut c, "ControlPersist=60".into());
-    if let Some(k) = &node.known_hosts_file {
-        opt(&mut c, format!("UserKnownHostsFile={}", k.display()));
-    }
-    if let Some(i) = &node.identity_file {
-        c.arg("-i").arg(i);
-        opt(&mut c, "IdentitiesOnly=yes".into());
-    }
-    c.arg("-p").arg(node.port.to_string());
-    c.arg("--").arg(&node.ssh);
-    c
-}
-
-/// The node's binary, quoted for its shell (the config refused quotes).
-fn remote_binary(node: &Node) -> String {
-    format!("'{}'", node.agentswarm)
-}
-
-/// Why an `ssh` run failed, in words that say what to do.
-fn ssh_failure(node: &Node, code: Option<i32>, stderr: &str) -> String {
-    let host = node.ssh.rsplit('@').next().unwrap_or(&node.ssh);
-    let known = node.known_hosts_file.as_ref().map_or_else(
-        || "~/.ssh/known_hosts".to_owned(),
-        |p| p.display().to_string(),
-    );
-    let first = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("no message");
-    if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-        return format!(
-            "the host key of {host} does not match the one in {known}: refused. If the node was \
-             really reinstalled, check its new key's fingerprint and replace the line"
-        );
-    }
-    if stderr.contains("Host key verification failed") || stderr.contains("No ED25519 host key") {
-        return format!(
-            "the host key of {host} is not in {known}: refused (host keys are always checked). \
-             Check the key's fingerprint on the node (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), \
-             then add it: `ssh-keyscan -p {} {host} >> {known}`",
-            node.port
-        );
-    }
-    if stderr.contains("Permission denied") {
-        return format!(
-            "{} refused the key{}: {first}",
-            node.ssh,
-            node.identity_file
-                .as_ref()
-                .map(|p| format!(" {}", p.display()))
-                .unwrap_or_default()
-        );
-    }
-    if code == Some(255) {
-        return format!("cannot reach {host} port {}: {first}", node.port);
-    }
-    if code == Some(127) || stderr.contains("No such file") || stderr.contains("not found") {
-        return format!(
-            "agentswarm is not installed on the node at {}: `agentswarm node install {}`",
-            node.agentswarm, node.name
-        );
-    }
-    format!(
-        "`agentswarm node info` failed on the node ({}): {first}",
-        code.map_or("signal".into(), |c| format!("exit code {c}"))
-    )
-}
-
-/// Asks `node` for its [`NodeInfo`].
-pub fn probe(node: &Node, control_dir: &Path) -> std::result::Result<NodeInfo, String> {
-    let out = ssh(node, control_dir)
-        .arg(format!("{} node info --json", remote_binary(node)))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ssh: {e} (install the OpenSSH client)"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(ssh_failure(node, out.status.code(), &stderr));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("");
-    serde_json::from_str(line).map_err(|_| {
-        format!(
-            "{} on the node did not answer as agentswarm {} does (`node info --json` printed {:?}): `agentswarm node install {}`",
-            node.agentswarm,
-            env!("CARGO_PKG_VERSION"),
-            crate::output::one_line(&stdout, 120),
-            node.name
-        )
-    })
-}
-
 /// Where the shared SSH connections' sockets live.
 fn control_dir(config: &swarm_config::Config) -> Result<std::path::PathBuf> {
     let dir = config.data_dir.join("ssh");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The sockets are the logged-in connections: this user's alone.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    swarm_engine::nodes::make_private_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -224,20 +112,11 @@ pub fn check(cli: &Cli, name: Option<&str>, json: bool) -> Result<ExitCode> {
     let config = load_config(cli, &LimitArgs::default(), None, None)?;
     let nodes = chosen(&config, name)?;
     let control = control_dir(&config)?;
-    let mine = env!("CARGO_PKG_VERSION");
     let mut all_ok = true;
     let mut report = Vec::new();
     for node in nodes {
-        let result = probe(node, &control).and_then(|info| {
-            if info.version == mine {
-                Ok(info)
-            } else {
-                Err(format!(
-                    "the node runs agentswarm {}, this supervisor {mine}: `agentswarm node install {}`",
-                    info.version, node.name
-                ))
-            }
-        });
+        let result = probe(node, &control, Master::Auto)
+            .and_then(|info| swarm_engine::nodes::usable(node, &info).map(|()| info));
         all_ok &= result.is_ok();
         if json {
             report.push(match &result {
@@ -285,8 +164,7 @@ pub fn install(cli: &Cli, name: &str) -> Result<ExitCode> {
     let script = format!(
         "set -e; t='{target}'; mkdir -p \"$(dirname \"$t\")\"; cat > \"$t.tmp.$$\"; chmod 755 \"$t.tmp.$$\"; mv -f \"$t.tmp.$$\" \"$t\""
     );
-    let mut child = ssh(node, &control)
-        .arg(script)
+    let mut child = ssh(node, &control, &script)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -312,4 +190,189 @@ pub fn install(cli: &Cli, name: &str) -> Result<ExitCode> {
         node.name
     );
     check(cli, Some(name), false)
+}
+
+/// How a node's attempt ended, as `node worker` saw it.
+enum HostEnd {
+    /// The worker exited by itself (after its result, or not).
+    Exited,
+    /// The supervisor went away or went silent: the worker's tree is ended.
+    Gone(String),
+    /// The tree went over its memory limit (already reported).
+    OverMemory,
+}
+
+/// `agentswarm node worker` (internal; run on a node over SSH by the
+/// supervisor): runs one `agentswarm worker` in this machine's own memory
+/// limiter, relays its channel, and keeps the heartbeat both ways. When the
+/// supervisor's side goes quiet for `lost_after` seconds, or its channel
+/// closes (the supervisor stopped, or the link is gone), the worker's whole
+/// tree is ended: nothing is left running on the node.
+pub async fn worker_host(
+    cli: &Cli,
+    memory_mb: u64,
+    lost_after: u64,
+    grace_secs: u64,
+) -> Result<ExitCode> {
+    use nix::sys::signal::Signal;
+    use swarm_protocol::worker::{FromWorker, ToWorker, HEARTBEAT_SECS};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    let limiter = swarm_engine::memory_limiter(&config);
+    let mut from_supervisor = BufReader::new(tokio::io::stdin()).lines();
+    let mut to_supervisor = tokio::io::stdout();
+    let first = from_supervisor
+        .next_line()
+        .await?
+        .context("the supervisor sent no start message")?;
+    let start = match serde_json::from_str::<ToWorker>(&first) {
+        Ok(ToWorker::Start(s)) => s,
+        _ => bail!("the supervisor's first message is not a start message"),
+    };
+    let worktrees = start
+        .worktree
+        .parent()
+        .context("the worktree has no parent directory")?
+        .to_owned();
+    std::fs::create_dir_all(&worktrees)
+        .with_context(|| format!("cannot create {}", worktrees.display()))?;
+    let enclosure = std::sync::Arc::new(limiter.enclose(memory_mb << 20).with_context(|| {
+        format!(
+            "cannot set up the memory limit ({})",
+            limiter.mechanism().as_str()
+        )
+    })?);
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    let opts = swarm_exec::SpawnOptions {
+        cwd: Some(worktrees),
+        env: Vec::new(),
+        stderr: swarm_exec::ChildStderr::Inherit,
+        enclosure: Some(enclosure.clone()),
+    };
+    let mut child = swarm_exec::spawn_child(&exe, &["worker".into()], &opts)?;
+    let pid = child.pid();
+    let (Some(mut to_worker), Some(worker_out)) = (child.stdin.take(), child.stdout.take()) else {
+        bail!("the worker has no stdio pipes");
+    };
+    let mut from_worker = BufReader::new(worker_out).lines();
+    let line = |msg: &FromWorker| -> Vec<u8> {
+        let mut l = serde_json::to_vec(msg).unwrap_or_default();
+        l.push(b'\n');
+        l
+    };
+    to_worker.write_all(first.as_bytes()).await?;
+    to_worker.write_all(b"\n").await?;
+    to_worker.flush().await?;
+
+    let lost_after = std::time::Duration::from_secs(lost_after);
+    let mut heard = tokio::time::Instant::now();
+    let every = std::time::Duration::from_secs(HEARTBEAT_SECS);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let end = loop {
+        tokio::select! {
+            l = from_supervisor.next_line() => match l {
+                Ok(Some(l)) => {
+                    heard = tokio::time::Instant::now();
+                    if serde_json::from_str::<ToWorker>(&l).is_ok_and(|m| matches!(m, ToWorker::Heartbeat)) {
+                        continue;
+                    }
+                    let sent = async {
+                        to_worker.write_all(l.as_bytes()).await?;
+                        to_worker.write_all(b"\n").await?;
+                        to_worker.flush().await
+                    };
+                    // A worker that stopped reading has ended; its exit shows below.
+                    let _ = sent.await;
+                }
+                _ => break HostEnd::Gone("the supervisor's channel closed".into()),
+            },
+            l = from_worker.next_line() => match l {
+                Ok(Some(l)) => {
+                    let sent = async {
+                        to_supervisor.write_all(l.as_bytes()).await?;
+                        to_supervisor.write_all(b"\n").await?;
+                        to_supervisor.flush().await
+                    };
+                    if sent.await.is_err() {
+                        break HostEnd::Gone("the supervisor's channel closed".into());
+                    }
+                }
+                _ => break HostEnd::Exited,
+            },
+            _ = tick.tick() => {
+                if let Some(reason) = enclosure.over_limit() {
+                    let _ = to_supervisor.write_all(&line(&FromWorker::OverMemory { reason })).await;
+                    let _ = to_supervisor.flush().await;
+                    break HostEnd::OverMemory;
+                }
+                if heard.elapsed() > lost_after {
+                    break HostEnd::Gone(format!(
+                        "no heartbeat from the supervisor for {} s",
+                        lost_after.as_secs()
+                    ));
+                }
+                let beat = async {
+                    to_supervisor.write_all(&line(&FromWorker::Heartbeat)).await?;
+                    to_supervisor.flush().await
+                };
+                if beat.await.is_err() {
+                    break HostEnd::Gone("the supervisor's channel closed".into());
+                }
+            }
+        }
+    };
+    drop(to_worker);
+    let status = match end {
+        HostEnd::Exited => child.wait().await.ok(),
+        HostEnd::Gone(why) => {
+            eprintln!("agentswarm node worker: {why}: ending the worker's tree");
+            let grace = std::time::Duration::from_secs(grace_secs);
+            let _ = swarm_exec::signal_group(pid, Signal::SIGTERM);
+            enclosure.signal_all(Signal::SIGTERM);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(s) if enclosure.pids().is_empty() => s.ok(),
+                _ => {
+                    let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+                    enclosure.signal_all(Signal::SIGKILL);
+                    child.wait().await.ok()
+                }
+            }
+        }
+        HostEnd::OverMemory => {
+            let _ = swarm_exec::signal_group(pid, Signal::SIGKILL);
+            enclosure.signal_all(Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    // What the worker's commands left (a `setsid` daemon) goes too.
+    enclosure.signal_all(Signal::SIGKILL);
+    enclosure.release();
+    // The worktree goes; its branch stays in the cache repository until the
+    // supervisor has fetched it.
+    if !start.repo.as_os_str().is_empty() {
+        let _ = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(&start.repo)
+            .args(["worktree", "remove", "--force"])
+            .arg(&start.worktree)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match status {
+        Some(s) if s.success() => ExitCode::SUCCESS,
+        Some(s) => {
+            if let Some(sig) = s.signal() {
+                eprintln!("agentswarm node worker: the worker was killed by signal {sig}");
+            }
+            ExitCode::from(
+                u8::try_from(s.code().unwrap_or(128 + s.signal().unwrap_or(0))).unwrap_or(1),
+            )
+        }
+        None => ExitCode::from(1),
+    })
 }

@@ -191,11 +191,12 @@ fn write_config(h: &Harness, c: &Client, nodes: &[(&str, &TestHost)]) {
     for (name, host) in nodes {
         toml.push_str(&format!(
             "[nodes.{name}]\nssh = \"root@{}\"\nidentity_file = \"{}\"\nknown_hosts_file = \"{}\"\n\
-             agentswarm = \"{}\"\nmax_workers = 3\nlabels = [\"rust\"]\n",
+             agentswarm = \"{}\"\nmax_workers = 3\nlabels = [\"rust\"]\nwork_dir = \"{}\"\nlost_after_secs = 6\n",
             host.addr,
             c.key.display(),
             c.known_hosts.display(),
-            node_binary(h, name).display()
+            node_binary(h, name).display(),
+            node_binary(h, name).parent().unwrap().parent().unwrap().join("work").display()
         ));
     }
     std::fs::write(h.home.path().join("agentswarm.toml"), toml).unwrap();
@@ -365,4 +366,150 @@ fn an_unknown_or_changed_host_key_is_refused() {
         !node_binary(&h, "n1").exists(),
         "nothing was copied to an unverified host"
     );
+}
+
+/// The events of `kind` in the project's log (`logs --json`).
+fn events(h: &Harness, project: &str, kind: &str) -> Vec<Value> {
+    let out = h.run(&["logs", project, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// The processes in a host's network namespace other than its sshd
+/// listener: what a run left behind there.
+fn leftovers(host: &TestHost) -> Vec<String> {
+    let listener = std::fs::read_to_string(host.dir.path().join("sshd.pid")).unwrap_or_default();
+    let out = Command::new("ip")
+        .args(["netns", "pids", &host.ns])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|p| *p != listener.trim())
+        .map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .filter(|l| !l.ends_with(": "))
+        .collect()
+}
+
+/// Two hosts with this binary installed, in a config with `local` at
+/// `local_slots`.
+fn two_nodes(h: &Harness) -> (Client, TestHost, TestHost) {
+    let c = client(h);
+    let (one, two) = (TestHost::start(&pub_key(&c)), TestHost::start(&pub_key(&c)));
+    std::fs::write(
+        &c.known_hosts,
+        one.known_hosts_line() + &two.known_hosts_line(),
+    )
+    .unwrap();
+    write_config(h, &c, &[("n1", &one), ("n2", &two)]);
+    for name in ["n1", "n2"] {
+        let out = h.run(&["node", "install", name]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    close_masters(h, &[&one, &two]);
+    (c, one, two)
+}
+
+/// Ends the master connections `node` commands leave for 60 s.
+fn close_masters(h: &Harness, hosts: &[&TestHost]) {
+    let ssh_dir = h.data_dir().join("ssh");
+    for host in hosts {
+        let _ = Command::new("ssh")
+            .args(["-O", "exit", "-o"])
+            .arg(format!("ControlPath={}/%C", ssh_dir.display()))
+            .arg(format!("root@{}", host.addr))
+            .output();
+    }
+}
+
+fn wide_plan(name: &str, n: usize) -> (Value, serde_json::Map<String, Value>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:02}")).collect();
+    let tasks: Vec<(&str, &[&str])> = ids.iter().map(|i| (i.as_str(), &[][..])).collect();
+    let p = plan(
+        name,
+        &tasks,
+        &[&format!("ls t*.txt | wc -l | grep -qx {n}")],
+    );
+    let mut scripts = serde_json::Map::new();
+    for id in &ids {
+        scripts.insert(
+            id.clone(),
+            json!({"turns": [write_turn(&format!("{id}.txt"), &format!("made by {id}\n")), finish_turn(&format!("wrote {id}.txt"))]}),
+        );
+    }
+    (p, scripts)
+}
+
+/// A 30-task plan across `local` and two SSH nodes: every node runs tasks,
+/// each task is merged once, the delivery holds every file, and no process
+/// is left on any host.
+#[test]
+fn a_plan_runs_across_local_and_two_nodes() {
+    let (p, scripts) = wide_plan("spread", 30);
+    let h = Harness::new(json!({"latency_ms": 100, "tasks": scripts}));
+    let (_c, one, two) = two_nodes(&h);
+
+    let (out, report) = h.run_plan(&p, &["--max-workers", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["tasks_done"], 31);
+    let project = report["project_id"].as_str().unwrap();
+
+    // Where each attempt ran.
+    let placed = events(&h, project, "placed");
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &placed {
+        *per_node
+            .entry(e["data"]["node"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    eprintln!("attempts per node: {per_node:?}");
+    eprintln!("{}", text(&h.run(&["logs", project])));
+    for node in ["local", "n1", "n2"] {
+        assert!(
+            per_node.get(node).copied().unwrap_or(0) > 0,
+            "node {node} ran no task: {per_node:?}"
+        );
+    }
+    let counts = trailer_counts(&h.repo(project));
+    for i in 0..30 {
+        assert_eq!(
+            counts.get(format!("t{i:02}").as_str()),
+            Some(&1),
+            "{counts:?}"
+        );
+    }
+    let delivery = PathBuf::from(report["delivery"].as_str().unwrap());
+    let files = check_delivery(&delivery, "spread");
+    for i in 0..30 {
+        assert_eq!(
+            files.get(&format!("t{i:02}.txt")).map(Vec::as_slice),
+            Some(format!("made by t{i:02}\n").as_bytes())
+        );
+    }
+    // Every task has its archive, also those done on a node.
+    for i in 0..30 {
+        let a = h
+            .outputs_dir()
+            .join(project)
+            .join("tasks")
+            .join(format!("t{i:02}.tar.gz"));
+        assert!(a.exists(), "{} is missing", a.display());
+    }
+    // No key reached a node: the model calls came back over the channel.
+    for host in [&one, &two] {
+        assert!(
+            leftovers(host).is_empty(),
+            "left on {}: {:?}",
+            host.addr,
+            leftovers(host)
+        );
+    }
 }

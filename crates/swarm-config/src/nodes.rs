@@ -27,6 +27,12 @@ pub struct FileNode {
     /// What the node offers (e.g. `rust`, `gpu`, an installed agent), for
     /// placement.
     pub labels: Option<Vec<String>>,
+    /// Where the node keeps its project caches and worktrees: an absolute
+    /// path there (default `~/.cache/agentswarm-node` of the login).
+    pub work_dir: Option<String>,
+    /// Seconds without a heartbeat after which the node counts as lost and
+    /// its attempts run elsewhere (default 10; heartbeats go every 2 s).
+    pub lost_after_secs: Option<u64>,
 }
 
 /// A node, resolved.
@@ -41,8 +47,14 @@ pub struct Node {
     pub agentswarm: String,
     pub max_workers: u32,
     pub labels: Vec<String>,
+    /// Absolute, on the node; `None`: under the login's home.
+    pub work_dir: Option<String>,
+    pub lost_after_secs: u64,
 }
 
+/// Seconds between heartbeats on a node's channel (the worker protocol's
+/// `HEARTBEAT_SECS`).
+pub const HEARTBEAT_FLOOR_SECS: u64 = 2;
 /// The name of this machine as a node.
 pub const LOCAL: &str = "local";
 /// Where `agentswarm node install` puts the binary, relative to the home.
@@ -96,6 +108,21 @@ pub fn resolve(
                 "agentswarm = {agentswarm:?} is not a path on the node"
             )));
         }
+        let work_dir = n.work_dir.clone();
+        if let Some(w) = &work_dir {
+            if !w.starts_with('/') || w.contains(['\'', '\n']) {
+                return Err(bad(format!(
+                    "work_dir = {w:?} must be an absolute path on the node"
+                )));
+            }
+        }
+        let lost_after_secs = n.lost_after_secs.unwrap_or(10);
+        if lost_after_secs < 2 * crate::nodes::HEARTBEAT_FLOOR_SECS {
+            return Err(bad(format!(
+                "lost_after_secs = {lost_after_secs} is shorter than two heartbeats; give at least {}",
+                2 * HEARTBEAT_FLOOR_SECS
+            )));
+        }
         out.push(Node {
             name: name.clone(),
             ssh: target.to_owned(),
@@ -105,6 +132,8 @@ pub fn resolve(
             agentswarm,
             max_workers,
             labels: n.labels.clone().unwrap_or_default(),
+            work_dir,
+            lost_after_secs,
         });
     }
     Ok(out)

@@ -203,6 +203,10 @@ impl AttemptRunner for BuiltinRunner {
         let spec = self.own_credentials_agent(task)?;
         self.gateway.agent_hold(&spec.name)
     }
+
+    fn agent_of(&self, task: &TaskId) -> Option<String> {
+        self.agents.spec_for(task).ok().flatten().map(|s| s.name)
+    }
 }
 
 impl BuiltinRunner {
@@ -294,6 +298,7 @@ async fn drive(
         command_timeout_secs,
         output_cap_bytes,
         live,
+        node,
     } = job;
     let branch = branch_name(&task, attempt);
     let external = match ctx.agents.spec_for(&task) {
@@ -303,9 +308,6 @@ async fn drive(
     if let Some(e) = &external {
         live.tool(0, &format!("agent {}", e.name));
     }
-    // The worker prepares the worktree itself, while its first model call
-    // is in flight; here it only gets a path and what to do with it.
-    let lease = ctx.pool.lease();
     let base = match ctx.pool.repo().head() {
         Ok(b) => b,
         Err(e) => {
@@ -313,6 +315,26 @@ async fn drive(
             return (Outcome::ended(Ended::Setup, reason, 0), None);
         }
     };
+    if let Some(node) = node {
+        let job = RemoteJob {
+            project,
+            task,
+            attempt,
+            system_prompt,
+            prompt,
+            commit_subject,
+            max_turns,
+            command_timeout_secs,
+            output_cap_bytes,
+            branch,
+            base,
+            external,
+        };
+        return (drive_remote(ctx, job, node, cancel, live).await, None);
+    }
+    // The worker prepares the worktree itself, while its first model call
+    // is in flight; here it only gets a path and what to do with it.
+    let lease = ctx.pool.lease();
     let setup = match lease.reuse {
         Some(dirty) => WorktreeSetup::Reset {
             branch,
@@ -368,7 +390,24 @@ async fn drive(
         external,
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
-    let outcome = run_process(ctx, &task, attempt, start, &cancel, &mut transcript, &live).await;
+    let process = Process {
+        program: ctx.worker_program.clone(),
+        args: ctx.worker_args.clone(),
+        // Not the worktree: a new one does not exist until the worker makes it.
+        cwd: ctx.worktrees_dir.clone(),
+        node: None,
+    };
+    let outcome = run_process(
+        ctx,
+        &task,
+        attempt,
+        start,
+        process,
+        &cancel,
+        &mut transcript,
+        &live,
+    )
+    .await;
     drop(live);
     write_transcript(ctx, &task, attempt, &transcript, &outcome);
     if let Outcome::Ended {
@@ -388,6 +427,138 @@ async fn drive(
     (outcome, Some(worktree))
 }
 
+/// What a remote attempt needs of its [`AttemptJob`].
+struct RemoteJob {
+    project: ProjectId,
+    task: TaskId,
+    attempt: u32,
+    system_prompt: String,
+    prompt: String,
+    commit_subject: String,
+    max_turns: u32,
+    command_timeout_secs: u64,
+    output_cap_bytes: usize,
+    branch: String,
+    base: String,
+    external: Option<swarm_protocol::agent::AgentSpec>,
+}
+
+/// One attempt on a worker node: `main` goes to the node's cache
+/// repository, `agentswarm node worker` there runs the worker (in the
+/// node's own memory limiter and sandbox) with the channel over SSH, and
+/// the attempt's commit comes back to this repository for the merge queue.
+/// A node that cannot be reached, or goes silent, ends the attempt
+/// `interrupted` (not counted) and leaves placement until it answers again.
+async fn drive_remote(
+    ctx: &BuiltinRunner,
+    job: RemoteJob,
+    node: Arc<crate::nodes::RemoteNode>,
+    cancel: CancellationToken,
+    live: LiveEntry,
+) -> Outcome {
+    let name = node.node.name.clone();
+    let lost = |why: &str| {
+        node.mark_down(why);
+        let reason = format!(
+            "interrupted: node {name}: {why} (not counted; the task runs again on another node)"
+        );
+        Outcome::ended(Ended::Interrupted, reason, 0)
+    };
+    let repo_root = ctx.pool.repo().root().to_owned();
+    let remote_repo = match node.sync_base(&job.project, &repo_root, &job.base).await {
+        Ok(r) => r,
+        Err(e) => return lost(&e),
+    };
+    let worktree = remote_repo
+        .parent()
+        .unwrap_or(&remote_repo)
+        .join("worktrees")
+        .join(format!("{}-{}", job.task, job.attempt));
+    let mut prepare = ctx.prepare.clone();
+    prepare.run_commands = !prepare.commands.is_empty();
+    let start = WorkerStart {
+        project_id: job.project.clone(),
+        task_id: job.task.clone(),
+        attempt: job.attempt,
+        worktree: worktree.clone(),
+        repo: remote_repo.clone(),
+        system_prompt: job.system_prompt,
+        prompt: job.prompt,
+        max_turns: job.max_turns,
+        command_timeout_secs: job.command_timeout_secs,
+        output_cap_bytes: job.output_cap_bytes,
+        commit_subject: job.commit_subject,
+        setup: WorktreeSetup::Create {
+            repo: remote_repo.clone(),
+            branch: job.branch.clone(),
+            base: job.base.clone(),
+        },
+        sandbox: ctx.sandbox.clone(),
+        agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
+        prepare,
+        external: job.external,
+    };
+    let remote_command = format!(
+        "{} node worker --memory-mb {} --lost-after {} --grace-secs {}",
+        crate::nodes::remote_binary(&node.node),
+        ctx.memory_limit >> 20,
+        node.node.lost_after_secs,
+        ctx.shutdown_grace.as_secs().max(1),
+    );
+    let process = Process {
+        program: PathBuf::from("ssh"),
+        args: node.ssh_argv(&remote_command),
+        cwd: ctx.worktrees_dir.clone(),
+        node: Some(node.clone()),
+    };
+    let mut transcript: Vec<ChatMessage> = Vec::new();
+    let (task, attempt) = (job.task, job.attempt);
+    let outcome = run_process(
+        ctx,
+        &task,
+        attempt,
+        start,
+        process,
+        &cancel,
+        &mut transcript,
+        &live,
+    )
+    .await;
+    drop(live);
+    write_transcript(ctx, &task, attempt, &transcript, &outcome);
+    match outcome {
+        Outcome::Committed {
+            ref branch,
+            ref commit,
+            ..
+        } => match node
+            .fetch_branch(&job.project, &repo_root, branch, commit)
+            .await
+        {
+            Ok(()) => outcome,
+            Err(e) => lost(&e),
+        },
+        Outcome::Ended {
+            how: Ended::Failed,
+            ref reason,
+            turns,
+        } if reason.starts_with(SETUP_FAILED) => {
+            Outcome::ended(Ended::Setup, format!("node {name}: {reason}"), turns)
+        }
+        other => other,
+    }
+}
+
+/// The process that runs the worker: `agentswarm worker` here, or `ssh` to
+/// a node's `agentswarm node worker`.
+struct Process {
+    program: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+    /// The node at the other end of the channel (heartbeats both ways).
+    node: Option<Arc<crate::nodes::RemoteNode>>,
+}
+
 fn timed_out(ctx: &BuiltinRunner, turns: u32) -> Outcome {
     let secs = ctx.worker_timeout.as_secs();
     let reason = format!("timeout: the attempt ran longer than {secs} s (WORKER_TIMEOUT_SECONDS)");
@@ -403,6 +574,9 @@ enum Stop {
     Timeout,
     Memory(String),
     Cancelled,
+    /// The node's channel went silent (no heartbeat within its
+    /// `lost_after_secs`).
+    NodeLost(Arc<crate::nodes::RemoteNode>),
 }
 
 impl Stop {
@@ -411,7 +585,43 @@ impl Stop {
             Stop::Timeout => timed_out(ctx, turns),
             Stop::Memory(reason) => over_memory(reason, turns),
             Stop::Cancelled => interrupted(turns),
+            Stop::NodeLost(node) => {
+                let secs = node.node.lost_after_secs;
+                let why = format!("no heartbeat for {secs} s");
+                node.mark_down(&why);
+                let reason = format!(
+                    "interrupted: node {}: {why} (not counted; the task runs again on another node)",
+                    node.node.name
+                );
+                ended(Ended::Interrupted, reason, turns)
+            }
         }
+    }
+}
+
+/// When the last line came from the worker's channel, for heartbeats.
+#[derive(Clone)]
+struct LastHeard {
+    since: tokio::time::Instant,
+    ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LastHeard {
+    fn new() -> Self {
+        Self {
+            since: tokio::time::Instant::now(),
+            ms: Arc::default(),
+        }
+    }
+
+    fn now(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let at = Duration::from_millis(self.ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(at)
     }
 }
 
@@ -422,6 +632,7 @@ async fn stop_signal(
     ctx: &BuiltinRunner,
     enclosure: &swarm_exec::Enclosure,
     cancel: &CancellationToken,
+    node: Option<(Arc<crate::nodes::RemoteNode>, LastHeard)>,
 ) -> Stop {
     let period = enclosure.poll_interval();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -434,10 +645,23 @@ async fn stop_signal(
             }
         }
     };
+    let silent = async {
+        let Some((node, heard)) = node else {
+            return std::future::pending().await;
+        };
+        let lost_after = Duration::from_secs(node.node.lost_after_secs);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if heard.silent_for() > lost_after {
+                return Stop::NodeLost(node);
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::time::sleep(ctx.worker_timeout) => Stop::Timeout,
         reason = memory => Stop::Memory(reason),
         _ = cancel.cancelled() => Stop::Cancelled,
+        lost = silent => lost,
     }
 }
 
@@ -450,11 +674,13 @@ fn ended(how: Ended, reason: String, turns: u32) -> Outcome {
     Outcome::Ended { how, reason, turns }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_process(
     ctx: &BuiltinRunner,
     task: &TaskId,
     attempt: u32,
     start: WorkerStart,
+    process: Process,
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
     live: &LiveEntry,
@@ -473,17 +699,24 @@ async fn run_process(
         }
     };
     let opts = swarm_exec::SpawnOptions {
-        // Not the worktree: a new one does not exist until the worker makes it.
-        cwd: Some(ctx.worktrees_dir.clone()),
-        env: Vec::new(),
+        cwd: Some(process.cwd.clone()),
+        env: if process.node.is_some() {
+            crate::nodes::ssh_env()
+        } else {
+            Vec::new()
+        },
         stderr: swarm_exec::ChildStderr::Piped,
         enclosure: Some(enclosure.clone()),
     };
-    let outcome = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
+    let outcome = match swarm_exec::spawn_child(&process.program, &process.args, &opts) {
         Ok(child) => {
             live.set_pid(child.pid());
+            let channel = Channel {
+                child,
+                node: process.node,
+            };
             talk(
-                ctx, task, attempt, start, cancel, transcript, child, &enclosure, live,
+                ctx, task, attempt, start, cancel, transcript, channel, &enclosure, live,
             )
             .await
         }
@@ -499,6 +732,16 @@ async fn run_process(
     outcome
 }
 
+/// The worker's process and, for a node, the node at its other end.
+struct Channel {
+    child: swarm_exec::ChildProcess,
+    node: Option<Arc<crate::nodes::RemoteNode>>,
+}
+
+/// A node's heartbeat line (`FromWorker::Heartbeat`), told apart without
+/// parsing.
+const HEARTBEAT_LINE: &str = r#"{"type":"heartbeat"}"#;
+
 /// Talks to a running worker until it reports, dies, runs out of time, goes
 /// over its memory limit or the run is cancelled; then ends its whole tree.
 #[allow(clippy::too_many_arguments)]
@@ -509,13 +752,18 @@ async fn talk(
     start: WorkerStart,
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
-    mut child: swarm_exec::ChildProcess,
+    channel: Channel,
     enclosure: &swarm_exec::Enclosure,
     live: &LiveEntry,
 ) -> Outcome {
-    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+    let Channel {
+        mut child,
+        node: remote,
+    } = channel;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ended(Ended::Failed, "worker process has no stdio pipes".into(), 0);
     };
+    let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
     let stderr_tail = child.stderr.take().map(|err| {
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
@@ -530,18 +778,58 @@ async fn talk(
             tail.into_iter().collect::<Vec<_>>().join(" | ")
         })
     });
-    let mut lines = BufReader::new(stdout).lines();
+    // Lines are read apart from the conversation, so that a node's
+    // heartbeats count while a model call is in flight.
+    let heard = LastHeard::new();
+    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
+    let reader = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            let mut from = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = from.next_line().await {
+                heard.now();
+                if l == HEARTBEAT_LINE {
+                    continue;
+                }
+                if line_tx.send(l).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // And to a node, heartbeats of this side.
+    let beats = remote.as_ref().map(|_| {
+        let stdin = stdin.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(swarm_protocol::worker::HEARTBEAT_SECS);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if send(&mut *stdin.lock().await, &ToWorker::Heartbeat)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    });
 
     let mut turns = 0;
     let mut result: Option<Outcome> = None;
-    if let Err(e) = send(&mut stdin, &ToWorker::Start(Box::new(start))).await {
+    if let Err(e) = send(&mut *stdin.lock().await, &ToWorker::Start(Box::new(start))).await {
         result = Some(ended(
             Ended::Crashed,
             format!("cannot talk to the worker: {e}"),
             0,
         ));
     }
-    let stopped = stop_signal(ctx, enclosure, cancel);
+    let stopped = stop_signal(
+        ctx,
+        enclosure,
+        cancel,
+        remote.clone().map(|n| (n, heard.clone())),
+    );
     tokio::pin!(stopped);
     let caller = Caller {
         project: &ctx.project,
@@ -553,15 +841,14 @@ async fn talk(
 
     while result.is_none() {
         let line = tokio::select! {
-            l = lines.next_line() => l,
+            l = lines.recv() => l,
             why = &mut stopped => {
                 result = Some(why.outcome(ctx, turns));
                 break;
             }
         };
-        let line = match line {
-            Ok(Some(l)) => l,
-            Ok(None) | Err(_) => break, // EOF: the process ended; its exit status says how
+        let Some(line) = line else {
+            break; // EOF: the process ended; its exit status says how
         };
         // The kernel may have OOM-killed a command between two polls: the
         // attempt ends here, before the worker takes another turn.
@@ -628,7 +915,7 @@ async fn talk(
                     },
                 };
                 if let Err(e) = send(
-                    &mut stdin,
+                    &mut *stdin.lock().await,
                     &ToWorker::ModelReply {
                         seq,
                         result: result_msg,
@@ -679,14 +966,22 @@ async fn talk(
             FromWorker::Stuck { reason, turns } => {
                 result = Some(ended(Ended::Stuck, reason, turns));
             }
+            FromWorker::OverMemory { reason } => {
+                result = Some(over_memory(reason, turns));
+            }
             other => {
                 tracing::warn!(?other, "unexpected worker message");
             }
         }
     }
+    if let Some(b) = beats {
+        b.abort();
+    }
     drop(stdin);
+    drop(lines);
 
     let status = stop(ctx, &mut child, enclosure, result.as_ref()).await;
+    reader.abort();
     let tail = match stderr_tail {
         Some(h) => tokio::time::timeout(Duration::from_millis(500), h)
             .await

@@ -126,6 +126,12 @@ impl Gate {
         verdict(&r, self.min_free_mb, self.max_load)
     }
 
+    /// What [`Gate::check`] would say of readings taken elsewhere (a worker
+    /// node's, over its channel).
+    pub fn judge(&self, r: &Readings) -> Result<(), String> {
+        verdict(r, self.min_free_mb, self.max_load)
+    }
+
     /// Reads the machine once (also when both checks are off, for the
     /// display) and says what [`Gate::check`] would.
     pub fn status(&self) -> GateStatus {

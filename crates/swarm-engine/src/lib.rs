@@ -10,6 +10,7 @@ pub mod gate;
 mod gateway;
 mod mainline;
 pub mod metrics;
+pub mod nodes;
 pub mod operator;
 pub mod packager;
 pub mod plan;
@@ -183,8 +184,11 @@ pub struct Engine {
     store: Arc<dyn Store>,
     gateway: Gateway,
     settings: EngineSettings,
-    /// Worker slots over all projects (`MAX_CONCURRENT_WORKERS`).
+    /// Worker slots over all projects and nodes (`MAX_CONCURRENT_WORKERS`
+    /// here plus each node's `max_workers`).
     slots: Arc<Semaphore>,
+    /// The machines attempts run on, and their slots (docs/scale-out.md).
+    nodes: Arc<nodes::NodeSet>,
     progress: broadcast::Sender<Progress>,
     limiter: Arc<swarm_exec::MemoryLimiter>,
     gate: Arc<gate::Gate>,
@@ -201,7 +205,15 @@ impl Engine {
         gateway: Gateway,
         settings: EngineSettings,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_concurrent_workers as usize));
+        let nodes = Arc::new(nodes::NodeSet::new(
+            config.max_concurrent_workers,
+            &config.nodes,
+            config.data_dir.join("ssh"),
+        ));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            nodes.start();
+        }
+        let slots = Arc::new(Semaphore::new(nodes.total_slots() as usize));
         let (progress, _) = broadcast::channel(4096);
         let store: Arc<dyn Store> = Arc::new(redacted::RedactedStore::new(
             store,
@@ -221,6 +233,7 @@ impl Engine {
             gateway,
             settings,
             slots,
+            nodes,
             progress,
             limiter,
             gate,
@@ -256,7 +269,7 @@ impl Engine {
 
     /// Workers running now over all projects of this engine.
     pub fn running_workers(&self) -> usize {
-        self.config.max_concurrent_workers as usize - self.slots.available_permits()
+        self.nodes.total_slots() as usize - self.slots.available_permits()
     }
 
     /// Why no new worker may start now, if so.
@@ -280,12 +293,14 @@ impl Engine {
 
     fn status_with(&self, ready_tasks: u32) -> SwarmStatus {
         let limiter = self.gateway.rate_limit();
+        let gate = self.gate.status();
         let now = std::time::SystemTime::now();
         SwarmStatus {
             workers_running: u32::try_from(self.live.len()).unwrap_or(u32::MAX),
-            workers_cap: self.config.max_concurrent_workers,
+            workers_cap: self.nodes.total_slots(),
             ready_tasks,
-            gate: self.gate.status(),
+            nodes: self.nodes.status(&gate),
+            gate,
             rate_limit: RateLimitStatus {
                 rpm: limiter.limit,
                 started_in_window: limiter.started_in_window,

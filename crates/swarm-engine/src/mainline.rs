@@ -165,7 +165,7 @@ impl Integration for Mainline {
     fn archive(
         &mut self,
         record: TaskRecord,
-        workspace: Workspace,
+        workspace: Option<Workspace>,
         runner: Arc<dyn AttemptRunner>,
     ) {
         let p = &self.parts;
@@ -174,6 +174,7 @@ impl Integration for Mainline {
         let store = p.store.clone();
         let id = p.project.clone();
         let redactor = p.gateway.redactor().clone();
+        let scratch = p.worktrees_dir.clone();
         self.background.spawn_blocking(move || {
             let files = match record.commit.as_deref().map(|c| repo.changed_files(c)) {
                 Some(Ok(changes)) => changes.into_iter().map(|c| c.path).collect::<Vec<_>>(),
@@ -191,6 +192,18 @@ impl Integration for Mainline {
             if let Err(e) = store.update_task(&id, &record.id, &update) {
                 tracing::warn!(task = %record.id, error = %e, "cannot store the task's changed files");
             }
+            let Some(workspace) = workspace else {
+                // Worked on another node: the archive comes from the commit.
+                crate::recovery::rebuild_archives(
+                    &repo,
+                    &scratch,
+                    &outputs,
+                    &id,
+                    std::slice::from_ref(&record),
+                    &redactor,
+                );
+                return;
+            };
             if let Err(e) =
                 packager::task_archive(&outputs, &id, &record, &workspace.path, &files, &redactor)
             {

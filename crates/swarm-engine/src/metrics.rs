@@ -173,7 +173,8 @@ pub struct SwarmStatus {
     /// Workers and verify runs running now, over all projects (the rows of
     /// `Engine::live_workers`).
     pub workers_running: u32,
-    /// `MAX_CONCURRENT_WORKERS`.
+    /// Worker slots over all nodes: `MAX_CONCURRENT_WORKERS` here plus each
+    /// node's `max_workers`.
     pub workers_cap: u32,
     /// Tasks in state `ready` over every project that is not finished.
     pub ready_tasks: u32,
@@ -185,6 +186,9 @@ pub struct SwarmStatus {
     /// needs them is dispatched until their reset (docs/providers.md).
     #[serde(default)]
     pub quota_blocked: Vec<QuotaStatus>,
+    /// The machines attempts run on: `local`, then the `[nodes.NAME]`.
+    #[serde(default)]
+    pub nodes: Vec<crate::nodes::NodeStatus>,
 }
 
 /// A provider out of quota, as the status shows it.
@@ -296,6 +300,11 @@ struct QuotaLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     kind: &'static str,
     outcome: &'static str,
@@ -355,6 +364,9 @@ pub struct Metrics {
     rate_limit_waiting: Gauge,
     rate_limit_rpm: Gauge,
     quota_blocked: Family<QuotaLabels, Gauge>,
+    node_slots: Family<NodeLabels, Gauge>,
+    node_busy: Family<NodeLabels, Gauge>,
+    node_up: Family<NodeLabels, Gauge>,
     /// Providers that were ever out of quota (their series go back to 0).
     quota_seen: Mutex<std::collections::BTreeSet<String>>,
     attempt_duration: Histograms<AttemptLabels>,
@@ -389,6 +401,9 @@ impl Metrics {
             rate_limit_waiting: Gauge::default(),
             rate_limit_rpm: Gauge::default(),
             quota_blocked: Family::default(),
+            node_slots: Family::default(),
+            node_busy: Family::default(),
+            node_up: Family::default(),
             quota_seen: Mutex::default(),
             attempt_duration: Family::new_with_constructor(duration_histogram),
             task_duration: Family::new_with_constructor(duration_histogram),
@@ -465,6 +480,21 @@ impl Metrics {
             "agentswarm_provider_quota_blocked_seconds",
             "Seconds until a provider that answered that its quota is used up resets (0: not blocked)",
             m.quota_blocked.clone(),
+        );
+        r.register(
+            "agentswarm_node_slots",
+            "Attempts a worker node runs at once (local: MAX_CONCURRENT_WORKERS)",
+            m.node_slots.clone(),
+        );
+        r.register(
+            "agentswarm_node_busy",
+            "Attempts (and verify runs) running on a worker node now",
+            m.node_busy.clone(),
+        );
+        r.register(
+            "agentswarm_node_up",
+            "Whether a worker node answers and may take attempts (1) or not (0)",
+            m.node_up.clone(),
         );
         r.register(
             "agentswarm_attempt_duration_seconds",
@@ -589,6 +619,18 @@ impl Metrics {
         self.rate_limit_waiting
             .set(i64::from(status.rate_limit.waiting));
         self.rate_limit_rpm.set(i64::from(status.rate_limit.rpm));
+        for n in &status.nodes {
+            let labels = NodeLabels {
+                node: n.name.clone(),
+            };
+            self.node_slots
+                .get_or_create(&labels)
+                .set(i64::from(n.slots));
+            self.node_busy.get_or_create(&labels).set(i64::from(n.busy));
+            self.node_up
+                .get_or_create(&labels)
+                .set(i64::from(n.state == "up"));
+        }
         for (state, n) in projects {
             self.projects
                 .get_or_create(&StateLabels {
@@ -666,6 +708,7 @@ mod tests {
                 wait_seconds_total: 0.0,
             },
             quota_blocked: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 

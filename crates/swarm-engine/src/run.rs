@@ -406,6 +406,10 @@ async fn run_inner(
         prepare,
         agents,
     });
+    // The nodes' first probes, so that the first tasks can go there too.
+    if engine.nodes.has_remote() {
+        engine.nodes.probe_all().await;
+    }
     let baseline_sandbox = sandbox.clone();
     let baseline_limits = limits.clone();
     let parts = MainlineParts {

@@ -59,6 +59,8 @@ pub struct AttemptJob {
     /// The attempt's row in the engine's live table: runners report the
     /// process, turns and tools there. Dropped when the attempt is over.
     pub live: LiveEntry,
+    /// The worker node it runs on; `None`: this machine.
+    pub node: Option<Arc<crate::nodes::RemoteNode>>,
 }
 
 /// How an attempt ended without a commit to merge.
@@ -185,6 +187,12 @@ pub trait AttemptRunner: Send + Sync + 'static {
     /// Why `task` must not start now, and until when: the agent that would
     /// do it is out of its usage limit. `None`: it may start.
     fn hold(&self, _task: &TaskId) -> Option<crate::gateway::QuotaBlock> {
+        None
+    }
+
+    /// The outside agent that does `task` (a remote node must carry its name
+    /// among its labels); `None`: the built-in agent, which every node has.
+    fn agent_of(&self, _task: &TaskId) -> Option<String> {
         None
     }
 }

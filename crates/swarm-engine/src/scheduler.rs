@@ -86,7 +86,14 @@ pub(crate) trait Integration: Send {
     /// Off the critical path: records the files the merged `task` changed,
     /// writes its archive from `workspace`, then gives the workspace back
     /// to `runner`.
-    fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>);
+    /// `workspace`: where the attempt worked, here; `None` for an attempt
+    /// on another node (the archive is made from the merged commit).
+    fn archive(
+        &mut self,
+        task: TaskRecord,
+        workspace: Option<Workspace>,
+        runner: Arc<dyn AttemptRunner>,
+    );
 
     /// The commit `main` is at.
     fn main_head(&self) -> Option<String>;
@@ -117,13 +124,17 @@ pub(crate) struct Scheduler<'e, I> {
     /// Merges queued or in progress.
     merging: usize,
     /// The verify task's attempt while it runs, and its slot.
-    verifying: Option<(u32, OwnedSemaphorePermit)>,
+    verifying: Option<(u32, (OwnedSemaphorePermit, crate::nodes::NodeLease))>,
     /// A slot acquired while waiting for one, used by the next dispatch.
     spare: Option<OwnedSemaphorePermit>,
     /// Ready tasks wait for a slot another project holds.
     needs_slot: bool,
     /// Ready tasks wait for the resource gate.
     gated: bool,
+    /// Ready tasks wait for a node with a free slot (the overall cap has
+    /// room, the nodes that can take them do not); woken by `nodes_changed`.
+    needs_node: bool,
+    nodes_changed: tokio::sync::watch::Receiver<u64>,
     /// Ready code tasks wait for the worker model's provider to reset its
     /// quota (the gateway's circuit breaker), until then.
     quota_until: Option<tokio::time::Instant>,
@@ -179,6 +190,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             spare: None,
             needs_slot: false,
             gated: false,
+            needs_node: false,
+            nodes_changed: engine.nodes.watch(),
             quota_until: None,
             waiting: None,
             stopping: false,
@@ -318,12 +331,19 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             .collect();
         self.needs_slot = false;
         self.gated = false;
+        self.needs_node = false;
+        self.nodes_changed.borrow_and_update();
         self.quota_until = None;
         let mut waiting = None;
-        // The gate is read once a dispatch (two /proc reads), and only when
-        // something is ready to start.
-        if !ready.is_empty() {
-            if let Err(why) = self.engine.gate.check() {
+        // This machine's gate is read once a dispatch (two /proc reads), and
+        // only when something is ready to start. Other nodes report theirs.
+        let local_gate = if ready.is_empty() {
+            Ok(())
+        } else {
+            self.engine.gate.check()
+        };
+        if let Err(why) = &local_gate {
+            if !self.engine.nodes.has_remote() {
                 self.gated = true;
                 // Another project may use the slot meanwhile.
                 self.spare = None;
@@ -379,6 +399,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
             }
         }
+        let mut unplaced = None::<crate::nodes::Unplaced>;
         for id in ready {
             let Some(permit) = self
                 .spare
@@ -392,6 +413,30 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     ));
                 }
                 break;
+            };
+            // Which machine: verify runs here; a code task on the node with
+            // the most free slots that can take it.
+            let lease = match self.tasks[&id].kind {
+                TaskKind::Verify => self.engine.nodes.place_local(),
+                TaskKind::Code => {
+                    let agent = self.runner.agent_of(&id);
+                    match self
+                        .engine
+                        .nodes
+                        .place(agent.as_deref(), &local_gate, &self.engine.gate)
+                    {
+                        Ok(l) => l,
+                        Err(why) => {
+                            // The slot goes to the next task, which another
+                            // node may take.
+                            self.spare = Some(permit);
+                            if !matches!(unplaced, Some(crate::nodes::Unplaced::Gated(_))) {
+                                unplaced = Some(why);
+                            }
+                            continue;
+                        }
+                    }
+                }
             };
             let t = self.tasks[&id].clone();
             let attempt = t.attempt + 1;
@@ -429,7 +474,16 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             self.attempt_started
                 .insert((id.clone(), attempt), Instant::now());
             let live = self.engine.live.enter(&self.id, &id, attempt);
-            tracing::debug!(task = %id, attempt, runner = %self.runner.kind(), "attempt dispatched");
+            tracing::debug!(task = %id, attempt, runner = %self.runner.kind(), node = lease.name(), "attempt dispatched");
+            if self.engine.nodes.has_remote() {
+                let node = lease.name().to_owned();
+                self.store().append_event(
+                    &self.id,
+                    Some(&id),
+                    "placed",
+                    &serde_json::json!({"attempt": attempt, "node": node}),
+                )?;
+            }
             match t.kind {
                 TaskKind::Verify => {
                     self.engine.emit(
@@ -438,7 +492,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         "verify",
                         wording::verify_starts(t.commands.len()),
                     );
-                    self.verifying = Some((attempt, permit));
+                    self.verifying = Some((attempt, (permit, lease)));
                     self.integration.verify(VerifyJob {
                         task: id,
                         attempt,
@@ -458,6 +512,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         command_timeout_secs: self.limits.command_timeout_secs,
                         output_cap_bytes: self.limits.output_cap_bytes,
                         live,
+                        node: lease.remote().cloned(),
                     };
                     let runner = self.runner.clone();
                     let tx = self.tx.clone();
@@ -467,12 +522,29 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         let report = runner.run(job, cancel).await;
                         // The slot is free once the attempt is over, before its merge.
                         drop(permit);
+                        drop(lease);
                         let _ = tx.send(Event::Attempt {
                             task: id,
                             attempt,
                             report,
                         });
                     });
+                }
+            }
+        }
+        if let Some(why) = unplaced {
+            // A slot kept for a task no node took goes back to the others.
+            self.spare = None;
+            match why {
+                crate::nodes::Unplaced::Gated(why) => {
+                    self.gated = true;
+                    waiting = waiting.or(Some(format!("waiting: {why}")));
+                }
+                crate::nodes::Unplaced::Full => {
+                    self.needs_node = true;
+                    if self.attempts == 0 && self.verifying.is_none() {
+                        waiting = waiting.or(Some(wording::waiting_for_nodes()));
+                    }
                 }
             }
         }
@@ -505,7 +577,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         self.attempts > 0
             || self.merging > 0
             || (self.verifying.is_some() && !self.cancel.is_cancelled())
-            || ((self.needs_slot || self.gated)
+            || ((self.needs_slot || self.gated || self.needs_node)
                 && !self.cancel.is_cancelled()
                 && self.tasks.values().any(|t| t.state == TaskState::Ready))
             || (self.quota_until.is_some()
@@ -531,6 +603,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     self.interrupt_verify().await?;
                     self.needs_slot = false;
                     self.gated = false;
+                    self.needs_node = false;
                     self.quota_until = None;
                     self.spare = None;
                     self.set_waiting(None)?;
@@ -544,6 +617,11 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     continue;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+                // A node's slot freed, or a node came up.
+                _ = self.nodes_changed.changed(), if self.needs_node && !self.gated => {
                     self.dispatch()?;
                     continue;
                 }
@@ -804,7 +882,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
                 let record = self.tasks.get(&task).cloned();
                 let workspace = self.workspaces.remove(&(task.clone(), attempt));
-                if let (Some(record), Some(workspace)) = (record, workspace) {
+                if let Some(record) = record {
                     self.integration
                         .archive(record, workspace, self.runner.clone());
                 }

@@ -40,6 +40,10 @@ pub(crate) fn transition(
     msg
 }
 
+pub(crate) fn waiting_for_nodes() -> String {
+    "waiting: every node that can run the ready tasks is busy, down or refused (`agentswarm status` shows the nodes)".into()
+}
+
 pub(crate) fn waiting_for_slots(max_concurrent_workers: u32) -> String {
     format!(
         "waiting: all {max_concurrent_workers} worker slots (MAX_CONCURRENT_WORKERS) are in use by other projects"

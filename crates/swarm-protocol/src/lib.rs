@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod chat;
 pub mod ids;
+pub mod node;
 pub mod plan;
 pub mod sandbox;
 pub mod source;

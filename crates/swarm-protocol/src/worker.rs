@@ -22,7 +22,14 @@ pub enum ToWorker {
         #[serde(flatten)]
         result: ModelResult,
     },
+    /// The supervisor is there (every [`HEARTBEAT_SECS`]). Only on a
+    /// node's channel: `agentswarm node worker` takes it, the worker never
+    /// sees one.
+    Heartbeat,
 }
+
+/// Seconds between two heartbeats on a node's channel (docs/scale-out.md).
+pub const HEARTBEAT_SECS: u64 = 2;
 
 /// Everything a worker needs for one attempt of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +205,13 @@ pub enum FromWorker {
     /// The agent kept looping after it was told so; `reason` names the
     /// pattern (docs/worker-tools.md#loops-and-stalls).
     Stuck { reason: String, turns: u32 },
+    /// The node is there (every [`HEARTBEAT_SECS`]). Only on a node's
+    /// channel, from `agentswarm node worker`, never from the worker.
+    Heartbeat,
+    /// Sent by `agentswarm node worker` when the worker's tree went over
+    /// its memory limit on the node and was killed; the attempt ends
+    /// `memory_limit`.
+    OverMemory { reason: String },
 }
 
 #[cfg(test)]

@@ -171,9 +171,16 @@ impl Integration for FakeMain {
 
     async fn stop_verify(&mut self) {}
 
-    fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>) {
+    fn archive(
+        &mut self,
+        task: TaskRecord,
+        workspace: Option<Workspace>,
+        runner: Arc<dyn AttemptRunner>,
+    ) {
         push(&self.log, format!("archive {}", task.id));
-        runner.release(workspace, false);
+        if let Some(w) = workspace {
+            runner.release(w, false);
+        }
     }
 
     fn main_head(&self) -> Option<String> {
