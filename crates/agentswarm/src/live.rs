@@ -354,6 +354,17 @@ pub fn held_lines(waiting: Option<&str>, status: &swarm_engine::SwarmStatus) -> 
         )),
         None => {}
     }
+    for n in status.nodes.iter().filter(|n| n.state != "up") {
+        held.push(format!(
+            "node {} is {}{}: its attempts run elsewhere",
+            n.name,
+            n.state,
+            n.reason
+                .as_deref()
+                .map(|r| format!(" ({})", one_line(r, 160)))
+                .unwrap_or_default()
+        ));
+    }
     for q in &status.quota_blocked {
         held.push(format!(
             "quota: provider {} is out of quota; work that needs it resumes in {} s",

@@ -319,6 +319,13 @@ pub fn describe(e: &EventRecord) -> String {
             .get("message")
             .and_then(Value::as_str)
             .map(|m| format!("note: {m}")),
+        "placed" => match (
+            d.get("attempt").and_then(Value::as_u64),
+            d.get("node").and_then(Value::as_str),
+        ) {
+            (Some(a), Some(n)) => Some(format!("attempt {a} runs on node {n}")),
+            _ => None,
+        },
         "run_stats" => d
             .get("spawned")
             .and_then(Value::as_u64)

@@ -100,7 +100,7 @@ impl TestHost {
             "Port 22\nListenAddress {}\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nUsePAM no\nLogLevel ERROR\n",
+             StrictModes no\nUsePAM no\nLogLevel ERROR\nClientAliveInterval 2\nClientAliveCountMax 3\n",
             host.addr,
             d = d.display()
         );
@@ -512,4 +512,279 @@ fn a_plan_runs_across_local_and_two_nodes() {
             leftovers(host)
         );
     }
+}
+
+/// `agentswarm serve` of a harness, until dropped.
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Daemon {
+    fn start(h: &Harness, env: &[(&str, &str)]) -> Daemon {
+        let _ = std::fs::remove_file(h.data_dir().join("serve.json"));
+        let mut c = h.cmd(&["serve"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(h.home.path().join("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut base = String::new();
+        let ready = swarm_testkit::wait_for(Duration::from_secs(30), || match ready_daemon(h) {
+            Some(url) => {
+                base = url;
+                true
+            }
+            None => false,
+        });
+        assert!(ready, "serve did not become ready");
+        Daemon { child, base }
+    }
+
+    /// `GET /api/v1/status`'s node `name`.
+    fn node(&self, name: &str) -> Value {
+        let addr = self.base.strip_prefix("http://").unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /api/v1/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+        let v: Value = serde_json::from_str(json.trim())
+            .or_else(|_| {
+                // Chunked: the object is between the first `{` and the last `}`.
+                serde_json::from_str(&json[json.find('{').unwrap()..=json.rfind('}').unwrap()])
+            })
+            .unwrap();
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn submit(h: &Harness, plan: &Value, file: &str) -> String {
+    let path = h.home.path().join(file);
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let out = h.run(&["submit", "--json", "--plan", path.to_str().unwrap(), "goal"]);
+    assert!(out.status.success(), "{}", text(&out));
+    last_json_line(&out)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The first task placed on `node` in the project, waiting up to 60 s.
+fn placed_on(h: &Harness, project: &str, node: &str) -> String {
+    let mut found = None;
+    let ok = swarm_testkit::wait_for(Duration::from_secs(60), || {
+        found = events(h, project, "placed")
+            .into_iter()
+            .find(|e| e["data"]["node"] == node)
+            .map(|e| e["task_id"].as_str().unwrap_or_default().to_owned());
+        found.is_some()
+    });
+    assert!(ok, "no task of {project} was placed on {node}");
+    found.unwrap()
+}
+
+fn wait_done(h: &Harness, project: &str, secs: u64) -> Value {
+    let mut last = Value::Null;
+    let ok = swarm_testkit::wait_for(Duration::from_secs(secs), || {
+        last = h.status_json(project);
+        last["project"]["state"] == "done" || last["state"] == "done"
+    });
+    assert!(ok, "{project} did not finish: {last}");
+    last
+}
+
+/// The attempts of `task` as (outcome, reason), from `status --json`.
+fn attempts_of(status: &Value, task: &str) -> Vec<(String, String)> {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == task)
+        .unwrap_or_else(|| panic!("no task {task} in {status}"))["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap_or("").to_owned(),
+                a["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A node's link cut mid-attempt: the attempt is recorded `interrupted`
+/// (not counted) and runs again elsewhere; the node is shown down, and
+/// used again once its link is back. SIGTERM of the supervisor while
+/// attempts run on the nodes leaves no process on any host.
+#[test]
+fn a_lost_node_s_attempts_run_elsewhere_and_the_node_comes_back() {
+    let (p, scripts) = wide_plan("cut", 6);
+    let h = Harness::new(json!({"latency_ms": 1500, "tasks": scripts}));
+    let (_c, one, two) = two_nodes(&h);
+    let d = Daemon::start(&h, &[("MAX_CONCURRENT_WORKERS", "1")]);
+
+    let project = submit(&h, &p, "cut.json");
+    let victim = placed_on(&h, &project, "n1");
+    sh("ip", &["link", "set", &one.link, "down"]);
+    let cut = Instant::now();
+    let status = wait_done(&h, &project, 120);
+    let attempts = attempts_of(&status, &victim);
+    assert_eq!(attempts[0].0, "interrupted", "{attempts:?}");
+    assert!(attempts[0].1.contains("node n1"), "{attempts:?}");
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    let counts = trailer_counts(&h.repo(&project));
+    for i in 0..6 {
+        assert_eq!(
+            counts.get(format!("t{i:02}").as_str()),
+            Some(&1),
+            "{counts:?}"
+        );
+    }
+    let n1 = d.node("n1");
+    assert_eq!(n1["state"], "down", "{n1}");
+    eprintln!(
+        "the cut node's task was done elsewhere {:.1} s after the cut",
+        cut.elapsed().as_secs_f64()
+    );
+
+    // The link comes back: so does the node, and it gets work again.
+    sh("ip", &["link", "set", &one.link, "up"]);
+    assert!(
+        swarm_testkit::wait_for(Duration::from_secs(40), || d.node("n1")["state"] == "up"),
+        "n1 did not come back: {}",
+        d.node("n1")
+    );
+    let (p2, _) = wide_plan("back", 6);
+    let again = submit(&h, &p2, "back.json");
+    placed_on(&h, &again, "n1");
+    placed_on(&h, &again, "n2");
+
+    // SIGTERM while attempts run there: nothing is left on any host.
+    let mut d = d;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = d.child.wait();
+    let clean = swarm_testkit::wait_for(Duration::from_secs(20), || {
+        leftovers(&one).is_empty() && leftovers(&two).is_empty()
+    });
+    assert!(
+        clean,
+        "left on the hosts: {:?} {:?}",
+        leftovers(&one),
+        leftovers(&two)
+    );
+}
+
+/// A remote worker killed with SIGKILL: the attempt is `crashed` (counted)
+/// and the task runs again. A node with another version of agentswarm is
+/// refused (it gets no task) until `node install`.
+#[test]
+fn a_killed_remote_worker_is_retried_and_an_old_node_is_refused() {
+    let (p, scripts) = wide_plan("kill", 4);
+    let h = Harness::new(json!({"latency_ms": 2000, "tasks": scripts}));
+    let (_c, one, two) = two_nodes(&h);
+    // n1 now answers as an older version.
+    std::fs::write(
+        node_binary(&h, "n1"),
+        "#!/bin/sh\necho '{\"version\":\"0.0.1\",\"hostname\":\"old\",\"cpus\":1,\"sandbox\":\"off\",\"sandbox_gaps\":[],\"memory_limiter\":\"none\",\"free_memory_mb\":null,\"load_1m\":null}'\n",
+    )
+    .unwrap();
+
+    let (mut run, _stdout, project) = h.spawn_run(&[
+        "run",
+        "--plan",
+        &write_plan(&h, &p),
+        "--max-workers",
+        "1",
+        "goal",
+    ]);
+    placed_on(&h, &project, "n2");
+    // A worker process on n2 (below `node worker`), killed while it runs.
+    let killed = swarm_testkit::wait_for(Duration::from_secs(30), || {
+        leftovers(&two)
+            .into_iter()
+            .filter(|l| l.ends_with("agentswarm worker "))
+            .filter_map(|l| l.split(':').next().map(str::to_owned))
+            .any(|pid| {
+                Command::new("kill")
+                    .args(["-9", &pid])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+    });
+    assert!(killed, "no worker ran on n2: {:?}", leftovers(&two));
+    assert!(run.wait().unwrap().success());
+    let status = h.status_json(&project);
+    let crashed: Vec<_> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| attempts_of(&status, t["id"].as_str().unwrap())[0].0 == "crashed")
+        .collect();
+    assert_eq!(crashed.len(), 1, "{status}");
+    assert_eq!(crashed[0]["attempts_counted"], 1, "a crash is counted");
+    assert!(
+        attempts_of(&status, crashed[0]["id"].as_str().unwrap())[0]
+            .1
+            .contains("signal 9"),
+        "{status}"
+    );
+    assert!(
+        events(&h, &project, "placed")
+            .iter()
+            .all(|e| e["data"]["node"] != "n1"),
+        "the old node got a task"
+    );
+    let counts = trailer_counts(&h.repo(&project));
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+
+    // Installed, it is used.
+    let out = h.run(&["node", "install", "n1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    close_masters(&h, &[&one, &two]);
+    let (out, report) = h.run_plan(&wide_plan("kill2", 4).0, &["--max-workers", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = report["project_id"].as_str().unwrap();
+    assert!(
+        events(&h, again, "placed")
+            .iter()
+            .any(|e| e["data"]["node"] == "n1"),
+        "n1 got no task after its install"
+    );
+}
+
+fn write_plan(h: &Harness, plan: &Value) -> String {
+    let path = h
+        .home
+        .path()
+        .join(format!("plan-{}.json", fastrand::u32(..)));
+    std::fs::write(&path, plan.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
 }

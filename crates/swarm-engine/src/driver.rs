@@ -545,6 +545,13 @@ async fn drive_remote(
         } if reason.starts_with(SETUP_FAILED) => {
             Outcome::ended(Ended::Setup, format!("node {name}: {reason}"), turns)
         }
+        // `ssh` itself failed (255: the connection broke, before the
+        // heartbeat said so): the node's doing, not the agent's.
+        Outcome::Ended {
+            how: Ended::Crashed,
+            ref reason,
+            ..
+        } if reason.contains("(exit code 255)") => lost("the connection broke"),
         other => other,
     }
 }
@@ -923,11 +930,10 @@ async fn talk(
                 )
                 .await
                 {
-                    result = Some(ended(
-                        Ended::Crashed,
-                        format!("cannot talk to the worker: {e}"),
-                        turns,
-                    ));
+                    // The worker is gone: its exit status and last words
+                    // (below) say more than the broken pipe.
+                    tracing::debug!(error = %e, "cannot send the model's reply to the worker");
+                    break;
                 }
             }
             FromWorker::Progress { turn, tool, detail } => {

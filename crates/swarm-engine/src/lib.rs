@@ -299,7 +299,7 @@ impl Engine {
             workers_running: u32::try_from(self.live.len()).unwrap_or(u32::MAX),
             workers_cap: self.nodes.total_slots(),
             ready_tasks,
-            nodes: self.nodes.status(&gate),
+            nodes: self.nodes.status(&gate, &self.gate),
             gate,
             rate_limit: RateLimitStatus {
                 rpm: limiter.limit,

@@ -328,6 +328,10 @@ impl RemoteNode {
             .repo_for(project)
             .ok_or_else(|| format!("node {} has not answered yet", self.node.name))?;
         let mut synced = self.synced.lock().await;
+        // Another attempt found it gone while this one waited.
+        if let Health::Down(why) = &*self.health.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(why.clone());
+        }
         if synced.get(project).map(String::as_str) == Some(base) {
             return Ok(remote_repo);
         }
@@ -775,7 +779,7 @@ impl NodeSet {
     }
 
     /// The nodes as they stand, `local` first.
-    pub fn status(&self, local_gate: &crate::gate::GateStatus) -> Vec<NodeStatus> {
+    pub fn status(&self, local_gate: &crate::gate::GateStatus, gate: &Gate) -> Vec<NodeStatus> {
         self.entries
             .iter()
             .map(|e| {
@@ -810,7 +814,13 @@ impl NodeSet {
                             busy,
                             state: state.into(),
                             reason,
-                            gate: None,
+                            gate: info.as_ref().and_then(|i| {
+                                let readings = Readings {
+                                    available_mb: i.free_memory_mb?,
+                                    load1: i.load_1m?,
+                                };
+                                gate.judge(&readings).err()
+                            }),
                             free_memory_mb: info.as_ref().and_then(|i| i.free_memory_mb),
                             load_1m: info.as_ref().and_then(|i| i.load_1m),
                             sandbox: info.as_ref().map(|i| i.sandbox.clone()),
