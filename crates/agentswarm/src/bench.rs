@@ -42,6 +42,9 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(nodes) = &args.nodes {
+        return crate::bench_nodes::nodes_case(&exe, home.path(), nodes, args).await;
+    }
     println!(
         "agentswarm bench — scripted model on loopback, data in {}",
         home.path().display()
@@ -324,22 +327,25 @@ fn sandbox_cost(dir: &Path) -> Result<Vec<SandboxCost>> {
     Ok(out)
 }
 
-struct CaseResult {
+pub(crate) struct CaseResult {
     phases: Phases,
     /// Under strace: what the whole process tree did.
     counted: Option<Counted>,
-    tasks: u32,
-    span_ms: f64,
+    pub(crate) tasks: u32,
+    pub(crate) span_ms: f64,
     wall_ms: f64,
     spawned_per_task: f64,
-    max_in_flight: usize,
-    supervisor_rss_kb: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) supervisor_rss_kb: u64,
     worker_rss_kb: u64,
+    /// CPU time (user and system) of the supervisor process itself, last
+    /// read before it exited.
+    pub(crate) supervisor_cpu_ms: f64,
     rate: Option<RateUse>,
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_case(
+pub(crate) async fn run_case(
     exe: &Path,
     home: &Path,
     name: &str,
@@ -467,8 +473,10 @@ async fn run_case(
     );
     let mut sup_peak = 0u64;
     let mut worker_peak = 0u64;
+    let mut sup_cpu_ms = 0.0f64;
     let output = loop {
         sup_peak = sup_peak.max(rss_kb(pid));
+        sup_cpu_ms = cpu_ms(pid).unwrap_or(sup_cpu_ms);
         for c in children_of(pid) {
             worker_peak = worker_peak.max(rss_kb(c));
         }
@@ -515,13 +523,14 @@ async fn run_case(
         max_in_flight,
         supervisor_rss_kb: sup_peak,
         worker_rss_kb: worker_peak,
+        supervisor_cpu_ms: sup_cpu_ms,
         rate,
     })
 }
 
 /// A rate limit for a bench case: `limit` requests in any `window_ms`.
 #[derive(Debug, Clone, Copy)]
-struct Rate {
+pub(crate) struct Rate {
     limit: u32,
     window_ms: u64,
 }
@@ -587,6 +596,21 @@ fn task_span_ms(store: &dyn Store, project: &ProjectId) -> Result<f64> {
 }
 
 /// VmRSS of a process in kB (0 if gone).
+/// User plus system CPU time of `pid` so far, in ms (`/proc/PID/stat`).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces: state is
+    // the 3rd field, utime the 14th and stime the 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks * 1000.0 / hz)
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -465,4 +465,11 @@ pub struct BenchArgs {
     /// compare two builds with the same harness).
     #[arg(long, value_name = "PATH")]
     pub exe: Option<std::path::PathBuf>,
+    /// Instead of the runs above: the makespan of --tasks tasks of --turns
+    /// turns at --latency-ms with --workers here plus the worker nodes of
+    /// FILE (`[nodes.NAME]` tables, agentswarm installed there), against a
+    /// run here alone with as many slots; with the supervisor's CPU time
+    /// and memory per task in both (benches/nodes.sh makes two hosts).
+    #[arg(long, value_name = "FILE")]
+    pub nodes: Option<std::path::PathBuf>,
 }

@@ -3,6 +3,7 @@
 //! async runtime, to stay small.
 
 mod bench;
+mod bench_nodes;
 mod bench_repo;
 mod cli;
 mod client;

@@ -299,6 +299,7 @@ async fn drive(
         output_cap_bytes,
         live,
         node,
+        needs,
     } = job;
     let branch = branch_name(&task, attempt);
     let external = match ctx.agents.spec_for(&task) {
@@ -328,6 +329,7 @@ async fn drive(
             output_cap_bytes,
             branch,
             base,
+            needs,
             external,
         };
         return (drive_remote(ctx, job, node, cancel, live).await, None);
@@ -440,6 +442,7 @@ struct RemoteJob {
     output_cap_bytes: usize,
     branch: String,
     base: String,
+    needs: Vec<String>,
     external: Option<swarm_protocol::agent::AgentSpec>,
 }
 
@@ -465,7 +468,10 @@ async fn drive_remote(
         Outcome::ended(Ended::Interrupted, reason, 0)
     };
     let repo_root = ctx.pool.repo().root().to_owned();
-    let remote_repo = match node.sync_base(&job.project, &repo_root, &job.base).await {
+    let (remote_repo, base) = match node
+        .sync_base(&job.project, &repo_root, &job.base, &job.needs)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return lost(&e),
     };
@@ -491,7 +497,7 @@ async fn drive_remote(
         setup: WorktreeSetup::Create {
             repo: remote_repo.clone(),
             branch: job.branch.clone(),
-            base: job.base.clone(),
+            base,
         },
         sandbox: ctx.sandbox.clone(),
         agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),

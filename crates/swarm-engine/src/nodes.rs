@@ -315,15 +315,21 @@ impl RemoteNode {
         }
     }
 
-    /// Gets `base` of the supervisor's repository at `repo_root` into the
-    /// node's cache repository of `project` (made on first use), over the
-    /// shared connection. Nothing happens when the node has it already.
+    /// The commit of the supervisor's repository at `repo_root` an attempt
+    /// on this node starts from, in the node's cache repository of
+    /// `project` (made on first use): the `main` the node has already when
+    /// it holds every commit in `needs` (the merges of the task's
+    /// dependencies), else `head`, pushed there over the shared connection.
+    /// Pushes to one node go one at a time, and an attempt that waited for
+    /// another's push mostly finds what it needs there: a wide plan costs a
+    /// push per wave, not per task.
     pub async fn sync_base(
         &self,
         project: &ProjectId,
         repo_root: &Path,
-        base: &str,
-    ) -> Result<PathBuf, String> {
+        head: &str,
+        needs: &[String],
+    ) -> Result<(PathBuf, String), String> {
         let remote_repo = self
             .repo_for(project)
             .ok_or_else(|| format!("node {} has not answered yet", self.node.name))?;
@@ -332,9 +338,12 @@ impl RemoteNode {
         if let Health::Down(why) = &*self.health.lock().unwrap_or_else(|e| e.into_inner()) {
             return Err(why.clone());
         }
-        if synced.get(project).map(String::as_str) == Some(base) {
-            return Ok(remote_repo);
+        if let Some(have) = synced.get(project) {
+            if have == head || contains_all(repo_root, have, needs).await {
+                return Ok((remote_repo, have.clone()));
+            }
         }
+        let base = head;
         if !synced.contains_key(project) {
             // `git init` of an existing repository changes nothing.
             let q = shell_quote(&remote_repo.to_string_lossy());
@@ -366,7 +375,7 @@ impl RemoteNode {
         )
         .await?;
         synced.insert(project.clone(), base.to_owned());
-        Ok(remote_repo)
+        Ok((remote_repo, base.to_owned()))
     }
 
     /// Brings the node's `branch` back into the supervisor's repository at
@@ -497,6 +506,28 @@ impl RemoteNode {
             Err(e) => tracing::warn!(node = %self.node.name, error = %e, "cannot start ssh"),
         }
     }
+}
+
+/// Whether `commit` of the repository at `repo` has every commit of `needs`
+/// in its history (`git merge-base --is-ancestor`; no: on any doubt).
+async fn contains_all(repo: &Path, commit: &str, needs: &[String]) -> bool {
+    for need in needs {
+        let argv: Vec<OsString> = vec![
+            "-C".into(),
+            repo.into(),
+            "merge-base".into(),
+            "--is-ancestor".into(),
+            need.into(),
+            commit.into(),
+        ];
+        if run_quiet("git", &argv, &[], "git merge-base")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// What `ssh` needs of this process's environment beyond the allow-listed

@@ -61,6 +61,9 @@ pub struct AttemptJob {
     pub live: LiveEntry,
     /// The worker node it runs on; `None`: this machine.
     pub node: Option<Arc<crate::nodes::RemoteNode>>,
+    /// The merge commits of the task's dependencies: the attempt may start
+    /// from any `main` that holds them (a node's cached one; docs/scale-out.md).
+    pub needs: Vec<String>,
 }
 
 /// How an attempt ended without a commit to merge.

@@ -513,6 +513,16 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         output_cap_bytes: self.limits.output_cap_bytes,
                         live,
                         node: lease.remote().cloned(),
+                        // A retry (after a conflict, say) starts from the
+                        // newest main wherever it runs.
+                        needs: if t.attempt > 0 {
+                            self.integration.main_head().into_iter().collect()
+                        } else {
+                            t.depends_on
+                                .iter()
+                                .filter_map(|d| self.tasks.get(d)?.merge_commit.clone())
+                                .collect()
+                        },
                     };
                     let runner = self.runner.clone();
                     let tx = self.tx.clone();
