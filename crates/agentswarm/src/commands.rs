@@ -540,7 +540,13 @@ async fn status(cli: &Cli, project: Option<&str>, json: bool) -> Result<ExitCode
                 let d = client.get(&crate::client::project_path(id)?).await?;
                 output::print_project_status(&d, json);
             }
-            None => output::print_projects(&client.get("/api/v1/projects").await?, json),
+            None => {
+                output::print_projects(&client.get("/api/v1/projects").await?, json);
+                if !json {
+                    let swarm = client.get("/api/v1/status").await?;
+                    output::print_nodes(&swarm);
+                }
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

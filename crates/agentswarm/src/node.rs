@@ -289,6 +289,17 @@ pub async fn worker_host(
             },
             l = from_worker.next_line() => match l {
                 Ok(Some(l)) => {
+                    // The commits go first, over this channel, so that the
+                    // supervisor needs no second connection to fetch them.
+                    if let Some(commits) = commits_of(&start, &l).await {
+                        let sent = async {
+                            to_supervisor.write_all(&line(&commits)).await?;
+                            to_supervisor.flush().await
+                        };
+                        if sent.await.is_err() {
+                            break HostEnd::Gone("the supervisor's channel closed".into());
+                        }
+                    }
                     let sent = async {
                         to_supervisor.write_all(l.as_bytes()).await?;
                         to_supervisor.write_all(b"\n").await?;
@@ -374,5 +385,43 @@ pub async fn worker_host(
             )
         }
         None => ExitCode::from(1),
+    })
+}
+
+/// Bundles bigger than this go by `git fetch` over a connection of their own.
+const BUNDLE_MAX: usize = 64 << 20;
+
+/// When `line` is the worker's `Finished` with a commit: the task branch's
+/// commits over the attempt's base as a git bundle, for the channel.
+async fn commits_of(
+    start: &swarm_protocol::worker::WorkerStart,
+    line: &str,
+) -> Option<swarm_protocol::worker::FromWorker> {
+    use base64::Engine as _;
+    use swarm_protocol::worker::{FromWorker, WorktreeSetup};
+    let WorktreeSetup::Create { repo, branch, base } = &start.setup else {
+        return None;
+    };
+    match serde_json::from_str::<FromWorker>(line).ok()? {
+        FromWorker::Finished { commit, .. } if !commit.is_empty() => {}
+        _ => return None,
+    }
+    let out = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["bundle", "create", "--quiet", "-"])
+        .arg(format!("refs/heads/{branch}"))
+        .arg(format!("^{base}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    if !out.status.success() || out.stdout.is_empty() || out.stdout.len() > BUNDLE_MAX {
+        return None;
+    }
+    Some(FromWorker::Commits {
+        branch: branch.clone(),
+        bundle: base64::engine::general_purpose::STANDARD.encode(&out.stdout),
     })
 }

@@ -428,3 +428,35 @@ pub(crate) fn one_line(s: &str, n: usize) -> String {
         flat
     }
 }
+
+/// The daemon's worker nodes (`GET /api/v1/status`), a line each, when it
+/// has any besides `local`.
+pub fn print_nodes(status: &serde_json::Value) {
+    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.len() < 2 {
+        return;
+    }
+    println!();
+    println!("nodes:");
+    for n in &nodes {
+        let mut line = format!(
+            "  {:<12} {:<10} {}/{} busy",
+            n["name"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            n["busy"],
+            n["slots"]
+        );
+        if let (Some(m), Some(l)) = (n["free_memory_mb"].as_u64(), n["load_1m"].as_f64()) {
+            line.push_str(&format!(", free memory {m} MB, load {l:.2}"));
+        }
+        if let Some(s) = n["sandbox"].as_str() {
+            line.push_str(&format!(", sandbox {s}"));
+        }
+        for key in ["reason", "gate"] {
+            if let Some(r) = n[key].as_str() {
+                line.push_str(&format!(" — {}", one_line(r, 160)));
+            }
+        }
+        println!("{}", escape_control(&line));
+    }
+}

@@ -468,6 +468,7 @@ async fn drive_remote(
         Outcome::ended(Ended::Interrupted, reason, 0)
     };
     let repo_root = ctx.pool.repo().root().to_owned();
+    let began = std::time::Instant::now();
     let (remote_repo, base) = match node
         .sync_base(&job.project, &repo_root, &job.base, &job.needs)
         .await
@@ -475,6 +476,7 @@ async fn drive_remote(
         Ok(r) => r,
         Err(e) => return lost(&e),
     };
+    let synced = began.elapsed();
     let worktree = remote_repo
         .parent()
         .unwrap_or(&remote_repo)
@@ -531,19 +533,34 @@ async fn drive_remote(
     )
     .await;
     drop(live);
+    let ran = began.elapsed();
     write_transcript(ctx, &task, attempt, &transcript, &outcome);
+    tracing::debug!(node = %name, task = %task, attempt, synced_ms = synced.as_millis(), ran_ms = ran.as_millis(), "remote attempt ran");
     match outcome {
         Outcome::Committed {
             ref branch,
             ref commit,
             ..
-        } => match node
-            .fetch_branch(&job.project, &repo_root, branch, commit)
-            .await
-        {
-            Ok(()) => outcome,
-            Err(e) => lost(&e),
-        },
+        } => {
+            let bundle = bundle_path(ctx, &task, attempt);
+            let bundled = bundle.exists();
+            let fetched = node
+                .fetch_branch(
+                    &job.project,
+                    &repo_root,
+                    branch,
+                    commit,
+                    bundled.then_some(bundle.as_path()),
+                )
+                .await;
+            if bundled {
+                let _ = std::fs::remove_file(&bundle);
+            }
+            match fetched {
+                Ok(()) => outcome,
+                Err(e) => lost(&e),
+            }
+        }
         Outcome::Ended {
             how: Ended::Failed,
             ref reason,
@@ -560,6 +577,13 @@ async fn drive_remote(
         } if reason.contains("(exit code 255)") => lost("the connection broke"),
         other => other,
     }
+}
+
+/// Where a node's bundle of an attempt's commits waits for its fetch.
+fn bundle_path(ctx: &BuiltinRunner, task: &TaskId, attempt: u32) -> PathBuf {
+    ctx.worktrees_dir
+        .join(".bundles")
+        .join(format!("{task}-{attempt}.bundle"))
 }
 
 /// The process that runs the worker: `agentswarm worker` here, or `ssh` to
@@ -980,6 +1004,22 @@ async fn talk(
             }
             FromWorker::OverMemory { reason } => {
                 result = Some(over_memory(reason, turns));
+            }
+            // A node's commits, ahead of its `Finished` (docs/scale-out.md).
+            FromWorker::Commits { branch, bundle } if remote.is_some() => {
+                use base64::Engine as _;
+                let saved = base64::engine::general_purpose::STANDARD
+                    .decode(bundle.as_bytes())
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        let path = bundle_path(ctx, task, attempt);
+                        std::fs::create_dir_all(path.parent().unwrap_or(&path))
+                            .and_then(|()| std::fs::write(&path, bytes))
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = saved {
+                    tracing::warn!(task = %task, attempt, %branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
+                }
             }
             other => {
                 tracing::warn!(?other, "unexpected worker message");

@@ -379,18 +379,28 @@ impl RemoteNode {
     }
 
     /// Brings the node's `branch` back into the supervisor's repository at
-    /// `repo_root`; `commit` is what the worker said it committed.
+    /// `repo_root`, from `bundle` (what the node sent over the attempt's
+    /// channel) or else over the shared connection; `commit` is what the
+    /// worker said it committed.
     pub async fn fetch_branch(
         &self,
         project: &ProjectId,
         repo_root: &Path,
         branch: &str,
         commit: &str,
+        bundle: Option<&Path>,
     ) -> Result<(), String> {
-        let remote_repo = self
-            .repo_for(project)
-            .ok_or_else(|| format!("node {} is not up", self.node.name))?;
         let git_ssh = git_ssh_command(&self.node, &self.control_dir);
+        let source: OsString = match bundle {
+            Some(b) => b.into(),
+            None => self
+                .git_url(
+                    &self
+                        .repo_for(project)
+                        .ok_or_else(|| format!("node {} is not up", self.node.name))?,
+                )
+                .into(),
+        };
         let argv: Vec<OsString> = vec![
             "-C".into(),
             repo_root.into(),
@@ -398,7 +408,7 @@ impl RemoteNode {
             "--quiet".into(),
             "--no-tags".into(),
             "--no-write-fetch-head".into(),
-            self.git_url(&remote_repo).into(),
+            source,
             format!("+refs/heads/{branch}:refs/heads/{branch}").into(),
         ];
         run_quiet(

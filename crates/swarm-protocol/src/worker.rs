@@ -212,6 +212,11 @@ pub enum FromWorker {
     /// its memory limit on the node and was killed; the attempt ends
     /// `memory_limit`.
     OverMemory { reason: String },
+    /// Sent by `agentswarm node worker` just before it relays a `Finished`:
+    /// the attempt's commits as a git bundle (base64) of the task branch
+    /// over the attempt's base, so the supervisor needs no second
+    /// connection to fetch them.
+    Commits { branch: String, bundle: String },
 }
 
 #[cfg(test)]

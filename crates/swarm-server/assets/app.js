@@ -506,6 +506,30 @@ const gauges = {
         h('span', { class: 'g-value' }, `${q.provider} out until ${until}`)),
       );
     }
+
+    // Worker nodes (docs/scale-out.md), when there are others than this machine.
+    const nodes = st.nodes || [];
+    if (nodes.length > 1) {
+      for (const n of nodes) {
+        const detail = [n.address || 'this machine'];
+        if (n.free_memory_mb !== null && n.free_memory_mb !== undefined) detail.push(`free memory ${n.free_memory_mb} MB`);
+        if (n.load_1m !== null && n.load_1m !== undefined) detail.push(`load ${Number(n.load_1m).toFixed(2)}`);
+        if (n.sandbox) detail.push(`sandbox ${n.sandbox}`);
+        if (n.labels && n.labels.length) detail.push(`labels ${n.labels.join(', ')}`);
+        if (n.reason) detail.push(n.reason);
+        if (n.gate) detail.push(`gate closed: ${n.gate}`);
+        const ok = n.state === 'up' && !n.gate;
+        box.append(
+          h('span', {
+            class: ok ? 'gauge' : 'gauge gauge-warn',
+            dataset: { gauge: 'node', node: n.name, state: n.state },
+            title: detail.join(' · '),
+          },
+          h('span', { class: 'g-label' }, `node ${n.name}`),
+          h('span', { class: 'g-value' }, n.state === 'up' ? `${n.busy} / ${n.slots}` : n.state)),
+        );
+      }
+    }
   },
 };
 gauges.refreshSoon = coalesce(() => gauges.refresh(), REFRESH_DELAY_MS);
