@@ -323,7 +323,15 @@ pub fn describe(e: &EventRecord) -> String {
             d.get("attempt").and_then(Value::as_u64),
             d.get("node").and_then(Value::as_str),
         ) {
-            (Some(a), Some(n)) => Some(format!("attempt {a} runs on node {n}")),
+            (Some(a), Some(n)) => Some(match d.get("sandbox").and_then(Value::as_str) {
+                Some(s) => format!(
+                    "attempt {a} runs on node {n} (sandbox {s}, memory limiter {})",
+                    d.get("memory_limiter")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                ),
+                None => format!("attempt {a} runs on node {n}"),
+            }),
             _ => None,
         },
         "run_stats" => d

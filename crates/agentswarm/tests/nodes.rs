@@ -471,7 +471,13 @@ fn a_plan_runs_across_local_and_two_nodes() {
             .or_default() += 1;
     }
     eprintln!("attempts per node: {per_node:?}");
-    eprintln!("{}", text(&h.run(&["logs", project])));
+    // A node's attempts say what confined them there.
+    let remote = placed.iter().find(|e| e["data"]["node"] == "n1").unwrap();
+    assert!(remote["data"]["sandbox"].as_str().is_some(), "{remote}");
+    assert!(
+        remote["data"]["memory_limiter"].as_str().is_some(),
+        "{remote}"
+    );
     for node in ["local", "n1", "n2"] {
         assert!(
             per_node.get(node).copied().unwrap_or(0) > 0,

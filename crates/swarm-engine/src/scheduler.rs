@@ -476,13 +476,15 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             let live = self.engine.live.enter(&self.id, &id, attempt);
             tracing::debug!(task = %id, attempt, runner = %self.runner.kind(), node = lease.name(), "attempt dispatched");
             if self.engine.nodes.has_remote() {
-                let node = lease.name().to_owned();
-                self.store().append_event(
-                    &self.id,
-                    Some(&id),
-                    "placed",
-                    &serde_json::json!({"attempt": attempt, "node": node}),
-                )?;
+                // Where it runs, under what: a node's own mechanisms (this
+                // machine's are in the run's `sandbox` event).
+                let mut data = serde_json::json!({"attempt": attempt, "node": lease.name()});
+                if let Some(info) = lease.remote().and_then(|r| r.info()) {
+                    data["sandbox"] = info.sandbox.into();
+                    data["memory_limiter"] = info.memory_limiter.into();
+                }
+                self.store()
+                    .append_event(&self.id, Some(&id), "placed", &data)?;
             }
             match t.kind {
                 TaskKind::Verify => {
