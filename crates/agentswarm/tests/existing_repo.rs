@@ -637,6 +637,12 @@ fn a_done_project_is_continued_with_more_tasks() {
         "{}",
         text(&out)
     );
+    // The round's own baseline, on the main it starts from (add is fixed there).
+    assert!(
+        stdout.contains("baseline: verify passes on main as follow-up round 1 found it"),
+        "{}",
+        text(&out)
+    );
     let report = last_json_line(&out);
     assert_eq!(report["project_id"], project.as_str());
     assert_eq!(report["status"], "done", "{report}");

@@ -535,8 +535,9 @@ pub fn baseline_of(
 /// The baseline verify: the verify commands on the base commit, before any
 /// task ran, so that failures already there are reported as such and not
 /// blamed on the swarm. Runs once per project (a `baseline` event records
-/// it), only while `main` is still at the base commit, confined like
-/// verify.
+/// it, with `round` 0), and once per follow-up round (`--continue`: on the
+/// commit main was at when the round was planned, `round` N), only while
+/// `main` is still at that commit, confined like verify.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn baseline(
     engine: &crate::Engine,
@@ -550,21 +551,53 @@ pub(crate) async fn baseline(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let store = engine.store();
-    if commands.is_empty() || !store.events_of_kind(id, "baseline", 1)?.is_empty() {
+    if commands.is_empty() {
         return Ok(());
     }
-    let Some(base) = source.base_commit.clone() else {
-        return Ok(());
+    let last = store.events_of_kind(id, "baseline", 1)?.into_iter().next();
+    // A follow-up round (`--continue`) starts from what main holds then: its
+    // baseline is taken there, once per round.
+    let round = store
+        .events_of_kind(id, "continue", 1)?
+        .into_iter()
+        .next()
+        .and_then(|e| {
+            Some((
+                e.data["round"].as_u64()?,
+                e.data["main"].as_str()?.to_owned(),
+            ))
+        });
+    let (round, base) = match round {
+        Some((round, main)) => {
+            if last.is_some_and(|b| b.data["round"].as_u64() == Some(round)) {
+                return Ok(());
+            }
+            (round, main)
+        }
+        None => {
+            if last.is_some() {
+                return Ok(());
+            }
+            let Some(base) = source.base_commit.clone() else {
+                return Ok(());
+            };
+            (0, base)
+        }
     };
     if repo.head()? != base {
         return Ok(());
     }
+    let on = if round == 0 {
+        "the base commit".to_owned()
+    } else {
+        format!("main as follow-up round {round} found it")
+    };
     engine.emit(
         id,
         None,
         "verify",
         format!(
-            "baseline: running the verify commands on the base commit {}",
+            "baseline: running the verify commands on {on} ({})",
             short(&base)
         ),
     );
@@ -609,6 +642,7 @@ pub(crate) async fn baseline(
             let passed = !results.is_empty() && results.iter().all(|r| r.passed);
             serde_json::json!({
                 "base_commit": base,
+                "round": round,
                 "passed": passed,
                 "results": results.iter().map(|r| serde_json::json!({
                     "command": r.command, "exit": r.exit, "passed": r.passed,
@@ -617,15 +651,17 @@ pub(crate) async fn baseline(
                 })).collect::<Vec<_>>(),
             })
         }
-        Err(e) => serde_json::json!({"base_commit": base, "passed": null, "error": e}),
+        Err(e) => {
+            serde_json::json!({"base_commit": base, "round": round, "passed": null, "error": e})
+        }
     };
     store.append_event(id, None, "baseline", &data)?;
     let line = match &result {
         Ok(results) if results.iter().all(|r| r.passed) => {
-            "baseline: verify passes on the base commit".to_owned()
+            format!("baseline: verify passes on {on}")
         }
         Ok(results) => format!(
-            "baseline: verify already fails on the base commit ({} of {} command(s) failed: {}); \
+            "baseline: verify already fails on {on} ({} of {} command(s) failed: {}); \
              these failures were there before the swarm",
             results.iter().filter(|r| !r.passed).count(),
             results.len(),
