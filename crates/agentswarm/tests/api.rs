@@ -1138,3 +1138,190 @@ fn a_project_on_an_existing_repository_through_the_api() {
         "# existing"
     );
 }
+
+/// Review before merge through the API (`review: "tasks"` as a submit
+/// option): the task waits in `review`, the list and the per-file diff,
+/// bad decisions refused (404, 409, 422), a rejection whose comment the
+/// next attempt's prompt carries, approvals that merge; the SSE stream
+/// has the review events, /metrics and the status count the task waiting.
+#[test]
+fn tasks_reviewed_through_the_api_reject_then_approve() {
+    let mut tasks = serde_json::Map::new();
+    tasks.insert(
+        "a".into(),
+        json!({"attempts": [
+            [write_turn("a.txt", "first\n"), finish_turn("wrote a")],
+            [write_turn("a.txt", "second\n"), finish_turn("rewrote a")]
+        ]}),
+    );
+    tasks.insert(
+        "b".into(),
+        json!({"turns": [write_turn("b.txt", "b\n"), finish_turn("wrote b")]}),
+    );
+    let h = Harness::new(json!({"tasks": tasks}));
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "reviewed", "plan": two_task_plan(), "options": {"review": "tasks"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{id}");
+    let (_, bad) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "g", "plan": two_task_plan(), "options": {"review": "sometimes"}})),
+    );
+    assert!(
+        bad["error"].as_str().unwrap().contains("sometimes"),
+        "{bad}"
+    );
+
+    // Until a waits in review (the event stream says so).
+    let events = read_sse(&api, &format!("{base}/events"), None, |(_, kind, _)| {
+        kind == "review_waiting"
+    });
+    assert_eq!(events.last().unwrap().2["task_id"], "a");
+    let (_, detail) = api.get("/api/v1/projects/{project}", &base);
+    let state = |d: &Value, t: &str| {
+        d["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == t)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(&detail, "a"), "review", "{detail}");
+    assert_eq!(state(&detail, "b"), "pending", "{detail}");
+    assert_eq!(detail["options"]["review"], "tasks");
+    let (_, status) = api.get("/api/v1/status", "/api/v1/status");
+    assert_eq!(status["review_tasks"], 1, "{status}");
+    let (_, _, metrics) = api.bytes("/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("agentswarm_review_tasks 1"), "{metrics}");
+
+    let (code, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(list["review"], "tasks");
+    assert_eq!(list["tasks"][0]["task"], "a");
+    assert_eq!(list["tasks"][0]["files"][0]["path"], "a.txt");
+    let t = "/api/v1/projects/{project}/tasks/{task}";
+    let (code, diff) = api.get(&format!("{t}/review"), &format!("{base}/tasks/a/review"));
+    assert_eq!(code, 200, "{diff}");
+    assert_eq!(diff["attempt"], 1);
+    assert!(
+        diff["files"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+first"),
+        "{diff}"
+    );
+
+    // Refusals: unknown task, a task not in review, an empty comment, a bad body.
+    let post = |what: &str, task: &str, body: Value| {
+        api.call(
+            "POST",
+            &format!("{t}/{what}"),
+            &format!("{base}/tasks/{task}/{what}"),
+            Some(&body),
+        )
+    };
+    let (code, e) = post("approve", "nosuch", json!({}));
+    assert_eq!(code, 404, "{e}");
+    let (code, e) = post("approve", "b", json!({}));
+    assert_eq!(code, 409, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not waiting for review"),
+        "{e}"
+    );
+    let (code, e) = api.get(&format!("{t}/review"), &format!("{base}/tasks/b/review"));
+    assert_eq!(code, 409, "{e}");
+    let (code, e) = post("reject", "a", json!({"comment": ""}));
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = post("reject", "a", json!({"why": "x"}));
+    assert_eq!(code, 422, "{e}");
+
+    // Rejected with a comment: attempt 2 carries it.
+    let (code, o) = post("reject", "a", json!({"comment": "Say second, please"}));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(
+        (o["decision"].as_str(), o["state"].as_str()),
+        (Some("rejected"), Some("ready"))
+    );
+    let after = events.last().unwrap().0;
+    let more = read_sse(
+        &api,
+        &format!("{base}/events"),
+        Some(after),
+        |(_, kind, _)| kind == "review_waiting",
+    );
+    let kinds: Vec<&str> = more.iter().map(|e| e.1.as_str()).collect();
+    assert!(kinds.contains(&"review_rejected"), "{kinds:?}");
+    let rejected = more.iter().find(|e| e.1 == "review_rejected").unwrap();
+    assert_eq!(rejected.2["data"]["comment"], "Say second, please");
+    let prompt = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.task.as_deref() == Some("a") && r.attempt == Some(2) && r.turn == Some(0))
+        .expect("attempt 2 of a asked the model");
+    assert!(prompt.body.to_string().contains("Say second, please"));
+    let (_, diff) = api.get(&format!("{t}/review"), &format!("{base}/tasks/a/review"));
+    assert_eq!(diff["attempt"], 2);
+    assert!(diff["files"][0]["diff"]
+        .as_str()
+        .unwrap()
+        .contains("+second"));
+
+    // Approved: merges; b waits, is approved; the project is done.
+    let (code, o) = post("approve", "a", json!({}));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["state"], "merging");
+    let (code, _) = post("approve", "a", json!({}));
+    assert_eq!(code, 409);
+    let after = more.last().unwrap().0;
+    let more = read_sse(
+        &api,
+        &format!("{base}/events"),
+        Some(after),
+        |(_, kind, _)| kind == "review_waiting",
+    );
+    assert!(more.iter().any(|e| e.1 == "review_approved"));
+    let (code, _) = api.call(
+        "POST",
+        &format!("{t}/approve"),
+        &format!("{base}/tasks/b/approve"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let detail = api.wait_state(&id, 60, &["done"]);
+    let a = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["attempts"][0]["outcome"], "rejected", "{a}");
+    assert_eq!(a["attempts_counted"], 0, "{a}");
+    assert_eq!(
+        std::fs::read_to_string(h.repo(&id).join("a.txt")).unwrap(),
+        "second\n"
+    );
+    let (_, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert!(list["tasks"].as_array().unwrap().is_empty());
+}

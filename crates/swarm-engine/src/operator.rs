@@ -47,6 +47,9 @@ pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     if o.agent.is_some() {
         limits.agent = o.agent.clone();
     }
+    if let Some(v) = o.review {
+        limits.review = v;
+    }
     limits
 }
 
@@ -87,6 +90,7 @@ pub fn flag_options(config: &Config) -> ProjectOptions {
         max_tokens: run.max_tokens.filter(|_| flag("run.max_tokens")),
         allow_network: flag("run.allow_network").then_some(run.allow_network),
         agent: run.agent.clone().filter(|_| flag("run.agent")),
+        review: flag("run.review").then_some(run.review),
     }
 }
 

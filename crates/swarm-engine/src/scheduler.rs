@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm_config::RunLimits;
 use swarm_git::MergeOutcome;
-use swarm_protocol::{AttemptOutcome, Plan, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ReviewMode, TaskId, TaskKind, TaskState};
 use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,12 @@ pub(crate) enum Event {
     Verified {
         attempt: u32,
         result: std::result::Result<Vec<CommandResult>, String>,
+    },
+    /// An attempt's commit is held on its review branch (`review = "tasks"`).
+    Held {
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<(), String>,
     },
 }
 
@@ -87,6 +93,15 @@ pub(crate) trait Integration: Send {
     /// writes its archive from `workspace`, then gives the workspace back
     /// to `runner`.
     fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>);
+
+    /// As [`Integration::archive`] for a task whose workspace is gone (it
+    /// waited in review): the archive is written from its commit.
+    fn archive_commit(&mut self, task: TaskRecord);
+
+    /// Holds `commit` on the review branch of `task`'s `attempt`
+    /// (`swarm_git::review::branch`), so that it outlives the worktree and
+    /// a restart; the result comes back as [`Event::Held`].
+    fn hold(&mut self, task: TaskId, attempt: u32, commit: String);
 
     /// The commit `main` is at.
     fn main_head(&self) -> Option<String>;
@@ -145,6 +160,9 @@ pub(crate) struct Scheduler<'e, I> {
     /// The workers' system prompt (with an existing repository's
     /// instructions for agents: [`Scheduler::set_worker_system`]).
     worker_system: String,
+    /// Commits (and summaries) of attempts being held for review, until
+    /// their review branch exists.
+    holding: HashMap<(TaskId, u32), (String, String)>,
 }
 
 impl<'e, I: Integration> Scheduler<'e, I> {
@@ -189,6 +207,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             attempt_started: HashMap::new(),
             cancel,
             worker_system: prompts::WORKER_SYSTEM.to_owned(),
+            holding: HashMap::new(),
         };
         s.reload()?;
         Ok(s)
@@ -501,9 +520,17 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         Ok(())
     }
 
+    /// Tasks wait for a person's decision (the run looks at the store for
+    /// it once a second).
+    fn in_review(&self) -> bool {
+        self.tasks.values().any(|t| t.state == TaskState::Review)
+    }
+
     fn busy(&self) -> bool {
         self.attempts > 0
             || self.merging > 0
+            || !self.holding.is_empty()
+            || (self.in_review() && !self.cancel.is_cancelled())
             || (self.verifying.is_some() && !self.cancel.is_cancelled())
             || ((self.needs_slot || self.gated)
                 && !self.cancel.is_cancelled()
@@ -519,6 +546,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
     /// Runs the project's tasks until nothing is left to do or start (all
     /// finished, or the run stopped and its attempts ended).
     pub(crate) async fn schedule(&mut self) -> Result<()> {
+        // Approved before a stop or a crash, not merged yet.
+        self.merge_approved()?;
         self.advance()?;
         self.dispatch()?;
         while self.busy() {
@@ -544,6 +573,14 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     continue;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)), if self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+                // A person decides in another process (`agentswarm review`,
+                // the API): the store is where the decision arrives.
+                _ = tokio::time::sleep(REVIEW_POLL), if self.in_review() && !self.cancel.is_cancelled() => {
+                    self.poll_reviews()?;
+                    self.advance()?;
                     self.dispatch()?;
                     continue;
                 }
@@ -581,6 +618,11 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         self.on_verified(attempt, result).await?;
                     }
                 }
+                Event::Held {
+                    task,
+                    attempt,
+                    result,
+                } => self.on_held(task, attempt, result)?,
             }
             self.advance()?;
             self.dispatch()?;
@@ -595,7 +637,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         while self.attempts > 0 {
             match tokio::time::timeout_at(until, self.rx.recv()).await {
                 Ok(Some(Event::Attempt { .. })) => self.attempts -= 1,
-                Ok(Some(Event::Merged { .. } | Event::Verified { .. })) => {}
+                Ok(Some(Event::Merged { .. } | Event::Verified { .. } | Event::Held { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -660,6 +702,14 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     )?;
                     self.engine
                         .emit(&self.id, Some(&task), "info", format!("{task}: {note}"));
+                }
+                if self.limits.review == ReviewMode::Tasks {
+                    // Held for a person: the commit goes to its review
+                    // branch first, then the task waits in `review`.
+                    self.holding
+                        .insert((task.clone(), attempt), (commit.clone(), summary));
+                    self.integration.hold(task, attempt, commit);
+                    return Ok(());
                 }
                 if self.set(
                     &task,
@@ -796,6 +846,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         expect_attempt: Some(attempt),
                         merge_commit: Some(merge_commit),
                         last_error: Some(None),
+                        review_comment: Some(None),
                         finished_ms: Some(now_ms()),
                         ..Default::default()
                     },
@@ -804,9 +855,14 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
                 let record = self.tasks.get(&task).cloned();
                 let workspace = self.workspaces.remove(&(task.clone(), attempt));
-                if let (Some(record), Some(workspace)) = (record, workspace) {
-                    self.integration
-                        .archive(record, workspace, self.runner.clone());
+                match (record, workspace) {
+                    (Some(record), Some(workspace)) => {
+                        self.integration
+                            .archive(record, workspace, self.runner.clone());
+                    }
+                    // It waited in review: its worktree went back then.
+                    (Some(record), None) => self.integration.archive_commit(record),
+                    (None, _) => {}
                 }
             }
             Ok(MergeOutcome::Conflict { paths }) => {
@@ -837,6 +893,150 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         Ok(())
     }
 
+    /// The commit of `task`'s `attempt` is held on its review branch (or
+    /// could not be): the task waits in `review`, its worktree goes back.
+    fn on_held(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<(), String>,
+    ) -> Result<()> {
+        let Some((commit, summary)) = self.holding.remove(&(task.clone(), attempt)) else {
+            return Ok(());
+        };
+        if let Err(e) = result {
+            let reason = format!("cannot hold the commit for review: {e}");
+            self.end_attempt(AttemptEnd::ended(
+                &task,
+                attempt,
+                AttemptOutcome::Failed,
+                reason.clone(),
+                self.turns
+                    .get(&(task.clone(), attempt))
+                    .copied()
+                    .unwrap_or(0),
+            ))?;
+            self.turns.remove(&(task.clone(), attempt));
+            self.retry_or_fail(&task, attempt, TaskState::Running, true, reason, Vec::new())?;
+            self.release_workspace(&task, attempt, false);
+            return Ok(());
+        }
+        if self.set(
+            &task,
+            TaskUpdate {
+                from: vec![TaskState::Running],
+                to: Some(TaskState::Review),
+                expect_attempt: Some(attempt),
+                commit: Some(commit.clone()),
+                summary: Some(summary),
+                ..Default::default()
+            },
+        )? {
+            self.store().append_event(
+                &self.id,
+                Some(&task),
+                "review_waiting",
+                &serde_json::json!({"attempt": attempt, "commit": commit}),
+            )?;
+            self.engine.emit(
+                &self.id,
+                Some(&task),
+                "review",
+                wording::review_waiting(&self.id, &task),
+            );
+        }
+        // Committed: the worktree is clean; the commit is on its branch.
+        self.release_workspace(&task, attempt, false);
+        Ok(())
+    }
+
+    /// Looks in the store for decisions on the tasks waiting in review:
+    /// approved ones (now `merging`) go to the merge queue; rejected ones
+    /// (now `ready`) start again with the comment.
+    pub(crate) fn poll_reviews(&mut self) -> Result<()> {
+        let waiting: Vec<TaskId> = self
+            .order
+            .iter()
+            .filter(|id| self.tasks[*id].state == TaskState::Review)
+            .cloned()
+            .collect();
+        for id in waiting {
+            let Some(now) = self.store().task(&self.id, &id)? else {
+                continue;
+            };
+            match now.state {
+                TaskState::Review => continue,
+                TaskState::Merging => {
+                    self.engine.emit(
+                        &self.id,
+                        Some(&id),
+                        "review",
+                        format!("{id}: approved in review; merging"),
+                    );
+                    self.tasks.insert(id.clone(), now);
+                    self.queue_approved(&id)?;
+                }
+                TaskState::Ready => {
+                    self.attempt_started.remove(&(id.clone(), now.attempt));
+                    self.turns.remove(&(id.clone(), now.attempt));
+                    self.engine.emit(
+                        &self.id,
+                        Some(&id),
+                        "review",
+                        format!(
+                            "{id}: rejected in review ({}); a new attempt follows",
+                            now.review_comment.as_deref().unwrap_or("no comment")
+                        ),
+                    );
+                    self.tasks.insert(id.clone(), now);
+                }
+                TaskState::Pending
+                | TaskState::Running
+                | TaskState::Done
+                | TaskState::Failed
+                | TaskState::Blocked
+                | TaskState::Cancelled => {
+                    self.tasks.insert(id.clone(), now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the merge of every task approved in review that no merge is
+    /// queued for yet: at the start of a run (approved while no run was
+    /// going, or before a crash).
+    fn merge_approved(&mut self) -> Result<()> {
+        let approved: Vec<TaskId> = self
+            .order
+            .iter()
+            .filter(|id| self.tasks[*id].state == TaskState::Merging)
+            .cloned()
+            .collect();
+        for id in approved {
+            self.queue_approved(&id)?;
+        }
+        Ok(())
+    }
+
+    fn queue_approved(&mut self, id: &TaskId) -> Result<()> {
+        let Some(t) = self.tasks.get(id) else {
+            return Ok(());
+        };
+        let job = MergeJob {
+            task: id.clone(),
+            attempt: t.attempt,
+            branch: swarm_git::review::branch(id.as_str(), t.attempt),
+            message: format!("Merge task {id} (attempt {}): {}", t.attempt, t.title),
+        };
+        self.merging += 1;
+        if let Err(e) = self.integration.merge(job) {
+            self.merging -= 1;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Gives an attempt's workspace back to the runner. `dirty`: the attempt
     /// did not end in a commit, so it may have left files behind.
     fn release_workspace(&mut self, task: &TaskId, attempt: u32, dirty: bool) {
@@ -845,6 +1045,9 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         }
     }
 }
+
+/// How often a run looks in the store for review decisions.
+const REVIEW_POLL: Duration = Duration::from_secs(1);
 
 /// What a waiting line says without its figures (`free memory 812 MB <
 /// 1024 MB` and `free memory 790 MB < 1024 MB` are one cause).

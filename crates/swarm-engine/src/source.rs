@@ -125,6 +125,7 @@ pub fn check(config: &Config, req: &SourceRequest) -> Result<RepoSource> {
         base_commit: Some(commit),
         push: req.push,
         branch: None,
+        held: false,
     })
 }
 
@@ -153,6 +154,7 @@ fn check_url(url: &str, req: &SourceRequest) -> Result<RepoSource> {
         base_commit: None,
         push: req.push,
         branch: None,
+        held: false,
     })
 }
 
@@ -253,6 +255,8 @@ pub struct Delivered {
     /// Why the branch could not be written or pushed, if so.
     pub branch_error: Option<String>,
     pub pushed: bool,
+    /// With `review = "delivery"`: the branch (and push) wait for approval.
+    pub held: bool,
     pub patch: Option<PathBuf>,
     pub bundle: Option<PathBuf>,
     pub pr: Option<PathBuf>,
@@ -275,6 +279,7 @@ impl Delivered {
             "branch": self.branch,
             "branch_error": self.branch_error,
             "pushed": self.pushed,
+            "held_for_review": self.held,
             "patch": name(&self.patch),
             "bundle": name(&self.bundle),
             "pr": name(&self.pr),
@@ -292,9 +297,62 @@ impl Delivered {
     }
 }
 
+/// What [`write_branch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchWritten {
+    /// The branch, when it was written (or, for a URL, pushed).
+    pub branch: Option<String>,
+    pub pushed: bool,
+    /// Why it could not be written or pushed.
+    pub error: Option<String>,
+}
+
+/// Writes `head` of the project repository `repo` as `branch` in the
+/// source repository (a local path), pushing it on to its `origin` when
+/// asked; for a URL, pushes it there when asked. Blocking.
+pub fn write_branch(source: &RepoSource, repo: &Path, head: &str, branch: &str) -> BranchWritten {
+    let mut w = BranchWritten::default();
+    if source.is_url() {
+        if source.push {
+            match git_source::push_branch(repo, &source.repo, head, branch) {
+                Ok(()) => {
+                    w.pushed = true;
+                    w.branch = Some(branch.to_owned());
+                }
+                Err(e) => w.error = Some(format!("cannot push {branch}: {e}")),
+            }
+        }
+        return w;
+    }
+    match git_source::deliver_branch(Path::new(&source.repo), repo, head, branch) {
+        Ok(()) => {
+            w.branch = Some(branch.to_owned());
+            if source.push {
+                match git_source::push_branch(
+                    Path::new(&source.repo),
+                    "origin",
+                    &format!("refs/heads/{branch}"),
+                    branch,
+                ) {
+                    Ok(()) => w.pushed = true,
+                    Err(e) => w.error = Some(format!("cannot push {branch} to origin: {e}")),
+                }
+            }
+        }
+        Err(e) => {
+            w.error = Some(format!(
+                "cannot write branch {branch} in {}: {e}; changes.patch and the bundle hold \
+                 the same work",
+                source.repo
+            ))
+        }
+    }
+    w
+}
+
 /// Writes `changes.patch`, the bundle and `PR.md` into `outputs`, and the
 /// branch `agentswarm/<project>` into the source repository (and pushes it
-/// when asked). Blocking. A branch that cannot be written is reported in
+/// when asked) unless `hold` (`review = "delivery"`). Blocking. A branch that cannot be written is reported in
 /// [`Delivered::branch_error`], not an error: the patch and bundle carry
 /// the same work.
 #[allow(clippy::too_many_arguments)]
@@ -307,6 +365,7 @@ pub fn deliver(
     repo: &Path,
     head: &str,
     outputs: &Path,
+    hold: bool,
 ) -> Result<Delivered> {
     let base = source
         .base_commit
@@ -334,42 +393,11 @@ pub fn deliver(
         d.files.push(described(&bundle_name, &bytes));
         d.bundle = Some(bundle_path);
     }
-    if source.is_url() {
-        if source.push {
-            match git_source::push_branch(repo, &source.repo, head, &branch) {
-                Ok(()) => {
-                    d.pushed = true;
-                    d.branch = Some(branch.clone());
-                }
-                Err(e) => d.branch_error = Some(format!("cannot push {branch}: {e}")),
-            }
-        }
+    if hold {
+        d.held = true;
     } else {
-        match git_source::deliver_branch(Path::new(&source.repo), repo, head, &branch) {
-            Ok(()) => {
-                d.branch = Some(branch.clone());
-                if source.push {
-                    match git_source::push_branch(
-                        Path::new(&source.repo),
-                        "origin",
-                        &format!("refs/heads/{branch}"),
-                        &branch,
-                    ) {
-                        Ok(()) => d.pushed = true,
-                        Err(e) => {
-                            d.branch_error = Some(format!("cannot push {branch} to origin: {e}"))
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                d.branch_error = Some(format!(
-                    "cannot write branch {branch} in {}: {e}; changes.patch and the bundle hold \
-                     the same work",
-                    source.repo
-                ))
-            }
-        }
+        let w = write_branch(source, repo, head, &branch);
+        (d.branch, d.pushed, d.branch_error) = (w.branch, w.pushed, w.error);
     }
     let stats = git_source::numstat(repo, &base, head).unwrap_or_default();
     let pr = pr_text(project, &d, tasks, verify, baseline, &stats);

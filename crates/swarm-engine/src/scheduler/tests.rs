@@ -176,6 +176,19 @@ impl Integration for FakeMain {
         runner.release(workspace, false);
     }
 
+    fn archive_commit(&mut self, task: TaskRecord) {
+        push(&self.log, format!("archive {} from its commit", task.id));
+    }
+
+    fn hold(&mut self, task: TaskId, attempt: u32, _commit: String) {
+        push(&self.log, format!("hold {task}/{attempt}"));
+        let _ = self.events.send(Event::Held {
+            task,
+            attempt,
+            result: Ok(()),
+        });
+    }
+
     fn main_head(&self) -> Option<String> {
         Some("head".into())
     }
@@ -262,7 +275,7 @@ impl Project {
         )
         .unwrap();
         let stale = s.stale();
-        s.reconcile(stale, &[]).unwrap();
+        s.reconcile(stale, &[], &Default::default()).unwrap();
         tokio::time::timeout(Duration::from_secs(20), s.schedule())
             .await
             .expect("the scheduler never finished")
@@ -758,7 +771,7 @@ async fn a_stale_running_task_goes_back_to_ready_unless_its_commit_merged() {
         task: "a".into(),
         attempt: 1,
     };
-    s.reconcile(stale, &[on_main]).unwrap();
+    s.reconcile(stale, &[on_main], &Default::default()).unwrap();
 
     assert_eq!(p.task("a").state, TaskState::Done);
     assert_eq!(p.task("a").commit.as_deref(), Some("abc"));
