@@ -1137,6 +1137,75 @@ fn a_project_on_an_existing_repository_through_the_api() {
         git_in(&["show", &format!("{branch}:README.md")]),
         "# existing"
     );
+
+    // review = "delivery": done, the branch held until POST …/delivery/approve.
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "options": {"review": "delivery"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let held = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{held}");
+    let d = "/api/v1/projects/{project}/delivery";
+    let detail = api.wait_state(&held, 120, &["done"]);
+    assert_eq!(detail["source"]["held"], true, "{detail}");
+    assert_eq!(detail["source"]["branch"], Value::Null, "{detail}");
+    let branch = format!("agentswarm/{held}");
+    let listed = std::process::Command::new("git")
+        .args(["branch", "--list", &branch])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(listed.stdout.is_empty(), "the held branch was written");
+    let (code, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(list["delivery_waiting"], true, "{list}");
+    let (code, diff) = api.get(&format!("{d}/review"), &format!("{base}/delivery/review"));
+    assert_eq!(code, 200, "{diff}");
+    assert_eq!(diff["task"], Value::Null);
+    let paths: Vec<&str> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt"]);
+    let (code, e) = api.call(
+        "POST",
+        &format!("{d}/reject"),
+        &format!("{base}/delivery/reject"),
+        Some(&json!({"comment": " "})),
+    );
+    assert_eq!(code, 422, "{e}");
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        Some(&json!({})),
+    );
+    assert_eq!(code, 200, "{o}");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("branch {branch} written")),
+        "{o}"
+    );
+    assert_eq!(git_in(&["show", &format!("{branch}:b.txt")]), "b");
+    let (code, _) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        None,
+    );
+    assert_eq!(code, 409);
+    let (_, detail) = api.get("/api/v1/projects/{project}", &base);
+    assert_eq!(detail["source"]["branch"], branch.as_str(), "{detail}");
 }
 
 /// Review before merge through the API (`review: "tasks"` as a submit
