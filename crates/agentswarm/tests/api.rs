@@ -1320,6 +1320,8 @@ fn tasks_reviewed_through_the_api_reject_then_approve() {
     assert_eq!(code, 422, "{e}");
     let (code, e) = post("reject", "a", json!({"why": "x"}));
     assert_eq!(code, 422, "{e}");
+    let (code, e) = post("approve", "a", json!({"options": {}}));
+    assert_eq!(code, 422, "an approval takes no body: {e}");
 
     // Rejected with a comment: attempt 2 carries it.
     let (code, o) = post("reject", "a", json!({"comment": "Say second, please"}));

@@ -890,3 +890,78 @@ async fn dashboard_shows_a_task_in_review_with_its_diff_and_decides_it() {
     )
     .await;
 }
+
+/// A project on an existing repository with `review: "delivery"`: the head
+/// of the project view names the repository, base and branch, and once the
+/// run is done shows the whole change with Approve; approving writes the
+/// branch into the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_held_delivery_and_approves_it() {
+    let rig = Rig::start(&[]).await;
+    let page = rig.page();
+    let base = rig.base();
+    let repo = rig.h.home.path().join("src-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# words\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "start",
+        ],
+    );
+    let body = json!({"goal": "Count words, delivery reviewed", "plan": wordcount_plan(),
+                      "repo": repo, "options": {"review": "delivery"}});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}api/v1/projects"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let project = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rig.client
+        .goto(&format!("{base}#/projects/{project}"))
+        .await
+        .unwrap();
+    let branch = format!("agentswarm/{project}");
+    page.wait(
+        "the held delivery with its change",
+        120,
+        "!document.querySelector('#delivery-review').hidden \
+         && document.querySelector('#delivery-review .file-diff[data-path=\"wordcount/counter.py\"]')",
+    )
+    .await;
+    let source = page.text("#project-source").await;
+    assert!(
+        source.contains(&repo.display().to_string()) && source.contains("at main"),
+        "{source}"
+    );
+    assert!(source.contains("waits for review"), "{source}");
+    assert!(git(&repo, &["branch", "--list", &branch]).trim().is_empty());
+
+    page.click("#delivery-approve-btn").await;
+    page.wait(
+        "the branch written",
+        30,
+        &format!(
+            "document.querySelector('#delivery-review').hidden \
+             && document.querySelector('#project-source').textContent.includes('branch {branch}')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        git(&repo, &["rev-parse", &branch]).trim(),
+        git(&rig.h.repo(&project), &["rev-parse", "main"]).trim()
+    );
+}

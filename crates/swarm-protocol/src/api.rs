@@ -335,6 +335,12 @@ pub struct FileDiff {
     pub diff: String,
 }
 
+/// `POST …/tasks/{task}/approve` and `POST …/delivery/approve`: no body,
+/// or an empty object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {}
+
 /// `POST …/tasks/{task}/reject` and `POST …/delivery/reject`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1010,6 +1010,7 @@ class ProjectView {
     this.meta = h('div', { class: 'project-meta muted' });
     this.errorBox = h('p', { id: 'project-error', class: 'alert', hidden: true });
     this.waitingBox = h('p', { id: 'project-waiting', class: 'notice', hidden: true });
+    this.deliveryReview = h('div', { id: 'delivery-review', class: 'review', hidden: true });
     this.actionError = h('p', { class: 'form-error', role: 'alert', hidden: true });
 
     this.cancelBtn = h('button', { id: 'cancel-btn', type: 'button', class: 'danger', hidden: true, onclick: () => this.cancel() }, 'Cancel');
@@ -1039,6 +1040,7 @@ class ProjectView {
           this.meta,
           this.errorBox,
           this.waitingBox,
+          this.deliveryReview,
           h('div', { class: 'actions' }, this.downloadBtn, this.resumeForm, this.cancelBtn),
           this.actionError),
         h('section', { class: 'card graph-card' },
@@ -1137,6 +1139,7 @@ class ProjectView {
     this.waitingBox.hidden = !p.waiting;
     this.cancelBtn.hidden = TERMINAL.has(p.state);
     this.resumeForm.hidden = !RESUMABLE.has(p.state);
+    this.renderDeliveryReview(p, d);
     this.downloadBtn.hidden = !p.delivery_url;
     // A project that did not finish ships what it merged: say it is partial.
     this.downloadBtn.textContent = p.state === 'done'
@@ -1249,6 +1252,50 @@ class ProjectView {
     this.renderReview(t);
     // A viewer of a running attempt follows it.
     if (this.viewer && this.viewer.live) this.loadViewer();
+  }
+
+  /** A delivery held for review (review = "delivery"): the whole change and the decision. */
+  async renderDeliveryReview(p, d) {
+    const key = d.source?.held && (p.state === 'done' || p.state === 'failed') ? `${p.id}/${d.final_commit}` : null;
+    if (key === this.deliveryKey) return;
+    this.deliveryKey = key;
+    this.deliveryReview.hidden = !key;
+    if (!key) {
+      clear(this.deliveryReview);
+      return;
+    }
+    const base = `${API}/projects/${encodeURIComponent(this.id)}/delivery`;
+    const comment = h('textarea', { id: 'delivery-comment', placeholder: 'What to change: the goal of a follow-up round', 'aria-label': 'Review comment' });
+    const approve = h('button', { id: 'delivery-approve-btn', type: 'button', class: 'primary' }, 'Approve: write the branch');
+    const reject = h('button', { id: 'delivery-reject-btn', type: 'button', class: 'danger' }, 'Reject: plan a follow-up round');
+    approve.onclick = () => this.action(approve, `${base}/approve`, {});
+    reject.onclick = () => {
+      if (!comment.value.trim()) {
+        this.actionError.textContent = 'Say what to change: it becomes the goal of the follow-up round.';
+        this.actionError.hidden = false;
+        return;
+      }
+      this.action(reject, `${base}/reject`, { comment: comment.value });
+    };
+    const files = h('div', { class: 'review-files' }, h('p', { class: 'muted' }, 'Loading the change…'));
+    fill(this.deliveryReview,
+      h('h3', null, `The delivery waits for review: branch agentswarm/${p.id}`),
+      h('p', { class: 'muted small-print' }, `Or: agentswarm review ${p.id} [--approve | --reject "…"]`),
+      h('div', { class: 'review-actions' }, approve, comment, reject),
+      files);
+    let diff;
+    try {
+      diff = await getJson(`${base}/review`);
+    } catch (e) {
+      if (this.deliveryKey === key) fill(files, h('p', { class: 'form-error' }, e.message));
+      return;
+    }
+    if (this.deliveryKey !== key) return;
+    fill(files,
+      h('p', { class: 'muted' }, `${diff.files.length} file(s); main `, h('code', null, shortSha(diff.commit)), ' against the base ', h('code', null, shortSha(diff.base))),
+      ...diff.files.map((f) => h('details', { class: 'file-diff', dataset: { path: f.path } },
+        h('summary', null, f.path, h('span', { class: 'counts' }, f.added === null ? 'binary' : `+${f.added} −${f.removed}`)),
+        renderDiff(f.diff))));
   }
 
   /** A task waiting in review: its diff, file by file, and the decision. */

@@ -306,7 +306,7 @@ pub async fn approve_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<api::ReviewOutcome>> {
-    let _: api::ResumeRequest = json_body(&headers, body, true)?;
+    let _: api::ApproveRequest = json_body(&headers, body, true)?;
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
     let outcome = blocking(move || engine.reviewer().approve_task(&id, &TaskId::new(task))).await?;
@@ -349,7 +349,7 @@ pub async fn approve_delivery(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<api::ReviewOutcome>> {
-    let _: api::ResumeRequest = json_body(&headers, body, true)?;
+    let _: api::ApproveRequest = json_body(&headers, body, true)?;
     let id = ProjectId::new(project);
     let engine = s.engine.clone();
     let outcome = blocking(move || engine.reviewer().approve_delivery(&id)).await?;
