@@ -436,7 +436,9 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
         .filter(|(_, a)| {
             !matches!(
                 a.outcome,
-                swarm_protocol::AttemptOutcome::Merged | swarm_protocol::AttemptOutcome::Running
+                swarm_protocol::AttemptOutcome::Merged
+                    | swarm_protocol::AttemptOutcome::Running
+                    | swarm_protocol::AttemptOutcome::Review
             )
         })
         .collect();

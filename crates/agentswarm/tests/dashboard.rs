@@ -874,7 +874,7 @@ async fn dashboard_shows_a_task_in_review_with_its_diff_and_decides_it() {
     let outcomes = page
         .js("return [...document.querySelectorAll('#task-panel tr.attempt')].map(r => r.dataset.outcome);")
         .await;
-    assert_eq!(outcomes, json!(["rejected", "running"]));
+    assert_eq!(outcomes, json!(["rejected", "review"]));
 
     page.click("#approve-btn").await;
     page.wait(

@@ -191,6 +191,7 @@ fn a_task_waits_in_review_then_reject_reruns_it_with_the_comment_and_approve_mer
         alpha["attempt_history"][0]["outcome"], "rejected",
         "{alpha}"
     );
+    assert_eq!(alpha["attempt_history"][1]["outcome"], "review", "{alpha}");
     assert!(alpha["attempt_history"][0]["reason"]
         .as_str()
         .unwrap()

@@ -932,6 +932,24 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 ..Default::default()
             },
         )? {
+            // The attempt's work is over; its outcome waits for the decision
+            // (`merged` or `rejected` then).
+            let turns = self
+                .turns
+                .get(&(task.clone(), attempt))
+                .copied()
+                .unwrap_or(0);
+            self.store().finish_attempt(
+                &self.id,
+                &AttemptEnd {
+                    task: task.clone(),
+                    attempt,
+                    outcome: AttemptOutcome::Review,
+                    reason: None,
+                    turns,
+                    commit: Some(commit.clone()),
+                },
+            )?;
             self.store().append_event(
                 &self.id,
                 Some(&task),

@@ -310,10 +310,7 @@ pub fn task_view(
             commit: a.commit,
             started_ms: a.started_ms,
             ended_ms: a.ended_ms,
-            // An attempt waiting in review has ended its work: its transcript is there.
-            transcript_url: (t.kind == TaskKind::Code
-                && (a.outcome != AttemptOutcome::Running
-                    || (t.state == TaskState::Review && a.attempt == t.attempt)))
+            transcript_url: (t.kind == TaskKind::Code && a.outcome != AttemptOutcome::Running)
                 .then(|| format!("{base}/attempts/{}/transcript", a.attempt)),
             output_url: format!("{base}/attempts/{}/output", a.attempt),
         })

@@ -149,6 +149,9 @@ string_enum!(
         /// next attempt's prompt carries the comment. Not counted against
         /// `max_attempts`: the person decides when to stop.
         Rejected => "rejected",
+        /// Its commit waits for a person's review (`review = "tasks"`); it
+        /// becomes `merged` or `rejected` when they decide.
+        Review => "review",
     }
 );
 

@@ -857,6 +857,9 @@ async fn review_holds_a_commit_until_a_person_decides() {
         };
         let a = wait("a", 1).await;
         assert_eq!(a.commit.as_deref(), Some("c-a-1"));
+        let attempts = store.attempts(&id, &a.id).unwrap();
+        assert_eq!(attempts[0].outcome, AttemptOutcome::Review);
+        assert_eq!(attempts[0].commit.as_deref(), Some("c-a-1"));
         let b = store.task(&id, &TaskId::from("b")).unwrap().unwrap();
         assert_eq!(b.state, TaskState::Pending, "a dependent waits");
         // A decision for another attempt changes nothing.
