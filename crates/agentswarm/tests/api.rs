@@ -1396,3 +1396,126 @@ fn tasks_reviewed_through_the_api_reject_then_approve() {
     );
     assert!(list["tasks"].as_array().unwrap().is_empty());
 }
+
+/// A held delivery rejected through the API: the comment becomes the goal
+/// of a follow-up round that the daemon plans and runs; its delivery is
+/// held again, and approving it writes a branch with both rounds' work.
+#[test]
+fn a_held_delivery_rejected_through_the_api_runs_a_follow_up_round() {
+    let mut tasks = serde_json::Map::new();
+    for id in ["a", "b", "c1-c"] {
+        let file = id.trim_start_matches("c1-");
+        tasks.insert(
+            id.to_owned(),
+            json!({"turns": [write_turn(&format!("{file}.txt"), &format!("{file}\n")), finish_turn(&format!("wrote {file}.txt"))]}),
+        );
+    }
+    let more = json!({"name": "more", "summary": "c too", "tasks": [
+        {"id": "c", "title": "Write c", "description": "Write c.txt.", "depends_on": [], "files": ["c.txt"]}
+    ]});
+    let h = Harness::new(json!({"planner": [more], "tasks": tasks}));
+    let repo = h.home.path().join("src-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# existing\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "start",
+        ],
+    );
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "options": {"review": "delivery"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{id}");
+    let d = "/api/v1/projects/{project}/delivery";
+    let detail = api.wait_state(&id, 120, &["done"]);
+    assert_eq!(detail["source"]["held"], true, "{detail}");
+
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/reject"),
+        &format!("{base}/delivery/reject"),
+        Some(&json!({"comment": "Also write c.txt"})),
+    );
+    assert_eq!(code, 202, "{o}");
+    assert_eq!(o["decision"], "rejected");
+    let planner = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.kind == swarm_testkit::RequestKind::Planner)
+        .expect("the follow-up round was planned");
+    assert!(planner.body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Goal: Also write c.txt"));
+    // The daemon runs the round; its delivery waits again.
+    let mut last = Value::Null;
+    let ok = swarm_testkit::wait_for(Duration::from_secs(120), || {
+        last = api.get("/api/v1/projects/{project}", &base).1;
+        let c_done = last["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "c1-c" && t["state"] == "done");
+        c_done && last["project"]["state"] == "done"
+    });
+    assert!(ok, "the follow-up round did not finish: {last}");
+    assert_eq!(last["source"]["held"], true, "{last}");
+    let branch = format!("agentswarm/{id}");
+    assert!(git(&repo, &["branch", "--list", &branch]).trim().is_empty());
+    let (code, diff) = api.get(&format!("{d}/review"), &format!("{base}/delivery/review"));
+    assert_eq!(code, 200, "{diff}");
+    let paths: Vec<&str> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt", "c.txt"]);
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        None,
+    );
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(git(&repo, &["show", &format!("{branch}:c.txt")]), "c\n");
+    // The events say what happened, in order.
+    let (_, page) = api.get(
+        "/api/v1/projects/{project}/events",
+        &format!("{base}/events?limit=5000"),
+    );
+    let kinds: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| k.starts_with("review_") || *k == "continue")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "review_waiting",
+            "review_rejected",
+            "continue",
+            "review_waiting",
+            "review_approved"
+        ]
+    );
+}
