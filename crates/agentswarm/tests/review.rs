@@ -111,11 +111,11 @@ fn prompts(h: &Harness, id: &str) -> Vec<(u32, String)> {
     v
 }
 
-fn finish(mut child: Child, stdout: impl std::io::Read) -> (std::process::ExitStatus, String) {
+fn finish(mut child: Reaped, stdout: impl std::io::Read) -> (std::process::ExitStatus, String) {
     let mut rest = String::new();
     let mut stdout = stdout;
     stdout.read_to_string(&mut rest).unwrap();
-    (child.wait().unwrap(), rest)
+    (child.0.wait().unwrap(), rest)
 }
 
 #[test]
@@ -132,6 +132,8 @@ fn a_task_waits_in_review_then_reject_reruns_it_with_the_comment_and_approve_mer
         plan.to_str().unwrap(),
         "reviewed goal",
     ]);
+    // A run waits for review for ever: a failing test must not leave it.
+    let child = Reaped(child);
     let p = project.as_str();
 
     // alpha's commit waits; beta, which depends on it, waits too.
@@ -259,7 +261,7 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
     let plan = h.home.path().join("plan.json");
     let checks = two_tasks_checking(&["grep -qx v1 alpha.txt", "test -f beta.txt"]);
     std::fs::write(&plan, checks.to_string()).unwrap();
-    let (mut child, _stdout, project) = h.spawn_run(&[
+    let (child, _stdout, project) = h.spawn_run(&[
         "run",
         "--no-progress",
         "--review",
@@ -268,14 +270,15 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
         plan.to_str().unwrap(),
         "reviewed goal",
     ]);
+    let mut child = Reaped(child);
     let p = project.as_str();
     wait_task(&h, p, "alpha", "review", 1);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
 
     // Still in review with nothing running it; the commit is kept.
     let status = h.status_json(p);
@@ -285,16 +288,7 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
 
     // `resume` keeps it in review (the attempt is not run again), and the
     // review mode was stored with the project.
-    let (mut child, _stdout2) = {
-        let mut c = h
-            .cmd(&["resume", p, "--no-progress"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = c.stdout.take().unwrap();
-        (c, out)
-    };
+    let (mut child, _stdout2) = spawn_resume(&h, p);
     // Once it runs, recovery is over: alpha is still in review.
     let mut last = Value::Null;
     let running = swarm_testkit::wait_for(Duration::from_secs(60), || {
@@ -304,11 +298,11 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
     assert!(running, "resume did not start: {last}");
     assert_eq!(task(&h.status_json(p), "alpha")["state"], "review");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     assert_eq!(
         prompts(&h, "alpha").len(),
         1,
@@ -320,16 +314,7 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
     let said = ok(&review(&h, &[p, "alpha", "--approve"]));
     assert!(said.contains("when the project runs again"), "{said}");
     assert_eq!(task(&h.status_json(p), "alpha")["state"], "merging");
-    let (child, stdout) = {
-        let mut c = h
-            .cmd(&["resume", p, "--no-progress"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = c.stdout.take().unwrap();
-        (c, out)
-    };
+    let (child, stdout) = spawn_resume(&h, p);
     wait_task(&h, p, "beta", "review", 1);
     assert_eq!(task(&h.status_json(p), "alpha")["state"], "done");
     ok(&review(&h, &[p, "beta", "--approve"]));
@@ -348,4 +333,101 @@ fn a_task_in_review_survives_kill_9_and_an_approval_made_while_nothing_runs_is_m
     assert!(git(&repo, &["branch", "--list", "review/*"])
         .trim()
         .is_empty());
+}
+
+/// `agentswarm resume PROJECT` in the background, killed if the test fails.
+fn spawn_resume(h: &Harness, project: &str) -> (Reaped, std::process::ChildStdout) {
+    let mut c = h
+        .cmd(&["resume", project, "--no-progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = c.stdout.take().unwrap();
+    (Reaped(c), out)
+}
+
+/// A child killed when dropped (a failing test leaves no daemon behind).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With a daemon up, `agentswarm review` goes through its API (as `status`
+/// and `cancel` do): the same list, diff and decisions, and a refusal
+/// comes back as the API's message.
+#[test]
+fn review_through_the_daemon() {
+    let h = Harness::new(scenario());
+    let log = h.home.path().join("serve.log");
+    let mut serve = Reaped(
+        h.cmd(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let up = swarm_testkit::wait_for(Duration::from_secs(60), || ready_daemon(&h).is_some());
+    assert!(
+        up,
+        "serve did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let plan = h.home.path().join("plan.json");
+    std::fs::write(&plan, two_tasks().to_string()).unwrap();
+    let out = h.run(&[
+        "submit",
+        "--json",
+        "--review",
+        "tasks",
+        "--plan",
+        plan.to_str().unwrap(),
+        "reviewed goal",
+    ]);
+    let project = last_json_line(&out)["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = project.as_str();
+
+    wait_task(&h, p, "alpha", "review", 1);
+    let list = ok(&review(&h, &[p]));
+    assert!(list.contains("alpha (attempt 1): Write alpha"), "{list}");
+    assert!(ok(&review(&h, &[p, "alpha"])).contains("+v1"));
+    let e = refused(&review(&h, &[p, "beta", "--approve"]));
+    assert!(e.contains("not waiting for review"), "{e}");
+    ok(&review(&h, &[p, "alpha", "--reject", "Write v2, not v1"]));
+    wait_task(&h, p, "alpha", "review", 2);
+    assert!(prompts(&h, "alpha")[1].1.contains("Write v2, not v1"));
+    ok(&review(&h, &[p, "alpha", "--approve"]));
+    wait_task(&h, p, "beta", "review", 1);
+    ok(&review(&h, &[p, "beta", "--approve"]));
+    let mut last = Value::Null;
+    let done = swarm_testkit::wait_for(Duration::from_secs(60), || {
+        last = h.status_json(p);
+        last["state"] == "done"
+    });
+    assert!(done, "{last}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    serve.0.wait().unwrap();
+    // The decisions went through the API.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("task rejected through the API").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("task approved through the API").count(),
+        2,
+        "{log}"
+    );
 }
