@@ -126,7 +126,7 @@ fn print_outcome(o: &ReviewOutcome, json: bool) {
     if json {
         println!("{}", serde_json::to_string(o).unwrap_or_default());
     } else {
-        println!("{}", o.message);
+        println!("{}", esc(&o.message));
     }
 }
 
@@ -162,14 +162,14 @@ fn print_list(list: &ReviewList, whole: Option<&ReviewDiff>, json: bool) {
             "{} (attempt {}): {} — commit {}",
             t.task,
             t.attempt,
-            t.title,
+            esc(&t.title),
             short(&t.commit)
         );
         if let Some(s) = t.summary.as_deref().filter(|s| !s.trim().is_empty()) {
-            println!("  {}", s.trim().lines().next().unwrap_or_default());
+            println!("  {}", esc(s.trim().lines().next().unwrap_or_default()));
         }
         for f in &t.files {
-            println!("  {} ({})", f.path, counts(f.added, f.removed));
+            println!("  {} ({})", esc(&f.path), counts(f.added, f.removed));
         }
         println!(
             "  agentswarm review {p} {}    # the diff; --approve, or --reject \"what to change\"",
@@ -213,14 +213,37 @@ fn print_diff(d: &ReviewDiff, json: bool) {
 fn print_files(d: &ReviewDiff) {
     println!("{} file(s) changed", d.files.len());
     for f in &d.files {
-        println!("\n=== {} ({})", f.path, counts(f.added, f.removed));
-        print!("{}", f.diff);
-        if !f.diff.ends_with('\n') && !f.diff.is_empty() {
-            println!();
+        println!("\n=== {} ({})", esc(&f.path), counts(f.added, f.removed));
+        for line in f.diff.lines() {
+            println!("{}", safe_line(line));
         }
     }
 }
 
+/// A model-written line as the terminal gets it: tabs kept, every other
+/// control character (an escape sequence, a carriage return) escaped.
+fn safe_line(line: &str) -> String {
+    line.split('\t')
+        .map(|part| esc(part).into_owned())
+        .collect::<Vec<_>>()
+        .join("\t")
+}
+
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    swarm_protocol::text::escape_control(s)
+}
+
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_line_keeps_its_tabs_and_loses_its_escape_sequences() {
+        assert_eq!(safe_line("+\tx = 1"), "+\tx = 1");
+        assert_eq!(safe_line("+\u{1b}]0;owned\u{7}\r"), "+\\e]0;owned\\x07\\r");
+    }
 }
