@@ -163,6 +163,9 @@ pub(crate) struct Scheduler<'e, I> {
     /// Commits (and summaries) of attempts being held for review, until
     /// their review branch exists.
     holding: HashMap<(TaskId, u32), (String, String)>,
+    /// When the store is next looked at for review decisions (a deadline,
+    /// not a sleep restarted by every event, so that a busy run still looks).
+    next_review_poll: tokio::time::Instant,
 }
 
 impl<'e, I: Integration> Scheduler<'e, I> {
@@ -208,6 +211,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             cancel,
             worker_system: prompts::WORKER_SYSTEM.to_owned(),
             holding: HashMap::new(),
+            next_review_poll: tokio::time::Instant::now() + REVIEW_POLL,
         };
         s.reload()?;
         Ok(s)
@@ -578,7 +582,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
                 // A person decides in another process (`agentswarm review`,
                 // the API): the store is where the decision arrives.
-                _ = tokio::time::sleep(REVIEW_POLL), if self.in_review() && !self.cancel.is_cancelled() => {
+                _ = tokio::time::sleep_until(self.next_review_poll), if self.in_review() && !self.cancel.is_cancelled() => {
+                    self.next_review_poll = tokio::time::Instant::now() + REVIEW_POLL;
                     self.poll_reviews()?;
                     self.advance()?;
                     self.dispatch()?;
