@@ -56,6 +56,27 @@ pub enum Command {
     },
     /// Queue a project for `agentswarm serve`; prints its id.
     Submit(SubmitArgs),
+    /// Review before merge (`--review tasks|delivery`): list what waits for a
+    /// person, print a task's diff, approve it or reject it with a comment.
+    /// Without TASK, --approve and --reject act on a delivery held for review.
+    Review {
+        /// The project's id, as `status` lists it.
+        project: String,
+        /// A task waiting in review (`agentswarm review PROJECT` lists them).
+        task: Option<String>,
+        /// Merge the task's commit (or write the held delivery branch).
+        #[arg(long, conflicts_with = "reject")]
+        approve: bool,
+        /// Do not merge it: a new attempt starts whose prompt carries COMMENT
+        /// (for the delivery: a follow-up round with COMMENT as its goal).
+        #[arg(long, value_name = "COMMENT")]
+        reject: Option<String>,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tape: TapeArgs,
+    },
     /// Stop a project for good: the daemon stops its workers; it cannot be resumed.
     Cancel {
         /// The project's id, as `status` lists it.
@@ -353,6 +374,11 @@ pub struct ProjectLimitArgs {
     /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
+    /// A person reviews the work before it lands: `tasks` (each task's commit waits for
+    /// `agentswarm review --approve` before it merges), `delivery` (the delivery branch
+    /// waits), or `off` (docs/existing-repos.md).
+    #[arg(long, value_name = "MODE", value_parser = parse_review)]
+    pub review: Option<swarm_protocol::ReviewMode>,
 }
 
 impl From<&ProjectLimitArgs> for LimitArgs {
@@ -367,6 +393,7 @@ impl From<&ProjectLimitArgs> for LimitArgs {
             max_tokens: p.max_tokens,
             allow_network: p.allow_network,
             agent: p.agent.clone(),
+            review: p.review,
         }
     }
 }
@@ -425,6 +452,11 @@ pub struct LimitArgs {
     /// [agents] in agentswarm.toml, or `builtin` (docs/agents.md).
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
+    /// A person reviews the work before it lands: `tasks` (each task's commit waits for
+    /// `agentswarm review --approve` before it merges), `delivery` (the delivery branch
+    /// waits), or `off` (docs/existing-repos.md).
+    #[arg(long, value_name = "MODE", value_parser = parse_review)]
+    pub review: Option<swarm_protocol::ReviewMode>,
 }
 
 #[derive(Debug, Args)]
@@ -472,4 +504,9 @@ pub struct BenchArgs {
     /// and memory per task in both (benches/nodes.sh makes two hosts).
     #[arg(long, value_name = "FILE")]
     pub nodes: Option<std::path::PathBuf>,
+}
+
+fn parse_review(s: &str) -> Result<swarm_protocol::ReviewMode, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a review mode; give off, tasks or delivery"))
 }

@@ -102,6 +102,24 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             deliveries,
             dry_run,
         } => prune(&cli, projects, older_than_days, deliveries, dry_run),
+        Command::Review {
+            ref project,
+            ref task,
+            approve,
+            ref reject,
+            json,
+            ref tape,
+        } => {
+            let project = expand_project(&cli, project)?;
+            let args = crate::review::ReviewArgs {
+                project: &project,
+                task: task.as_deref(),
+                approve,
+                reject: reject.as_deref(),
+                json,
+            };
+            crate::review::review(&cli, args, tape).await
+        }
         Command::Cancel { ref project } => {
             let project = expand_project(&cli, project)?;
             crate::daemon::cancel(&cli, &project).await
@@ -186,6 +204,7 @@ pub fn load_config(
         max_tokens: limits.max_tokens,
         allow_network: limits.allow_network.then_some(true),
         agent: limits.agent.clone(),
+        review: limits.review,
     };
     let config = Config::resolve(file, &env_lookup, &flags)?;
     // From here on, every log line masks the configured keys and the API token.
@@ -380,9 +399,40 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     check_keys(&engine)?;
     if let Some(id) = &args.continue_project {
         let id = ProjectId::new(id.as_str());
-        engine.store().project(&id)?;
-        let lock = engine.lock(&id)?;
-        let added = engine.continue_project(&lock, &goal).await?;
+        return continue_with(&engine, &id, &goal, &args.out).await;
+    }
+    let source = args.repo.request()?;
+    let project = engine.create_project_on(&goal, plan, source.as_ref())?;
+    println!("project {}", project.id());
+    drive(&engine, &project, &args.out).await
+}
+
+/// `run --continue` (and a rejected delivery's follow-up round without a
+/// daemon): plans `goal` on the project and runs it in the foreground.
+pub async fn continue_in_foreground(
+    cli: &Cli,
+    id: &ProjectId,
+    goal: &str,
+    out: &OutputArgs,
+    tape: &TapeArgs,
+) -> Result<ExitCode> {
+    let config = load_config(cli, &LimitArgs::default(), None, None)?;
+    let store = open_store(&config)?;
+    let engine = build_engine(config, store, tape)?;
+    check_keys(&engine)?;
+    continue_with(&engine, id, goal, out).await
+}
+
+async fn continue_with(
+    engine: &Engine,
+    id: &ProjectId,
+    goal: &str,
+    out: &OutputArgs,
+) -> Result<ExitCode> {
+    {
+        engine.store().project(id)?;
+        let lock = engine.lock(id)?;
+        let added = engine.continue_project(&lock, goal).await?;
         println!("project {id}");
         println!(
             "continuing with {} new task(s): {}",
@@ -393,12 +443,8 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        return drive(&engine, &lock, &args.out).await;
+        drive(engine, &lock, out).await
     }
-    let source = args.repo.request()?;
-    let project = engine.create_project_on(&goal, plan, source.as_ref())?;
-    println!("project {}", project.id());
-    drive(&engine, &project, &args.out).await
 }
 
 /// The project a command names: its id, or the start of exactly one

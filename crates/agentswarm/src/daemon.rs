@@ -167,6 +167,7 @@ fn project_options(l: &LimitArgs) -> swarm_protocol::api::ProjectOptions {
         max_tokens: l.max_tokens,
         allow_network: l.allow_network.then_some(true),
         agent: l.agent.clone(),
+        review: l.review,
     }
 }
 

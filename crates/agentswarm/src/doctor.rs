@@ -92,6 +92,7 @@ pub async fn doctor(cli: &Cli, as_json: bool, check_model: bool) -> Result<ExitC
         ),
         ("sandbox_uid", config.sandbox.uid.to_string()),
         ("run.allow_network", config.run.allow_network.to_string()),
+        ("run.review", config.run.review.to_string()),
         ("run.max_tasks", config.run.max_tasks.to_string()),
         ("run.max_attempts", config.run.max_attempts.to_string()),
         ("run.max_turns", config.run.max_turns.to_string()),

@@ -274,7 +274,9 @@ impl LiveView {
         let cols = columns();
         let store = engine.store();
         let mut waiting = None;
+        let mut review = None;
         if let Ok(tasks) = store.tasks(&self.project) {
+            review = review_line(&self.project, &tasks);
             let done = tasks.iter().filter(|t| t.state == TaskState::Done).count();
             let failed = tasks
                 .iter()
@@ -322,7 +324,8 @@ impl LiveView {
                 cols,
             ));
         }
-        let held = held_lines(waiting.as_deref(), &status);
+        let mut held = held_lines(waiting.as_deref(), &status);
+        held.extend(review);
         if held.is_empty() {
             if self.held_shown {
                 self.held.set_message("");
@@ -338,6 +341,25 @@ impl LiveView {
             self.held.set_message(lines.join("\n"));
         }
     }
+}
+
+/// The tasks of `project` waiting for a person's review, and the command
+/// that shows them; none when no task waits.
+pub fn review_line(
+    project: &swarm_protocol::ProjectId,
+    tasks: &[swarm_store::TaskRecord],
+) -> Option<String> {
+    let waiting: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Review)
+        .map(|t| t.id.as_str())
+        .collect();
+    (!waiting.is_empty()).then(|| {
+        format!(
+            "waiting for review: {} — `agentswarm review {project}` lists them, `agentswarm review {project} TASK --approve` merges one",
+            waiting.join(", ")
+        )
+    })
 }
 
 /// What holds work back now, one line each: the project's `waiting`

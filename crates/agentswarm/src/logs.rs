@@ -338,9 +338,43 @@ pub fn describe(e: &EventRecord) -> String {
             .get("spawned")
             .and_then(Value::as_u64)
             .map(|n| format!("run stats: {n} process(es) spawned")),
+        "review_waiting" | "review_approved" | "review_rejected" => review(e),
         _ => None,
     };
     known.unwrap_or_else(|| format!("{} {}", e.kind, d))
+}
+
+/// A review event (docs/existing-repos.md, "Review before merge").
+fn review(e: &EventRecord) -> Option<String> {
+    let d = &e.data;
+    let p = &e.project_id;
+    let delivery = d.get("delivery").and_then(Value::as_bool) == Some(true);
+    let attempt = d.get("attempt").and_then(Value::as_u64);
+    Some(match (e.kind.as_str(), delivery, &e.task_id) {
+        ("review_waiting", true, _) => {
+            format!("the delivery waits for review: `agentswarm review {p}`")
+        }
+        ("review_waiting", false, Some(t)) => format!(
+            "waits for review (attempt {}): `agentswarm review {p} {t}`",
+            attempt?
+        ),
+        ("review_approved", true, _) => match (str_of(d, "branch"), str_of(d, "branch_error")) {
+            (Some(b), None) => format!("the delivery was approved: branch {b} written"),
+            (_, Some(err)) => format!("the delivery was approved: {err}"),
+            (None, None) => "the delivery was approved".to_owned(),
+        },
+        ("review_approved", false, _) => format!("approved in review (attempt {})", attempt?),
+        ("review_rejected", true, _) => format!(
+            "the delivery was rejected: {} (a follow-up round plans it)",
+            str_of(d, "comment")?
+        ),
+        ("review_rejected", false, _) => format!(
+            "rejected in review (attempt {}): {}",
+            attempt?,
+            str_of(d, "comment")?
+        ),
+        _ => return None,
+    })
 }
 
 fn str_of<'a>(d: &'a Value, key: &str) -> Option<&'a str> {
@@ -607,6 +641,42 @@ mod tests {
                     json!({"state": "budget_exhausted", "message": "spent $5"}),
                 ),
                 "halted (budget_exhausted): spent $5",
+            ),
+            (
+                ev(
+                    "review_waiting",
+                    Some("t1"),
+                    json!({"attempt": 2, "commit": "abc"}),
+                ),
+                "waits for review (attempt 2): `agentswarm review p t1`",
+            ),
+            (
+                ev(
+                    "review_rejected",
+                    Some("t1"),
+                    json!({"attempt": 1, "comment": "use tabs"}),
+                ),
+                "rejected in review (attempt 1): use tabs",
+            ),
+            (
+                ev("review_approved", Some("t1"), json!({"attempt": 2})),
+                "approved in review (attempt 2)",
+            ),
+            (
+                ev(
+                    "review_waiting",
+                    None,
+                    json!({"delivery": true, "commit": "abc"}),
+                ),
+                "the delivery waits for review: `agentswarm review p`",
+            ),
+            (
+                ev(
+                    "review_approved",
+                    None,
+                    json!({"delivery": true, "branch": "agentswarm/p", "pushed": false, "branch_error": null}),
+                ),
+                "the delivery was approved: branch agentswarm/p written",
             ),
             (ev("mystery", None, json!({"a": 1})), "mystery {\"a\":1}"),
             // A known kind with unexpected data falls back too.

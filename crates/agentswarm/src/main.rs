@@ -14,6 +14,7 @@ mod live;
 mod logs;
 mod node;
 mod output;
+mod review;
 mod service;
 
 use clap::Parser;

@@ -116,6 +116,9 @@ impl Heartbeat {
         let waiting = project.as_ref().and_then(|p| p.waiting.clone());
         let status = engine.swarm_status();
         let mut parts = crate::live::held_lines(waiting.as_deref(), &status);
+        if let Ok(tasks) = engine.store().tasks(&self.project) {
+            parts.extend(crate::live::review_line(&self.project, &tasks));
+        }
         let now = swarm_store::now_ms();
         let workers: Vec<String> = engine
             .live_workers()
@@ -311,6 +314,9 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
             "tasks_total": p.tasks_total, "tasks_done": p.tasks_done, "fix_rounds": d.fix_round,
             "planner_calls": d.planner_calls, "delivery": p.delivery, "final_commit": d.final_commit,
             "waiting": p.waiting,
+            "source": d.source,
+            "review": d.options.get("review").cloned().unwrap_or(serde_json::Value::Null),
+            "tasks_in_review": d.tasks.iter().filter(|t| t.state == TaskState::Review).map(|t| t.id.as_str()).collect::<Vec<_>>(),
             "usage": usage,
             "cost_usd": d.totals.cost_usd,
             "tasks": d.tasks.iter().map(|t| serde_json::json!({
@@ -343,6 +349,41 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
     }
     if let Some(path) = &p.delivery {
         println!("delivery: {path}");
+    }
+    if let Some(src) = &d.source {
+        println!(
+            "repository: {} at {} ({})",
+            escape_control(&src.repo),
+            escape_control(src.base.as_deref().unwrap_or("HEAD")),
+            src.base_commit
+                .as_deref()
+                .map_or("not cloned yet", |c| c.get(..12).unwrap_or(c))
+        );
+        let branch = swarm_protocol::source::delivery_branch(&p.id);
+        match (&src.branch, src.held) {
+            (_, true) => println!(
+                "delivery branch: {branch} waits for review (`agentswarm review {}`)",
+                p.id
+            ),
+            (Some(b), false) => println!(
+                "delivery branch: {b}{}",
+                if src.push { " (with --push)" } else { "" }
+            ),
+            (None, false) => println!("delivery branch: {branch} (written when the run ends)"),
+        }
+    }
+    let in_review: Vec<&str> = d
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Review)
+        .map(|t| t.id.as_str())
+        .collect();
+    if !in_review.is_empty() {
+        println!(
+            "waiting for review: {} (`agentswarm review {} TASK` shows a diff; --approve or --reject \"…\")",
+            in_review.join(", "),
+            p.id
+        );
     }
     println!(
         "model: {} calls, {} input + {} output tokens, {} (planner asked {} time(s))",
@@ -395,7 +436,9 @@ pub fn print_project_status(d: &api::ProjectDetail, json: bool) {
         .filter(|(_, a)| {
             !matches!(
                 a.outcome,
-                swarm_protocol::AttemptOutcome::Merged | swarm_protocol::AttemptOutcome::Running
+                swarm_protocol::AttemptOutcome::Merged
+                    | swarm_protocol::AttemptOutcome::Running
+                    | swarm_protocol::AttemptOutcome::Review
             )
         })
         .collect();

@@ -1137,4 +1137,385 @@ fn a_project_on_an_existing_repository_through_the_api() {
         git_in(&["show", &format!("{branch}:README.md")]),
         "# existing"
     );
+
+    // review = "delivery": done, the branch held until POST …/delivery/approve.
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "options": {"review": "delivery"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let held = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{held}");
+    let d = "/api/v1/projects/{project}/delivery";
+    let detail = api.wait_state(&held, 120, &["done"]);
+    assert_eq!(detail["source"]["held"], true, "{detail}");
+    assert_eq!(detail["source"]["branch"], Value::Null, "{detail}");
+    let branch = format!("agentswarm/{held}");
+    let listed = std::process::Command::new("git")
+        .args(["branch", "--list", &branch])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(listed.stdout.is_empty(), "the held branch was written");
+    let (code, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(list["delivery_waiting"], true, "{list}");
+    let (code, diff) = api.get(&format!("{d}/review"), &format!("{base}/delivery/review"));
+    assert_eq!(code, 200, "{diff}");
+    assert_eq!(diff["task"], Value::Null);
+    let paths: Vec<&str> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt"]);
+    let (code, e) = api.call(
+        "POST",
+        &format!("{d}/reject"),
+        &format!("{base}/delivery/reject"),
+        Some(&json!({"comment": " "})),
+    );
+    assert_eq!(code, 422, "{e}");
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        Some(&json!({})),
+    );
+    assert_eq!(code, 200, "{o}");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("branch {branch} written")),
+        "{o}"
+    );
+    assert_eq!(git_in(&["show", &format!("{branch}:b.txt")]), "b");
+    let (code, _) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        None,
+    );
+    assert_eq!(code, 409);
+    let (_, detail) = api.get("/api/v1/projects/{project}", &base);
+    assert_eq!(detail["source"]["branch"], branch.as_str(), "{detail}");
+}
+
+/// Review before merge through the API (`review: "tasks"` as a submit
+/// option): the task waits in `review`, the list and the per-file diff,
+/// bad decisions refused (404, 409, 422), a rejection whose comment the
+/// next attempt's prompt carries, approvals that merge; the SSE stream
+/// has the review events, /metrics and the status count the task waiting.
+#[test]
+fn tasks_reviewed_through_the_api_reject_then_approve() {
+    let mut tasks = serde_json::Map::new();
+    tasks.insert(
+        "a".into(),
+        json!({"attempts": [
+            [write_turn("a.txt", "first\n"), finish_turn("wrote a")],
+            [write_turn("a.txt", "second\n"), finish_turn("rewrote a")]
+        ]}),
+    );
+    tasks.insert(
+        "b".into(),
+        json!({"turns": [write_turn("b.txt", "b\n"), finish_turn("wrote b")]}),
+    );
+    let h = Harness::new(json!({"tasks": tasks}));
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "reviewed", "plan": two_task_plan(), "options": {"review": "tasks"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{id}");
+    let (_, bad) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "g", "plan": two_task_plan(), "options": {"review": "sometimes"}})),
+    );
+    assert!(
+        bad["error"].as_str().unwrap().contains("sometimes"),
+        "{bad}"
+    );
+
+    // Until a waits in review (the event stream says so).
+    let events = read_sse(&api, &format!("{base}/events"), None, |(_, kind, _)| {
+        kind == "review_waiting"
+    });
+    assert_eq!(events.last().unwrap().2["task_id"], "a");
+    let (_, detail) = api.get("/api/v1/projects/{project}", &base);
+    let state = |d: &Value, t: &str| {
+        d["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == t)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(&detail, "a"), "review", "{detail}");
+    assert_eq!(state(&detail, "b"), "pending", "{detail}");
+    assert_eq!(detail["options"]["review"], "tasks");
+    let (_, status) = api.get("/api/v1/status", "/api/v1/status");
+    assert_eq!(status["review_tasks"], 1, "{status}");
+    let (_, _, metrics) = api.bytes("/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("agentswarm_review_tasks 1"), "{metrics}");
+
+    let (code, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(list["review"], "tasks");
+    assert_eq!(list["tasks"][0]["task"], "a");
+    assert_eq!(list["tasks"][0]["files"][0]["path"], "a.txt");
+    let t = "/api/v1/projects/{project}/tasks/{task}";
+    let (code, diff) = api.get(&format!("{t}/review"), &format!("{base}/tasks/a/review"));
+    assert_eq!(code, 200, "{diff}");
+    assert_eq!(diff["attempt"], 1);
+    assert!(
+        diff["files"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+first"),
+        "{diff}"
+    );
+
+    // Refusals: unknown task, a task not in review, an empty comment, a bad body.
+    let post = |what: &str, task: &str, body: Value| {
+        api.call(
+            "POST",
+            &format!("{t}/{what}"),
+            &format!("{base}/tasks/{task}/{what}"),
+            Some(&body),
+        )
+    };
+    let (code, e) = post("approve", "nosuch", json!({}));
+    assert_eq!(code, 404, "{e}");
+    let (code, e) = post("approve", "b", json!({}));
+    assert_eq!(code, 409, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not waiting for review"),
+        "{e}"
+    );
+    let (code, e) = api.get(&format!("{t}/review"), &format!("{base}/tasks/b/review"));
+    assert_eq!(code, 409, "{e}");
+    let (code, e) = post("reject", "a", json!({"comment": ""}));
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = post("reject", "a", json!({"why": "x"}));
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = post("approve", "a", json!({"options": {}}));
+    assert_eq!(code, 422, "an approval takes no body: {e}");
+
+    // Rejected with a comment: attempt 2 carries it.
+    let (code, o) = post("reject", "a", json!({"comment": "Say second, please"}));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(
+        (o["decision"].as_str(), o["state"].as_str()),
+        (Some("rejected"), Some("ready"))
+    );
+    let after = events.last().unwrap().0;
+    let more = read_sse(
+        &api,
+        &format!("{base}/events"),
+        Some(after),
+        |(_, kind, _)| kind == "review_waiting",
+    );
+    let kinds: Vec<&str> = more.iter().map(|e| e.1.as_str()).collect();
+    assert!(kinds.contains(&"review_rejected"), "{kinds:?}");
+    let rejected = more.iter().find(|e| e.1 == "review_rejected").unwrap();
+    assert_eq!(rejected.2["data"]["comment"], "Say second, please");
+    let prompt = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.task.as_deref() == Some("a") && r.attempt == Some(2) && r.turn == Some(0))
+        .expect("attempt 2 of a asked the model");
+    assert!(prompt.body.to_string().contains("Say second, please"));
+    let (_, diff) = api.get(&format!("{t}/review"), &format!("{base}/tasks/a/review"));
+    assert_eq!(diff["attempt"], 2);
+    assert!(diff["files"][0]["diff"]
+        .as_str()
+        .unwrap()
+        .contains("+second"));
+
+    // Approved: merges; b waits, is approved; the project is done.
+    let (code, o) = post("approve", "a", json!({}));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["state"], "merging");
+    let (code, _) = post("approve", "a", json!({}));
+    assert_eq!(code, 409);
+    let after = more.last().unwrap().0;
+    let more = read_sse(
+        &api,
+        &format!("{base}/events"),
+        Some(after),
+        |(_, kind, _)| kind == "review_waiting",
+    );
+    assert!(more.iter().any(|e| e.1 == "review_approved"));
+    let (code, _) = api.call(
+        "POST",
+        &format!("{t}/approve"),
+        &format!("{base}/tasks/b/approve"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let detail = api.wait_state(&id, 60, &["done"]);
+    let a = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["attempts"][0]["outcome"], "rejected", "{a}");
+    assert_eq!(a["attempts_counted"], 0, "{a}");
+    assert_eq!(
+        std::fs::read_to_string(h.repo(&id).join("a.txt")).unwrap(),
+        "second\n"
+    );
+    let (_, list) = api.get(
+        "/api/v1/projects/{project}/review",
+        &format!("{base}/review"),
+    );
+    assert!(list["tasks"].as_array().unwrap().is_empty());
+}
+
+/// A held delivery rejected through the API: the comment becomes the goal
+/// of a follow-up round that the daemon plans and runs; its delivery is
+/// held again, and approving it writes a branch with both rounds' work.
+#[test]
+fn a_held_delivery_rejected_through_the_api_runs_a_follow_up_round() {
+    let mut tasks = serde_json::Map::new();
+    for id in ["a", "b", "c1-c"] {
+        let file = id.trim_start_matches("c1-");
+        tasks.insert(
+            id.to_owned(),
+            json!({"turns": [write_turn(&format!("{file}.txt"), &format!("{file}\n")), finish_turn(&format!("wrote {file}.txt"))]}),
+        );
+    }
+    let more = json!({"name": "more", "summary": "c too", "tasks": [
+        {"id": "c", "title": "Write c", "description": "Write c.txt.", "depends_on": [], "files": ["c.txt"]}
+    ]});
+    let h = Harness::new(json!({"planner": [more], "tasks": tasks}));
+    let repo = h.home.path().join("src-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# existing\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "start",
+        ],
+    );
+    let daemon = Daemon::start(&h, &[], &[]);
+    let api = Api::new(&daemon);
+    let (code, created) = api.call(
+        "POST",
+        "/api/v1/projects",
+        "/api/v1/projects",
+        Some(&json!({"goal": "two files", "plan": two_task_plan(), "repo": repo, "options": {"review": "delivery"}})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/projects/{id}");
+    let d = "/api/v1/projects/{project}/delivery";
+    let detail = api.wait_state(&id, 120, &["done"]);
+    assert_eq!(detail["source"]["held"], true, "{detail}");
+
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/reject"),
+        &format!("{base}/delivery/reject"),
+        Some(&json!({"comment": "Also write c.txt"})),
+    );
+    assert_eq!(code, 202, "{o}");
+    assert_eq!(o["decision"], "rejected");
+    let planner = h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.kind == swarm_testkit::RequestKind::Planner)
+        .expect("the follow-up round was planned");
+    assert!(planner.body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Goal: Also write c.txt"));
+    // The daemon runs the round; its delivery waits again.
+    let mut last = Value::Null;
+    let ok = swarm_testkit::wait_for(Duration::from_secs(120), || {
+        last = api.get("/api/v1/projects/{project}", &base).1;
+        let c_done = last["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "c1-c" && t["state"] == "done");
+        c_done && last["project"]["state"] == "done"
+    });
+    assert!(ok, "the follow-up round did not finish: {last}");
+    assert_eq!(last["source"]["held"], true, "{last}");
+    let branch = format!("agentswarm/{id}");
+    assert!(git(&repo, &["branch", "--list", &branch]).trim().is_empty());
+    let (code, diff) = api.get(&format!("{d}/review"), &format!("{base}/delivery/review"));
+    assert_eq!(code, 200, "{diff}");
+    let paths: Vec<&str> = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt", "c.txt"]);
+    let (code, o) = api.call(
+        "POST",
+        &format!("{d}/approve"),
+        &format!("{base}/delivery/approve"),
+        None,
+    );
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(git(&repo, &["show", &format!("{branch}:c.txt")]), "c\n");
+    // The events say what happened, in order.
+    let (_, page) = api.get(
+        "/api/v1/projects/{project}/events",
+        &format!("{base}/events?limit=5000"),
+    );
+    let kinds: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| k.starts_with("review_") || *k == "continue")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "review_waiting",
+            "review_rejected",
+            "continue",
+            "review_waiting",
+            "review_approved"
+        ]
+    );
 }

@@ -788,3 +788,180 @@ async fn dashboard_asks_for_the_api_token_and_sends_it_everywhere() {
     rig.download_delivery(&project).await;
     rig.client.clone().close().await.unwrap();
 }
+
+/// Review before merge on the dashboard: a task waiting in review shows its
+/// diff rendered per file with Approve and Reject buttons; a rejection
+/// without a comment is refused on the page, one with a comment starts
+/// attempt 2 whose prompt carries it, and Approve merges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_task_in_review_with_its_diff_and_decides_it() {
+    let rig = Rig::start(&[]).await;
+    let page = rig.page();
+    let base = rig.base();
+    let body = json!({"goal": "Count words, reviewed", "plan": wordcount_plan(), "options": {"review": "tasks"}});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}api/v1/projects"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let project = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rig.client
+        .goto(&format!("{base}#/projects/{project}/tasks/scaffold"))
+        .await
+        .unwrap();
+    page.wait(
+        "scaffold waits for review with its diff",
+        90,
+        "document.querySelector('#review .file-diff[data-path=\"wordcount/__init__.py\"] pre.diff .add')",
+    )
+    .await;
+    assert_eq!(
+        page.js("return document.querySelector('.task-node[data-task=scaffold]').dataset.state;")
+            .await,
+        json!("review")
+    );
+    let added = page
+        .js("return [...document.querySelectorAll('#review pre.diff .add')].map(e => e.textContent);")
+        .await;
+    assert!(
+        added.to_string().contains("Word counts."),
+        "the added lines are shown: {added}"
+    );
+    assert!(page
+        .text("#review")
+        .await
+        .contains(&format!("agentswarm review {project} scaffold")));
+    assert_eq!(page.text("#project-review").await, "review: tasks");
+
+    // No comment: refused on the page, nothing sent.
+    page.click("#reject-btn").await;
+    page.wait(
+        "the page asks for a comment",
+        10,
+        "!document.querySelector('#project-view .form-error').hidden",
+    )
+    .await;
+    page.type_into(
+        "#review-comment",
+        "Say what the package does in the docstring",
+    )
+    .await;
+    page.click("#reject-btn").await;
+    page.wait(
+        "attempt 2 waits for review",
+        90,
+        "document.querySelector('#review[data-attempt=\"2\"] .file-diff')",
+    )
+    .await;
+    let prompt = rig
+        .h
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.task.as_deref() == Some("scaffold") && r.attempt == Some(2) && r.turn == Some(0)
+        })
+        .expect("attempt 2 asked the model");
+    assert!(prompt
+        .body
+        .to_string()
+        .contains("Say what the package does in the docstring"));
+    let outcomes = page
+        .js("return [...document.querySelectorAll('#task-panel tr.attempt')].map(r => r.dataset.outcome);")
+        .await;
+    assert_eq!(outcomes, json!(["rejected", "review"]));
+
+    page.click("#approve-btn").await;
+    page.wait(
+        "scaffold merged after the approval",
+        60,
+        "document.querySelector('.task-node[data-task=scaffold]').dataset.state === 'done'",
+    )
+    .await;
+    page.wait(
+        "the review section is gone once it merged",
+        10,
+        "!document.querySelector('#review')",
+    )
+    .await;
+}
+
+/// A project on an existing repository with `review: "delivery"`: the head
+/// of the project view names the repository, base and branch, and once the
+/// run is done shows the whole change with Approve; approving writes the
+/// branch into the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_held_delivery_and_approves_it() {
+    let rig = Rig::start(&[]).await;
+    let page = rig.page();
+    let base = rig.base();
+    let repo = rig.h.home.path().join("src-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# words\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "start",
+        ],
+    );
+    let body = json!({"goal": "Count words, delivery reviewed", "plan": wordcount_plan(),
+                      "repo": repo, "options": {"review": "delivery"}});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}api/v1/projects"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let project = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rig.client
+        .goto(&format!("{base}#/projects/{project}"))
+        .await
+        .unwrap();
+    let branch = format!("agentswarm/{project}");
+    page.wait(
+        "the held delivery with its change",
+        120,
+        "!document.querySelector('#delivery-review').hidden \
+         && document.querySelector('#delivery-review .file-diff[data-path=\"wordcount/counter.py\"]')",
+    )
+    .await;
+    let source = page.text("#project-source").await;
+    assert!(
+        source.contains(&repo.display().to_string()) && source.contains("at main"),
+        "{source}"
+    );
+    assert!(source.contains("waits for review"), "{source}");
+    assert!(git(&repo, &["branch", "--list", &branch]).trim().is_empty());
+
+    page.click("#delivery-approve-btn").await;
+    page.wait(
+        "the branch written",
+        30,
+        &format!(
+            "document.querySelector('#delivery-review').hidden \
+             && document.querySelector('#project-source').textContent.includes('branch {branch}')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        git(&repo, &["rev-parse", &branch]).trim(),
+        git(&rig.h.repo(&project), &["rev-parse", "main"]).trim()
+    );
+}

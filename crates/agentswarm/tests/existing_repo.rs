@@ -637,6 +637,12 @@ fn a_done_project_is_continued_with_more_tasks() {
         "{}",
         text(&out)
     );
+    // The round's own baseline, on the main it starts from (add is fixed there).
+    assert!(
+        stdout.contains("baseline: verify passes on main as follow-up round 1 found it"),
+        "{}",
+        text(&out)
+    );
     let report = last_json_line(&out);
     assert_eq!(report["project_id"], project.as_str());
     assert_eq!(report["status"], "done", "{report}");
@@ -841,4 +847,191 @@ fn kill_9_then_resume_on_an_existing_repository() {
 
 fn kill_9(pid: u32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// `--push` on a local path sends the branch on to the source's `origin`
+/// (a bare repository here). With `--review delivery` the run ends done
+/// but neither writes the branch nor pushes it: `review` shows the whole
+/// change, `--reject` plans and runs a follow-up round with the comment as
+/// its goal (held again), and `--approve` writes and pushes the branch.
+#[test]
+fn push_reaches_origin_and_a_held_delivery_waits_for_review() {
+    let add = json!({
+        "name": "calc-add", "summary": "Fix add",
+        "tasks": [
+            {"id": "fix-ops", "title": "Fix add", "description": "calc/ops.py", "depends_on": [], "files": ["calc/ops.py"]},
+            {"id": "verify", "title": "Test add", "kind": "verify", "depends_on": ["fix-ops"],
+             "commands": ["python3 -m unittest tests.test_calc.T.test_add"]}
+        ]
+    });
+    let shout = json!({
+        "name": "calc-shout", "summary": "Fix shout",
+        "tasks": [
+            {"id": "fix-text", "title": "Fix shout", "description": "calc/text.py", "depends_on": [], "files": ["calc/text.py"]}
+        ]
+    });
+    let h = Harness::new(json!({
+        "planner": [add.clone(), add, shout],
+        "tasks": {
+            "fix-ops": {"turns": [write_turn("calc/ops.py", OPS_FIXED), finish_turn("add adds now")]},
+            "c1-fix-text": {"turns": [write_turn("calc/text.py", TEXT_FIXED), finish_turn("shout upper-cases now")]},
+        }
+    }));
+    let repo = python_project(h.home.path());
+    sh(
+        h.home.path(),
+        "git init -q --bare origin.git && git -C calc-project remote add origin ../origin.git && git -C calc-project push -q origin trunk",
+    );
+    let origin = h.home.path().join("origin.git");
+    let branch_in = |dir: &Path, b: &str| {
+        Command::new("git")
+            .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{b}")])
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .map(|o| {
+                o.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            })
+            .unwrap()
+    };
+
+    // 1. --push: the branch is in the source and in its origin, at main.
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--push",
+        "Fix add",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    let pushed = report["project_id"].as_str().unwrap().to_owned();
+    let branch = format!("agentswarm/{pushed}");
+    let main = sh(&h.repo(&pushed), "git rev-parse main").trim().to_owned();
+    assert_eq!(branch_in(&repo, &branch), Some(main.clone()));
+    assert_eq!(
+        branch_in(&origin, &branch),
+        Some(main),
+        "the branch reached origin"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("delivery: branch {branch} in")) && stdout.contains("(pushed)"),
+        "{stdout}"
+    );
+
+    // 2. --review delivery: done, but the branch waits.
+    let out = h.run(&[
+        "run",
+        "--json",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--push",
+        "--review",
+        "delivery",
+        "Fix add",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json_line(&out);
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["branch"], Value::Null, "{report}");
+    let p = report["project_id"].as_str().unwrap().to_owned();
+    let held = format!("agentswarm/{p}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("delivery: the branch {held} waits for review")),
+        "{stdout}"
+    );
+    assert_eq!(branch_in(&repo, &held), None);
+    assert_eq!(branch_in(&origin, &held), None);
+    assert!(
+        std::fs::read_to_string(h.outputs_dir().join(&p).join("changes.patch"))
+            .unwrap()
+            .contains("calc/ops.py")
+    );
+    let status = h.status_json(&p);
+    assert_eq!(status["source"]["held"], true, "{status}");
+    let status_text = String::from_utf8_lossy(&h.run(&["status", &p]).stdout).into_owned();
+    assert!(
+        status_text.contains(&format!("delivery branch: {held} waits for review")),
+        "{status_text}"
+    );
+    assert!(
+        status_text.contains(&format!("repository: {}", repo.display())),
+        "{status_text}"
+    );
+
+    let shown = h.run(&["review", &p]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("the delivery waits for review"), "{shown}");
+    assert!(shown.contains("=== calc/ops.py (+1 -1)"), "{shown}");
+    assert!(shown.contains("+    return a + b"), "{shown}");
+    // A task of it does not wait (it merged); the pushed project has nothing held.
+    let e = h.run(&["review", &p, "fix-ops", "--approve"]);
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("is done, not waiting for review"),
+        "{}",
+        text(&e)
+    );
+    let e = h.run(&["review", &pushed, "--approve"]);
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("does not wait for review"),
+        "{}",
+        text(&e)
+    );
+
+    // Rejected with a comment: a follow-up round with it as the goal, held again.
+    let out = h.run(&["review", &p, "--reject", "Also fix shout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("continuing with 1 new task(s): c1-fix-text"),
+        "{}",
+        text(&out)
+    );
+    let planners: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == swarm_testkit::RequestKind::Planner)
+        .collect();
+    assert_eq!(planners.len(), 3);
+    assert!(planners[2].body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Goal: Also fix shout"));
+    assert_eq!(h.status_json(&p)["state"], "done");
+    assert_eq!(branch_in(&repo, &held), None, "still held after the round");
+
+    // Approved: written and pushed, at main (both fixes).
+    let out = h.run(&["review", &p, "--approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("branch {held} written in")) && said.contains("and pushed"),
+        "{said}"
+    );
+    let main = sh(&h.repo(&p), "git rev-parse main").trim().to_owned();
+    assert_eq!(branch_in(&repo, &held), Some(main.clone()));
+    assert_eq!(branch_in(&origin, &held), Some(main));
+    assert_eq!(
+        sh(&repo, &format!("git show {held}:calc/text.py")),
+        TEXT_FIXED
+    );
+    let status = h.status_json(&p);
+    assert_eq!(status["source"]["branch"], held.as_str(), "{status}");
+    assert!(status["source"].get("held").is_none() || status["source"]["held"] == false);
+    let e = h.run(&["review", &p, "--approve"]);
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("was written already"),
+        "{}",
+        text(&e)
+    );
 }

@@ -213,6 +213,19 @@ pub struct FileRun {
     /// Let the project's commands use the network (package installs); the
     /// manifest records it.
     pub allow_network: Option<bool>,
+    /// Whether a person reviews the work before it lands: `off`, `tasks`
+    /// (each task's commit waits for `agentswarm review --approve` before
+    /// it merges) or `delivery` (the delivery branch waits).
+    #[schemars(schema_with = "review_mode_schema")]
+    pub review: Option<swarm_protocol::ReviewMode>,
+}
+
+fn review_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = swarm_protocol::ReviewMode::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    schemars::json_schema!({"type": "string", "enum": names})
 }
 
 /// The JSON Schema of `agentswarm.toml` (checked in as docs/agentswarm.schema.json).
@@ -260,6 +273,10 @@ pub struct RunLimits {
     /// name under `[agents]`, or `builtin` (none: the built-in agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Whether a person reviews the work before it lands (stored with the
+    /// project, so `resume` and a restarted daemon keep it).
+    #[serde(default)]
+    pub review: swarm_protocol::ReviewMode,
 }
 
 impl Default for RunLimits {
@@ -276,6 +293,7 @@ impl Default for RunLimits {
             max_tokens: None,
             allow_network: false,
             agent: None,
+            review: swarm_protocol::ReviewMode::Off,
         }
     }
 }
@@ -361,6 +379,8 @@ pub struct Overrides {
     pub allow_network: Option<bool>,
     /// `--agent`: the project's agent.
     pub agent: Option<String>,
+    /// `--review`.
+    pub review: Option<swarm_protocol::ReviewMode>,
 }
 
 /// Where the config file is looked for when `--config` is not given:
@@ -835,6 +855,14 @@ impl Config {
                     .and_then(|m| m.worker.as_ref())
                     .and_then(|w| w.agent.clone()),
                 "an agent name",
+            )?,
+            review: r.pick(
+                "run.review",
+                flags.review.map(|v| (v, "--review")),
+                Some("AGENTSWARM_REVIEW"),
+                fr.review,
+                swarm_protocol::ReviewMode::Off,
+                "off, tasks or delivery",
             )?,
         };
         for (name, v) in [

@@ -61,12 +61,18 @@ pub async fn continue_project(
     let limits = engine.limits_of(&project.options);
     let root = engine.config().project_dir(id.as_str()).join("repo");
     let budget = engine.config().repos.map_tokens * repomap::CHARS_PER_TOKEN;
-    let (map, instructions) = tokio::task::spawn_blocking(move || {
-        (repomap::map(&root, budget), repomap::instructions(&root))
+    let (map, instructions, main) = tokio::task::spawn_blocking(move || {
+        (
+            repomap::map(&root, budget),
+            repomap::instructions(&root),
+            swarm_git::review::rev_parse(&root, "main"),
+        )
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?;
     let map = map?;
+    // Where this round starts: its baseline verify runs there.
+    let main = main?;
     let request = prompts::continue_request(
         goal,
         &project.goal,
@@ -99,7 +105,7 @@ pub async fn continue_project(
         &id,
         None,
         "continue",
-        &serde_json::json!({"round": round, "goal": goal, "tasks": ids}),
+        &serde_json::json!({"round": round, "goal": goal, "tasks": ids, "main": main}),
     )?;
     // A done project runs again; a failed one is reopened by the run itself
     // (its failed tasks get fresh attempts).

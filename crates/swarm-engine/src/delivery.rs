@@ -92,6 +92,8 @@ pub(crate) async fn finish(
         let (root, out) = (repo.root().to_owned(), outputs.clone());
         let baseline2 = baseline.clone();
         let src2 = src.clone();
+        let hold = s.limits.review == swarm_protocol::ReviewMode::Delivery;
+        let head2 = head.clone();
         let delivered = tokio::task::spawn_blocking(move || {
             crate::source::deliver(
                 &project2,
@@ -100,8 +102,9 @@ pub(crate) async fn finish(
                 verify2.as_deref(),
                 baseline2.as_ref(),
                 &root,
-                &head,
+                &head2,
                 &out,
+                hold,
             )
         })
         .await
@@ -131,8 +134,28 @@ pub(crate) async fn finish(
                 ),
             );
         }
+        if delivered.held {
+            store.append_event(
+                &id,
+                None,
+                "review_waiting",
+                &serde_json::json!({"delivery": true, "commit": head}),
+            )?;
+            engine.emit(
+                &id,
+                None,
+                "review",
+                format!(
+                    "delivery: the branch {} waits for review: `agentswarm review {id}` shows the whole change; \
+                     `agentswarm review {id} --approve` writes it{}, --reject \"what to change\" plans a follow-up round",
+                    swarm_protocol::source::delivery_branch(id.as_str()),
+                    if src.push { " and pushes it" } else { "" }
+                ),
+            );
+        }
         let mut stored = src;
         stored.branch = delivered.branch.clone();
+        stored.held = delivered.held;
         store.set_project_source(
             &id,
             &serde_json::to_value(&stored).map_err(|e| Error::Other(e.to_string()))?,

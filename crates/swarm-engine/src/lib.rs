@@ -21,6 +21,7 @@ pub mod prune;
 mod recovery;
 mod redacted;
 pub mod repomap;
+pub mod review;
 mod run;
 pub mod runner;
 mod scheduler;
@@ -79,6 +80,14 @@ pub enum Error {
     /// before anything is stored or any model is called.
     #[error("{0}")]
     InvalidSource(String),
+    #[error("project {0} has no task {1}; `agentswarm status {0}` lists its tasks")]
+    NoSuchTask(ProjectId, TaskId),
+    /// A review decision on something that does not wait for one.
+    #[error("{0}")]
+    NotInReview(String),
+    /// A review decision that cannot be taken as given (an empty comment).
+    #[error("{0}")]
+    InvalidReview(String),
     #[error("{0}")]
     Other(String),
 }
@@ -287,11 +296,11 @@ impl Engine {
     /// the rate limiter. Reads the store (every unfinished project's tasks)
     /// and `/proc`: a few milliseconds at most, blocking.
     pub fn swarm_status(&self) -> SwarmStatus {
-        let (ready_tasks, _) = self.store_counts();
-        self.status_with(ready_tasks)
+        let (ready_tasks, review_tasks, _) = self.store_counts();
+        self.status_with(ready_tasks, review_tasks)
     }
 
-    fn status_with(&self, ready_tasks: u32) -> SwarmStatus {
+    fn status_with(&self, ready_tasks: u32, review_tasks: u32) -> SwarmStatus {
         let limiter = self.gateway.rate_limit();
         let gate = self.gate.status();
         let now = std::time::SystemTime::now();
@@ -299,6 +308,7 @@ impl Engine {
             workers_running: u32::try_from(self.live.len()).unwrap_or(u32::MAX),
             workers_cap: self.nodes.total_slots(),
             ready_tasks,
+            review_tasks,
             nodes: self.nodes.status(&gate, &self.gate),
             gate,
             rate_limit: RateLimitStatus {
@@ -316,20 +326,21 @@ impl Engine {
         }
     }
 
-    /// Ready tasks over every unfinished project, and projects per state
-    /// (every state, 0 where none is in it). A store error is logged and
-    /// counts nothing.
-    fn store_counts(&self) -> (u32, Vec<(ProjectState, u32)>) {
+    /// Ready tasks and tasks waiting in review over every unfinished
+    /// project, and projects per state (every state, 0 where none is in
+    /// it). A store error is logged and counts nothing.
+    fn store_counts(&self) -> (u32, u32, Vec<(ProjectState, u32)>) {
         let mut per_state: Vec<(ProjectState, u32)> =
             ProjectState::ALL.iter().map(|s| (*s, 0)).collect();
         let projects = match self.store.list_projects() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "status: cannot list the projects");
-                return (0, per_state);
+                return (0, 0, per_state);
             }
         };
         let mut ready = 0u32;
+        let mut review = 0u32;
         for p in &projects {
             if let Some(n) = per_state.iter_mut().find(|(s, _)| *s == p.state) {
                 n.1 += 1;
@@ -344,13 +355,18 @@ impl Engine {
                         .filter(|t| t.state == swarm_protocol::TaskState::Ready)
                         .count();
                     ready = ready.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+                    let n = tasks
+                        .iter()
+                        .filter(|t| t.state == swarm_protocol::TaskState::Review)
+                        .count();
+                    review = review.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
                 }
                 Err(e) => {
                     tracing::warn!(project = %p.id, error = %e, "status: cannot read the tasks");
                 }
             }
         }
-        (ready, per_state)
+        (ready, review, per_state)
     }
 
     /// The metrics in the Prometheus text format (version 0.0.4), with the
@@ -376,8 +392,8 @@ impl Engine {
     /// `agentswarm_task_duration_seconds{kind}` (histograms),
     /// `agentswarm_projects{state}`, `agentswarm_tasks_finished_total{state}`.
     pub fn metrics_text_as(&self, format: MetricsFormat) -> MetricsText {
-        let (ready, projects) = self.store_counts();
-        let status = self.status_with(ready);
+        let (ready, review, projects) = self.store_counts();
+        let status = self.status_with(ready, review);
         self.metrics.refresh(&status, &projects);
         let blocked: Vec<(String, u64)> = status
             .quota_blocked

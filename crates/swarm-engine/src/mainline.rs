@@ -90,10 +90,20 @@ async fn merge_queue(repo: Repo, mut jobs: mpsc::UnboundedReceiver<MergeJob>, tx
     while let Some(job) = jobs.recv().await {
         let r = repo.clone();
         let (branch, message) = (job.branch, job.message);
-        let result = tokio::task::spawn_blocking(move || r.merge(&branch, &message))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = tokio::task::spawn_blocking(move || {
+            let merged = r.merge(&branch, &message);
+            // A commit approved in review is merged (or conflicted and runs
+            // again): its review branch has done its job.
+            if merged.is_ok() && branch.starts_with("review/") {
+                if let Err(e) = swarm_git::review::release(r.root(), &branch) {
+                    tracing::warn!(branch, error = %e, "cannot delete the review branch");
+                }
+            }
+            merged
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         let _ = tx.send(Event::Merged {
             task: job.task,
             attempt: job.attempt,
@@ -165,7 +175,7 @@ impl Integration for Mainline {
     fn archive(
         &mut self,
         record: TaskRecord,
-        workspace: Option<Workspace>,
+        workspace: Workspace,
         runner: Arc<dyn AttemptRunner>,
     ) {
         let p = &self.parts;
@@ -174,7 +184,6 @@ impl Integration for Mainline {
         let store = p.store.clone();
         let id = p.project.clone();
         let redactor = p.gateway.redactor().clone();
-        let scratch = p.worktrees_dir.clone();
         self.background.spawn_blocking(move || {
             let files = match record.commit.as_deref().map(|c| repo.changed_files(c)) {
                 Some(Ok(changes)) => changes.into_iter().map(|c| c.path).collect::<Vec<_>>(),
@@ -192,18 +201,6 @@ impl Integration for Mainline {
             if let Err(e) = store.update_task(&id, &record.id, &update) {
                 tracing::warn!(task = %record.id, error = %e, "cannot store the task's changed files");
             }
-            let Some(workspace) = workspace else {
-                // Worked on another node: the archive comes from the commit.
-                crate::recovery::rebuild_archives(
-                    &repo,
-                    &scratch,
-                    &outputs,
-                    &id,
-                    std::slice::from_ref(&record),
-                    &redactor,
-                );
-                return;
-            };
             if let Err(e) =
                 packager::task_archive(&outputs, &id, &record, &workspace.path, &files, &redactor)
             {
@@ -211,6 +208,44 @@ impl Integration for Mainline {
             }
             // Everything was committed: the worktree is clean for the next attempt.
             runner.release(workspace, false);
+        });
+    }
+
+    fn archive_commit(&mut self, record: TaskRecord) {
+        let p = &self.parts;
+        let repo = p.repo.clone();
+        let outputs = p.outputs.clone();
+        let store = p.store.clone();
+        let id = p.project.clone();
+        let redactor = p.gateway.redactor().clone();
+        let scratch = p.worktrees_dir.clone();
+        self.background.spawn_blocking(move || {
+            if let Some(Ok(changes)) = record.commit.as_deref().map(|c| repo.changed_files(c)) {
+                let update = TaskUpdate {
+                    from: vec![TaskState::Done],
+                    changed_files: Some(changes.into_iter().map(|c| c.path).collect()),
+                    ..Default::default()
+                };
+                if let Err(e) = store.update_task(&id, &record.id, &update) {
+                    tracing::warn!(task = %record.id, error = %e, "cannot store the task's changed files");
+                }
+            }
+            crate::recovery::rebuild_archives(&repo, &scratch, &outputs, &id, &[record], &redactor);
+        });
+    }
+
+    fn hold(&mut self, task: TaskId, attempt: u32, commit: String) {
+        let root = self.parts.repo.root().to_owned();
+        let tx = self.events.clone();
+        self.background.spawn_blocking(move || {
+            let branch = swarm_git::review::branch(task.as_str(), attempt);
+            let result =
+                swarm_git::review::hold(&root, &branch, &commit).map_err(|e| e.to_string());
+            let _ = tx.send(Event::Held {
+                task,
+                attempt,
+                result,
+            });
         });
     }
 

@@ -178,6 +178,10 @@ pub struct SwarmStatus {
     pub workers_cap: u32,
     /// Tasks in state `ready` over every project that is not finished.
     pub ready_tasks: u32,
+    /// Tasks waiting for a person's decision (state `review`) over every
+    /// project that is not finished.
+    #[serde(default)]
+    pub review_tasks: u32,
     /// The resource gate and what it reads now.
     pub gate: GateStatus,
     /// The shared model-request limiter.
@@ -353,6 +357,7 @@ pub struct Metrics {
     workers_running: Gauge,
     workers_max: Gauge,
     ready_tasks: Gauge,
+    review_tasks: Gauge,
     gate_open: Gauge,
     gate_free_memory_mb: FloatGauge,
     gate_load_average: FloatGauge,
@@ -390,6 +395,7 @@ impl Metrics {
             workers_running: Gauge::default(),
             workers_max: Gauge::default(),
             ready_tasks: Gauge::default(),
+            review_tasks: Gauge::default(),
             gate_open: Gauge::default(),
             gate_free_memory_mb: FloatGauge::default(),
             gate_load_average: FloatGauge::default(),
@@ -425,6 +431,11 @@ impl Metrics {
             "agentswarm_ready_tasks",
             "Tasks ready to start over all unfinished projects",
             m.ready_tasks.clone(),
+        );
+        r.register(
+            "agentswarm_review_tasks",
+            "Tasks waiting for a person's review (state review) over all unfinished projects",
+            m.review_tasks.clone(),
         );
         r.register(
             "agentswarm_gate_open",
@@ -600,6 +611,7 @@ impl Metrics {
             TaskState::Pending
             | TaskState::Ready
             | TaskState::Running
+            | TaskState::Review
             | TaskState::Merging
             | TaskState::Cancelled => {}
         }
@@ -611,6 +623,7 @@ impl Metrics {
         self.workers_running.set(i64::from(status.workers_running));
         self.workers_max.set(i64::from(status.workers_cap));
         self.ready_tasks.set(i64::from(status.ready_tasks));
+        self.review_tasks.set(i64::from(status.review_tasks));
         self.gate_open.set(i64::from(status.gate.open));
         self.gate_free_memory_mb
             .set(status.gate.free_memory_mb.map_or(f64::NAN, |mb| mb as f64));
@@ -693,6 +706,7 @@ mod tests {
             workers_running: 3,
             workers_cap: 10,
             ready_tasks: 4,
+            review_tasks: 2,
             gate: GateStatus {
                 open: false,
                 reason: Some("free memory 512 MB < 1024 MB (MIN_FREE_MEMORY_MB)".into()),
@@ -790,6 +804,7 @@ mod tests {
         assert_eq!(sample(t, "agentswarm_workers_running"), 3.0);
         assert_eq!(sample(t, "agentswarm_workers_max"), 10.0);
         assert_eq!(sample(t, "agentswarm_ready_tasks"), 4.0);
+        assert_eq!(sample(t, "agentswarm_review_tasks"), 2.0);
         assert_eq!(sample(t, "agentswarm_gate_open"), 0.0);
         assert_eq!(sample(t, "agentswarm_gate_free_memory_mb"), 512.0);
         assert_eq!(sample(t, "agentswarm_gate_load_average"), 0.75);

@@ -47,6 +47,9 @@ pub fn apply_options(mut limits: RunLimits, o: &ProjectOptions) -> RunLimits {
     if o.agent.is_some() {
         limits.agent = o.agent.clone();
     }
+    if let Some(v) = o.review {
+        limits.review = v;
+    }
     limits
 }
 
@@ -87,6 +90,7 @@ pub fn flag_options(config: &Config) -> ProjectOptions {
         max_tokens: run.max_tokens.filter(|_| flag("run.max_tokens")),
         allow_network: flag("run.allow_network").then_some(run.allow_network),
         agent: run.agent.clone().filter(|_| flag("run.agent")),
+        review: flag("run.review").then_some(run.review),
     }
 }
 
@@ -286,6 +290,38 @@ mod tests {
         let after = apply_options(stored.clone(), &o);
         assert_eq!((after.max_turns, after.max_fix_rounds), (3, 0));
         assert_eq!((after.max_attempts, after.max_cost_usd), (7, Some(5.0)));
+    }
+
+    #[test]
+    fn the_review_mode_is_kept_unless_a_flag_names_one() {
+        let stored = RunLimits {
+            review: swarm_protocol::ReviewMode::Tasks,
+            ..RunLimits::default()
+        };
+        // A JSON round trip, as the store keeps it; an old project without
+        // the key reads as `off`.
+        let back: RunLimits =
+            serde_json::from_value(serde_json::to_value(&stored).unwrap()).unwrap();
+        assert_eq!(back.review, swarm_protocol::ReviewMode::Tasks);
+        let mut old = serde_json::to_value(RunLimits::default()).unwrap();
+        old.as_object_mut().unwrap().remove("review");
+        let old: RunLimits = serde_json::from_value(old).unwrap();
+        assert_eq!(old.review, swarm_protocol::ReviewMode::Off);
+
+        let none = Config::resolve(None, &|_: &str| None, &Default::default()).unwrap();
+        let kept = apply_options(stored.clone(), &flag_options(&none));
+        assert_eq!(kept.review, swarm_protocol::ReviewMode::Tasks);
+        let flags = swarm_config::Overrides {
+            review: Some(swarm_protocol::ReviewMode::Off),
+            ..Default::default()
+        };
+        let off = Config::resolve(None, &|_: &str| None, &flags).unwrap();
+        let changed = apply_options(stored, &flag_options(&off));
+        assert_eq!(changed.review, swarm_protocol::ReviewMode::Off);
+        // The environment sets it too; a bad value says what is taken.
+        let env = |k: &str| (k == "AGENTSWARM_REVIEW").then(|| "sometimes".to_owned());
+        let e = Config::resolve(None, &env, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("off, tasks or delivery"), "{e}");
     }
 
     #[test]

@@ -222,7 +222,17 @@ pub fn worker_prompt(task: &TaskRecord, goal: &str, deps: &[&TaskRecord], attemp
             ));
         }
     }
-    if !task.conflict_paths.is_empty() {
+    if let Some(comment) = task.review_comment.as_deref().filter(|_| attempt > 1) {
+        s.push_str(&format!(
+            "\nA reviewer rejected an earlier attempt's change (it was not merged; your worktree holds \
+             main without it) with this comment:\n<review-comment>\n{}\n</review-comment>\n\
+             Do the task again, taking the comment into account.\n",
+            comment.trim()
+        ));
+        if let Some(prev) = task.summary.as_deref().filter(|s| !s.trim().is_empty()) {
+            s.push_str(&format!("What that attempt said it did: {}\n", prev.trim()));
+        }
+    } else if !task.conflict_paths.is_empty() {
         s.push_str(&format!(
             "\nYour previous attempt could not be merged: these paths conflicted with work merged into main \
              meanwhile: {}. Your worktree now holds the new main; read those files and redo your change on top of them.\n",

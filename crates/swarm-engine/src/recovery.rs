@@ -13,15 +13,21 @@ use swarm_git::{Repo, TaskCommit};
 use swarm_protocol::{AttemptOutcome, ProjectId, ProjectState, TaskState};
 use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
 
+/// What [`clean_up`] found.
+pub(crate) struct CleanedUp {
+    /// The task commits on `main` (when asked for).
+    pub commits: Vec<TaskCommit>,
+    /// The review branches (`review/<task>/<attempt>`): commits waiting
+    /// for a person, or approved and not merged yet.
+    pub held: std::collections::HashSet<String>,
+}
+
 /// Repairs `main`, removes every worktree under `worktrees` and every
 /// `task/*` branch (no worker of the project runs: its lock is held), and
-/// returns the task commits on `main` when `need_log`.
-pub(crate) async fn clean_up(
-    repo: Repo,
-    worktrees: PathBuf,
-    need_log: bool,
-) -> Result<Vec<TaskCommit>> {
-    tokio::task::spawn_blocking(move || -> Result<Vec<TaskCommit>> {
+/// returns the task commits on `main` when `need_log`, and the review
+/// branches (which it keeps).
+pub(crate) async fn clean_up(repo: Repo, worktrees: PathBuf, need_log: bool) -> Result<CleanedUp> {
+    tokio::task::spawn_blocking(move || -> Result<CleanedUp> {
         // A merge cut short by a crash leaves main mid-merge or locked.
         repo.repair(None)?;
         if worktrees.exists() {
@@ -35,11 +41,13 @@ pub(crate) async fn clean_up(
         repo.prune_worktrees()?;
         // Every task branch is either merged or an abandoned attempt.
         repo.delete_branches("task/")?;
-        if need_log {
-            Ok(repo.task_commits()?)
+        let held = swarm_git::review::list(repo.root())?.into_iter().collect();
+        let commits = if need_log {
+            repo.task_commits()?
         } else {
-            Ok(Vec::new())
-        }
+            Vec::new()
+        };
+        Ok(CleanedUp { commits, held })
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?
@@ -56,17 +64,24 @@ impl<I: Integration> Scheduler<'_, I> {
     }
 
     /// Settles each stale task by what `main` holds: its current attempt's
-    /// commit merged → `done`; otherwise → `ready`, the attempt
-    /// `interrupted`.
+    /// commit merged → `done`; approved in review and held on its review
+    /// branch (`held`) → stays `merging` (the run merges it); otherwise →
+    /// `ready`, the attempt `interrupted`.
     pub(crate) fn reconcile(
         &mut self,
         stale: Vec<TaskRecord>,
         commits: &[TaskCommit],
+        held: &std::collections::HashSet<String>,
     ) -> Result<()> {
         for t in stale {
             let merged = commits
                 .iter()
                 .find(|c| c.task == t.id.as_str() && c.attempt == t.attempt);
+            let approved = t.state == TaskState::Merging
+                && held.contains(&swarm_git::review::branch(t.id.as_str(), t.attempt));
+            if merged.is_none() && approved {
+                continue;
+            }
             if let Some(c) = merged {
                 self.end_attempt(AttemptEnd::merged(&t.id, t.attempt, 0, Some(c.sha.clone())))?;
                 self.set(
@@ -75,6 +90,7 @@ impl<I: Integration> Scheduler<'_, I> {
                         from: vec![TaskState::Running, TaskState::Merging],
                         to: Some(TaskState::Done),
                         commit: Some(c.sha.clone()),
+                        review_comment: Some(None),
                         finished_ms: Some(now_ms()),
                         ..Default::default()
                     },
@@ -103,6 +119,22 @@ impl<I: Integration> Scheduler<'_, I> {
     }
 }
 
+/// The review branches no task needs any more (its decision was carried
+/// out, or the run stopped between the merge and the branch's removal).
+pub(crate) fn stale_review_branches(
+    tasks: &std::collections::BTreeMap<swarm_protocol::TaskId, TaskRecord>,
+    held: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let needed: std::collections::HashSet<String> = tasks
+        .values()
+        .filter(|t| matches!(t.state, TaskState::Review | TaskState::Merging))
+        .map(|t| swarm_git::review::branch(t.id.as_str(), t.attempt))
+        .collect();
+    let mut stale: Vec<String> = held.difference(&needed).cloned().collect();
+    stale.sort();
+    stale
+}
+
 /// A failed project can be resumed: its failed tasks get fresh attempts, the
 /// tasks they blocked wait again, and the project becomes `interrupted`;
 /// `false` if it was no longer `failed`.
@@ -125,6 +157,7 @@ pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
             TaskState::Pending
             | TaskState::Ready
             | TaskState::Running
+            | TaskState::Review
             | TaskState::Merging
             | TaskState::Done
             | TaskState::Cancelled => continue,

@@ -103,6 +103,9 @@ impl Store for RedactedStore {
         if let Some(s) = &u.summary {
             u.summary = Some(self.r(s));
         }
+        if let Some(Some(c)) = &u.review_comment {
+            u.review_comment = Some(Some(self.r(c)));
+        }
         self.inner.update_task(id, task, &u)
     }
     fn start_attempt(
@@ -120,6 +123,23 @@ impl Store for RedactedStore {
             ..end.clone()
         };
         self.inner.finish_attempt(id, &end)
+    }
+    fn decide_review(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+        decision: &swarm_store::ReviewDecision,
+    ) -> Result<bool> {
+        let decision = match decision {
+            swarm_store::ReviewDecision::Approve => swarm_store::ReviewDecision::Approve,
+            swarm_store::ReviewDecision::Reject { comment } => {
+                swarm_store::ReviewDecision::Reject {
+                    comment: self.r(comment),
+                }
+            }
+        };
+        self.inner.decide_review(id, task, attempt, &decision)
     }
     fn attempts(&self, id: &ProjectId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
         self.inner.attempts(id, task)

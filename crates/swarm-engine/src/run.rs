@@ -443,8 +443,9 @@ async fn run_inner(
         run.set_worker_system(crate::prompts::worker_system(instructions.as_deref()));
     }
     let stale = run.stale();
-    let mut commits =
+    let cleaned =
         recovery::clean_up(repo.clone(), worktrees_dir.clone(), !stale.is_empty()).await?;
+    let (mut commits, held) = (cleaned.commits, cleaned.held);
     // On an existing repository, commits of its own history that carry
     // Swarm trailers (an earlier delivery merged there) are not this run's.
     if let (Some(base), false) = (
@@ -458,7 +459,20 @@ async fn run_inner(
                 .map_err(|e| Error::Other(e.to_string()))??;
         commits.retain(|c| !history.contains(&c.sha));
     }
-    run.reconcile(stale, &commits)?;
+    run.reconcile(stale, &commits, &held)?;
+    let unneeded = recovery::stale_review_branches(&run.tasks, &held);
+    if !unneeded.is_empty() {
+        let root = repo_root.clone();
+        tokio::task::spawn_blocking(move || {
+            for b in unneeded {
+                if let Err(e) = swarm_git::review::release(&root, &b) {
+                    tracing::warn!(branch = b, error = %e, "cannot delete a stale review branch");
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    }
     if mode == Mode::RecoverOnly {
         run.integration.close_merge_queue().await;
         return report(engine, id, None);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm_config::RunLimits;
 use swarm_git::MergeOutcome;
-use swarm_protocol::{AttemptOutcome, Plan, ProjectId, TaskId, TaskKind, TaskState};
+use swarm_protocol::{AttemptOutcome, Plan, ProjectId, ReviewMode, TaskId, TaskKind, TaskState};
 use swarm_store::{now_ms, AttemptEnd, TaskRecord, TaskUpdate};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,12 @@ pub(crate) enum Event {
     Verified {
         attempt: u32,
         result: std::result::Result<Vec<CommandResult>, String>,
+    },
+    /// An attempt's commit is held on its review branch (`review = "tasks"`).
+    Held {
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<(), String>,
     },
 }
 
@@ -86,14 +92,16 @@ pub(crate) trait Integration: Send {
     /// Off the critical path: records the files the merged `task` changed,
     /// writes its archive from `workspace`, then gives the workspace back
     /// to `runner`.
-    /// `workspace`: where the attempt worked, here; `None` for an attempt
-    /// on another node (the archive is made from the merged commit).
-    fn archive(
-        &mut self,
-        task: TaskRecord,
-        workspace: Option<Workspace>,
-        runner: Arc<dyn AttemptRunner>,
-    );
+    fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>);
+
+    /// As [`Integration::archive`] for a task whose workspace is gone (it
+    /// waited in review): the archive is written from its commit.
+    fn archive_commit(&mut self, task: TaskRecord);
+
+    /// Holds `commit` on the review branch of `task`'s `attempt`
+    /// (`swarm_git::review::branch`), so that it outlives the worktree and
+    /// a restart; the result comes back as [`Event::Held`].
+    fn hold(&mut self, task: TaskId, attempt: u32, commit: String);
 
     /// The commit `main` is at.
     fn main_head(&self) -> Option<String>;
@@ -156,6 +164,12 @@ pub(crate) struct Scheduler<'e, I> {
     /// The workers' system prompt (with an existing repository's
     /// instructions for agents: [`Scheduler::set_worker_system`]).
     worker_system: String,
+    /// Commits (and summaries) of attempts being held for review, until
+    /// their review branch exists.
+    holding: HashMap<(TaskId, u32), (String, String)>,
+    /// When the store is next looked at for review decisions (a deadline,
+    /// not a sleep restarted by every event, so that a busy run still looks).
+    next_review_poll: tokio::time::Instant,
 }
 
 impl<'e, I: Integration> Scheduler<'e, I> {
@@ -202,6 +216,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
             attempt_started: HashMap::new(),
             cancel,
             worker_system: prompts::WORKER_SYSTEM.to_owned(),
+            holding: HashMap::new(),
+            next_review_poll: tokio::time::Instant::now() + REVIEW_POLL,
         };
         s.reload()?;
         Ok(s)
@@ -585,9 +601,17 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         Ok(())
     }
 
+    /// Tasks wait for a person's decision (the run looks at the store for
+    /// it once a second).
+    fn in_review(&self) -> bool {
+        self.tasks.values().any(|t| t.state == TaskState::Review)
+    }
+
     fn busy(&self) -> bool {
         self.attempts > 0
             || self.merging > 0
+            || !self.holding.is_empty()
+            || (self.in_review() && !self.cancel.is_cancelled())
             || (self.verifying.is_some() && !self.cancel.is_cancelled())
             || ((self.needs_slot || self.gated || self.needs_node)
                 && !self.cancel.is_cancelled()
@@ -603,6 +627,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
     /// Runs the project's tasks until nothing is left to do or start (all
     /// finished, or the run stopped and its attempts ended).
     pub(crate) async fn schedule(&mut self) -> Result<()> {
+        // Approved before a stop or a crash, not merged yet.
+        self.merge_approved()?;
         self.advance()?;
         self.dispatch()?;
         while self.busy() {
@@ -634,6 +660,15 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
                 // A node's slot freed, or a node came up.
                 _ = self.nodes_changed.changed(), if self.needs_node && !self.gated => {
+                    self.dispatch()?;
+                    continue;
+                }
+                // A person decides in another process (`agentswarm review`,
+                // the API): the store is where the decision arrives.
+                _ = tokio::time::sleep_until(self.next_review_poll), if self.in_review() && !self.cancel.is_cancelled() => {
+                    self.next_review_poll = tokio::time::Instant::now() + REVIEW_POLL;
+                    self.poll_reviews()?;
+                    self.advance()?;
                     self.dispatch()?;
                     continue;
                 }
@@ -671,6 +706,11 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         self.on_verified(attempt, result).await?;
                     }
                 }
+                Event::Held {
+                    task,
+                    attempt,
+                    result,
+                } => self.on_held(task, attempt, result)?,
             }
             self.advance()?;
             self.dispatch()?;
@@ -685,7 +725,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         while self.attempts > 0 {
             match tokio::time::timeout_at(until, self.rx.recv()).await {
                 Ok(Some(Event::Attempt { .. })) => self.attempts -= 1,
-                Ok(Some(Event::Merged { .. } | Event::Verified { .. })) => {}
+                Ok(Some(Event::Merged { .. } | Event::Verified { .. } | Event::Held { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -750,6 +790,14 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     )?;
                     self.engine
                         .emit(&self.id, Some(&task), "info", format!("{task}: {note}"));
+                }
+                if self.limits.review == ReviewMode::Tasks {
+                    // Held for a person: the commit goes to its review
+                    // branch first, then the task waits in `review`.
+                    self.holding
+                        .insert((task.clone(), attempt), (commit.clone(), summary));
+                    self.integration.hold(task, attempt, commit);
+                    return Ok(());
                 }
                 if self.set(
                     &task,
@@ -886,6 +934,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         expect_attempt: Some(attempt),
                         merge_commit: Some(merge_commit),
                         last_error: Some(None),
+                        review_comment: Some(None),
                         finished_ms: Some(now_ms()),
                         ..Default::default()
                     },
@@ -894,9 +943,15 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 }
                 let record = self.tasks.get(&task).cloned();
                 let workspace = self.workspaces.remove(&(task.clone(), attempt));
-                if let Some(record) = record {
-                    self.integration
-                        .archive(record, workspace, self.runner.clone());
+                match (record, workspace) {
+                    (Some(record), Some(workspace)) => {
+                        self.integration
+                            .archive(record, workspace, self.runner.clone());
+                    }
+                    // It waited in review (its worktree went back then) or
+                    // ran on a worker node: the archive is made from its commit.
+                    (Some(record), None) => self.integration.archive_commit(record),
+                    (None, _) => {}
                 }
             }
             Ok(MergeOutcome::Conflict { paths }) => {
@@ -927,6 +982,168 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         Ok(())
     }
 
+    /// The commit of `task`'s `attempt` is held on its review branch (or
+    /// could not be): the task waits in `review`, its worktree goes back.
+    fn on_held(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        result: std::result::Result<(), String>,
+    ) -> Result<()> {
+        let Some((commit, summary)) = self.holding.remove(&(task.clone(), attempt)) else {
+            return Ok(());
+        };
+        if let Err(e) = result {
+            let reason = format!("cannot hold the commit for review: {e}");
+            self.end_attempt(AttemptEnd::ended(
+                &task,
+                attempt,
+                AttemptOutcome::Failed,
+                reason.clone(),
+                self.turns
+                    .get(&(task.clone(), attempt))
+                    .copied()
+                    .unwrap_or(0),
+            ))?;
+            self.turns.remove(&(task.clone(), attempt));
+            self.retry_or_fail(&task, attempt, TaskState::Running, true, reason, Vec::new())?;
+            self.release_workspace(&task, attempt, false);
+            return Ok(());
+        }
+        if self.set(
+            &task,
+            TaskUpdate {
+                from: vec![TaskState::Running],
+                to: Some(TaskState::Review),
+                expect_attempt: Some(attempt),
+                commit: Some(commit.clone()),
+                summary: Some(summary),
+                ..Default::default()
+            },
+        )? {
+            // The attempt's work is over; its outcome waits for the decision
+            // (`merged` or `rejected` then).
+            let turns = self
+                .turns
+                .get(&(task.clone(), attempt))
+                .copied()
+                .unwrap_or(0);
+            self.store().finish_attempt(
+                &self.id,
+                &AttemptEnd {
+                    task: task.clone(),
+                    attempt,
+                    outcome: AttemptOutcome::Review,
+                    reason: None,
+                    turns,
+                    commit: Some(commit.clone()),
+                },
+            )?;
+            self.store().append_event(
+                &self.id,
+                Some(&task),
+                "review_waiting",
+                &serde_json::json!({"attempt": attempt, "commit": commit}),
+            )?;
+            self.engine.emit(
+                &self.id,
+                Some(&task),
+                "review",
+                wording::review_waiting(&self.id, &task),
+            );
+        }
+        // Committed: the worktree is clean; the commit is on its branch.
+        self.release_workspace(&task, attempt, false);
+        Ok(())
+    }
+
+    /// Looks in the store for decisions on the tasks waiting in review:
+    /// approved ones (now `merging`) go to the merge queue; rejected ones
+    /// (now `ready`) start again with the comment.
+    pub(crate) fn poll_reviews(&mut self) -> Result<()> {
+        let waiting: Vec<TaskId> = self
+            .order
+            .iter()
+            .filter(|id| self.tasks[*id].state == TaskState::Review)
+            .cloned()
+            .collect();
+        for id in waiting {
+            let Some(now) = self.store().task(&self.id, &id)? else {
+                continue;
+            };
+            match now.state {
+                TaskState::Review => continue,
+                TaskState::Merging => {
+                    self.engine.emit(
+                        &self.id,
+                        Some(&id),
+                        "review",
+                        format!("{id}: approved in review; merging"),
+                    );
+                    self.tasks.insert(id.clone(), now);
+                    self.queue_approved(&id)?;
+                }
+                TaskState::Ready => {
+                    self.attempt_started.remove(&(id.clone(), now.attempt));
+                    self.turns.remove(&(id.clone(), now.attempt));
+                    self.engine.emit(
+                        &self.id,
+                        Some(&id),
+                        "review",
+                        format!(
+                            "{id}: rejected in review ({}); a new attempt follows",
+                            now.review_comment.as_deref().unwrap_or("no comment")
+                        ),
+                    );
+                    self.tasks.insert(id.clone(), now);
+                }
+                TaskState::Pending
+                | TaskState::Running
+                | TaskState::Done
+                | TaskState::Failed
+                | TaskState::Blocked
+                | TaskState::Cancelled => {
+                    self.tasks.insert(id.clone(), now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the merge of every task approved in review that no merge is
+    /// queued for yet: at the start of a run (approved while no run was
+    /// going, or before a crash).
+    fn merge_approved(&mut self) -> Result<()> {
+        let approved: Vec<TaskId> = self
+            .order
+            .iter()
+            .filter(|id| self.tasks[*id].state == TaskState::Merging)
+            .cloned()
+            .collect();
+        for id in approved {
+            self.queue_approved(&id)?;
+        }
+        Ok(())
+    }
+
+    fn queue_approved(&mut self, id: &TaskId) -> Result<()> {
+        let Some(t) = self.tasks.get(id) else {
+            return Ok(());
+        };
+        let job = MergeJob {
+            task: id.clone(),
+            attempt: t.attempt,
+            branch: swarm_git::review::branch(id.as_str(), t.attempt),
+            message: format!("Merge task {id} (attempt {}): {}", t.attempt, t.title),
+        };
+        self.merging += 1;
+        if let Err(e) = self.integration.merge(job) {
+            self.merging -= 1;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Gives an attempt's workspace back to the runner. `dirty`: the attempt
     /// did not end in a commit, so it may have left files behind.
     fn release_workspace(&mut self, task: &TaskId, attempt: u32, dirty: bool) {
@@ -935,6 +1152,9 @@ impl<'e, I: Integration> Scheduler<'e, I> {
         }
     }
 }
+
+/// How often a run looks in the store for review decisions.
+const REVIEW_POLL: Duration = Duration::from_secs(1);
 
 /// What a waiting line says without its figures (`free memory 812 MB <
 /// 1024 MB` and `free memory 790 MB < 1024 MB` are one cause).

@@ -125,6 +125,7 @@ pub fn check(config: &Config, req: &SourceRequest) -> Result<RepoSource> {
         base_commit: Some(commit),
         push: req.push,
         branch: None,
+        held: false,
     })
 }
 
@@ -153,6 +154,7 @@ fn check_url(url: &str, req: &SourceRequest) -> Result<RepoSource> {
         base_commit: None,
         push: req.push,
         branch: None,
+        held: false,
     })
 }
 
@@ -253,6 +255,8 @@ pub struct Delivered {
     /// Why the branch could not be written or pushed, if so.
     pub branch_error: Option<String>,
     pub pushed: bool,
+    /// With `review = "delivery"`: the branch (and push) wait for approval.
+    pub held: bool,
     pub patch: Option<PathBuf>,
     pub bundle: Option<PathBuf>,
     pub pr: Option<PathBuf>,
@@ -275,6 +279,7 @@ impl Delivered {
             "branch": self.branch,
             "branch_error": self.branch_error,
             "pushed": self.pushed,
+            "held_for_review": self.held,
             "patch": name(&self.patch),
             "bundle": name(&self.bundle),
             "pr": name(&self.pr),
@@ -292,9 +297,62 @@ impl Delivered {
     }
 }
 
+/// What [`write_branch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchWritten {
+    /// The branch, when it was written (or, for a URL, pushed).
+    pub branch: Option<String>,
+    pub pushed: bool,
+    /// Why it could not be written or pushed.
+    pub error: Option<String>,
+}
+
+/// Writes `head` of the project repository `repo` as `branch` in the
+/// source repository (a local path), pushing it on to its `origin` when
+/// asked; for a URL, pushes it there when asked. Blocking.
+pub fn write_branch(source: &RepoSource, repo: &Path, head: &str, branch: &str) -> BranchWritten {
+    let mut w = BranchWritten::default();
+    if source.is_url() {
+        if source.push {
+            match git_source::push_branch(repo, &source.repo, head, branch) {
+                Ok(()) => {
+                    w.pushed = true;
+                    w.branch = Some(branch.to_owned());
+                }
+                Err(e) => w.error = Some(format!("cannot push {branch}: {e}")),
+            }
+        }
+        return w;
+    }
+    match git_source::deliver_branch(Path::new(&source.repo), repo, head, branch) {
+        Ok(()) => {
+            w.branch = Some(branch.to_owned());
+            if source.push {
+                match git_source::push_branch(
+                    Path::new(&source.repo),
+                    "origin",
+                    &format!("refs/heads/{branch}"),
+                    branch,
+                ) {
+                    Ok(()) => w.pushed = true,
+                    Err(e) => w.error = Some(format!("cannot push {branch} to origin: {e}")),
+                }
+            }
+        }
+        Err(e) => {
+            w.error = Some(format!(
+                "cannot write branch {branch} in {}: {e}; changes.patch and the bundle hold \
+                 the same work",
+                source.repo
+            ))
+        }
+    }
+    w
+}
+
 /// Writes `changes.patch`, the bundle and `PR.md` into `outputs`, and the
 /// branch `agentswarm/<project>` into the source repository (and pushes it
-/// when asked). Blocking. A branch that cannot be written is reported in
+/// when asked) unless `hold` (`review = "delivery"`). Blocking. A branch that cannot be written is reported in
 /// [`Delivered::branch_error`], not an error: the patch and bundle carry
 /// the same work.
 #[allow(clippy::too_many_arguments)]
@@ -307,6 +365,7 @@ pub fn deliver(
     repo: &Path,
     head: &str,
     outputs: &Path,
+    hold: bool,
 ) -> Result<Delivered> {
     let base = source
         .base_commit
@@ -334,42 +393,11 @@ pub fn deliver(
         d.files.push(described(&bundle_name, &bytes));
         d.bundle = Some(bundle_path);
     }
-    if source.is_url() {
-        if source.push {
-            match git_source::push_branch(repo, &source.repo, head, &branch) {
-                Ok(()) => {
-                    d.pushed = true;
-                    d.branch = Some(branch.clone());
-                }
-                Err(e) => d.branch_error = Some(format!("cannot push {branch}: {e}")),
-            }
-        }
+    if hold {
+        d.held = true;
     } else {
-        match git_source::deliver_branch(Path::new(&source.repo), repo, head, &branch) {
-            Ok(()) => {
-                d.branch = Some(branch.clone());
-                if source.push {
-                    match git_source::push_branch(
-                        Path::new(&source.repo),
-                        "origin",
-                        &format!("refs/heads/{branch}"),
-                        &branch,
-                    ) {
-                        Ok(()) => d.pushed = true,
-                        Err(e) => {
-                            d.branch_error = Some(format!("cannot push {branch} to origin: {e}"))
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                d.branch_error = Some(format!(
-                    "cannot write branch {branch} in {}: {e}; changes.patch and the bundle hold \
-                     the same work",
-                    source.repo
-                ))
-            }
-        }
+        let w = write_branch(source, repo, head, &branch);
+        (d.branch, d.pushed, d.branch_error) = (w.branch, w.pushed, w.error);
     }
     let stats = git_source::numstat(repo, &base, head).unwrap_or_default();
     let pr = pr_text(project, &d, tasks, verify, baseline, &stats);
@@ -535,8 +563,9 @@ pub fn baseline_of(
 /// The baseline verify: the verify commands on the base commit, before any
 /// task ran, so that failures already there are reported as such and not
 /// blamed on the swarm. Runs once per project (a `baseline` event records
-/// it), only while `main` is still at the base commit, confined like
-/// verify.
+/// it, with `round` 0), and once per follow-up round (`--continue`: on the
+/// commit main was at when the round was planned, `round` N), only while
+/// `main` is still at that commit, confined like verify.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn baseline(
     engine: &crate::Engine,
@@ -550,21 +579,53 @@ pub(crate) async fn baseline(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let store = engine.store();
-    if commands.is_empty() || !store.events_of_kind(id, "baseline", 1)?.is_empty() {
+    if commands.is_empty() {
         return Ok(());
     }
-    let Some(base) = source.base_commit.clone() else {
-        return Ok(());
+    let last = store.events_of_kind(id, "baseline", 1)?.into_iter().next();
+    // A follow-up round (`--continue`) starts from what main holds then: its
+    // baseline is taken there, once per round.
+    let round = store
+        .events_of_kind(id, "continue", 1)?
+        .into_iter()
+        .next()
+        .and_then(|e| {
+            Some((
+                e.data["round"].as_u64()?,
+                e.data["main"].as_str()?.to_owned(),
+            ))
+        });
+    let (round, base) = match round {
+        Some((round, main)) => {
+            if last.is_some_and(|b| b.data["round"].as_u64() == Some(round)) {
+                return Ok(());
+            }
+            (round, main)
+        }
+        None => {
+            if last.is_some() {
+                return Ok(());
+            }
+            let Some(base) = source.base_commit.clone() else {
+                return Ok(());
+            };
+            (0, base)
+        }
     };
     if repo.head()? != base {
         return Ok(());
     }
+    let on = if round == 0 {
+        "the base commit".to_owned()
+    } else {
+        format!("main as follow-up round {round} found it")
+    };
     engine.emit(
         id,
         None,
         "verify",
         format!(
-            "baseline: running the verify commands on the base commit {}",
+            "baseline: running the verify commands on {on} ({})",
             short(&base)
         ),
     );
@@ -609,6 +670,7 @@ pub(crate) async fn baseline(
             let passed = !results.is_empty() && results.iter().all(|r| r.passed);
             serde_json::json!({
                 "base_commit": base,
+                "round": round,
                 "passed": passed,
                 "results": results.iter().map(|r| serde_json::json!({
                     "command": r.command, "exit": r.exit, "passed": r.passed,
@@ -617,15 +679,17 @@ pub(crate) async fn baseline(
                 })).collect::<Vec<_>>(),
             })
         }
-        Err(e) => serde_json::json!({"base_commit": base, "passed": null, "error": e}),
+        Err(e) => {
+            serde_json::json!({"base_commit": base, "round": round, "passed": null, "error": e})
+        }
     };
     store.append_event(id, None, "baseline", &data)?;
     let line = match &result {
         Ok(results) if results.iter().all(|r| r.passed) => {
-            "baseline: verify passes on the base commit".to_owned()
+            format!("baseline: verify passes on {on}")
         }
         Ok(results) => format!(
-            "baseline: verify already fails on the base commit ({} of {} command(s) failed: {}); \
+            "baseline: verify already fails on {on} ({} of {} command(s) failed: {}); \
              these failures were there before the swarm",
             results.iter().filter(|r| !r.passed).count(),
             results.len(),

@@ -31,8 +31,20 @@ fn runner_gone(config: &Config, p: &ProjectRecord) -> bool {
 
 /// `p` and its tasks as they are when its runner is gone: the project
 /// `interrupted` with what to do, its running tasks waiting for their
-/// next attempt.
-fn as_interrupted(p: &mut ProjectRecord, tasks: &mut [TaskRecord]) {
+/// next attempt — except those approved in review, which the next run
+/// merges (they stay `merging`).
+fn as_interrupted(store: &dyn Store, p: &mut ProjectRecord, tasks: &mut [TaskRecord]) {
+    let approved: std::collections::HashSet<(String, u64)> =
+        if tasks.iter().any(|t| t.state == TaskState::Merging) {
+            store
+                .events_of_kind(&p.id, "review_approved", 100_000)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| Some((e.task_id?.to_string(), e.data["attempt"].as_u64()?)))
+                .collect()
+        } else {
+            Default::default()
+        };
     p.state = ProjectState::Interrupted;
     p.waiting = None;
     p.error = Some(format!(
@@ -40,13 +52,19 @@ fn as_interrupted(p: &mut ProjectRecord, tasks: &mut [TaskRecord]) {
         p.id
     ));
     for t in tasks {
-        if matches!(t.state, TaskState::Running | TaskState::Merging) {
+        let approved = approved.contains(&(t.id.to_string(), u64::from(t.attempt)));
+        if t.state == TaskState::Running || (t.state == TaskState::Merging && !approved) {
             t.state = TaskState::Ready;
         }
     }
 }
 
 impl Engine {
+    /// Reviews of this engine's projects (docs/existing-repos.md, "Review").
+    pub fn reviewer(&self) -> crate::review::Reviewer<'_> {
+        crate::review::Reviewer::new(self.store.as_ref(), &self.config)
+    }
+
     /// Every project, newest first (see [`project_list`]).
     pub fn project_list(&self) -> Result<api::ProjectList> {
         Ok(project_list(self.store.as_ref(), &self.config)?)
@@ -74,7 +92,11 @@ impl Engine {
         match self.task_record(id, task)? {
             Some(mut t) => {
                 if gone {
-                    as_interrupted(&mut self.store.project(id)?, std::slice::from_mut(&mut t));
+                    as_interrupted(
+                        self.store.as_ref(),
+                        &mut self.store.project(id)?,
+                        std::slice::from_mut(&mut t),
+                    );
                 }
                 Ok(Some(task_view(
                     self.store.as_ref(),
@@ -176,7 +198,7 @@ pub fn project_list(store: &dyn Store, config: &Config) -> swarm_store::Result<a
     for mut p in store.list_projects()? {
         let mut tasks = store.tasks(&p.id)?;
         if runner_gone(config, &p) {
-            as_interrupted(&mut p, &mut tasks);
+            as_interrupted(store, &mut p, &mut tasks);
         }
         projects.push(summary(&p, &tasks));
     }
@@ -194,7 +216,7 @@ pub fn project_summary(
     let mut p = store.project(id)?;
     let mut tasks = store.tasks(id)?;
     if runner_gone(config, &p) {
-        as_interrupted(&mut p, &mut tasks);
+        as_interrupted(store, &mut p, &mut tasks);
     }
     Ok(summary(&p, &tasks))
 }
@@ -212,7 +234,7 @@ pub fn project_detail(
     let mut p = store.project(id)?;
     let mut records = store.tasks(id)?;
     if runner_gone(config, &p) {
-        as_interrupted(&mut p, &mut records);
+        as_interrupted(store, &mut p, &mut records);
     }
     let mut tasks = Vec::with_capacity(records.len());
     for t in &records {
@@ -305,7 +327,7 @@ pub fn task_view(
         });
     // A task waiting for its next attempt (ready, pending) has no duration.
     let end = match t.state {
-        TaskState::Running | TaskState::Merging => Some(swarm_store::now_ms()),
+        TaskState::Running | TaskState::Review | TaskState::Merging => Some(swarm_store::now_ms()),
         TaskState::Done | TaskState::Failed | TaskState::Blocked | TaskState::Cancelled => {
             t.finished_ms
         }

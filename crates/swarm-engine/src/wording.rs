@@ -5,7 +5,7 @@
 use crate::prompts::CommandResult;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
-use swarm_protocol::{TaskId, TaskState};
+use swarm_protocol::{ProjectId, TaskId, TaskState};
 use swarm_store::TaskRecord;
 
 /// `s` cut to `n` characters, with `…` when something was cut.
@@ -42,6 +42,14 @@ pub(crate) fn transition(
 
 pub(crate) fn waiting_for_nodes() -> String {
     "waiting: every node that can run the ready tasks is busy, down or refused (`agentswarm status` shows the nodes)".into()
+}
+
+/// A task's commit waits for a person: what to run.
+pub(crate) fn review_waiting(project: &ProjectId, task: &TaskId) -> String {
+    format!(
+        "{task}: waits for review: `agentswarm review {project} {task}` shows the diff; \
+         add --approve to merge it, or --reject \"what to change\" for a new attempt"
+    )
 }
 
 pub(crate) fn waiting_for_slots(max_concurrent_workers: u32) -> String {
@@ -123,6 +131,7 @@ pub(crate) fn failure_summary(order: &[TaskId], tasks: &BTreeMap<TaskId, TaskRec
             TaskState::Pending | TaskState::Ready | TaskState::Running | TaskState::Merging => {
                 parts.push(format!("task {id} did not finish ({})", t.state))
             }
+            TaskState::Review => parts.push(format!("task {id} still waits for review")),
             TaskState::Blocked => blocked.push(id.as_str()),
             TaskState::Done | TaskState::Cancelled => {}
         }

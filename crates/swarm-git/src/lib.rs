@@ -27,6 +27,7 @@
 
 mod inproc;
 mod pool;
+pub mod review;
 pub mod source;
 
 pub use inproc::merge_counts;

@@ -2,7 +2,7 @@
 //! contract is docs/openapi.json). The server builds them from the store;
 //! the CLI reads them when it talks to a running daemon.
 
-use crate::{AttemptOutcome, ProjectState, TaskState};
+use crate::{AttemptOutcome, ProjectState, ReviewMode, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// Run options a client may set on a project; what is not given comes from
@@ -28,6 +28,11 @@ pub struct ProjectOptions {
     /// name under `[agents]` in agentswarm.toml, or `builtin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Whether a person reviews the work before it lands: `off`, `tasks`
+    /// (each task's commit waits for approval before it merges) or
+    /// `delivery` (the delivery branch waits for approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewMode>,
 }
 
 impl ProjectOptions {
@@ -265,6 +270,96 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventPage {
     pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/projects/{id}/review`: what waits for a person's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewList {
+    pub project: String,
+    /// The project's review mode.
+    pub review: ReviewMode,
+    /// Tasks in state `review` (with `review = "tasks"`), in plan order.
+    pub tasks: Vec<ReviewTask>,
+    /// With `review = "delivery"`: the delivery waits for approval.
+    pub delivery_waiting: bool,
+}
+
+/// A task whose commit waits for review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewTask {
+    pub task: String,
+    pub title: String,
+    pub attempt: u32,
+    /// The attempt's commit.
+    pub commit: String,
+    pub summary: Option<String>,
+    /// The files it changes, with line counts.
+    pub files: Vec<FileChange>,
+    /// `GET` this for the diff.
+    pub diff_url: String,
+}
+
+/// One file of a change and its line counts (binary: both `None`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub path: String,
+    pub added: Option<u64>,
+    pub removed: Option<u64>,
+}
+
+/// `GET …/tasks/{task}/review` and `GET …/delivery/review`: a change to
+/// review, as a unified diff per file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewDiff {
+    pub project: String,
+    /// The task (none: the whole delivery).
+    pub task: Option<String>,
+    pub attempt: Option<u32>,
+    /// What the change is compared with: the commit where the task's
+    /// attempt started from `main` (the merge base), or the base commit.
+    pub base: String,
+    /// The change's commit (the attempt's, or `main` for the delivery).
+    pub commit: String,
+    /// `main` now: what the change would merge into.
+    pub main: String,
+    pub files: Vec<FileDiff>,
+}
+
+/// One file's part of a [`ReviewDiff`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDiff {
+    pub path: String,
+    pub added: Option<u64>,
+    pub removed: Option<u64>,
+    /// git's unified diff of the file (headers included).
+    pub diff: String,
+}
+
+/// `POST …/tasks/{task}/approve` and `POST …/delivery/approve`: no body,
+/// or an empty object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {}
+
+/// `POST …/tasks/{task}/reject` and `POST …/delivery/reject`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// What to change: the next attempt's prompt carries it (for the
+    /// delivery: the goal of the follow-up round).
+    pub comment: String,
+}
+
+/// `POST …/tasks/{task}/approve` and `…/reject`: what the decision did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewOutcome {
+    pub project: String,
+    pub task: Option<String>,
+    /// `approved` or `rejected`.
+    pub decision: String,
+    /// The task's (or, for the delivery, the project's) state after it.
+    pub state: String,
+    pub message: String,
 }
 
 #[cfg(test)]

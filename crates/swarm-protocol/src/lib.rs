@@ -18,4 +18,4 @@ pub mod worker;
 
 pub use ids::{ProjectId, TaskId};
 pub use plan::{Plan, PlanTask, TaskKind};
-pub use state::{AttemptOutcome, ProjectState, TaskState};
+pub use state::{AttemptOutcome, ProjectState, ReviewMode, TaskState};

@@ -26,6 +26,10 @@ pub struct RepoSource {
     /// The branch the last delivery wrote (`agentswarm/<project>`), once written.
     #[serde(default)]
     pub branch: Option<String>,
+    /// With `review = "delivery"`: the delivery branch (and its push) waits
+    /// for a person's approval (`agentswarm review PROJECT --approve`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl RepoSource {

@@ -39,11 +39,15 @@ macro_rules! string_enum {
 string_enum!(
     /// `pending` → `ready` → `running` → `merging` → `done`; `running` →
     /// `failed` only when no attempt is left (otherwise back to `ready`);
-    /// `blocked` when a dependency failed for good; `cancelled`.
+    /// `blocked` when a dependency failed for good; `cancelled`. With
+    /// `review = "tasks"` a committed attempt waits in `review` (between
+    /// `running` and `merging`) until a person approves (→ `merging`) or
+    /// rejects it (→ `ready`, a new attempt with the comment).
     TaskState {
         Pending => "pending",
         Ready => "ready",
         Running => "running",
+        Review => "review",
         Merging => "merging",
         Done => "done",
         Failed => "failed",
@@ -57,9 +61,11 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         match self {
             TaskState::Done | TaskState::Failed | TaskState::Blocked | TaskState::Cancelled => true,
-            TaskState::Pending | TaskState::Ready | TaskState::Running | TaskState::Merging => {
-                false
-            }
+            TaskState::Pending
+            | TaskState::Ready
+            | TaskState::Running
+            | TaskState::Review
+            | TaskState::Merging => false,
         }
     }
 }
@@ -139,8 +145,37 @@ string_enum!(
         /// over, alternating actions, replies without tools, …) and went on
         /// after being told; counted like `failed`.
         Stuck => "stuck",
+        /// A person rejected its commit in review (`review = "tasks"`); the
+        /// next attempt's prompt carries the comment. Not counted against
+        /// `max_attempts`: the person decides when to stop.
+        Rejected => "rejected",
+        /// Its commit waits for a person's review (`review = "tasks"`); it
+        /// becomes `merged` or `rejected` when they decide.
+        Review => "review",
     }
 );
+
+string_enum!(
+    /// Whether a person reviews the work before it lands (`[run] review`,
+    /// `--review`, the API's `review` option; docs/existing-repos.md).
+    ReviewMode {
+        /// No review: tasks merge and the delivery is written at once.
+        Off => "off",
+        /// Each code task's commit waits in `review` until approved.
+        Tasks => "tasks",
+        /// Tasks merge as usual; the delivery branch (and its push) waits
+        /// until the whole change is approved.
+        Delivery => "delivery",
+    }
+);
+
+// By hand: `string_enum!` derives a fixed set of traits, Default not among them.
+#[allow(clippy::derivable_impls)]
+impl Default for ReviewMode {
+    fn default() -> Self {
+        ReviewMode::Off
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -157,6 +192,9 @@ mod tests {
         }
         for s in ProjectState::ALL {
             assert_eq!(s.as_str().parse::<ProjectState>().unwrap(), *s);
+        }
+        for s in ReviewMode::ALL {
+            assert_eq!(s.as_str().parse::<ReviewMode>().unwrap(), *s);
         }
         for s in AttemptOutcome::ALL {
             assert_eq!(s.as_str().parse::<AttemptOutcome>().unwrap(), *s);

@@ -7,7 +7,7 @@
 const API = 'api/v1';
 const TOKEN_KEY = 'agentswarm.token';
 const SVG_NS = 'http://www.w3.org/2000/svg';
-const TASK_STATES = ['pending', 'ready', 'running', 'merging', 'done', 'failed', 'blocked', 'cancelled'];
+const TASK_STATES = ['pending', 'ready', 'running', 'review', 'merging', 'done', 'failed', 'blocked', 'cancelled'];
 // Cancel is for every project that has not ended for good (the API's 409 otherwise).
 const TERMINAL = new Set(['done', 'failed', 'cancelled']);
 const RESUMABLE = new Set(['failed', 'interrupted', 'budget_exhausted', 'paused']);
@@ -936,6 +936,19 @@ function renderTranscript(doc) {
   return out;
 }
 
+/** A unified diff, each line marked as added, removed, hunk or header. */
+function renderDiff(text) {
+  const lines = (text || '').replace(/\n$/, '').split('\n');
+  return h('pre', { class: 'diff' }, lines.map((line) => {
+    let cls = null;
+    if (/^(diff --git|index |--- |\+\+\+ |new file|deleted file|similarity|Binary files)/.test(line)) cls = 'meta';
+    else if (line.startsWith('@@')) cls = 'hunk';
+    else if (line.startsWith('+')) cls = 'add';
+    else if (line.startsWith('-')) cls = 'del';
+    return h('span', { class: cls }, line);
+  }));
+}
+
 function outcomeText(outcome) {
   if (!outcome || typeof outcome !== 'object') return '';
   const bits = [outcome.result || outcome.outcome || ''];
@@ -1021,6 +1034,7 @@ class ProjectView {
     this.meta = h('div', { class: 'project-meta muted' });
     this.errorBox = h('p', { id: 'project-error', class: 'alert', hidden: true });
     this.waitingBox = h('p', { id: 'project-waiting', class: 'notice', hidden: true });
+    this.deliveryReview = h('div', { id: 'delivery-review', class: 'review', hidden: true });
     this.actionError = h('p', { class: 'form-error', role: 'alert', hidden: true });
 
     this.cancelBtn = h('button', { id: 'cancel-btn', type: 'button', class: 'danger', hidden: true, onclick: () => this.cancel() }, 'Cancel');
@@ -1035,7 +1049,8 @@ class ProjectView {
     this.taskPanel = h('section', { id: 'task-panel', class: 'card task-panel', hidden: true });
     this.taskInfo = h('div', { class: 'task-info' });
     this.viewerBox = h('div', { class: 'viewer' });
-    this.taskPanel.append(this.taskInfo, this.viewerBox);
+    this.reviewBox = h('div', { class: 'review-box' });
+    this.taskPanel.append(this.taskInfo, this.reviewBox, this.viewerBox);
     this.taskHint = h('section', { id: 'task-hint', class: 'card muted' }, 'Select a task in the graph to see its attempts, transcripts and command output.');
     this.verify = h('section', { id: 'verify', class: 'card' }, h('h2', null, 'Verify'), h('p', { class: 'muted' }, 'Not run yet.'));
     this.usage = h('section', { id: 'usage', class: 'card' }, h('h2', null, 'Model usage'));
@@ -1049,6 +1064,7 @@ class ProjectView {
           this.meta,
           this.errorBox,
           this.waitingBox,
+          this.deliveryReview,
           h('div', { class: 'actions' }, this.downloadBtn, this.resumeForm, this.cancelBtn),
           this.actionError),
         h('section', { class: 'card graph-card' },
@@ -1129,6 +1145,15 @@ class ProjectView {
     if (d.final_commit) meta.push(h('span', null, 'main ', h('code', null, shortSha(d.final_commit))));
     if (d.options?.max_cost_usd) meta.push(h('span', null, `budget ${fmtCost(d.options.max_cost_usd)}`));
     if (d.totals) meta.push(h('span', null, `cost ${fmtCost(d.totals.cost_usd)}`));
+    if (d.options?.review && d.options.review !== 'off') meta.push(h('span', { id: 'project-review' }, `review: ${d.options.review}`));
+    if (d.source) {
+      const s = d.source;
+      const branch = s.held
+        ? `branch agentswarm/${p.id} waits for review (agentswarm review ${p.id})`
+        : s.branch ? `branch ${s.branch}` : `branch agentswarm/${p.id} when delivered`;
+      meta.push(h('span', { id: 'project-source' }, 'repository ', h('code', null, s.repo),
+        ` at ${s.base || 'HEAD'}`, s.base_commit ? h('code', null, ` ${shortSha(s.base_commit)}`) : null, ` · ${branch}`));
+    }
     fill(this.meta, ...meta);
     this.errorBox.textContent = p.error || '';
     this.errorBox.hidden = !p.error;
@@ -1138,6 +1163,7 @@ class ProjectView {
     this.waitingBox.hidden = !p.waiting;
     this.cancelBtn.hidden = TERMINAL.has(p.state);
     this.resumeForm.hidden = !RESUMABLE.has(p.state);
+    this.renderDeliveryReview(p, d);
     this.downloadBtn.hidden = !p.delivery_url;
     // A project that did not finish ships what it merged: say it is partial.
     this.downloadBtn.textContent = p.state === 'done'
@@ -1247,8 +1273,99 @@ class ProjectView {
         : h('p', { class: 'muted' }, 'Not started yet.'),
     );
     if (!sameTask) clear(this.viewerBox);
+    this.renderReview(t);
     // A viewer of a running attempt follows it.
     if (this.viewer && this.viewer.live) this.loadViewer();
+  }
+
+  /** A delivery held for review (review = "delivery"): the whole change and the decision. */
+  async renderDeliveryReview(p, d) {
+    const key = d.source?.held && (p.state === 'done' || p.state === 'failed') ? `${p.id}/${d.final_commit}` : null;
+    if (key === this.deliveryKey) return;
+    this.deliveryKey = key;
+    this.deliveryReview.hidden = !key;
+    if (!key) {
+      clear(this.deliveryReview);
+      return;
+    }
+    const base = `${API}/projects/${encodeURIComponent(this.id)}/delivery`;
+    const comment = h('textarea', { id: 'delivery-comment', placeholder: 'What to change: the goal of a follow-up round', 'aria-label': 'Review comment' });
+    const approve = h('button', { id: 'delivery-approve-btn', type: 'button', class: 'primary' }, 'Approve: write the branch');
+    const reject = h('button', { id: 'delivery-reject-btn', type: 'button', class: 'danger' }, 'Reject: plan a follow-up round');
+    approve.onclick = () => this.action(approve, `${base}/approve`, {});
+    reject.onclick = () => {
+      if (!comment.value.trim()) {
+        this.actionError.textContent = 'Say what to change: it becomes the goal of the follow-up round.';
+        this.actionError.hidden = false;
+        return;
+      }
+      this.action(reject, `${base}/reject`, { comment: comment.value });
+    };
+    const files = h('div', { class: 'review-files' }, h('p', { class: 'muted' }, 'Loading the change…'));
+    fill(this.deliveryReview,
+      h('h3', null, `The delivery waits for review: branch agentswarm/${p.id}`),
+      h('p', { class: 'muted small-print' }, `Or: agentswarm review ${p.id} [--approve | --reject "…"]`),
+      h('div', { class: 'review-actions' }, approve, comment, reject),
+      files);
+    let diff;
+    try {
+      diff = await getJson(`${base}/review`);
+    } catch (e) {
+      if (this.deliveryKey === key) fill(files, h('p', { class: 'form-error' }, e.message));
+      return;
+    }
+    if (this.deliveryKey !== key) return;
+    fill(files,
+      h('p', { class: 'muted' }, `${diff.files.length} file(s); main `, h('code', null, shortSha(diff.commit)), ' against the base ', h('code', null, shortSha(diff.base))),
+      ...diff.files.map((f) => h('details', { class: 'file-diff', dataset: { path: f.path } },
+        h('summary', null, f.path, h('span', { class: 'counts' }, f.added === null ? 'binary' : `+${f.added} −${f.removed}`)),
+        renderDiff(f.diff))));
+  }
+
+  /** A task waiting in review: its diff, file by file, and the decision. */
+  async renderReview(t) {
+    const key = t.state === 'review' ? `${t.id}/${t.attempt}` : null;
+    if (key === this.reviewKey) return;
+    this.reviewKey = key;
+    if (!key) {
+      clear(this.reviewBox);
+      return;
+    }
+    const base = `${API}/projects/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(t.id)}`;
+    const box = h('section', { id: 'review', class: 'review', dataset: { task: t.id, attempt: t.attempt } });
+    const comment = h('textarea', { id: 'review-comment', placeholder: 'What to change (for a rejection)', 'aria-label': 'Review comment' });
+    const approve = h('button', { id: 'approve-btn', type: 'button', class: 'primary' }, 'Approve and merge');
+    const reject = h('button', { id: 'reject-btn', type: 'button', class: 'danger' }, 'Reject with comment');
+    approve.onclick = () => this.action(approve, `${base}/approve`, {});
+    reject.onclick = () => {
+      if (!comment.value.trim()) {
+        this.actionError.textContent = 'Say what to change: the next attempt gets the comment.';
+        this.actionError.hidden = false;
+        return;
+      }
+      this.action(reject, `${base}/reject`, { comment: comment.value });
+    };
+    const files = h('div', { class: 'review-files' }, h('p', { class: 'muted' }, 'Loading the diff…'));
+    append(box, [
+      h('h3', null, `Waits for review — attempt ${t.attempt}`),
+      h('p', { class: 'muted small-print' }, `Or: agentswarm review ${this.id} ${t.id} [--approve | --reject "…"]`),
+      h('div', { class: 'review-actions' }, approve, comment, reject),
+      files,
+    ]);
+    fill(this.reviewBox, box);
+    let diff;
+    try {
+      diff = await getJson(`${base}/review`);
+    } catch (e) {
+      if (this.reviewKey === key) fill(files, h('p', { class: 'form-error' }, e.message));
+      return;
+    }
+    if (this.reviewKey !== key) return;
+    fill(files,
+      h('p', { class: 'muted' }, `${diff.files.length} file(s); commit `, h('code', null, shortSha(diff.commit)), ' against ', h('code', null, shortSha(diff.base))),
+      ...diff.files.map((f) => h('details', { class: 'file-diff', open: true, dataset: { path: f.path } },
+        h('summary', null, f.path, h('span', { class: 'counts' }, f.added === null ? 'binary' : `+${f.added} −${f.removed}`)),
+        renderDiff(f.diff))));
   }
 
   openViewer(kind, attempt) {

@@ -76,8 +76,12 @@ impl From<swarm_engine::Error> for ApiError {
             | E::InvalidOptions(_)
             | E::InvalidGoal(_)
             | E::UnpricedBudget(_)
-            | E::InvalidSource(_) => ApiError::unprocessable(e.to_string()),
-            E::Busy(_) | E::Cancelled(_) | E::NotResumable(..) => ApiError::conflict(e.to_string()),
+            | E::InvalidSource(_)
+            | E::InvalidReview(_) => ApiError::unprocessable(e.to_string()),
+            E::Busy(_) | E::Cancelled(_) | E::NotResumable(..) | E::NotInReview(_) => {
+                ApiError::conflict(e.to_string())
+            }
+            E::NoSuchTask(..) => ApiError::not_found(e.to_string()),
             E::Config(_) | E::Git(_) | E::Other(_) => ApiError::internal(e.to_string()),
         }
     }

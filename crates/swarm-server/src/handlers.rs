@@ -276,6 +276,117 @@ pub async fn task(
     Ok(Json(view))
 }
 
+// ---- review ----
+
+pub async fn review_list(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Json<api::ReviewList>> {
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let list = blocking(move || engine.reviewer().list(&id)).await?;
+    Ok(Json(list))
+}
+
+pub async fn task_review(
+    State(s): State<AppState>,
+    Path((project, task)): Path<(String, String)>,
+) -> ApiResult<Json<api::ReviewDiff>> {
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let diff = blocking(move || engine.reviewer().task_diff(&id, &TaskId::new(task))).await?;
+    Ok(Json(diff))
+}
+
+/// `POST …/approve` takes no body (or `{}`); anything else is refused as
+/// for every POST.
+pub async fn approve_task(
+    State(s): State<AppState>,
+    Path((project, task)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<api::ReviewOutcome>> {
+    let _: api::ApproveRequest = json_body(&headers, body, true)?;
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let outcome = blocking(move || engine.reviewer().approve_task(&id, &TaskId::new(task))).await?;
+    tracing::info!(project = %outcome.project, task = ?outcome.task, "task approved through the API");
+    Ok(Json(outcome))
+}
+
+pub async fn reject_task(
+    State(s): State<AppState>,
+    Path((project, task)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<api::ReviewOutcome>> {
+    let req: api::RejectRequest = json_body(&headers, body, false)?;
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let outcome = blocking(move || {
+        engine
+            .reviewer()
+            .reject_task(&id, &TaskId::new(task), &req.comment)
+    })
+    .await?;
+    tracing::info!(project = %outcome.project, task = ?outcome.task, "task rejected through the API");
+    Ok(Json(outcome))
+}
+
+pub async fn delivery_review(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+) -> ApiResult<Json<api::ReviewDiff>> {
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let diff = blocking(move || engine.reviewer().delivery_diff(&id)).await?;
+    Ok(Json(diff))
+}
+
+pub async fn approve_delivery(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<api::ReviewOutcome>> {
+    let _: api::ApproveRequest = json_body(&headers, body, true)?;
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let outcome = blocking(move || engine.reviewer().approve_delivery(&id)).await?;
+    tracing::info!(project = %outcome.project, "delivery approved through the API");
+    Ok(Json(outcome))
+}
+
+/// Records the rejection, then plans the follow-up round (a model call:
+/// the answer comes once it is planned); the daemon runs it.
+pub async fn reject_delivery(
+    State(s): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<api::ReviewOutcome>)> {
+    let req: api::RejectRequest = json_body(&headers, body, false)?;
+    let id = ProjectId::new(project);
+    let engine = s.engine.clone();
+    let rid = id.clone();
+    let lock = blocking(move || engine.lock(&rid)).await?;
+    let engine = s.engine.clone();
+    let comment = req.comment.clone();
+    let rid = id.clone();
+    let outcome = blocking(move || engine.reviewer().reject_delivery(&rid, &comment)).await?;
+    s.engine.continue_project(&lock, req.comment.trim()).await?;
+    drop(lock);
+    // A done project is `interrupted` now, which the daemon picks up; a
+    // failed one is reopened as `resume` does.
+    if s.engine.project_summary(&id)?.state == swarm_protocol::ProjectState::Failed {
+        let engine = s.engine.clone();
+        let rid = id.clone();
+        blocking(move || engine.resume_project(&rid, &api::ProjectOptions::default())).await?;
+    }
+    tracing::info!(project = %id, "delivery rejected through the API; follow-up round planned");
+    Ok((StatusCode::ACCEPTED, Json(outcome)))
+}
+
 // ---- files ----
 
 /// Streams a file (archives can be large) as an attachment.

@@ -151,6 +151,10 @@ pub struct TaskRecord {
     pub changed_files: Vec<String>,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// The reviewer's comment when its last attempt was rejected in review
+    /// (named in the next attempt's prompt); cleared when it merges.
+    #[serde(default)]
+    pub review_comment: Option<String>,
 }
 
 /// One conditional task state change. `None` fields are left as they are.
@@ -172,6 +176,18 @@ pub struct TaskUpdate {
     pub changed_files: Option<Vec<String>>,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// `Some(None)` clears it.
+    pub review_comment: Option<Option<String>>,
+}
+
+/// A person's decision on a task waiting in `review`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewDecision {
+    /// `review` → `merging`: the run merges it (after a restart too).
+    Approve,
+    /// `review` → `ready`: the attempt is recorded `rejected` (not counted
+    /// against `max_attempts`) and the next one's prompt carries `comment`.
+    Reject { comment: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,6 +376,17 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Records how an attempt ended.
     fn finish_attempt(&self, id: &ProjectId, end: &AttemptEnd) -> Result<()>;
+    /// Records a person's decision on `task`, which must be in `review` at
+    /// `attempt`: the state change, the attempt's outcome (on a reject) and
+    /// a `review_approved` / `review_rejected` event, in one durable
+    /// transaction. `Ok(false)`: the task was not in review at that attempt.
+    fn decide_review(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+        decision: &ReviewDecision,
+    ) -> Result<bool>;
     fn attempts(&self, id: &ProjectId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
 
     /// Returns the new event's id.

@@ -103,6 +103,9 @@ ALTER TABLE model_calls ADD COLUMN cost_usd REAL;
     r#"
 ALTER TABLE projects ADD COLUMN source TEXT;
 "#,
+    r#"
+ALTER TABLE tasks ADD COLUMN review_comment TEXT;
+"#,
 ];
 
 /// The SQLite implementation of [`Store`]. One connection behind a mutex:
@@ -369,7 +372,7 @@ fn finish_project(raw: (ProjectRecord, String, Option<String>, String)) -> Resul
 }
 
 const TASK_COLUMNS: &str = "project_id, id, title, description, kind, files, commands, fix_round, seq, state, attempt, attempts_counted, \
-     last_error, conflict_paths, commit_sha, merge_commit, summary, changed_files, started_ms, finished_ms";
+     last_error, conflict_paths, commit_sha, merge_commit, summary, changed_files, started_ms, finished_ms, review_comment";
 
 struct RawTask {
     rec: TaskRecord,
@@ -405,6 +408,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
             changed_files: Vec::new(),
             started_ms: r.get(18)?,
             finished_ms: r.get(19)?,
+            review_comment: r.get(20)?,
         },
         kind: r.get(4)?,
         files: r.get(5)?,
@@ -579,7 +583,7 @@ impl Store for SqliteStore {
             )?;
             tx.execute(
                 "UPDATE tasks SET state = 'cancelled', finished_ms = ?1 WHERE project_id = ?2 \
-                 AND state IN ('pending', 'ready', 'running', 'merging')",
+                 AND state IN ('pending', 'ready', 'running', 'review', 'merging')",
                 params![now, id.as_str()],
             )?;
             insert_event(tx, id, None, "project_state", &serde_json::json!({"from": current, "to": "cancelled", "error": null}))?;
@@ -754,6 +758,10 @@ impl Store for SqliteStore {
                 sets.push("finished_ms");
                 values.push(V::Integer(t));
             }
+            if let Some(c) = &u.review_comment {
+                sets.push("review_comment");
+                values.push(c.as_deref().map(text).unwrap_or(V::Null));
+            }
             if sets.is_empty() {
                 return Ok(true);
             }
@@ -827,6 +835,55 @@ impl Store for SqliteStore {
                 params![id.as_str(), task.as_str(), attempt, outcome.as_str(), reason, turns, commit, now],
             )?;
             Ok(())
+        })
+    }
+
+    fn decide_review(
+        &self,
+        id: &ProjectId,
+        task: &TaskId,
+        attempt: u32,
+        decision: &ReviewDecision,
+    ) -> Result<bool> {
+        self.write_durable(|tx| {
+            let now = now_ms();
+            let (to, comment) = match decision {
+                ReviewDecision::Approve => (TaskState::Merging, None),
+                ReviewDecision::Reject { comment } => (TaskState::Ready, Some(comment.as_str())),
+            };
+            let changed = match comment {
+                None => tx.execute(
+                    "UPDATE tasks SET state = 'merging' WHERE project_id = ?1 AND id = ?2 AND state = 'review' AND attempt = ?3",
+                    params![id.as_str(), task.as_str(), attempt],
+                )?,
+                Some(c) => tx.execute(
+                    "UPDATE tasks SET state = 'ready', review_comment = ?4, last_error = ?5, commit_sha = NULL, conflict_paths = '[]'
+                     WHERE project_id = ?1 AND id = ?2 AND state = 'review' AND attempt = ?3",
+                    params![id.as_str(), task.as_str(), attempt, c, format!("rejected in review: {c}")],
+                )?,
+            };
+            if changed != 1 {
+                return Ok(false);
+            }
+            if let Some(c) = comment {
+                tx.execute(
+                    "UPDATE attempts SET outcome = 'rejected', reason = ?4, ended_ms = ?5 WHERE project_id = ?1 AND task_id = ?2 AND attempt = ?3",
+                    params![id.as_str(), task.as_str(), attempt, format!("rejected in review: {c}"), now],
+                )?;
+            }
+            insert_event(
+                tx,
+                id,
+                Some(task),
+                "task_state",
+                &serde_json::json!({"from": "review", "to": to.as_str(), "attempt": attempt, "error": null}),
+            )?;
+            let (kind, data) = match comment {
+                None => ("review_approved", serde_json::json!({"attempt": attempt})),
+                Some(c) => ("review_rejected", serde_json::json!({"attempt": attempt, "comment": c})),
+            };
+            insert_event(tx, id, Some(task), kind, &data)?;
+            Ok(true)
         })
     }
 

@@ -171,16 +171,22 @@ impl Integration for FakeMain {
 
     async fn stop_verify(&mut self) {}
 
-    fn archive(
-        &mut self,
-        task: TaskRecord,
-        workspace: Option<Workspace>,
-        runner: Arc<dyn AttemptRunner>,
-    ) {
+    fn archive(&mut self, task: TaskRecord, workspace: Workspace, runner: Arc<dyn AttemptRunner>) {
         push(&self.log, format!("archive {}", task.id));
-        if let Some(w) = workspace {
-            runner.release(w, false);
-        }
+        runner.release(workspace, false);
+    }
+
+    fn archive_commit(&mut self, task: TaskRecord) {
+        push(&self.log, format!("archive {} from its commit", task.id));
+    }
+
+    fn hold(&mut self, task: TaskId, attempt: u32, _commit: String) {
+        push(&self.log, format!("hold {task}/{attempt}"));
+        let _ = self.events.send(Event::Held {
+            task,
+            attempt,
+            result: Ok(()),
+        });
     }
 
     fn main_head(&self) -> Option<String> {
@@ -269,7 +275,7 @@ impl Project {
         )
         .unwrap();
         let stale = s.stale();
-        s.reconcile(stale, &[]).unwrap();
+        s.reconcile(stale, &[], &Default::default()).unwrap();
         tokio::time::timeout(Duration::from_secs(20), s.schedule())
             .await
             .expect("the scheduler never finished")
@@ -765,7 +771,7 @@ async fn a_stale_running_task_goes_back_to_ready_unless_its_commit_merged() {
         task: "a".into(),
         attempt: 1,
     };
-    s.reconcile(stale, &[on_main]).unwrap();
+    s.reconcile(stale, &[on_main], &Default::default()).unwrap();
 
     assert_eq!(p.task("a").state, TaskState::Done);
     assert_eq!(p.task("a").commit.as_deref(), Some("abc"));
@@ -824,4 +830,80 @@ fn retry_rule() {
     assert_eq!(after_failure(2, true, 3), (TaskState::Failed, 3));
     assert_eq!(after_failure(2, false, 3), (TaskState::Ready, 2));
     assert_eq!(after_failure(0, true, 1), (TaskState::Failed, 1));
+}
+
+/// `review = "tasks"`: a committed attempt is held and waits in `review`
+/// (its dependent waits too) until a decision arrives through the store,
+/// as from another process: a rejection runs it again with the comment in
+/// the prompt (not counted), an approval merges it.
+#[tokio::test]
+async fn review_holds_a_commit_until_a_person_decides() {
+    let p = Project::new(2, &[("a", &[]), ("b", &["a"])]);
+    let runner = FakeRunner::new(&p.log, QUICK, &[]);
+    let store = p.engine.store().clone();
+    let id = p.id.clone();
+    let person = tokio::spawn(async move {
+        let wait = |task: &'static str, attempt: u32| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                loop {
+                    let t = store.task(&id, &TaskId::from(task)).unwrap().unwrap();
+                    if t.state == TaskState::Review && t.attempt == attempt {
+                        return t;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let a = wait("a", 1).await;
+        assert_eq!(a.commit.as_deref(), Some("c-a-1"));
+        let attempts = store.attempts(&id, &a.id).unwrap();
+        assert_eq!(attempts[0].outcome, AttemptOutcome::Review);
+        assert_eq!(attempts[0].commit.as_deref(), Some("c-a-1"));
+        let b = store.task(&id, &TaskId::from("b")).unwrap().unwrap();
+        assert_eq!(b.state, TaskState::Pending, "a dependent waits");
+        // A decision for another attempt changes nothing.
+        let reject = swarm_store::ReviewDecision::Reject {
+            comment: "use tabs".into(),
+        };
+        assert!(!store.decide_review(&id, &a.id, 2, &reject).unwrap());
+        assert!(store.decide_review(&id, &a.id, 1, &reject).unwrap());
+        assert!(!store.decide_review(&id, &a.id, 1, &reject).unwrap());
+        let a = wait("a", 2).await;
+        let approve = swarm_store::ReviewDecision::Approve;
+        assert!(store.decide_review(&id, &a.id, 2, &approve).unwrap());
+        let b = wait("b", 1).await;
+        assert!(store.decide_review(&id, &b.id, 1, &approve).unwrap());
+    });
+    let mut l = limits(1);
+    l.review = swarm_protocol::ReviewMode::Tasks;
+    p.run(l, runner.clone(), p.main(), CancellationToken::new())
+        .await;
+    person.await.unwrap();
+
+    for t in ["a", "b", "check"] {
+        assert_eq!(p.task(t).state, TaskState::Done, "task {t}");
+    }
+    // With max_attempts 1 the rejected attempt would have failed the task
+    // had it counted.
+    let a = p.task("a");
+    assert_eq!((a.attempt, a.attempts_counted), (2, 0));
+    assert_eq!(a.review_comment, None, "cleared once merged");
+    let attempts = p.engine.store().attempts(&p.id, &a.id).unwrap();
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Rejected);
+    assert_eq!(attempts[1].outcome, AttemptOutcome::Merged);
+    assert!(
+        runner.prompt("a", 2).contains("use tabs"),
+        "{}",
+        runner.prompt("a", 2)
+    );
+    assert!(!runner.prompt("a", 1).contains("use tabs"));
+    // Held, never merged while waiting; merged from the review branch.
+    assert_eq!(p.count("merge a/1"), 0);
+    assert!(p.position("hold a/1") < p.position("start a/2"));
+    assert!(p.position("merge a/2") < p.position("start b/1"));
+    assert!(p.position("hold b/1") < p.position("merge b/1"));
+    // The worktree goes back at once (clean); the archive is written from the commit.
+    assert!(p.position("release /ws/a/1 clean") < p.position("start a/2"));
+    assert_eq!(p.count("archive a from its commit"), 1);
 }
