@@ -11,7 +11,6 @@ use crate::runner::{
 use crate::wording::truncate;
 use crate::Progress;
 use nix::sys::signal::Signal;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,18 +27,13 @@ use tokio_util::sync::CancellationToken;
 /// Runs attempts in `agentswarm worker` processes; one for all attempts of a run.
 pub struct BuiltinRunner {
     pub project: ProjectId,
-    /// Where worktrees live (the workers' working directory).
-    pub worktrees_dir: PathBuf,
     pub pool: Arc<swarm_git::WorktreePool>,
     pub transcripts_dir: PathBuf,
-    pub worker_program: PathBuf,
-    pub worker_args: Vec<OsString>,
+    /// Starts the worker processes, each in its enclosure (its memory limit
+    /// and kill handle), keeping one spare ready.
+    pub workers: crate::warm::WarmWorkers,
     pub worker_timeout: Duration,
     pub shutdown_grace: Duration,
-    /// Makes each worker's enclosure (its memory limit and kill handle).
-    pub limiter: Arc<swarm_exec::MemoryLimiter>,
-    /// `WORKER_MEMORY_LIMIT_MB`, in bytes, for a worker's whole tree.
-    pub memory_limit: u64,
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
@@ -459,40 +453,15 @@ async fn run_process(
     transcript: &mut Vec<ChatMessage>,
     live: &LiveEntry,
 ) -> Outcome {
-    let enclosure = match ctx.limiter.enclose(ctx.memory_limit) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            return ended(
-                Ended::Failed,
-                format!(
-                    "cannot set up the memory limit ({}): {e}",
-                    ctx.limiter.mechanism().as_str()
-                ),
-                0,
-            )
-        }
+    let (child, enclosure) = match ctx.workers.take().await {
+        Ok(started) => started,
+        Err(reason) => return ended(Ended::Failed, reason, 0),
     };
-    let opts = swarm_exec::SpawnOptions {
-        // Not the worktree: a new one does not exist until the worker makes it.
-        cwd: Some(ctx.worktrees_dir.clone()),
-        env: Vec::new(),
-        stderr: swarm_exec::ChildStderr::Piped,
-        enclosure: Some(enclosure.clone()),
-    };
-    let outcome = match swarm_exec::spawn_child(&ctx.worker_program, &ctx.worker_args, &opts) {
-        Ok(child) => {
-            live.set_pid(child.pid());
-            talk(
-                ctx, task, attempt, start, cancel, transcript, child, &enclosure, live,
-            )
-            .await
-        }
-        Err(e) => ended(
-            Ended::Failed,
-            format!("cannot start the worker process: {e}"),
-            0,
-        ),
-    };
+    live.set_pid(child.pid());
+    let outcome = talk(
+        ctx, task, attempt, start, cancel, transcript, child, &enclosure, live,
+    )
+    .await;
     // Whatever is left of the tree goes, and so does its cgroup.
     let e = enclosure.clone();
     let _ = tokio::task::spawn_blocking(move || e.release()).await;
