@@ -41,12 +41,21 @@ pub(crate) fn open(git_dir: &Path) -> Result<git2::Repository> {
 /// configuration unless it is already (`git init` writes `true` for a
 /// repository with a worktree). See `Repo::write_settings`.
 pub(crate) fn turn_off_reflogs(git_dir: &Path) -> Result<()> {
-    let repo = open(git_dir)?;
-    let mut local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
-    if local.get_bool(REFLOGS).ok() != Some(false) {
+    if !reflogs_off(git_dir)? {
+        let repo = open(git_dir)?;
+        let mut local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
         local.set_bool(REFLOGS, false)?;
     }
     Ok(())
+}
+
+/// Whether the repository's configuration has `core.logAllRefUpdates =
+/// false`. Reads only the repository's own configuration file, which no
+/// task can write.
+pub(crate) fn reflogs_off(git_dir: &Path) -> Result<bool> {
+    let repo = open(git_dir)?;
+    let local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    Ok(local.get_bool(REFLOGS).ok() == Some(false))
 }
 
 /// The setting that decides whether ref updates write reflogs.

@@ -81,6 +81,16 @@ impl WorktreeHelper {
     /// kernel has no Landlock). Fails when this process has more than one
     /// thread.
     pub fn start(repo: &Repo, worktree: &Path) -> Result<Self> {
+        // Checked here too, so that a repository `Repo::init` has not
+        // opened (one a remote node keeps, say) gets `git` processes instead
+        // of a helper whose every ref update fails.
+        if !crate::inproc::reflogs_off(&repo.root.join(".git"))? {
+            return Err(Error::Lib(format!(
+                "{} has reflogs on ({} is not false in its configuration)",
+                repo.root.display(),
+                crate::inproc::REFLOGS
+            )));
+        }
         let work_tree = std::fs::canonicalize(worktree)?;
         let jail = repo.jail_for(&work_tree)?;
         let forked = swarm_exec::fork::fork_confined(jail.as_deref(), serve)?;

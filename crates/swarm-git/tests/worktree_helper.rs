@@ -275,14 +275,27 @@ fn refused_with_threads() {
     t.join().unwrap().unwrap_err();
 }
 
+/// A repository `Repo::init` did not open (reflogs on) gets no helper: the
+/// worker then runs `git` as before.
+fn refused_with_reflogs_on() {
+    let s = setup();
+    let main = s.plain.head().unwrap();
+    let wh = s.base.join("wt/w1");
+    s.repo.add_worktree_at(&wh, "task/h/1", &main).unwrap();
+    git(s.plain.root(), &["config", "core.logAllRefUpdates", "true"]);
+    let err = WorktreeHelper::start(&s.repo, &wh).unwrap_err();
+    assert!(err.to_string().contains("reflogs on"), "{err}");
+}
+
 fn main() {
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
         ("commits_and_resets_match_git", commits_and_resets_match_git),
         (
             "a_reset_never_writes_through_a_planted_symlink",
             a_reset_never_writes_through_a_planted_symlink,
         ),
         ("refused_with_threads", refused_with_threads),
+        ("refused_with_reflogs_on", refused_with_reflogs_on),
     ];
     for (name, test) in tests {
         eprintln!("test {name} ...");
