@@ -19,8 +19,10 @@ pub mod stuck;
 pub mod tools;
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 use std::time::Duration;
 use stuck::{StuckDetector, Verdict};
+use swarm_git::WorktreeHelper;
 use swarm_protocol::chat::{ChatMessage, Role, ToolSpec};
 use swarm_protocol::worker::{
     FromWorker, ModelResult, ToWorker, WorkerStart, WorktreeSetup, SETUP_FAILED,
@@ -79,11 +81,14 @@ pub fn run_worker(input: impl BufRead, output: impl Write) -> Result<()> {
         ToWorker::Start(s) => s,
         other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
     };
+    // Git on the worktree runs in a confined helper forked now, while this
+    // process has one thread.
+    let git = git_helper(&start);
     // The worktree is prepared while the first model call is in flight.
-    let mut setup = Some(start_setup(&start));
+    let mut setup = Some(start_setup(&start, git.clone()));
     let result = match &start.external {
-        Some(spec) => external::run(&mut ch, &start, spec, &mut setup),
-        None => agent_loop(&mut ch, &start, &mut setup),
+        Some(spec) => external::run(&mut ch, &start, spec, &mut setup, git.as_deref()),
+        None => agent_loop(&mut ch, &start, &mut setup, git.as_deref()),
     };
     if let Some(handle) = setup.take() {
         // Never leave a git process running behind the attempt.
@@ -98,6 +103,7 @@ fn agent_loop<R: BufRead, W: Write>(
     ch: &mut Channel<R, W>,
     start: &WorkerStart,
     setup: &mut Option<Setup>,
+    git: Option<&WorktreeHelper>,
 ) -> Result<FromWorker> {
     let tools = Tools::new(
         &start.worktree,
@@ -222,7 +228,7 @@ fn agent_loop<R: BufRead, W: Write>(
                     kill_leftovers();
                 }
                 match r.finished {
-                    Some(summary) => match commit(start, summary, turn) {
+                    Some(summary) => match commit(start, git, summary, turn) {
                         Ok(outcome) => {
                             finished = Some(outcome);
                             r.text
@@ -404,6 +410,7 @@ fn shorten_tool_outputs(messages: &mut [ChatMessage]) {
 /// control characters).
 fn commit(
     start: &WorkerStart,
+    git: Option<&WorktreeHelper>,
     summary: String,
     turn: u32,
 ) -> std::result::Result<FromWorker, String> {
@@ -412,15 +419,18 @@ fn commit(
         task: start.task_id.to_string(),
         attempt: start.attempt,
     };
-    let committed = open_repo(&start.repo, &start.sandbox).and_then(|repo| {
-        swarm_git::commit_all(
-            &repo,
-            &start.worktree,
-            &start.commit_subject,
-            &summary,
-            &trailers,
-        )
-    });
+    let committed = match git {
+        Some(git) => git.commit(&start.worktree, &start.commit_subject, &summary, &trailers),
+        None => open_repo(&start.repo, &start.sandbox).and_then(|repo| {
+            swarm_git::commit_all(
+                &repo,
+                &start.worktree,
+                &start.commit_subject,
+                &summary,
+                &trailers,
+            )
+        }),
+    };
     Ok(match committed {
         Ok(commit) => {
             report_link(&start.worktree, commit.link);
@@ -467,7 +477,34 @@ fn kill_leftovers() {
     swarm_exec::reap_orphans();
 }
 
-fn start_setup(start: &WorkerStart) -> Setup {
+/// Forks the worker's git helper (swarm_git::WorktreeHelper: libgit2 in a
+/// process confined as `git` on the worktree would be). Without one — this
+/// process already has threads (a test harness), or the fork failed — git
+/// runs as `git` processes, confined the same way, and stderr says why.
+fn git_helper(start: &WorkerStart) -> Option<Arc<WorktreeHelper>> {
+    if start.repo.as_os_str().is_empty() {
+        return None;
+    }
+    // The domain names the worktree, so it must exist; `git worktree add`
+    // fills an empty directory.
+    if matches!(start.setup, WorktreeSetup::Create { .. }) {
+        if let Err(e) = std::fs::create_dir_all(&start.worktree) {
+            eprintln!("agentswarm worker: git runs as separate processes: {e}");
+            return None;
+        }
+    }
+    match open_repo(&start.repo, &start.sandbox)
+        .and_then(|repo| WorktreeHelper::start(&repo, &start.worktree))
+    {
+        Ok(helper) => Some(Arc::new(helper)),
+        Err(e) => {
+            eprintln!("agentswarm worker: git runs as separate processes: {e}");
+            None
+        }
+    }
+}
+
+fn start_setup(start: &WorkerStart, git: Option<Arc<WorktreeHelper>>) -> Setup {
     let setup = start.setup.clone();
     let worktree = start.worktree.clone();
     let repo = start.repo.clone();
@@ -483,10 +520,14 @@ fn start_setup(start: &WorkerStart) -> Setup {
                 branch,
                 base,
                 clean,
-            } => open_repo(&repo, &policy)
-                .and_then(|r| swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean))
-                .map(|link| report_link(&worktree, link))
-                .map_err(|e| e.to_string()),
+            } => match &git {
+                Some(git) => git.reset(&worktree, &branch, &base, clean),
+                None => open_repo(&repo, &policy).and_then(|r| {
+                    swarm_git::reset_worktree_at(&r, &worktree, &branch, &base, clean)
+                }),
+            }
+            .map(|link| report_link(&worktree, link))
+            .map_err(|e| e.to_string()),
         }?;
         prepare::prepare_worktree(&worktree, &repo_prepare, &policy)
     })

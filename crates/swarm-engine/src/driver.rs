@@ -12,7 +12,7 @@ use crate::wording::truncate;
 use crate::Progress;
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_protocol::chat::ChatMessage;
@@ -28,18 +28,13 @@ use tokio_util::sync::CancellationToken;
 /// Runs attempts in `agentswarm worker` processes; one for all attempts of a run.
 pub struct BuiltinRunner {
     pub project: ProjectId,
-    /// Where worktrees live (the workers' working directory).
-    pub worktrees_dir: PathBuf,
     pub pool: Arc<swarm_git::WorktreePool>,
     pub transcripts_dir: PathBuf,
-    pub worker_program: PathBuf,
-    pub worker_args: Vec<OsString>,
+    /// Starts the worker processes, each in its enclosure (its memory limit
+    /// and kill handle), keeping one spare ready.
+    pub workers: crate::warm::WarmWorkers,
     pub worker_timeout: Duration,
     pub shutdown_grace: Duration,
-    /// Makes each worker's enclosure (its memory limit and kill handle).
-    pub limiter: Arc<swarm_exec::MemoryLimiter>,
-    /// `WORKER_MEMORY_LIMIT_MB`, in bytes, for a worker's whole tree.
-    pub memory_limit: u64,
     pub gateway: Gateway,
     pub store: Arc<dyn Store>,
     pub progress: broadcast::Sender<Progress>,
@@ -392,19 +387,12 @@ async fn drive(
         external,
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
-    let process = Process {
-        program: ctx.worker_program.clone(),
-        args: ctx.worker_args.clone(),
-        // Not the worktree: a new one does not exist until the worker makes it.
-        cwd: ctx.worktrees_dir.clone(),
-        node: None,
-    };
     let outcome = run_process(
         ctx,
         &task,
         attempt,
         start,
-        process,
+        None,
         &cancel,
         &mut transcript,
         &live,
@@ -509,15 +497,13 @@ async fn drive_remote(
     let remote_command = format!(
         "{} node worker --memory-mb {} --lost-after {} --grace-secs {}",
         crate::nodes::remote_binary(&node.node),
-        ctx.memory_limit >> 20,
+        ctx.workers.launch().memory_limit >> 20,
         node.node.lost_after_secs,
         ctx.shutdown_grace.as_secs().max(1),
     );
-    let process = Process {
-        program: PathBuf::from("ssh"),
+    let process = RemoteProcess {
         args: node.ssh_argv(&remote_command),
-        cwd: ctx.worktrees_dir.clone(),
-        node: Some(node.clone()),
+        node: node.clone(),
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
     let (task, attempt) = (job.task, job.attempt);
@@ -526,7 +512,7 @@ async fn drive_remote(
         &task,
         attempt,
         start,
-        process,
+        Some(process),
         &cancel,
         &mut transcript,
         &live,
@@ -581,19 +567,20 @@ async fn drive_remote(
 
 /// Where a node's bundle of an attempt's commits waits for its fetch.
 fn bundle_path(ctx: &BuiltinRunner, task: &TaskId, attempt: u32) -> PathBuf {
-    ctx.worktrees_dir
+    ctx.workers
+        .launch()
+        .cwd
         .join(".bundles")
         .join(format!("{task}-{attempt}.bundle"))
 }
 
-/// The process that runs the worker: `agentswarm worker` here, or `ssh` to
-/// a node's `agentswarm node worker`.
-struct Process {
-    program: PathBuf,
+/// The `ssh` to a node's `agentswarm node worker` that runs an attempt's
+/// worker there (here, a warm `agentswarm worker` does).
+struct RemoteProcess {
+    /// `ssh`'s arguments.
     args: Vec<OsString>,
-    cwd: PathBuf,
     /// The node at the other end of the channel (heartbeats both ways).
-    node: Option<Arc<crate::nodes::RemoteNode>>,
+    node: Arc<crate::nodes::RemoteNode>,
 }
 
 fn timed_out(ctx: &BuiltinRunner, turns: u32) -> Outcome {
@@ -717,52 +704,32 @@ async fn run_process(
     task: &TaskId,
     attempt: u32,
     start: WorkerStart,
-    process: Process,
+    remote: Option<RemoteProcess>,
     cancel: &CancellationToken,
     transcript: &mut Vec<ChatMessage>,
     live: &LiveEntry,
 ) -> Outcome {
-    let enclosure = match ctx.limiter.enclose(ctx.memory_limit) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            return ended(
-                Ended::Failed,
-                format!(
-                    "cannot set up the memory limit ({}): {e}",
-                    ctx.limiter.mechanism().as_str()
-                ),
-                0,
-            )
+    let started = match &remote {
+        None => ctx.workers.take().await,
+        Some(r) => {
+            ctx.workers
+                .launch()
+                .start_with(Path::new("ssh"), &r.args, crate::nodes::ssh_env())
         }
     };
-    let opts = swarm_exec::SpawnOptions {
-        cwd: Some(process.cwd.clone()),
-        env: if process.node.is_some() {
-            crate::nodes::ssh_env()
-        } else {
-            Vec::new()
-        },
-        stderr: swarm_exec::ChildStderr::Piped,
-        enclosure: Some(enclosure.clone()),
+    let (child, enclosure) = match started {
+        Ok(started) => started,
+        Err(reason) => return ended(Ended::Failed, reason, 0),
     };
-    let outcome = match swarm_exec::spawn_child(&process.program, &process.args, &opts) {
-        Ok(child) => {
-            live.set_pid(child.pid());
-            let channel = Channel {
-                child,
-                node: process.node,
-            };
-            talk(
-                ctx, task, attempt, start, cancel, transcript, channel, &enclosure, live,
-            )
-            .await
-        }
-        Err(e) => ended(
-            Ended::Failed,
-            format!("cannot start the worker process: {e}"),
-            0,
-        ),
+    live.set_pid(child.pid());
+    let channel = Channel {
+        child,
+        node: remote.map(|r| r.node),
     };
+    let outcome = talk(
+        ctx, task, attempt, start, cancel, transcript, channel, &enclosure, live,
+    )
+    .await;
     // Whatever is left of the tree goes, and so does its cgroup.
     let e = enclosure.clone();
     let _ = tokio::task::spawn_blocking(move || e.release()).await;

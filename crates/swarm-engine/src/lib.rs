@@ -29,6 +29,7 @@ pub mod serve;
 pub mod source;
 mod verify;
 pub mod views;
+mod warm;
 mod wording;
 
 pub use gate::GateStatus;

@@ -345,9 +345,13 @@ impl RemoteNode {
         }
         let base = head;
         if !synced.contains_key(project) {
-            // `git init` of an existing repository changes nothing.
+            // `git init` of an existing repository changes nothing. Without
+            // reflogs, as the project's own repository (`Repo::init`): the
+            // worker's confined libgit2 helper needs that (docs/git.md).
             let q = shell_quote(&remote_repo.to_string_lossy());
-            let script = format!("mkdir -p {q} && git init -q {q}");
+            let script = format!(
+                "mkdir -p {q} && git init -q {q} && git -C {q} config core.logAllRefUpdates false"
+            );
             run_quiet(
                 "ssh",
                 &self.ssh_argv(&script),

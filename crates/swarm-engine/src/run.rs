@@ -390,15 +390,17 @@ async fn run_inner(
     let memory_limit = engine.config.worker_memory_limit_mb << 20;
     let runner = Arc::new(BuiltinRunner {
         project: id.clone(),
-        worktrees_dir: worktrees_dir.clone(),
         pool: pool.clone(),
         transcripts_dir: crate::operator::transcripts_dir(&engine.config, id),
-        worker_program: engine.settings.worker_program.clone(),
-        worker_args: engine.settings.worker_args.clone(),
+        workers: crate::warm::WarmWorkers::new(crate::warm::WorkerLaunch {
+            program: engine.settings.worker_program.clone(),
+            args: engine.settings.worker_args.clone(),
+            cwd: worktrees_dir.clone(),
+            limiter: engine.limiter.clone(),
+            memory_limit,
+        }),
         worker_timeout: Duration::from_secs(engine.config.worker_timeout_secs),
         shutdown_grace: engine.settings.shutdown_grace,
-        limiter: engine.limiter.clone(),
-        memory_limit,
         gateway: engine.gateway.clone(),
         store: store.clone(),
         progress: engine.progress.clone(),

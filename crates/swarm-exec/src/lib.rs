@@ -13,6 +13,9 @@
 //!   child gets `PR_SET_PDEATHSIG` with a `getppid()` re-check.
 //! - [`spawn_child`]: the long-lived `agentswarm worker` processes (tokio,
 //!   stdin/stdout pipes for the JSON-lines protocol, `PR_SET_PDEATHSIG`).
+//! - [`fork::fork_confined`]: a helper forked without `exec` from a
+//!   single-threaded process, in a Landlock domain, serving requests on a
+//!   socket (the worker's git in process).
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
 //! [`spawn_child`] therefore forks on one dedicated thread that lives as long
@@ -26,6 +29,7 @@
 //! limit of a worker's whole tree (cgroup or watchdog); [`sandbox`] confines
 //! the commands [`run_shell`] starts.
 
+pub mod fork;
 pub mod limit;
 pub mod relay;
 pub mod sandbox;

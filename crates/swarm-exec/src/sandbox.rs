@@ -974,23 +974,33 @@ impl Jail {
     /// Registers the between-fork-and-exec hook that enters the domain.
     pub(crate) fn install(self: &Arc<Self>, cmd: &mut Command) {
         let jail = Arc::clone(self);
-        // SAFETY: prctl and landlock_restrict_self on an fd opened before the fork.
+        // SAFETY: `enter` makes two system calls on an fd opened before the fork.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::syscall(
-                    libc::SYS_landlock_restrict_self,
-                    jail.ruleset.as_raw_fd(),
-                    0u32,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || jail.enter());
         }
+    }
+
+    /// Puts the calling thread (and every process it starts from now on) in
+    /// the domain, with `no_new_privs`. Async-signal-safe: two system calls.
+    /// A domain covers one thread: called in a process with other threads,
+    /// they stay outside it ([`crate::fork::fork_confined`] calls it in a
+    /// child forked from a single-threaded process).
+    pub(crate) fn enter(&self) -> std::io::Result<()> {
+        // SAFETY: prctl and landlock_restrict_self on an fd this value owns.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                self.ruleset.as_raw_fd(),
+                0u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 }
 

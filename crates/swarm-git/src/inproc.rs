@@ -33,6 +33,37 @@ static SEARCH_PATHS: Once = Once::new();
 /// Opens the repository whose git directory is `git_dir`, bare: no worktree
 /// is read or written, and (bare) no reflog is written for `main`.
 pub(crate) fn open(git_dir: &Path) -> Result<git2::Repository> {
+    settings();
+    Ok(git2::Repository::open_bare(git_dir)?)
+}
+
+/// Sets `core.logAllRefUpdates = false` in the repository's own
+/// configuration unless it is already (`git init` writes `true` for a
+/// repository with a worktree). See `Repo::write_settings`.
+pub(crate) fn turn_off_reflogs(git_dir: &Path) -> Result<()> {
+    if !reflogs_off(git_dir)? {
+        let repo = open(git_dir)?;
+        let mut local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+        local.set_bool(REFLOGS, false)?;
+    }
+    Ok(())
+}
+
+/// Whether the repository's configuration has `core.logAllRefUpdates =
+/// false`. Reads only the repository's own configuration file, which no
+/// task can write.
+pub(crate) fn reflogs_off(git_dir: &Path) -> Result<bool> {
+    let repo = open(git_dir)?;
+    let local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    Ok(local.get_bool(REFLOGS).ok() == Some(false))
+}
+
+/// The setting that decides whether ref updates write reflogs.
+pub(crate) const REFLOGS: &str = "core.logAllRefUpdates";
+
+/// Opens libgit2's process-wide settings the way every use here needs them
+/// (see [`open`]).
+pub(crate) fn settings() {
     SEARCH_PATHS.call_once(|| {
         for level in [
             git2::ConfigLevel::System,
@@ -42,14 +73,13 @@ pub(crate) fn open(git_dir: &Path) -> Result<git2::Repository> {
         ] {
             // SAFETY: libgit2's options are process-wide and must not change
             // while another thread uses libgit2; every use of libgit2 in
-            // this crate opens its repository through this function, after
-            // this `Once` has completed.
+            // this crate calls this function first, and this `Once` makes
+            // the others wait until it has completed.
             if let Err(e) = unsafe { git2::opts::set_search_path(level, "") } {
                 tracing::warn!(error = %e, "cannot clear libgit2's configuration search path");
             }
         }
     });
-    Ok(git2::Repository::open_bare(git_dir)?)
 }
 
 /// The result of [`merge_into_main`].

@@ -2,9 +2,12 @@
 //! carrying the `Swarm-*` trailers, `--no-ff` merges into `main` that never
 //! leave it half-merged, and file listings for packaging.
 //!
-//! Worktrees and the worker's commits go through the `git` binary; the merge
+//! Creating and removing worktrees goes through the `git` binary; the merge
 //! and the listings run in this process with libgit2 (`inproc`), falling
-//! back to `git merge-tree` where libgit2's merge could differ from git's.
+//! back to `git merge-tree` where libgit2's merge could differ from git's;
+//! the worker's checkout and commit run with libgit2 in its confined git
+//! helper ([`WorktreeHelper`]), or as `git` processes ([`commit_all`],
+//! [`reset_worktree_at`]) where it has none.
 //! Each operation spawns as few `git` processes as it can: process creation
 //! is most of the per-task cost.
 //!
@@ -26,11 +29,13 @@
 //! reaches only the worktree and the repository (docs/security.md).
 
 mod inproc;
+mod jailed;
 mod pool;
 pub mod review;
 pub mod source;
 
 pub use inproc::merge_counts;
+pub use jailed::WorktreeHelper;
 pub use pool::{Lease, WorktreePool};
 
 use std::ffi::OsString;
@@ -297,32 +302,15 @@ struct WorktreeGit {
 }
 
 impl WorktreeGit {
-    /// Finds the administrative directory of `worktree` under the
-    /// repository's `.git/worktrees` and puts the worktree's `.git` link back
-    /// the way git wrote it. No process: a readdir at most and a few small
-    /// file reads.
+    /// The worktree made ready for git ([`inspect`]) and git's Landlock
+    /// domain for it.
     fn open(repo: &Repo, worktree: &Path) -> Result<(Self, GitLink)> {
-        let work_tree = std::fs::canonicalize(worktree)?;
-        let admin = find_admin_dir(&repo.root, &work_tree).ok_or_else(|| Error::NotAWorktree {
-            repo: repo.root.clone(),
-            worktree: worktree.to_owned(),
-        })?;
-        let link = restore_link(&work_tree, &admin)?;
-        if let GitLink::Restored(found) = link {
-            tracing::warn!(
-                worktree = %work_tree.display(),
-                %found,
-                "the worktree's .git was not the file git wrote; restored it"
-            );
-        }
-        let scan = scan_worktree(&work_tree)?;
-        for nested in &scan.nested {
-            tracing::warn!(
-                worktree = %work_tree.display(),
-                nested = %nested,
-                "removed a nested repository's .git; its files are plain content"
-            );
-        }
+        let Inspected {
+            work_tree,
+            admin,
+            scan,
+            link,
+        } = inspect(repo, worktree)?;
         let jail = repo.jail_for(&work_tree)?;
         Ok((
             Self {
@@ -335,7 +323,51 @@ impl WorktreeGit {
             link,
         ))
     }
+}
 
+/// A task worktree made ready for git: its administrative directory found
+/// from the repository's side, its `.git` link put back the way git wrote
+/// it, nested repositories removed, unsafe names listed.
+struct Inspected {
+    work_tree: PathBuf,
+    admin: PathBuf,
+    scan: Scan,
+    link: GitLink,
+}
+
+/// See [`Inspected`]. No process: a readdir at most, a few small file reads
+/// and a walk of the worktree by descriptors.
+fn inspect(repo: &Repo, worktree: &Path) -> Result<Inspected> {
+    let work_tree = std::fs::canonicalize(worktree)?;
+    let admin = find_admin_dir(&repo.root, &work_tree).ok_or_else(|| Error::NotAWorktree {
+        repo: repo.root.clone(),
+        worktree: worktree.to_owned(),
+    })?;
+    let link = restore_link(&work_tree, &admin)?;
+    if let GitLink::Restored(found) = link {
+        tracing::warn!(
+            worktree = %work_tree.display(),
+            %found,
+            "the worktree's .git was not the file git wrote; restored it"
+        );
+    }
+    let scan = scan_worktree(&work_tree)?;
+    for nested in &scan.nested {
+        tracing::warn!(
+            worktree = %work_tree.display(),
+            nested = %nested,
+            "removed a nested repository's .git; its files are plain content"
+        );
+    }
+    Ok(Inspected {
+        work_tree,
+        admin,
+        scan,
+        link,
+    })
+}
+
+impl WorktreeGit {
     fn git(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<swarm_exec::Captured> {
         let env = vec![
             (
@@ -417,6 +449,10 @@ fn empty_worktree(work_tree: &Path) -> Result<()> {
 struct Scan {
     nested: Vec<String>,
     unsafe_names: Vec<String>,
+    /// Symbolic links (relative paths), outside the commands' private
+    /// directory: a checkout must not write through one (see
+    /// `jailed::reset`).
+    symlinks: Vec<PathBuf>,
 }
 
 /// Walks a worktree and removes every `.git` below its root — a directory,
@@ -461,9 +497,16 @@ fn scan_worktree(work_tree: &Path) -> Result<Scan> {
                     child.as_os_str().as_bytes(),
                 )));
             }
+            if kind == Some(Type::Symlink) && !private {
+                scan.symlinks.push(child.clone());
+            }
             if kind == Some(Type::Directory) || kind.is_none() {
                 match openat(dir.as_fd(), name.as_c_str(), flags, Mode::empty()) {
                     Ok(sub) => stack.push((sub, child)),
+                    // A symlink (`O_NOFOLLOW`) the directory did not type.
+                    Err(nix::errno::Errno::ELOOP) if kind.is_none() && !private => {
+                        scan.symlinks.push(child)
+                    }
                     // A file, a symlink, or gone: nothing to walk.
                     Err(
                         nix::errno::Errno::ENOTDIR
@@ -682,13 +725,7 @@ pub fn commit_all(
     nested.extend(wt.unlink_gitlinks()?);
     nested.sort();
     nested.dedup();
-    let mut message = subject.trim().to_owned();
-    if !body.trim().is_empty() {
-        message.push_str("\n\n");
-        message.push_str(body.trim());
-    }
-    message.push_str("\n\n");
-    message.push_str(&trailers.render());
+    let message = commit_message(subject, body, trailers);
     let out = wt.git(
         &[
             "-c",
@@ -720,6 +757,18 @@ pub fn commit_all(
             "commit did not print its sha: {first}"
         )))
     }
+}
+
+/// A task commit's message: the subject, the body and the trailers.
+fn commit_message(subject: &str, body: &str, trailers: &Trailers) -> String {
+    let mut message = subject.trim().to_owned();
+    if !body.trim().is_empty() {
+        message.push_str("\n\n");
+        message.push_str(body.trim());
+    }
+    message.push_str("\n\n");
+    message.push_str(&trailers.render());
+    message
 }
 
 /// Switches the existing worktree of `repo` at `path` to a new branch
@@ -855,7 +904,7 @@ impl Repo {
                 root,
                 confined: None,
             };
-            repo.write_excludes()?;
+            repo.write_settings()?;
             if repo.head().is_ok() {
                 return Ok(repo);
             }
@@ -869,16 +918,21 @@ impl Repo {
             root,
             confined: None,
         };
-        repo.write_excludes()?;
+        repo.write_settings()?;
         repo.initial_commit(project)?;
         Ok(repo)
     }
 
-    fn write_excludes(&self) -> Result<()> {
+    /// What every project repository holds in its `.git`: the excludes
+    /// (what a worker never commits) and `core.logAllRefUpdates = false`,
+    /// which the `git` calls also give on their command line and which
+    /// libgit2 in the worker's git helper reads from here (it takes no `-c`):
+    /// no reflog file for each task branch.
+    fn write_settings(&self) -> Result<()> {
         let info = self.root.join(".git/info");
         std::fs::create_dir_all(&info)?;
         std::fs::write(info.join("exclude"), DEFAULT_EXCLUDES)?;
-        Ok(())
+        inproc::turn_off_reflogs(&self.root.join(".git"))
     }
 
     fn initial_commit(&self, project: &str) -> Result<()> {

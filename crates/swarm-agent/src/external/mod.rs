@@ -139,6 +139,7 @@ pub(crate) fn run<R: BufRead, W: Write>(
     start: &WorkerStart,
     spec: &AgentSpec,
     setup: &mut Option<Setup>,
+    git: Option<&swarm_git::WorktreeHelper>,
 ) -> Result<FromWorker> {
     if let Some(h) = setup.take() {
         match h.join() {
@@ -256,7 +257,7 @@ pub(crate) fn run<R: BufRead, W: Write>(
             ),
             turns,
         ),
-        AgentEnd::Finished { summary } => match crate::commit(start, summary, turns) {
+        AgentEnd::Finished { summary } => match crate::commit(start, git, summary, turns) {
             Ok(done) => done,
             Err(reason) => failed(reason, turns),
         },

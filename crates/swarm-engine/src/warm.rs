@@ -1,0 +1,203 @@
+//! Warm workers: one spare `agentswarm worker` process, started and put in
+//! its memory enclosure before an attempt needs it, so that a dispatch does
+//! not wait for a process to start (a 20 MB binary's `exec` and start-up)
+//! or for its cgroup to be made and joined (one join waited 11 ms for an RCU
+//! grace period here: docs/benchmarks.md).
+//!
+//! Isolation does not change: a worker still serves one attempt and exits.
+//! The spare waits for its start message with nothing else: no task, no
+//! worktree, no secret (its environment is the allow-list, as every
+//! worker's). When one is taken, the next is started in the background.
+//! The spare goes (killed with its enclosure) when the runner does, and
+//! with the supervisor (the parent-death signal).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// How a worker process is started.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// The worker's working directory (where worktrees live).
+    pub cwd: PathBuf,
+    /// Makes each worker's enclosure (its memory limit and kill handle).
+    pub limiter: Arc<swarm_exec::MemoryLimiter>,
+    /// `WORKER_MEMORY_LIMIT_MB`, in bytes, for a worker's whole tree.
+    pub memory_limit: u64,
+}
+
+/// A started worker in its enclosure.
+pub type Started = (swarm_exec::ChildProcess, Arc<swarm_exec::Enclosure>);
+
+impl WorkerLaunch {
+    /// Makes the enclosure and starts a worker in it. Must be called inside
+    /// a tokio runtime.
+    pub fn start(&self) -> Result<Started, String> {
+        self.start_with(&self.program, &self.args, Vec::new())
+    }
+
+    /// [`WorkerLaunch::start`] of another program in the same kind of
+    /// enclosure (`ssh` to a worker node), with `env` added to the
+    /// allow-listed environment.
+    pub fn start_with(
+        &self,
+        program: &std::path::Path,
+        args: &[OsString],
+        env: Vec<(OsString, OsString)>,
+    ) -> Result<Started, String> {
+        let enclosure = match self.limiter.enclose(self.memory_limit) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                return Err(format!(
+                    "cannot set up the memory limit ({}): {e}",
+                    self.limiter.mechanism().as_str()
+                ))
+            }
+        };
+        let opts = swarm_exec::SpawnOptions {
+            // Not the worktree: a new one does not exist until the worker makes it.
+            cwd: Some(self.cwd.clone()),
+            env,
+            stderr: swarm_exec::ChildStderr::Piped,
+            enclosure: Some(enclosure.clone()),
+        };
+        match swarm_exec::spawn_child(program, args, &opts) {
+            Ok(child) => Ok((child, enclosure)),
+            Err(e) => {
+                enclosure.release();
+                Err(format!("cannot start the worker process: {e}"))
+            }
+        }
+    }
+}
+
+/// The spare worker of one runner (see the module's documentation).
+#[derive(Debug)]
+pub struct WarmWorkers {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    launch: WorkerLaunch,
+    /// The spare; `closed` once the runner is gone (a spare started after
+    /// that is killed at once).
+    slot: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    spare: Option<Spare>,
+    /// A spare is being started.
+    refilling: bool,
+    closed: bool,
+}
+
+/// A spare worker; dropped unused, it is killed with its whole enclosure.
+#[derive(Debug)]
+struct Spare(Option<Started>);
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some((child, enclosure)) = self.0.take() {
+            drop(child); // killed on drop
+            enclosure.release();
+        }
+    }
+}
+
+impl WarmWorkers {
+    /// How its workers are started.
+    pub fn launch(&self) -> &WorkerLaunch {
+        &self.inner.launch
+    }
+
+    pub fn new(launch: WorkerLaunch) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                launch,
+                slot: Mutex::new(Slot::default()),
+            }),
+        }
+    }
+
+    /// A started worker: the spare when one is ready and alive, else a new
+    /// one; either way a new spare is then started in the background.
+    pub async fn take(&self) -> Result<Started, String> {
+        let spare = self.inner.lock().spare.take();
+        let ready = spare.and_then(|mut s| {
+            let (child, _) = s.0.as_mut()?;
+            // Ended meanwhile (killed from outside): not used.
+            match child.try_wait() {
+                Ok(None) => s.0.take(),
+                Ok(Some(_)) | Err(_) => None,
+            }
+        });
+        let started = match ready {
+            Some(started) => Ok(started),
+            None => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || inner.launch.start())
+                    .await
+                    .map_err(|e| format!("cannot start the worker process: {e}"))?
+            }
+        };
+        self.refill();
+        started
+    }
+}
+
+impl WarmWorkers {
+    /// Starts the next spare in the background unless there is one, one is
+    /// being started, or the runner is gone.
+    fn refill(&self) {
+        {
+            let mut slot = self.inner.lock();
+            if slot.closed || slot.refilling || slot.spare.is_some() {
+                return;
+            }
+            slot.refilling = true;
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = inner.launch.start();
+            let unused = {
+                let mut slot = inner.lock();
+                slot.refilling = false;
+                match started {
+                    Ok(started) if !slot.closed => {
+                        slot.spare = Some(Spare(Some(started)));
+                        None
+                    }
+                    Ok(started) => Some(Spare(Some(started))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a spare worker");
+                        None
+                    }
+                }
+            };
+            // Killed and its enclosure released, outside the lock.
+            drop(unused);
+        });
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic while it was held leaves a usable slot.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for WarmWorkers {
+    fn drop(&mut self) {
+        let spare = {
+            let mut slot = self.inner.lock();
+            slot.closed = true;
+            slot.spare.take()
+        };
+        drop(spare);
+    }
+}
