@@ -463,7 +463,13 @@ impl RemoteNode {
                 }
                 Health::Up(Box::new(info))
             }
-            Err(e) if e.contains("supervisor") || e.contains("git is not installed") => {
+            // What only the operator can change: another version, no git,
+            // a host key that is not the one expected.
+            Err(e)
+                if e.contains("supervisor")
+                    || e.contains("git is not installed")
+                    || e.contains("host key") =>
+            {
                 Health::Refused(e)
             }
             Err(e) => {
