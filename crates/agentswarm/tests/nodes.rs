@@ -622,26 +622,6 @@ fn wait_done(h: &Harness, project: &str, secs: u64) -> Value {
     last
 }
 
-/// The attempts of `task` as (outcome, reason), from `status --json`.
-fn attempts_of(status: &Value, task: &str) -> Vec<(String, String)> {
-    status["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == task)
-        .unwrap_or_else(|| panic!("no task {task} in {status}"))["attempt_history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["outcome"].as_str().unwrap_or("").to_owned(),
-                a["reason"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// A node's link cut mid-attempt: the attempt is recorded `interrupted`
 /// (not counted) and runs again elsewhere; the node is shown down, and
 /// used again once its link is back. SIGTERM of the supervisor while

@@ -55,26 +55,6 @@ fn submit(h: &Harness, plan_file: &str, goal: &str) -> String {
         .to_owned()
 }
 
-/// The attempts of `task` as (outcome, reason).
-fn attempts_of(status: &Value, task: &str) -> Vec<(String, String)> {
-    status["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == task)
-        .unwrap_or_else(|| panic!("no task {task} in {status}"))["attempt_history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["outcome"].as_str().unwrap().to_owned(),
-                a["reason"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 fn assert_each_merged_once(h: &Harness, project: &str, ids: &[String]) {
     let counts = trailer_counts(&h.repo(project));
     for id in ids {

@@ -279,9 +279,32 @@ pub(crate) fn usage_limit_reset(reason: &str) -> Option<Duration> {
 /// released to the pool once the caller is done with it).
 async fn drive(
     ctx: &BuiltinRunner,
-    job: AttemptJob,
+    mut job: AttemptJob,
     cancel: CancellationToken,
 ) -> (Outcome, Option<PathBuf>) {
+    let branch = branch_name(&job.task, job.attempt);
+    let external = match ctx.agents.spec_for(&job.task) {
+        Ok(e) => e,
+        Err(reason) => return (Outcome::ended(Ended::Failed, reason, 0), None),
+    };
+    if let Some(e) = &external {
+        job.live.tool(0, &format!("agent {}", e.name));
+    }
+    let base = match ctx.pool.repo().head() {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = format!("{SETUP_FAILED}: cannot read main: {e}");
+            return (Outcome::ended(Ended::Setup, reason, 0), None);
+        }
+    };
+    if let Some(node) = job.node.take() {
+        let planned = Planned {
+            branch,
+            base,
+            external,
+        };
+        return (drive_remote(ctx, job, planned, node, cancel).await, None);
+    }
     let AttemptJob {
         project,
         task,
@@ -293,42 +316,8 @@ async fn drive(
         command_timeout_secs,
         output_cap_bytes,
         live,
-        node,
-        needs,
+        ..
     } = job;
-    let branch = branch_name(&task, attempt);
-    let external = match ctx.agents.spec_for(&task) {
-        Ok(e) => e,
-        Err(reason) => return (Outcome::ended(Ended::Failed, reason, 0), None),
-    };
-    if let Some(e) = &external {
-        live.tool(0, &format!("agent {}", e.name));
-    }
-    let base = match ctx.pool.repo().head() {
-        Ok(b) => b,
-        Err(e) => {
-            let reason = format!("{SETUP_FAILED}: cannot read main: {e}");
-            return (Outcome::ended(Ended::Setup, reason, 0), None);
-        }
-    };
-    if let Some(node) = node {
-        let job = RemoteJob {
-            project,
-            task,
-            attempt,
-            system_prompt,
-            prompt,
-            commit_subject,
-            max_turns,
-            command_timeout_secs,
-            output_cap_bytes,
-            branch,
-            base,
-            needs,
-            external,
-        };
-        return (drive_remote(ctx, job, node, cancel, live).await, None);
-    }
     // The worker prepares the worktree itself, while its first model call
     // is in flight; here it only gets a path and what to do with it.
     let lease = ctx.pool.lease();
@@ -417,20 +406,13 @@ async fn drive(
     (outcome, Some(worktree))
 }
 
-/// What a remote attempt needs of its [`AttemptJob`].
-struct RemoteJob {
-    project: ProjectId,
-    task: TaskId,
-    attempt: u32,
-    system_prompt: String,
-    prompt: String,
-    commit_subject: String,
-    max_turns: u32,
-    command_timeout_secs: u64,
-    output_cap_bytes: usize,
+/// What `drive` decided for an attempt before it runs.
+struct Planned {
+    /// The attempt's branch.
     branch: String,
+    /// The newest `main`.
     base: String,
-    needs: Vec<String>,
+    /// The outside agent that does it; `None`: the built-in one.
     external: Option<swarm_protocol::agent::AgentSpec>,
 }
 
@@ -442,11 +424,12 @@ struct RemoteJob {
 /// `interrupted` (not counted) and leaves placement until it answers again.
 async fn drive_remote(
     ctx: &BuiltinRunner,
-    job: RemoteJob,
+    job: AttemptJob,
+    planned: Planned,
     node: Arc<crate::nodes::RemoteNode>,
     cancel: CancellationToken,
-    live: LiveEntry,
 ) -> Outcome {
+    let live = job.live;
     let name = node.node.name.clone();
     let lost = |why: &str| {
         node.mark_down(why);
@@ -458,7 +441,7 @@ async fn drive_remote(
     let repo_root = ctx.pool.repo().root().to_owned();
     let began = std::time::Instant::now();
     let (remote_repo, base) = match node
-        .sync_base(&job.project, &repo_root, &job.base, &job.needs)
+        .sync_base(&job.project, &repo_root, &planned.base, &job.needs)
         .await
     {
         Ok(r) => r,
@@ -486,13 +469,13 @@ async fn drive_remote(
         commit_subject: job.commit_subject,
         setup: WorktreeSetup::Create {
             repo: remote_repo.clone(),
-            branch: job.branch.clone(),
+            branch: planned.branch.clone(),
             base,
         },
         sandbox: ctx.sandbox.clone(),
         agent: ctx.gateway.agent_settings(swarm_config::ModelRole::Worker),
         prepare,
-        external: job.external,
+        external: planned.external,
     };
     let remote_command = format!(
         "{} node worker --memory-mb {} --lost-after {} --grace-secs {}",

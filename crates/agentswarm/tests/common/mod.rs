@@ -400,3 +400,23 @@ pub fn tool_results(h: &Harness, task: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The attempts of `task` as (outcome, reason), from `status --json`.
+pub fn attempts_of(status: &Value, task: &str) -> Vec<(String, String)> {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == task)
+        .unwrap_or_else(|| panic!("no task {task} in {status}"))["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap_or("").to_owned(),
+                a["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
