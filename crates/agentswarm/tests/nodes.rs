@@ -452,7 +452,9 @@ fn wide_plan(name: &str, n: usize) -> (Value, serde_json::Map<String, Value>) {
 /// is left on any host.
 #[test]
 fn a_plan_runs_across_local_and_two_nodes() {
-    let (p, scripts) = wide_plan("spread", 30);
+    let (mut p, scripts) = wide_plan("spread", 30);
+    // t00 needs what only the nodes offer (`local` has no labels).
+    p["tasks"][0]["requires"] = json!(["rust"]);
     let h = Harness::new(json!({"latency_ms": 100, "tasks": scripts}));
     let (_c, one, two) = two_nodes(&h);
 
@@ -471,6 +473,9 @@ fn a_plan_runs_across_local_and_two_nodes() {
             .or_default() += 1;
     }
     eprintln!("attempts per node: {per_node:?}");
+    for e in placed.iter().filter(|e| e["task_id"] == "t00") {
+        assert_ne!(e["data"]["node"], "local", "t00 requires rust: {e}");
+    }
     // A node's attempts say what confined them there.
     let remote = placed.iter().find(|e| e["data"]["node"] == "n1").unwrap();
     assert!(remote["data"]["sandbox"].as_str().is_some(), "{remote}");
@@ -774,4 +779,43 @@ fn write_plan(h: &Harness, plan: &Value) -> String {
         .join(format!("plan-{}.json", fastrand::u32(..)));
     std::fs::write(&path, plan.to_string()).unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+/// A task that requires a label no node carries would wait for ever: the
+/// run pauses before any task starts, and says what to add.
+#[test]
+fn a_task_that_requires_a_label_no_node_has_is_refused_before_it_starts() {
+    let (mut p, scripts) = wide_plan("labels", 2);
+    p["tasks"][1]["requires"] = json!(["gpu"]);
+    let h = Harness::new(json!({"tasks": scripts}));
+    std::fs::write(
+        h.home.path().join("agentswarm.toml"),
+        "[nodes.local]\nlabels = [\"rust\"]\n",
+    )
+    .unwrap();
+    let (out, report) = h.run_plan(&p, &[]);
+    assert_eq!(report["status"], "paused", "{}", text(&out));
+    let project = report["project_id"].as_str().unwrap();
+    let status = h.status_json(project);
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("task t01 requires a node labelled gpu")
+            && error.contains("[nodes.local] labels"),
+        "{status}"
+    );
+    assert!(h.server.requests().is_empty(), "no model call was made");
+
+    // `[nodes.local]` takes only labels.
+    std::fs::write(
+        h.home.path().join("agentswarm.toml"),
+        "[nodes.local]\nmax_workers = 3\n",
+    )
+    .unwrap();
+    let out = h.run(&["doctor"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("it takes only `labels`, not `max_workers`"),
+        "{}",
+        text(&out)
+    );
 }

@@ -350,6 +350,8 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     /// `[nodes.NAME]`, checked (the local machine is not among them).
     pub nodes: Vec<nodes::Node>,
+    /// `[nodes.local] labels`: what this machine offers, for placement.
+    pub local_labels: Vec<String>,
     /// `[repos]`: limits and budgets of projects on an existing repository.
     pub repos: RepoSettings,
     /// `[agents.NAME]`, resolved; always holds `builtin`.
@@ -938,6 +940,11 @@ impl Config {
                 message,
             },
         )?;
+        let local_labels =
+            nodes::local_labels(file.nodes.as_ref()).map_err(|message| Error::Parse {
+                path: file_path.clone().unwrap_or_default(),
+                message,
+            })?;
         let repos = {
             let f = file.repos.clone().unwrap_or_default();
             let d = RepoSettings::default();
@@ -1026,6 +1033,7 @@ impl Config {
             api_token,
             sandbox,
             nodes,
+            local_labels,
             repos,
             agents,
             models,

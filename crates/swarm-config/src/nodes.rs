@@ -9,7 +9,9 @@ use std::path::PathBuf;
 #[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileNode {
-    /// `user@host` (or `host`): whom `ssh` logs in as, where.
+    /// `user@host` (or `host`): whom `ssh` logs in as, where. Required,
+    /// except in `[nodes.local]` (this machine), which takes only `labels`.
+    #[serde(default)]
     pub ssh: String,
     /// The SSH port (default 22).
     pub port: Option<u16>,
@@ -60,8 +62,33 @@ pub const LOCAL: &str = "local";
 /// Where `agentswarm node install` puts the binary, relative to the home.
 pub const DEFAULT_REMOTE_BINARY: &str = ".local/bin/agentswarm";
 
-/// The `[nodes]` tables, checked: a problem is a message that names the
-/// node and says what to write instead.
+/// The labels of this machine as a node (`[nodes.local] labels`), checked:
+/// `[nodes.local]` takes nothing else (its slots are `MAX_CONCURRENT_WORKERS`).
+pub fn local_labels(file: Option<&BTreeMap<String, FileNode>>) -> Result<Vec<String>, String> {
+    let Some(n) = file.and_then(|f| f.get(LOCAL)) else {
+        return Ok(Vec::new());
+    };
+    let set = [
+        ("ssh", !n.ssh.is_empty()),
+        ("port", n.port.is_some()),
+        ("identity_file", n.identity_file.is_some()),
+        ("known_hosts_file", n.known_hosts_file.is_some()),
+        ("agentswarm", n.agentswarm.is_some()),
+        ("max_workers", n.max_workers.is_some()),
+        ("work_dir", n.work_dir.is_some()),
+        ("lost_after_secs", n.lost_after_secs.is_some()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
+        return Err(format!(
+            "[nodes.{LOCAL}]: `local` is this machine: it takes only `labels`, not `{key}` \
+             (its slots are MAX_CONCURRENT_WORKERS); give another node another name"
+        ));
+    }
+    Ok(n.labels.clone().unwrap_or_default())
+}
+
+/// The `[nodes]` tables but `local`, checked: a problem is a message that
+/// names the node and says what to write instead.
 pub fn resolve(
     file: Option<&BTreeMap<String, FileNode>>,
     home: Option<&std::path::Path>,
@@ -70,9 +97,8 @@ pub fn resolve(
     for (name, n) in file.into_iter().flatten() {
         let bad = |what: String| format!("[nodes.{name}]: {what}");
         if name == LOCAL {
-            return Err(bad(
-                "`local` is this machine; give the other node another name".into(),
-            ));
+            // This machine: only its labels (see `local_labels`).
+            continue;
         }
         if name.is_empty()
             || !name
@@ -162,8 +188,16 @@ mod tests {
             n[0].identity_file.as_deref(),
             Some(std::path::Path::new("/home/op/.ssh/swarm"))
         );
-        let e = nodes("[local]\nssh = \"h\"\n").unwrap_err();
+        let map: BTreeMap<String, FileNode> = toml::from_str("[local]\nssh = \"h\"\n").unwrap();
+        let e = local_labels(Some(&map)).unwrap_err();
         assert!(e.contains("`local` is this machine"), "{e}");
+        let map: BTreeMap<String, FileNode> =
+            toml::from_str("[local]\nlabels = [\"gpu\"]\n[b]\nssh = \"h\"\n").unwrap();
+        assert_eq!(local_labels(Some(&map)).unwrap(), vec!["gpu".to_owned()]);
+        let all = resolve(Some(&map), None).unwrap();
+        assert_eq!(all.len(), 1, "local is not among the remote nodes");
+        let e = nodes("[x]\nmax_workers = 2\n").unwrap_err();
+        assert!(e.contains("is not `user@host`"), "{e}");
         let e = nodes("[x]\nssh = \"-oProxyCommand=evil\"\n").unwrap_err();
         assert!(e.contains("is not `user@host`"), "{e}");
         let e = nodes("[x]\nssh = \"h\"\nmax_workers = 0\n").unwrap_err();

@@ -55,6 +55,8 @@ pub struct AgentPlan {
     pub configured: std::collections::BTreeMap<String, swarm_config::AgentChoice>,
     pub project: Option<String>,
     pub tasks: std::collections::HashMap<TaskId, String>,
+    /// Each task's `requires`: the labels its node must carry.
+    pub requires: std::collections::HashMap<TaskId, Vec<String>>,
 }
 
 impl AgentPlan {
@@ -201,6 +203,10 @@ impl AttemptRunner for BuiltinRunner {
 
     fn agent_of(&self, task: &TaskId) -> Option<String> {
         self.agents.spec_for(task).ok().flatten().map(|s| s.name)
+    }
+
+    fn requires(&self, task: &TaskId) -> Vec<String> {
+        self.agents.requires.get(task).cloned().unwrap_or_default()
     }
 }
 

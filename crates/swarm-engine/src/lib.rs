@@ -217,6 +217,7 @@ impl Engine {
     ) -> Self {
         let nodes = Arc::new(nodes::NodeSet::new(
             config.max_concurrent_workers,
+            &config.local_labels,
             &config.nodes,
             config.data_dir.join("ssh"),
         ));

@@ -219,6 +219,13 @@ pub fn usable(node: &Node, info: &NodeInfo) -> Result<(), String> {
     Ok(())
 }
 
+impl NodeEntry {
+    /// Whether it carries every label of `needs`.
+    fn offers(&self, needs: &[String]) -> bool {
+        needs.iter().all(|n| self.labels.contains(n))
+    }
+}
+
 /// A remote node as the supervisor sees it now.
 #[derive(Debug, Clone)]
 enum Health {
@@ -238,6 +245,8 @@ pub struct NodeEntry {
     pub name: String,
     /// Attempts it runs at once (`MAX_CONCURRENT_WORKERS` for `local`).
     pub slots: u32,
+    /// What it offers (`labels`), for tasks that require some.
+    pub labels: Vec<String>,
     busy: AtomicU32,
     /// `None` for `local`.
     remote: Option<Arc<RemoteNode>>,
@@ -666,10 +675,16 @@ pub struct NodeSet {
 impl NodeSet {
     /// `local` with `local_slots`, and `nodes`; their connections' sockets
     /// under `control_dir` (made mode 700 on first use).
-    pub fn new(local_slots: u32, nodes: &[Node], control_dir: PathBuf) -> Self {
+    pub fn new(
+        local_slots: u32,
+        local_labels: &[String],
+        nodes: &[Node],
+        control_dir: PathBuf,
+    ) -> Self {
         let mut entries = vec![Arc::new(NodeEntry {
             name: LOCAL.to_owned(),
             slots: local_slots,
+            labels: local_labels.to_vec(),
             busy: AtomicU32::new(0),
             remote: None,
         })];
@@ -677,6 +692,7 @@ impl NodeSet {
             entries.push(Arc::new(NodeEntry {
                 name: n.name.clone(),
                 slots: n.max_workers,
+                labels: n.labels.clone(),
                 busy: AtomicU32::new(0),
                 remote: Some(Arc::new(RemoteNode {
                     node: n.clone(),
@@ -756,13 +772,32 @@ impl NodeSet {
         self.changed.subscribe()
     }
 
-    /// A slot for an attempt whose agent is `agent` (an outside agent: a
-    /// remote node must carry its name among its labels), on the node with
-    /// the largest share of free slots. `local_gate`: this machine's gate,
-    /// read once by the caller.
+    /// The tasks of `requires` (a task and the labels its node must carry)
+    /// that no node can take, each said with what it needs.
+    pub fn unplaceable(
+        &self,
+        requires: &HashMap<swarm_protocol::TaskId, Vec<String>>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = requires
+            .iter()
+            .filter(|(_, needs)| !self.entries.iter().any(|e| e.offers(needs)))
+            .map(|(task, needs)| {
+                format!("task {task} requires a node labelled {}", needs.join(", "))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A slot for an attempt, on the node with the largest share of free
+    /// slots that carries every label of `requires` and, when the attempt's
+    /// agent is an outside `agent`, is this machine or a node that carries
+    /// its name among its labels. `local_gate`: this machine's gate, read
+    /// once by the caller.
     pub fn place(
         &self,
         agent: Option<&str>,
+        requires: &[String],
         local_gate: &Result<(), String>,
         gate: &Gate,
     ) -> Result<NodeLease, Unplaced> {
@@ -770,7 +805,7 @@ impl NodeSet {
         let mut gated = Vec::new();
         for e in &self.entries {
             let busy = e.busy.load(Ordering::Acquire);
-            if busy >= e.slots {
+            if busy >= e.slots || !e.offers(requires) {
                 continue;
             }
             match &e.remote {
@@ -848,7 +883,7 @@ impl NodeSet {
                         load_1m: local_gate.load_1m,
                         sandbox: None,
                         memory_limiter: None,
-                        labels: Vec::new(),
+                        labels: e.labels.clone(),
                     },
                     Some(r) => {
                         let h = r.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -904,4 +939,68 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> Gate {
+        struct Fixed;
+        impl crate::gate::StatsSource for Fixed {
+            fn read(&self) -> std::io::Result<Readings> {
+                Ok(Readings {
+                    available_mb: 4096,
+                    load1: 0.1,
+                })
+            }
+            fn describe(&self) -> String {
+                "fixed".into()
+            }
+        }
+        Gate::new(Box::new(Fixed), 0, 0.0)
+    }
+
+    #[test]
+    fn placement_keeps_to_slots_labels_and_the_gate() {
+        let set = NodeSet::new(2, &["gpu".to_owned()], &[], PathBuf::from("/nonexistent"));
+        let open = Ok(());
+        let none: Vec<String> = Vec::new();
+        let gpu = vec!["gpu".to_owned()];
+        let a = set.place(None, &gpu, &open, &gate()).unwrap();
+        let b = set.place(None, &none, &open, &gate()).unwrap();
+        assert_eq!((a.name(), b.name()), ("local", "local"));
+        assert!(a.remote().is_none());
+        // Both slots taken: full, until one is given back.
+        let mut watch = set.watch();
+        watch.borrow_and_update();
+        assert_eq!(
+            set.place(None, &none, &open, &gate()).unwrap_err(),
+            Unplaced::Full
+        );
+        drop(a);
+        assert!(
+            watch.has_changed().unwrap(),
+            "a freed slot wakes the waiters"
+        );
+        // A label nobody has: never placed, and said before a run starts.
+        let rust = vec!["rust".to_owned()];
+        assert_eq!(
+            set.place(None, &rust, &open, &gate()).unwrap_err(),
+            Unplaced::Full
+        );
+        let mut requires = HashMap::new();
+        requires.insert(swarm_protocol::TaskId::new("t1"), rust);
+        requires.insert(swarm_protocol::TaskId::new("t2"), gpu);
+        assert_eq!(
+            set.unplaceable(&requires),
+            vec!["task t1 requires a node labelled rust".to_owned()]
+        );
+        // This machine's gate closed: why, in its own words.
+        let closed = Err("load average 9.00 > 3.00 (MAX_LOAD_AVERAGE)".to_owned());
+        assert_eq!(
+            set.place(None, &none, &closed, &gate()).unwrap_err(),
+            Unplaced::Gated("load average 9.00 > 3.00 (MAX_LOAD_AVERAGE)".into())
+        );
+    }
 }

@@ -324,6 +324,7 @@ mod tests {
                 vec![]
             },
             agent: None,
+            requires: vec![],
         }
     }
 

@@ -322,7 +322,25 @@ async fn run_inner(
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.agent.clone()?)))
             .collect(),
+        requires: plan
+            .tasks
+            .iter()
+            .filter(|t| !t.requires.is_empty())
+            .map(|t| (t.id.clone(), t.requires.clone()))
+            .collect(),
     };
+    // A task that needs labels no node carries would wait for ever: said
+    // before any task starts.
+    let unplaceable = engine.nodes.unplaceable(&agents.requires);
+    if !unplaceable.is_empty() && mode != Mode::RecoverOnly {
+        let why = format!(
+            "{}: add the labels to a node in agentswarm.toml ([nodes.NAME] labels, or [nodes.local] labels for this machine; docs/scale-out.md) and resume",
+            unplaceable.join("; ")
+        );
+        set_project(engine, id, ProjectState::Paused, Some(&why))?;
+        engine.emit(id, None, "project", format!("project {id} paused: {why}"));
+        return report(engine, id, None);
+    }
     // Checked before any task starts: a name that is not configured would
     // fail every attempt of its task.
     let unknown = agents.unknown();

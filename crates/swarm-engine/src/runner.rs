@@ -198,4 +198,10 @@ pub trait AttemptRunner: Send + Sync + 'static {
     fn agent_of(&self, _task: &TaskId) -> Option<String> {
         None
     }
+
+    /// The labels the node that runs `task` must carry (its plan's
+    /// `requires`).
+    fn requires(&self, _task: &TaskId) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -436,11 +436,13 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                 TaskKind::Verify => self.engine.nodes.place_local(),
                 TaskKind::Code => {
                     let agent = self.runner.agent_of(&id);
-                    match self
-                        .engine
-                        .nodes
-                        .place(agent.as_deref(), &local_gate, &self.engine.gate)
-                    {
+                    let requires = self.runner.requires(&id);
+                    match self.engine.nodes.place(
+                        agent.as_deref(),
+                        &requires,
+                        &local_gate,
+                        &self.engine.gate,
+                    ) {
                         Ok(l) => l,
                         Err(why) => {
                             // The slot goes to the next task, which another

@@ -349,6 +349,7 @@ mod tests {
                     kind: TaskKind::Code,
                     commands: vec![],
                     agent: None,
+                    requires: vec![],
                 },
                 PlanTask {
                     id: "b".into(),
@@ -359,6 +360,7 @@ mod tests {
                     kind: TaskKind::Code,
                     commands: vec![],
                     agent: None,
+                    requires: vec![],
                 },
             ],
         };

@@ -37,6 +37,10 @@ pub struct PlanTask {
     /// (docs/agents.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Labels the node that runs the task must carry (`[nodes.NAME]
+    /// labels`, `[nodes.local] labels`), e.g. `gpu` (docs/scale-out.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
