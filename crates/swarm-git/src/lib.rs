@@ -1056,13 +1056,48 @@ impl Repo {
     /// directory for a symlink in between and have git delete files
     /// elsewhere. The standard library's `remove_dir_all` opens each level
     /// `O_NOFOLLOW` beneath the last; then git forgets the worktree.
+    ///
+    /// Not with `git worktree prune` either, while workers run: it deletes
+    /// `.git/worktrees` when it empties it, and a worker whose Landlock
+    /// domain (made when its attempt started) names that directory could
+    /// then not write the one git makes again (a new inode): its commit
+    /// failed with `Permission denied`. Only this worktree's administrative
+    /// directory goes; `prune_worktrees` at a run's start takes the rest.
     pub fn remove_worktree(&self, path: &Path) -> Result<()> {
+        // Where git's `gitdir` file of this worktree points, as git wrote it
+        // (the real path of `<worktree>/.git`), read before it goes.
+        let dot_git = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+                .map(|p| p.join(name).join(".git"))
+                .unwrap_or_else(|_| path.join(".git")),
+            _ => path.join(".git"),
+        };
         match std::fs::remove_dir_all(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        self.prune_worktrees()
+        self.forget_worktree(&dot_git)
+    }
+
+    /// Removes the administrative directory (`.git/worktrees/<name>`) whose
+    /// `gitdir` names `dot_git`, and never `.git/worktrees` itself.
+    fn forget_worktree(&self, dot_git: &Path) -> Result<()> {
+        let _lock = self.worktree_lock(true)?;
+        let admin = self.root.join(".git").join("worktrees");
+        let Ok(entries) = std::fs::read_dir(&admin) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let Ok(named) = std::fs::read_to_string(entry.path().join("gitdir")) else {
+                continue;
+            };
+            if Path::new(named.trim()) == dot_git {
+                // Inside `.git/worktrees`, without following links.
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn prune_worktrees(&self) -> Result<()> {
