@@ -12,7 +12,7 @@ use crate::wording::truncate;
 use crate::Progress;
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_protocol::chat::ChatMessage;
@@ -33,6 +33,10 @@ pub struct BuiltinRunner {
     /// Starts the worker processes, each in its enclosure (its memory limit
     /// and kill handle), keeping one spare ready.
     pub workers: crate::warm::WarmWorkers,
+    /// Per worker node: its `ssh … agentswarm node worker` sessions, one
+    /// kept spare (connected, waiting for its start message) as here.
+    pub remote_workers:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::warm::WarmWorkers>>>,
     pub worker_timeout: Duration,
     pub shutdown_grace: Duration,
     pub gateway: Gateway,
@@ -211,6 +215,27 @@ impl AttemptRunner for BuiltinRunner {
 }
 
 impl BuiltinRunner {
+    /// The sessions to `remote`'s node, with a spare kept ready.
+    fn remote_workers(&self, remote: &RemoteProcess) -> Arc<crate::warm::WarmWorkers> {
+        let mut all = self
+            .remote_workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(remote.node.node.name.clone())
+            .or_insert_with(|| {
+                let here = self.workers.launch();
+                Arc::new(crate::warm::WarmWorkers::new(crate::warm::WorkerLaunch {
+                    program: PathBuf::from("ssh"),
+                    args: remote.args.clone(),
+                    cwd: here.cwd.clone(),
+                    limiter: here.limiter.clone(),
+                    memory_limit: here.memory_limit,
+                    env: crate::nodes::ssh_env(),
+                }))
+            })
+            .clone()
+    }
+
     /// The outside agent that does `task`, when it runs on its own
     /// credentials (its vendor's quota, which the gateway does not see).
     fn own_credentials_agent(&self, task: &TaskId) -> Option<swarm_protocol::agent::AgentSpec> {
@@ -700,11 +725,7 @@ async fn run_process(
 ) -> Outcome {
     let started = match &remote {
         None => ctx.workers.take().await,
-        Some(r) => {
-            ctx.workers
-                .launch()
-                .start_with(Path::new("ssh"), &r.args, crate::nodes::ssh_env())
-        }
+        Some(r) => ctx.remote_workers(r).take().await,
     };
     let (child, enclosure) = match started {
         Ok(started) => started,

@@ -4,6 +4,9 @@
 //! or for its cgroup to be made and joined (one join waited 11 ms for an RCU
 //! grace period here: docs/benchmarks.md).
 //!
+//! The same serves a worker node: the spare is an `ssh` session to the
+//! node's `agentswarm node worker`, connected and waiting (docs/scale-out.md).
+//!
 //! Isolation does not change: a worker still serves one attempt and exits.
 //! The spare waits for its start message with nothing else: no task, no
 //! worktree, no secret (its environment is the allow-list, as every
@@ -26,6 +29,8 @@ pub struct WorkerLaunch {
     pub limiter: Arc<swarm_exec::MemoryLimiter>,
     /// `WORKER_MEMORY_LIMIT_MB`, in bytes, for a worker's whole tree.
     pub memory_limit: u64,
+    /// Added to the allow-listed environment (`SSH_AUTH_SOCK` for `ssh`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// A started worker in its enclosure.
@@ -35,18 +40,6 @@ impl WorkerLaunch {
     /// Makes the enclosure and starts a worker in it. Must be called inside
     /// a tokio runtime.
     pub fn start(&self) -> Result<Started, String> {
-        self.start_with(&self.program, &self.args, Vec::new())
-    }
-
-    /// [`WorkerLaunch::start`] of another program in the same kind of
-    /// enclosure (`ssh` to a worker node), with `env` added to the
-    /// allow-listed environment.
-    pub fn start_with(
-        &self,
-        program: &std::path::Path,
-        args: &[OsString],
-        env: Vec<(OsString, OsString)>,
-    ) -> Result<Started, String> {
         let enclosure = match self.limiter.enclose(self.memory_limit) {
             Ok(e) => Arc::new(e),
             Err(e) => {
@@ -59,11 +52,11 @@ impl WorkerLaunch {
         let opts = swarm_exec::SpawnOptions {
             // Not the worktree: a new one does not exist until the worker makes it.
             cwd: Some(self.cwd.clone()),
-            env,
+            env: self.env.clone(),
             stderr: swarm_exec::ChildStderr::Piped,
             enclosure: Some(enclosure.clone()),
         };
-        match swarm_exec::spawn_child(program, args, &opts) {
+        match swarm_exec::spawn_child(&self.program, &self.args, &opts) {
             Ok(child) => Ok((child, enclosure)),
             Err(e) => {
                 enclosure.release();
