@@ -573,10 +573,14 @@ fn a_project_through_the_api_from_submit_to_download() {
     assert_eq!(code, 422);
     assert!(e["error"].as_str().unwrap().contains("ghost"), "{e}");
     let raw = |body: Vec<u8>, ct: &str| {
+        // On a connection of its own: the server answers a body it refuses
+        // (413) without reading it and closes the connection, which a pooled
+        // connection would only notice on the next request.
         let resp = api
             .http
             .post(daemon.url("/api/v1/projects"))
             .header("content-type", ct)
+            .header("connection", "close")
             .body(body)
             .send()
             .unwrap();
