@@ -274,7 +274,7 @@ pub async fn worker_host(
             l = from_supervisor.next_line() => match l {
                 Ok(Some(l)) => {
                     heard = tokio::time::Instant::now();
-                    if serde_json::from_str::<ToWorker>(&l).is_ok_and(|m| matches!(m, ToWorker::Heartbeat)) {
+                    if l == swarm_protocol::worker::HEARTBEAT_LINE {
                         continue;
                     }
                     let sent = async {
@@ -359,19 +359,19 @@ pub async fn worker_host(
     // What the worker's commands left (a `setsid` daemon) goes too.
     enclosure.signal_all(Signal::SIGKILL);
     enclosure.release();
-    // The worktree goes; its branch stays in the cache repository until the
-    // supervisor has fetched it.
+    // The worktree goes (symlink-safe, as the supervisor removes its own:
+    // not `git worktree remove`, which walks by path what the attempt
+    // wrote); its branch stays in the cache repository until the supervisor
+    // has fetched it.
     if !start.repo.as_os_str().is_empty() {
-        let _ = tokio::process::Command::new("git")
-            .arg("-C")
-            .arg(&start.repo)
-            .args(["worktree", "remove", "--force"])
-            .arg(&start.worktree)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+        let (repo, worktree) = (start.repo.clone(), start.worktree.clone());
+        let removed = tokio::task::spawn_blocking(move || {
+            swarm_git::Repo::open(&repo).and_then(|r| r.remove_worktree(&worktree))
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            eprintln!("agentswarm node worker: cannot remove the worktree: {e}");
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(match status {
@@ -402,6 +402,10 @@ async fn commits_of(
     let WorktreeSetup::Create { repo, branch, base } = &start.setup else {
         return None;
     };
+    // Only the one `Finished` line is parsed, not every relayed one.
+    if !line.starts_with(r#"{"type":"finished""#) {
+        return None;
+    }
     match serde_json::from_str::<FromWorker>(line).ok()? {
         FromWorker::Finished { commit, .. } if !commit.is_empty() => {}
         _ => return None,

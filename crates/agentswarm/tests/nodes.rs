@@ -514,6 +514,21 @@ fn a_plan_runs_across_local_and_two_nodes() {
             .join(format!("t{i:02}.tar.gz"));
         assert!(a.exists(), "{} is missing", a.display());
     }
+    // Each node removed its attempts' worktrees (its cache repository stays).
+    for name in ["n1", "n2"] {
+        let work = node_binary(&h, name)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("work");
+        let worktrees = work.join(project).join("worktrees");
+        let left: Vec<_> = std::fs::read_dir(&worktrees)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{name} kept worktrees: {left:?}");
+        assert!(work.join(project).join("repo/.git").is_dir());
+    }
     // Nothing stays on the hosts (a probe the run's end caught on its way
     // finishes by itself within a moment).
     for host in [&one, &two] {

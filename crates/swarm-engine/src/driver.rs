@@ -752,10 +752,6 @@ struct Channel {
     node: Option<Arc<crate::nodes::RemoteNode>>,
 }
 
-/// A node's heartbeat line (`FromWorker::Heartbeat`), told apart without
-/// parsing.
-const HEARTBEAT_LINE: &str = r#"{"type":"heartbeat"}"#;
-
 /// Talks to a running worker until it reports, dies, runs out of time, goes
 /// over its memory limit or the run is cancelled; then ends its whole tree.
 #[allow(clippy::too_many_arguments)]
@@ -802,7 +798,7 @@ async fn talk(
             let mut from = BufReader::new(stdout).lines();
             while let Ok(Some(l)) = from.next_line().await {
                 heard.now();
-                if l == HEARTBEAT_LINE {
+                if l == swarm_protocol::worker::HEARTBEAT_LINE {
                     continue;
                 }
                 if line_tx.send(l).await.is_err() {

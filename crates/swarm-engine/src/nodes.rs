@@ -262,8 +262,6 @@ pub struct RemoteNode {
     /// Per project: the `main` commit the node's cache repository has
     /// (pushes to one node and project go one at a time).
     synced: tokio::sync::Mutex<HashMap<ProjectId, String>>,
-    /// When the health last changed to down (for the log).
-    down_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RemoteNode {
@@ -315,7 +313,6 @@ impl RemoteNode {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if !matches!(*h, Health::Down(_)) {
             tracing::warn!(node = %self.node.name, %reason, "node lost; its attempts run elsewhere until it answers again");
-            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
         *h = Health::Down(reason.to_owned());
         // A new master is made at the next probe.
@@ -468,7 +465,6 @@ impl RemoteNode {
             Ok(info) => {
                 if !was_up {
                     tracing::info!(node = %self.node.name, version = %info.version, sandbox = %info.sandbox, "node ready");
-                    *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 Health::Up(Box::new(info))
             }
@@ -700,7 +696,6 @@ impl NodeSet {
                     health: Mutex::new(Health::Unknown),
                     master: Mutex::new(None),
                     synced: tokio::sync::Mutex::new(HashMap::new()),
-                    down_since: Mutex::new(None),
                 })),
             }));
         }

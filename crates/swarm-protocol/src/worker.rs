@@ -31,6 +31,11 @@ pub enum ToWorker {
 /// Seconds between two heartbeats on a node's channel (docs/scale-out.md).
 pub const HEARTBEAT_SECS: u64 = 2;
 
+/// A heartbeat as a line, either way (`ToWorker::Heartbeat` and
+/// `FromWorker::Heartbeat` serialize alike): relays tell it apart without
+/// parsing the line.
+pub const HEARTBEAT_LINE: &str = r#"{"type":"heartbeat"}"#;
+
 /// Everything a worker needs for one attempt of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStart {
@@ -222,6 +227,16 @@ pub enum FromWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_is_one_line_either_way() {
+        for line in [
+            serde_json::to_string(&ToWorker::Heartbeat).unwrap(),
+            serde_json::to_string(&FromWorker::Heartbeat).unwrap(),
+        ] {
+            assert_eq!(line, HEARTBEAT_LINE);
+        }
+    }
 
     #[test]
     fn messages_are_tagged_lines() {
