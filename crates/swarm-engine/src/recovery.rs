@@ -168,7 +168,9 @@ pub(crate) fn reopen_failed(engine: &Engine, id: &ProjectId) -> Result<bool> {
 }
 
 /// Writes the archive of every task in `done` (done, with a commit) that
-/// has none in `outputs`, from a detached checkout of its commit under
+/// has none in `outputs`, or one cut short (task archives are not synced one
+/// by one: a crash of the machine can leave one empty or partly written),
+/// from a detached checkout of its commit under
 /// `scratch`. Returns how many were written; a failure is logged and the
 /// next task tried (an archive is a convenience, `main` has the work).
 pub(crate) fn rebuild_archives(
@@ -184,7 +186,7 @@ pub(crate) fn rebuild_archives(
         let Some(commit) = t.commit.as_deref() else {
             continue;
         };
-        if crate::packager::task_archive_path(outputs, &t.id).exists() {
+        if swarm_package::is_complete_archive(&crate::packager::task_archive_path(outputs, &t.id)) {
             continue;
         }
         let checkout = scratch.join(format!("archive-{}", t.id));

@@ -79,6 +79,14 @@ pub(crate) fn settings() {
                 tracing::warn!(error = %e, "cannot clear libgit2's configuration search path");
             }
         }
+        // With strict object creation (libgit2's default), writing a tree
+        // first checks that every object it names exists: one loose-object
+        // lookup per entry, 6–10 ms for a directory of 1,000 files, which
+        // made the merge queue the bottleneck of a large plan
+        // (docs/benchmarks.md). Every tree written here is made of entries
+        // read from existing trees (a merge) or of blobs just written from
+        // the worktree (a commit), so the check finds nothing missing.
+        git2::opts::strict_object_creation(false);
     });
 }
 
@@ -135,17 +143,24 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     let shallow = root.join(".git/shallow").exists();
     // Already merged: `git merge --no-ff` says "Already up to date" and makes
     // no commit.
-    let merged = if shallow {
+    let (merged, bases) = if shallow {
         let (t, o) = (theirs_id.to_string(), ours_id.to_string());
         let args = ["merge-base", "--is-ancestor", &t, &o];
         let out = crate::git_status(root, &args, None)?;
         match out.exit.code {
-            Some(0) => true,
-            Some(1) => false,
+            Some(0) => (true, Vec::new()),
+            Some(1) => (false, Vec::new()),
             _ => return Err(crate::command_error(&args, &out)),
         }
     } else {
-        repo.graph_descendant_of(ours_id, theirs_id)?
+        // One walk answers both questions: the branch is already in `main`
+        // exactly when it is their merge base.
+        let bases: Vec<git2::Oid> = repo
+            .merge_bases(ours_id, theirs_id)?
+            .iter()
+            .copied()
+            .collect();
+        (bases == [theirs_id], bases)
     };
     if theirs_id == ours_id || merged {
         return Ok(Merged::Commit(ours_id.to_string()));
@@ -153,7 +168,7 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     let simple = if shallow {
         None
     } else {
-        simple_merge(&repo, root, &ours, &theirs)?
+        simple_merge(&repo, root, &bases, &ours, &theirs)?
     };
     let decided = match simple {
         Some(d) => {
@@ -193,11 +208,11 @@ type Decided = std::result::Result<git2::Oid, Vec<String>>;
 fn simple_merge(
     repo: &git2::Repository,
     root: &Path,
+    bases: &[git2::Oid],
     ours: &git2::Commit<'_>,
     theirs: &git2::Commit<'_>,
 ) -> Result<Option<Decided>> {
-    let bases = repo.merge_bases(ours.id(), theirs.id())?;
-    let [base] = bases.iter().collect::<Vec<_>>()[..] else {
+    let [base] = bases else {
         return Ok(None);
     };
     if root.join(".git/info/attributes").exists() {
@@ -302,6 +317,43 @@ fn merge_tree(root: &Path, ours: git2::Oid, theirs: git2::Oid) -> Result<Decided
             .collect())),
         _ => Err(crate::command_error(&args, &out)),
     }
+}
+
+/// Every local branch whose name starts with `prefix` (`refs/heads/` left
+/// off), like `git for-each-ref --format=%(refname:short) refs/heads/<prefix>`.
+pub(crate) fn branches(git_dir: &Path, prefix: &str) -> Result<Vec<String>> {
+    let repo = open(git_dir)?;
+    let mut names = Vec::new();
+    for r in repo.references()? {
+        let r = r?;
+        let Some(name) = r.name_bytes().strip_prefix(b"refs/heads/") else {
+            continue;
+        };
+        if name.starts_with(prefix.as_bytes()) {
+            names.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Deletes each of the local branches `names`, like `git branch -D`: one
+/// checked out in a worktree is kept. Returns how many went.
+pub(crate) fn delete_branches(git_dir: &Path, names: &[String]) -> Result<usize> {
+    let repo = open(git_dir)?;
+    let mut deleted = 0;
+    for name in names {
+        match repo.find_branch(name, git2::BranchType::Local) {
+            // `Branch::delete` refuses a branch a worktree has checked out.
+            Ok(mut b) => match b.delete() {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::debug!(branch = %name, error = %e, "branch kept"),
+            },
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Paths `commit` changed relative to its first parent (every path of its

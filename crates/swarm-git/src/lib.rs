@@ -1107,29 +1107,15 @@ impl Repo {
     }
 
     /// Deletes every local branch whose name starts with `prefix`.
+    /// One checked out in a worktree is kept. In this process.
     pub fn delete_branches(&self, prefix: &str) -> Result<usize> {
-        let pattern = format!("refs/heads/{prefix}");
-        let out = git(
-            &self.root,
-            &["for-each-ref", "--format=%(refname:short)", &pattern],
-            None,
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let branches: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        let git_dir = self.root.join(".git");
+        let branches = inproc::branches(&git_dir, prefix)?;
         if branches.is_empty() {
             return Ok(0);
         }
         let _lock = self.worktree_lock(false)?;
-        let mut args = vec!["branch", "-q", "-D"];
-        args.extend(branches.iter().copied());
-        if git(&self.root, &args, None).is_ok() {
-            return Ok(branches.len());
-        }
-        // Some branch is still checked out in a worktree: delete the others one by one.
-        Ok(branches
-            .iter()
-            .filter(|b| git(&self.root, &["branch", "-q", "-D", b], None).is_ok())
-            .count())
+        inproc::delete_branches(&git_dir, &branches)
     }
 
     /// Merges `branch` into `main` like `git merge --no-ff`: a merge commit on
@@ -1321,9 +1307,19 @@ mod tests {
             ["pkg/m.py"]
         );
         repo.remove_worktree(&dir.path().join("a-1")).unwrap();
-        repo.remove_worktree(&wt).unwrap();
         assert!(!dir.path().join("a-1").exists());
-        assert_eq!(repo.delete_branches("task/").unwrap(), 2);
+        // As `git branch -D`: the branch a worktree has checked out stays.
+        assert_eq!(repo.delete_branches("task/").unwrap(), 1);
+        assert_eq!(
+            crate::inproc::branches(&repo.root().join(".git"), "task/").unwrap(),
+            ["task/c/1"]
+        );
+        repo.remove_worktree(&wt).unwrap();
+        assert_eq!(repo.delete_branches("task/").unwrap(), 1);
+        assert!(git(repo.root(), &["branch", "--list", "task/*"], None)
+            .unwrap()
+            .stdout
+            .is_empty());
     }
 
     #[test]

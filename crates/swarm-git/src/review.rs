@@ -34,20 +34,7 @@ pub fn release(repo: &Path, name: &str) -> Result<()> {
 
 /// Every review branch there is (`review/<task>/<attempt>`).
 pub fn list(repo: &Path) -> Result<Vec<String>> {
-    let out = git(
-        repo,
-        &[
-            "for-each-ref",
-            "--format=%(refname:short)",
-            "refs/heads/review/",
-        ],
-        None,
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+    crate::inproc::branches(&repo.join(".git"), "review/")
 }
 
 /// The commit `a` and `b` last had in common.
