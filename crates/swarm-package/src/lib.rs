@@ -645,8 +645,12 @@ impl TarOut {
         let gz = self.tar.into_inner().map_err(werr)?;
         let mut buf = gz.finish().map_err(werr)?;
         buf.flush().map_err(werr)?;
-        let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
-        file.sync_all().map_err(werr)
+        // Not synced: a task archive can be rebuilt from its commit (recovery
+        // does, for one that is missing or incomplete, see
+        // [`is_complete_archive`]), and the delivery syncs everything it
+        // wrote at once (`write_delivery`).
+        buf.into_inner().map_err(|e| werr(e.into_error()))?;
+        Ok(())
     }
 }
 
@@ -668,11 +672,60 @@ pub fn write_delivery(
     let manifest_json = out_dir.join("manifest.json");
     write_atomic(&manifest_txt, packed.manifest_txt.as_bytes())?;
     write_atomic(&manifest_json, &packed.manifest_json)?;
+    sync_filesystem(out_dir)?;
     Ok(Delivery {
         packed,
         manifest_txt,
         manifest_json,
     })
+}
+
+/// Makes everything written to the filesystem holding `dir` durable, with
+/// one `syncfs`: the delivery, its manifests, and the run's task archives
+/// written (unsynced) before it — one sync a run instead of one a file.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let werr = |source| Error::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir).map_err(werr)?;
+    // SAFETY: `d` is an open descriptor for the call's whole duration.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(werr(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a whole archive as [`write_archive`] writes it: a gzip
+/// stream read to its end (its length and CRC checked) holding a tar whose
+/// last entry is `manifest.json`. An archive cut short by a crash of the
+/// machine before its data reached the disk is not.
+pub fn is_complete_archive(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let Ok(entries) = tar.entries() else {
+        return false;
+    };
+    let mut last = None;
+    for entry in entries {
+        let Ok(mut entry) = entry else {
+            return false;
+        };
+        if std::io::copy(&mut entry, &mut std::io::sink()).is_err() {
+            return false;
+        }
+        last = entry.path().ok().map(|p| p.into_owned());
+    }
+    // The tar ends with its two zero blocks; the gzip trailer is checked
+    // when the decoder reaches the end of its stream.
+    let mut rest = tar.into_inner();
+    if std::io::copy(&mut rest, &mut std::io::sink()).is_err() {
+        return false;
+    }
+    last.is_some_and(|p| p.as_os_str() == "manifest.json")
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
@@ -1000,6 +1053,45 @@ mod tests {
             redacted_name(&format!("{FAKE_OPENAI}/x\ny"), &key_scanner),
             "[REDACTED]/x\\ny"
         );
+    }
+
+    #[test]
+    fn an_archive_cut_short_is_not_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("wt");
+        std::fs::create_dir_all(&root).unwrap();
+        // Incompressible bytes, so that the cuts below land inside the file's data.
+        let data: Vec<u8> = (0..40_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(root.join("a.bin"), &data).unwrap();
+        let archive = dir.path().join("t1.tar.gz");
+        write_archive(
+            &archive,
+            "t1",
+            &root,
+            &["a.bin".into()],
+            serde_json::Value::Null,
+            &key_scanner,
+        )
+        .unwrap();
+        assert!(is_complete_archive(&archive));
+        let whole = std::fs::read(&archive).unwrap();
+        let cut = dir.path().join("cut.tar.gz");
+        for len in [0, 10, whole.len() / 2, whole.len() - 9, whole.len() - 1] {
+            std::fs::write(&cut, &whole[..len]).unwrap();
+            assert!(
+                !is_complete_archive(&cut),
+                "cut at {len} of {}",
+                whole.len()
+            );
+        }
+        // The first kilobyte lost (zeroed), as a crash can leave a block.
+        let mut zeroed = whole.clone();
+        zeroed[20..1044].fill(0);
+        std::fs::write(&cut, &zeroed).unwrap();
+        assert!(!is_complete_archive(&cut));
+        assert!(!is_complete_archive(&dir.path().join("missing.tar.gz")));
     }
 
     #[test]
