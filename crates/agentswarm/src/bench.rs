@@ -111,9 +111,27 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     // Processes and syncs of the whole process tree (the supervisor, its
     // workers and every git they run), counted in a run of its own: tracing
     // slows the run, so it is not timed.
+    // Twice, with 10 and 30 tasks: what a run costs once (creating the
+    // repository and the store, verify, the delivery) and what each task
+    // adds are told apart by the difference.
     let counted = if strace_available() {
-        let c = run_case(&exe, home.path(), "counted", n.min(30), 1, 1, 0, None, true).await?;
-        c.counted.map(|k| (c.tasks, k))
+        let small = run_case(&exe, home.path(), "counted-10", 10, 1, 1, 0, None, true).await?;
+        let large = run_case(
+            &exe,
+            home.path(),
+            "counted",
+            n.clamp(11, 30),
+            1,
+            1,
+            0,
+            None,
+            true,
+        )
+        .await?;
+        small
+            .counted
+            .zip(large.counted)
+            .map(|(a, b)| Counts::from_runs((small.tasks, a), (large.tasks, b)))
     } else {
         progress("strace is not installed: processes and syncs are not counted");
         None
@@ -170,9 +188,13 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             "cap": {"worker": par.phases.worker_ms, "merge": par.phases.merge_ms},
         },
         "supervisor_processes_per_task": par.spawned_per_task,
-        "processes_per_task": counted.map(|(t, c)| c.processes as f64 / f64::from(t)),
-        "fsyncs_per_task": counted.map(|(t, c)| c.fsyncs as f64 / f64::from(t)),
-        "counted": counted.map(|(t, c)| json!({"tasks": t, "cap": 1, "processes": c.processes, "fsyncs": c.fsyncs})),
+        "processes_per_task": counted.map(|c| c.processes_per_task),
+        "fsyncs_per_task": counted.map(|c| c.fsyncs_per_task),
+        "counted": counted.map(|c| json!({
+            "tasks": c.tasks, "cap": 1, "processes": c.large.processes, "fsyncs": c.large.fsyncs,
+            "tasks_small": c.small_tasks, "processes_small": c.small.processes, "fsyncs_small": c.small.fsyncs,
+            "processes_per_run": c.processes_per_run, "fsyncs_per_run": c.fsyncs_per_run,
+        })),
         "makespan_ms": wide.span_ms,
         "makespan_lower_bound_ms": lower_ms,
         "makespan_ratio": ratio,
@@ -206,10 +228,11 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         seq.phases.worker_ms, seq.phases.merge_ms, args.workers, par.phases.worker_ms, par.phases.merge_ms
     );
     match counted {
-        Some((t, c)) => println!(
-            "  whole process tree, {t} tasks at cap 1 under strace: {:.2} processes and {:.2} syncs per task",
-            c.processes as f64 / f64::from(t),
-            c.fsyncs as f64 / f64::from(t)
+        Some(c) => println!(
+            "  whole process tree at cap 1 under strace ({} and {} tasks): {:.2} processes and {:.2} syncs per task, plus {:.1} and {:.1} per run \
+             ({} processes and {} syncs in all for {} tasks)",
+            c.small_tasks, c.tasks, c.processes_per_task, c.fsyncs_per_task, c.processes_per_run, c.fsyncs_per_run,
+            c.large.processes, c.large.fsyncs, c.tasks
         ),
         None => println!("  whole process tree: not counted (no strace)"),
     }
@@ -658,6 +681,38 @@ struct Counted {
     fsyncs: u64,
 }
 
+/// Processes and syncs of two runs of different sizes, split into what
+/// each task adds (the slope) and what a run costs once (the intercept).
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    small_tasks: u32,
+    small: Counted,
+    tasks: u32,
+    large: Counted,
+    processes_per_task: f64,
+    fsyncs_per_task: f64,
+    processes_per_run: f64,
+    fsyncs_per_run: f64,
+}
+
+impl Counts {
+    fn from_runs((n1, a): (u32, Counted), (n2, b): (u32, Counted)) -> Self {
+        let dn = f64::from(n2) - f64::from(n1);
+        let slope = |x: u64, y: u64| (y as f64 - x as f64) / dn;
+        let (p, f) = (slope(a.processes, b.processes), slope(a.fsyncs, b.fsyncs));
+        Self {
+            small_tasks: n1,
+            small: a,
+            tasks: n2,
+            large: b,
+            processes_per_task: p,
+            fsyncs_per_task: f,
+            processes_per_run: b.processes as f64 - p * f64::from(n2),
+            fsyncs_per_run: b.fsyncs as f64 - f * f64::from(n2),
+        }
+    }
+}
+
 /// Parses `strace -c -U calls,errors,name` output (the errors column is
 /// blank when there were none).
 fn read_counts(path: &Path) -> Result<Counted> {
@@ -751,4 +806,28 @@ fn median(v: &mut [f64]) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_split_into_per_task_and_per_run() {
+        let small = Counted {
+            processes: 36,
+            fsyncs: 31,
+        };
+        let large = Counted {
+            processes: 56,
+            fsyncs: 71,
+        };
+        let c = Counts::from_runs((10, small), (30, large));
+        assert_eq!(
+            (c.processes_per_task, c.processes_per_run),
+            (1.0, 26.0),
+            "{c:?}"
+        );
+        assert_eq!((c.fsyncs_per_task, c.fsyncs_per_run), (2.0, 11.0), "{c:?}");
+    }
 }
