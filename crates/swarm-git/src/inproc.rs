@@ -319,6 +319,55 @@ fn merge_tree(root: &Path, ours: git2::Oid, theirs: git2::Oid) -> Result<Decided
     }
 }
 
+/// `git worktree prune`: the administrative directory of every worktree
+/// whose directory (or its `.git` link) is gone is removed, unless the
+/// worktree is locked (as `git worktree add` locks one it is still making).
+/// Unlike git, an empty `.git/worktrees` is left in place: a worker's
+/// Landlock domain may name it (see `Repo::remove_worktree`).
+pub(crate) fn prune_worktrees(git_dir: &Path) -> Result<()> {
+    let repo = open(git_dir)?;
+    // Listed from the directory: libgit2's list leaves out entries it
+    // cannot read, which git prunes.
+    let entries = match std::fs::read_dir(git_dir.join("worktrees")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        // A name that is not UTF-8: not one this program made.
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let name = name.as_str();
+        let admin = entry.path();
+        match repo.find_worktree(name) {
+            Ok(wt) => {
+                if wt.is_prunable(None)? {
+                    wt.prune(None)?;
+                }
+            }
+            // An administrative directory libgit2 cannot read (no `gitdir`
+            // file: git prunes it too), unless it is being made.
+            Err(e) if !admin.join("locked").exists() => {
+                tracing::debug!(worktree = name, error = %e, "pruning an unreadable worktree entry");
+                let removed = if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&admin)
+                } else {
+                    std::fs::remove_file(&admin)
+                };
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Every local branch whose name starts with `prefix` (`refs/heads/` left
 /// off), like `git for-each-ref --format=%(refname:short) refs/heads/<prefix>`.
 pub(crate) fn branches(git_dir: &Path, prefix: &str) -> Result<Vec<String>> {

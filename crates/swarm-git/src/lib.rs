@@ -1100,10 +1100,11 @@ impl Repo {
         Ok(())
     }
 
+    /// Forgets every worktree whose directory is gone (`git worktree
+    /// prune`, in this process).
     pub fn prune_worktrees(&self) -> Result<()> {
         let _lock = self.worktree_lock(true)?;
-        git(&self.root, &["worktree", "prune"], None)?;
-        Ok(())
+        inproc::prune_worktrees(&self.root.join(".git"))
     }
 
     /// Deletes every local branch whose name starts with `prefix`.
@@ -2085,6 +2086,61 @@ mod tests {
                 t.join().unwrap().unwrap();
             }
         }
+    }
+
+    #[test]
+    fn prune_forgets_only_worktrees_whose_directory_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path().join("repo"), "p1").unwrap();
+        let main = repo.head().unwrap();
+        let (kept, gone, locked) = (
+            dir.path().join("kept"),
+            dir.path().join("gone"),
+            dir.path().join("locked"),
+        );
+        repo.add_worktree_at(&kept, "task/k/1", &main).unwrap();
+        repo.add_worktree_at(&gone, "task/g/1", &main).unwrap();
+        repo.add_worktree_at(&locked, "task/l/1", &main).unwrap();
+        git(
+            repo.root(),
+            &["worktree", "lock", &locked.to_string_lossy()],
+            None,
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&gone).unwrap();
+        std::fs::remove_dir_all(&locked).unwrap();
+        // An entry half made by a crash: no `gitdir` file.
+        std::fs::create_dir_all(repo.root().join(".git/worktrees/half")).unwrap();
+        repo.prune_worktrees().unwrap();
+        let list = String::from_utf8(
+            git(repo.root(), &["worktree", "list", "--porcelain"], None)
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(list.contains(&*kept.to_string_lossy()), "{list}");
+        assert!(list.contains(&*locked.to_string_lossy()), "{list}");
+        assert!(!list.contains(&*gone.to_string_lossy()), "{list}");
+        assert!(!repo.root().join(".git/worktrees/half").exists());
+        // git agrees there is nothing left to prune.
+        let dry = git(repo.root(), &["worktree", "prune", "-n", "-v"], None).unwrap();
+        assert!(dry.stdout.is_empty() && dry.stderr.is_empty(), "{dry:?}");
+        repo.remove_worktree(&kept).unwrap();
+        git(
+            repo.root(),
+            &["worktree", "unlock", &locked.to_string_lossy()],
+            None,
+        )
+        .unwrap();
+        repo.prune_worktrees().unwrap();
+        // Emptied, the directory stays (a running worker's domain may name it).
+        assert!(repo.root().join(".git/worktrees").is_dir());
+        assert_eq!(
+            std::fs::read_dir(repo.root().join(".git/worktrees"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
