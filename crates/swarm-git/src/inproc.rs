@@ -390,19 +390,52 @@ pub(crate) fn branches(git_dir: &Path, prefix: &str) -> Result<Vec<String>> {
 /// checked out in a worktree is kept. Returns how many went.
 pub(crate) fn delete_branches(git_dir: &Path, names: &[String]) -> Result<usize> {
     let repo = open(git_dir)?;
+    // Read once: `Branch::delete` would open every worktree for every branch.
+    let checked_out = checked_out_branches(git_dir)?;
     let mut deleted = 0;
     for name in names {
-        match repo.find_branch(name, git2::BranchType::Local) {
-            // `Branch::delete` refuses a branch a worktree has checked out.
-            Ok(mut b) => match b.delete() {
-                Ok(()) => deleted += 1,
-                Err(e) => tracing::debug!(branch = %name, error = %e, "branch kept"),
-            },
+        let full = format!("refs/heads/{name}");
+        if checked_out.contains(full.as_bytes()) {
+            tracing::debug!(branch = %name, "branch kept: a worktree has it checked out");
+            continue;
+        }
+        match repo.find_reference(&full) {
+            Ok(mut r) => {
+                r.delete()?;
+                deleted += 1;
+            }
             Err(e) if e.code() == git2::ErrorCode::NotFound => {}
             Err(e) => return Err(e.into()),
         }
     }
     Ok(deleted)
+}
+
+/// The refs the main worktree's and every linked worktree's `HEAD` name
+/// (a detached `HEAD` names none).
+fn checked_out_branches(git_dir: &Path) -> Result<std::collections::HashSet<Vec<u8>>> {
+    let mut heads = vec![git_dir.join("HEAD")];
+    match std::fs::read_dir(git_dir.join("worktrees")) {
+        Ok(entries) => {
+            for entry in entries {
+                heads.push(entry?.path().join("HEAD"));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut names = std::collections::HashSet::new();
+    for head in heads {
+        let text = match std::fs::read(&head) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(target) = text.strip_prefix(b"ref: ") {
+            names.insert(target.trim_ascii_end().to_vec());
+        }
+    }
+    Ok(names)
 }
 
 /// Paths `commit` changed relative to its first parent (every path of its
