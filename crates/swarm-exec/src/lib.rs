@@ -635,25 +635,18 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
     })
 }
 
-/// Spawns a long-lived child with piped stdin and stdout (the IPC channel),
-/// in its own process group, with the parent-death signal, forked from the
-/// spawner thread. Must be called inside a tokio runtime.
-pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Result<ChildProcess> {
-    let spawn_err = |source: std::io::Error| Error::Spawn {
-        program: program.display().to_string(),
-        source,
-    };
-    let handle =
-        tokio::runtime::Handle::try_current().map_err(|e| spawn_err(std::io::Error::other(e)))?;
-    let mut std_cmd = base_command(program.as_os_str(), opts.cwd.as_deref(), &opts.env);
-    std_cmd.args(args);
-    set_parent_death_signal(&mut std_cmd);
-    join_enclosure(&mut std_cmd, opts.enclosure.as_ref());
+/// Starts `std_cmd` with stdin and stdout piped and stderr as `stderr` says,
+/// killed when dropped, forked from the spawner thread (see [`spawner`]).
+fn spawn_piped(
+    std_cmd: Command,
+    handle: tokio::runtime::Handle,
+    stderr: ChildStderr,
+) -> std::io::Result<ChildProcess> {
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
-    cmd.stderr(match opts.stderr {
+    cmd.stderr(match stderr {
         ChildStderr::Inherit => Stdio::inherit(),
         ChildStderr::Piped => Stdio::piped(),
         ChildStderr::Null => Stdio::null(),
@@ -672,20 +665,32 @@ pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Re
         );
         let _ = tx.send(result);
     });
-    let sent = spawner()
+    let gone = || std::io::Error::other("the spawner thread is gone");
+    spawner()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .send(job);
-    if sent.is_err() {
-        return Err(spawn_err(std::io::Error::other(
-            "the spawner thread is gone",
-        )));
-    }
-    let child = rx
-        .recv()
-        .map_err(|_| spawn_err(std::io::Error::other("the spawner thread is gone")))?
-        .map_err(spawn_err)?;
+        .send(job)
+        .map_err(|_| gone())?;
+    let child = rx.recv().map_err(|_| gone())??;
     SPAWNED.fetch_add(1, Ordering::Relaxed);
+    Ok(child)
+}
+
+/// Spawns a long-lived child with piped stdin and stdout (the IPC channel),
+/// in its own process group, with the parent-death signal, forked from the
+/// spawner thread. Must be called inside a tokio runtime.
+pub fn spawn_child(program: &Path, args: &[OsString], opts: &SpawnOptions) -> Result<ChildProcess> {
+    let spawn_err = |source: std::io::Error| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    };
+    let handle =
+        tokio::runtime::Handle::try_current().map_err(|e| spawn_err(std::io::Error::other(e)))?;
+    let mut std_cmd = base_command(program.as_os_str(), opts.cwd.as_deref(), &opts.env);
+    std_cmd.args(args);
+    set_parent_death_signal(&mut std_cmd);
+    join_enclosure(&mut std_cmd, opts.enclosure.as_ref());
+    let child = spawn_piped(std_cmd, handle, opts.stderr).map_err(spawn_err)?;
     if let Some(e) = &opts.enclosure {
         e.set_root(child.pid);
     }
@@ -727,43 +732,7 @@ pub fn spawn_confined(
     std_cmd.args(&all_args);
     set_parent_death_signal(&mut std_cmd);
     sandbox.install(&mut std_cmd);
-    let mut cmd = tokio::process::Command::from(std_cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.stderr(match stderr {
-        ChildStderr::Inherit => Stdio::inherit(),
-        ChildStderr::Piped => Stdio::piped(),
-        ChildStderr::Null => Stdio::null(),
-    });
-    let (tx, rx) = mpsc::channel();
-    let job: SpawnJob = Box::new(move || {
-        let _entered = handle.enter();
-        let result = spawn_registered(
-            || {
-                cmd.spawn().map(|child| ChildProcess {
-                    pid: child.id().unwrap_or(0),
-                    child,
-                })
-            },
-            ChildProcess::pid,
-        );
-        let _ = tx.send(result);
-    });
-    let sent = spawner()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job);
-    if sent.is_err() {
-        return Err(spawn_err(std::io::Error::other(
-            "the spawner thread is gone",
-        )));
-    }
-    let child = rx
-        .recv()
-        .map_err(|_| spawn_err(std::io::Error::other("the spawner thread is gone")))?
-        .map_err(spawn_err)?;
-    SPAWNED.fetch_add(1, Ordering::Relaxed);
+    let child = spawn_piped(std_cmd, handle, stderr).map_err(spawn_err)?;
     Ok(child)
 }
 
