@@ -795,8 +795,19 @@ async fn talk(
     let reader = {
         let heard = heard.clone();
         tokio::spawn(async move {
-            let mut from = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = from.next_line().await {
+            let mut from = BufReader::new(stdout);
+            loop {
+                // Capped: a node's channel is not this program's to trust.
+                let l = match crate::from_node::read_line(&mut from, crate::from_node::LINE_MAX)
+                    .await
+                {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the worker's channel sent what is not a line of the protocol; reading no more of it");
+                        break;
+                    }
+                };
                 heard.now();
                 if l == swarm_protocol::worker::HEARTBEAT_LINE {
                     continue;
@@ -979,19 +990,19 @@ async fn talk(
                 result = Some(over_memory(reason, turns));
             }
             // A node's commits, ahead of its `Finished` (docs/scale-out.md).
+            // Only for this attempt's branch and up to the cap; the fetch
+            // takes nothing but that branch either way (`from_node`).
             FromWorker::Commits { branch, bundle } if remote.is_some() => {
-                use base64::Engine as _;
-                let saved = base64::engine::general_purpose::STANDARD
-                    .decode(bundle.as_bytes())
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        let path = bundle_path(ctx, task, attempt);
-                        std::fs::create_dir_all(path.parent().unwrap_or(&path))
-                            .and_then(|()| std::fs::write(&path, bytes))
-                            .map_err(|e| e.to_string())
-                    });
+                let saved =
+                    crate::from_node::bundle_to_keep(&branch, &branch_name(task, attempt), &bundle)
+                        .and_then(|bytes| {
+                            let path = bundle_path(ctx, task, attempt);
+                            std::fs::create_dir_all(path.parent().unwrap_or(&path))
+                                .and_then(|()| std::fs::write(&path, bytes))
+                                .map_err(|e| e.to_string())
+                        });
                 if let Err(e) = saved {
-                    tracing::warn!(task = %task, attempt, %branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
+                    tracing::warn!(task = %task, attempt, branch = ?branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
                 }
             }
             other => {
