@@ -200,11 +200,29 @@ pub(crate) fn fetch_commits(
     } else {
         argv.push("+refs/*:refs/*".into());
     }
-    git(
-        &argv,
-        &env,
-        "cannot fetch the attempt's commit from the node",
-    )?;
+    // Tried again before the node is blamed: a fetch can fail on what other
+    // git processes do to this repository meanwhile. It reads every
+    // worktree's administrative files (it refuses to move a branch checked
+    // out in one), and one being added has an empty `commondir` for a
+    // moment; and its check that the bundle's prerequisites are reachable
+    // walks the refs while merges and clean-ups change them. A hostile
+    // bundle fails every time.
+    let mut tries = 0;
+    loop {
+        match git(
+            &argv,
+            &env,
+            "cannot fetch the attempt's commit from the node",
+        ) {
+            Ok(_) => break,
+            Err(e) if tries < 3 => {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "fetching again");
+                std::thread::sleep(std::time::Duration::from_millis(100 * tries));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     if !guards.reported_commit {
         return Ok(());
     }
