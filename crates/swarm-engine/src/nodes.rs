@@ -696,6 +696,15 @@ impl NodeSet {
         self.entries.iter().map(|e| e.slots).sum()
     }
 
+    /// The nodes over SSH that answered their last probe.
+    pub fn up_remotes(&self) -> Vec<Arc<RemoteNode>> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.remote.clone())
+            .filter(|r| r.info().is_some())
+            .collect()
+    }
+
     pub fn has_remote(&self) -> bool {
         self.entries.len() > 1
     }
