@@ -351,7 +351,7 @@ fn sandbox_cost(dir: &Path) -> Result<Vec<SandboxCost>> {
 }
 
 pub(crate) struct CaseResult {
-    phases: Phases,
+    pub(crate) phases: Phases,
     /// Under strace: what the whole process tree did.
     counted: Option<Counted>,
     pub(crate) tasks: u32,
@@ -435,7 +435,7 @@ pub(crate) async fn run_case(
         tokio::process::Command::new(exe)
     };
     let started = Instant::now();
-    let mut child = command
+    command
         .args(["run", "--json", "--max-workers", &cap.to_string()])
         // The plan's tasks and its verify task, over the default limit with --scale.
         .args(["--max-tasks", &(n + 1).to_string(), "--plan"])
@@ -463,10 +463,16 @@ pub(crate) async fn run_case(
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start agentswarm run")?;
+        .kill_on_drop(true);
+    // AGENTSWARM_LOG given to the bench goes to the run, whose log then
+    // comes out on the bench's stderr (to see where a run's time goes).
+    match std::env::var_os("AGENTSWARM_LOG") {
+        Some(filter) => command
+            .env("AGENTSWARM_LOG", filter)
+            .stderr(Stdio::inherit()),
+        None => command.stderr(Stdio::piped()),
+    };
+    let mut child = command.spawn().context("cannot start agentswarm run")?;
     let pid = child.id().unwrap_or(0);
     // Read the output while the run goes on: a large plan writes more than
     // a pipe holds, and the run would block on it.
@@ -762,16 +768,27 @@ fn progress(line: &str) {
 /// Where a task's time goes, medians over the tasks of a run (ms): `worker`
 /// from `running` to `merging` (spawn, setup, model turns, commit, exit),
 /// `merge` from `merging` to `done` (waiting in the queue and merging).
-#[derive(Debug, Clone, Copy, Default)]
-struct Phases {
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phases {
     worker_ms: f64,
     merge_ms: f64,
+    /// With nodes: for each node (`placed` events), its attempts and their
+    /// median time from `running` to `merging` — how long an attempt there
+    /// holds its slot, the model's turns included.
+    pub(crate) by_node: std::collections::BTreeMap<String, (usize, f64)>,
 }
 
 fn phases(store: &dyn Store, project: &ProjectId) -> Result<Phases> {
     use std::collections::HashMap;
     let mut at: HashMap<(String, String), i64> = HashMap::new();
+    let mut node_of: HashMap<String, String> = HashMap::new();
     for e in store.events(project, 0, 1_000_000)? {
+        if e.kind == "placed" {
+            if let (Some(task), Some(node)) = (e.task_id.as_ref(), e.data["node"].as_str()) {
+                node_of.insert(task.to_string(), node.to_owned());
+            }
+            continue;
+        }
         if e.kind != "task_state" {
             continue;
         }
@@ -783,12 +800,19 @@ fn phases(store: &dyn Store, project: &ProjectId) -> Result<Phases> {
     }
     let mut worker = Vec::new();
     let mut merge = Vec::new();
+    let mut per_node: HashMap<String, Vec<f64>> = HashMap::new();
     for ((task, to), ts) in &at {
         if to != TaskState::Merging.as_str() {
             continue;
         }
         if let Some(r) = at.get(&(task.clone(), TaskState::Running.as_str().to_owned())) {
             worker.push((ts - r) as f64);
+            if let Some(node) = node_of.get(task) {
+                per_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push((ts - r) as f64);
+            }
         }
         if let Some(d) = at.get(&(task.clone(), TaskState::Done.as_str().to_owned())) {
             merge.push((d - ts) as f64);
@@ -797,6 +821,10 @@ fn phases(store: &dyn Store, project: &ProjectId) -> Result<Phases> {
     Ok(Phases {
         worker_ms: median(&mut worker),
         merge_ms: median(&mut merge),
+        by_node: per_node
+            .into_iter()
+            .map(|(n, mut v)| (n, (v.len(), median(&mut v))))
+            .collect(),
     })
 }
 

@@ -78,6 +78,9 @@ pub async fn nodes_case(
             "max_in_flight": with_nodes.max_in_flight,
             "supervisor_cpu_ms_per_task": per_task(with_nodes.supervisor_cpu_ms),
             "supervisor_peak_rss_mb": with_nodes.supervisor_rss_kb as f64 / 1024.0,
+            "attempts_by_node": with_nodes.phases.by_node.iter().map(|(n, (count, ms))| {
+                (n.clone(), json!({"attempts": count, "running_to_merging_median_ms": ms}))
+            }).collect::<serde_json::Map<_, _>>(),
         },
         "local_only": {
             "makespan_ms": alone.span_ms, "ratio": alone.span_ms / lower_ms,
@@ -97,6 +100,9 @@ pub async fn nodes_case(
             per_task(r.supervisor_cpu_ms),
             r.supervisor_rss_kb as f64 / 1024.0
         );
+    }
+    for (node, (count, ms)) in &with_nodes.phases.by_node {
+        println!("  on {node}: {count} attempts, {ms:.0} ms from running to merging (median)");
     }
     if args.json {
         println!("{result}");

@@ -459,7 +459,10 @@ pub struct LimitArgs {
     pub review: Option<swarm_protocol::ReviewMode>,
 }
 
+/// A flag given again overrides the earlier one, so that a script's defaults
+/// can be changed after it (`benches/nodes.sh -- --tasks 48`).
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct BenchArgs {
     /// Tasks in the wide DAG (plus one verify task).
     #[arg(long, default_value_t = 40)]

@@ -389,7 +389,7 @@ pub async fn worker_host(
 }
 
 /// Bundles bigger than this go by `git fetch` over a connection of their own.
-const BUNDLE_MAX: usize = 64 << 20;
+const BUNDLE_MAX: usize = swarm_protocol::worker::BUNDLE_MAX_BYTES;
 
 /// When `line` is the worker's `Finished` with a commit: the task branch's
 /// commits over the attempt's base as a git bundle, for the channel.

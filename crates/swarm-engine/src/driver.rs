@@ -11,7 +11,6 @@ use crate::runner::{
 use crate::wording::truncate;
 use crate::Progress;
 use nix::sys::signal::Signal;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,25 +214,67 @@ impl AttemptRunner for BuiltinRunner {
 }
 
 impl BuiltinRunner {
-    /// The sessions to `remote`'s node, with a spare kept ready.
-    fn remote_workers(&self, remote: &RemoteProcess) -> Arc<crate::warm::WarmWorkers> {
+    /// The sessions to `node`, with as many spares kept ready as it has
+    /// slots (each `ssh` connected, `agentswarm node worker` waiting for its
+    /// start message).
+    fn remote_workers(
+        &self,
+        node: &Arc<crate::nodes::RemoteNode>,
+    ) -> Arc<crate::warm::WarmWorkers> {
         let mut all = self
             .remote_workers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        all.entry(remote.node.node.name.clone())
+        all.entry(node.node.name.clone())
             .or_insert_with(|| {
                 let here = self.workers.launch();
-                Arc::new(crate::warm::WarmWorkers::new(crate::warm::WorkerLaunch {
+                let launch = crate::warm::WorkerLaunch {
                     program: PathBuf::from("ssh"),
-                    args: remote.args.clone(),
+                    args: node.ssh_argv(&self.node_worker_command(node)),
                     cwd: here.cwd.clone(),
                     limiter: here.limiter.clone(),
                     memory_limit: here.memory_limit,
                     env: crate::nodes::ssh_env(),
-                }))
+                };
+                let spares = usize::try_from(node.node.max_workers).unwrap_or(1);
+                Arc::new(crate::warm::WarmWorkers::with_spares(launch, spares))
             })
             .clone()
+    }
+
+    /// What runs an attempt on `node`: `agentswarm node worker` with this
+    /// run's limits.
+    fn node_worker_command(&self, node: &crate::nodes::RemoteNode) -> String {
+        format!(
+            "{} node worker --memory-mb {} --lost-after {} --grace-secs {}",
+            crate::nodes::remote_binary(&node.node),
+            self.workers.launch().memory_limit >> 20,
+            node.node.lost_after_secs,
+            self.shutdown_grace.as_secs().max(1),
+        )
+    }
+
+    /// At the start of a run, for every node that is up: its spare
+    /// sessions, and `main` (`head`) in its cache repository, both in the
+    /// background, so that the first attempts there wait for neither.
+    pub fn prepare_nodes(self: &Arc<Self>, nodes: &crate::nodes::NodeSet, head: String) {
+        let repo_root = self.pool.repo().root().to_owned();
+        // The sessions' working directory (where `ssh` starts; the nodes'
+        // bundles are kept beside it) may not exist yet.
+        if let Err(e) = std::fs::create_dir_all(&self.workers.launch().cwd) {
+            tracing::warn!(error = %e, "cannot make the worktrees' directory");
+        }
+        for node in nodes.up_remotes() {
+            self.remote_workers(&node).fill();
+            let (project, repo_root, head) =
+                (self.project.clone(), repo_root.clone(), head.clone());
+            tokio::spawn(async move {
+                // A failure here is the first attempt's to meet and report.
+                if let Err(e) = node.sync_base(&project, &repo_root, &head, &[]).await {
+                    tracing::debug!(node = %node.node.name, error = %e, "cannot send main to the node ahead of its attempts");
+                }
+            });
+        }
     }
 
     /// The outside agent that does `task`, when it runs on its own
@@ -508,15 +549,8 @@ async fn drive_remote(
         prepare,
         external: planned.external,
     };
-    let remote_command = format!(
-        "{} node worker --memory-mb {} --lost-after {} --grace-secs {}",
-        crate::nodes::remote_binary(&node.node),
-        ctx.workers.launch().memory_limit >> 20,
-        node.node.lost_after_secs,
-        ctx.shutdown_grace.as_secs().max(1),
-    );
     let process = RemoteProcess {
-        args: node.ssh_argv(&remote_command),
+        slot: job.slot.clone(),
         node: node.clone(),
     };
     let mut transcript: Vec<ChatMessage> = Vec::new();
@@ -556,6 +590,7 @@ async fn drive_remote(
             if bundled {
                 let _ = std::fs::remove_file(&bundle);
             }
+            tracing::debug!(node = %name, task = %task, attempt, bundled, fetched_ms = (began.elapsed() - ran).as_millis(), "remote attempt's commits fetched");
             match fetched {
                 Ok(()) => outcome,
                 Err(e) => lost(&e),
@@ -591,8 +626,8 @@ fn bundle_path(ctx: &BuiltinRunner, task: &TaskId, attempt: u32) -> PathBuf {
 /// The `ssh` to a node's `agentswarm node worker` that runs an attempt's
 /// worker there (here, a warm `agentswarm worker` does).
 struct RemoteProcess {
-    /// `ssh`'s arguments.
-    args: Vec<OsString>,
+    /// The attempt's slot on the node.
+    slot: crate::runner::Slot,
     /// The node at the other end of the channel (heartbeats both ways).
     node: Arc<crate::nodes::RemoteNode>,
 }
@@ -723,19 +758,22 @@ async fn run_process(
     transcript: &mut Vec<ChatMessage>,
     live: &LiveEntry,
 ) -> Outcome {
+    let asked = std::time::Instant::now();
     let started = match &remote {
         None => ctx.workers.take().await,
-        Some(r) => ctx.remote_workers(r).take().await,
+        Some(r) => ctx.remote_workers(&r.node).take().await,
     };
+    tracing::debug!(task = %task, attempt, took_ms = asked.elapsed().as_millis(), "worker process taken");
     let (child, enclosure) = match started {
         Ok(started) => started,
         Err(reason) => return ended(Ended::Failed, reason, 0),
     };
     live.set_pid(child.pid());
-    let channel = Channel {
-        child,
-        node: remote.map(|r| r.node),
+    let (node, slot) = match remote {
+        Some(r) => (Some(r.node), Some(r.slot)),
+        None => (None, None),
     };
+    let channel = Channel { child, node, slot };
     let outcome = talk(
         ctx, task, attempt, start, cancel, transcript, channel, &enclosure, live,
     )
@@ -750,6 +788,9 @@ async fn run_process(
 struct Channel {
     child: swarm_exec::ChildProcess,
     node: Option<Arc<crate::nodes::RemoteNode>>,
+    /// A node's attempt gives its slot back once its worker has reported
+    /// and its commits are here (see `FromWorker::Finished` below).
+    slot: Option<crate::runner::Slot>,
 }
 
 /// Talks to a running worker until it reports, dies, runs out of time, goes
@@ -769,6 +810,7 @@ async fn talk(
     let Channel {
         mut child,
         node: remote,
+        slot,
     } = channel;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ended(Ended::Failed, "worker process has no stdio pipes".into(), 0);
@@ -795,8 +837,19 @@ async fn talk(
     let reader = {
         let heard = heard.clone();
         tokio::spawn(async move {
-            let mut from = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = from.next_line().await {
+            let mut from = BufReader::new(stdout);
+            loop {
+                // Capped: a node's channel is not this program's to trust.
+                let l = match crate::from_node::read_line(&mut from, crate::from_node::LINE_MAX)
+                    .await
+                {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the worker's channel sent what is not a line of the protocol; reading no more of it");
+                        break;
+                    }
+                };
                 heard.now();
                 if l == swarm_protocol::worker::HEARTBEAT_LINE {
                     continue;
@@ -827,6 +880,9 @@ async fn talk(
 
     let mut turns = 0;
     let mut result: Option<Outcome> = None;
+    // Where an attempt's time goes, for the debug log.
+    let began = std::time::Instant::now();
+    let mut first_call: Option<Duration> = None;
     if let Err(e) = send(&mut *stdin.lock().await, &ToWorker::Start(Box::new(start))).await {
         result = Some(ended(
             Ended::Crashed,
@@ -891,6 +947,7 @@ async fn talk(
                 messages,
                 tools,
             } => {
+                first_call.get_or_insert_with(|| began.elapsed());
                 turns = turn;
                 live.turn(turn);
                 *transcript = messages.clone();
@@ -961,6 +1018,12 @@ async fn talk(
                 turns,
                 notes,
             } => {
+                // The node's work is done (its commits came ahead of this);
+                // its clean-up, this side's wait for the channel to close
+                // and the fetch need no slot there.
+                if let Some(slot) = &slot {
+                    slot.free();
+                }
                 result = Some(Outcome::Committed {
                     branch: branch_name(task, attempt),
                     commit,
@@ -979,19 +1042,19 @@ async fn talk(
                 result = Some(over_memory(reason, turns));
             }
             // A node's commits, ahead of its `Finished` (docs/scale-out.md).
+            // Only for this attempt's branch and up to the cap; the fetch
+            // takes nothing but that branch either way (`from_node`).
             FromWorker::Commits { branch, bundle } if remote.is_some() => {
-                use base64::Engine as _;
-                let saved = base64::engine::general_purpose::STANDARD
-                    .decode(bundle.as_bytes())
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        let path = bundle_path(ctx, task, attempt);
-                        std::fs::create_dir_all(path.parent().unwrap_or(&path))
-                            .and_then(|()| std::fs::write(&path, bytes))
-                            .map_err(|e| e.to_string())
-                    });
+                let saved =
+                    crate::from_node::bundle_to_keep(&branch, &branch_name(task, attempt), &bundle)
+                        .and_then(|bytes| {
+                            let path = bundle_path(ctx, task, attempt);
+                            std::fs::create_dir_all(path.parent().unwrap_or(&path))
+                                .and_then(|()| std::fs::write(&path, bytes))
+                                .map_err(|e| e.to_string())
+                        });
                 if let Err(e) = saved {
-                    tracing::warn!(task = %task, attempt, %branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
+                    tracing::warn!(task = %task, attempt, branch = ?branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
                 }
             }
             other => {
@@ -1005,7 +1068,9 @@ async fn talk(
     drop(stdin);
     drop(lines);
 
+    let reported = began.elapsed();
     let status = stop(ctx, &mut child, enclosure, result.as_ref()).await;
+    tracing::debug!(task = %task, attempt, first_call_ms = first_call.map(|d| d.as_millis()), reported_ms = reported.as_millis(), stopped_ms = began.elapsed().as_millis(), "worker's timeline");
     reader.abort();
     let tail = match stderr_tail {
         Some(h) => tokio::time::timeout(Duration::from_millis(500), h)

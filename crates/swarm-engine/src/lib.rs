@@ -6,6 +6,7 @@ pub mod checks;
 pub mod continuation;
 mod delivery;
 mod driver;
+mod from_node;
 pub mod gate;
 mod gateway;
 mod mainline;

@@ -391,7 +391,8 @@ impl RemoteNode {
     /// Brings the node's `branch` back into the supervisor's repository at
     /// `repo_root`, from `bundle` (what the node sent over the attempt's
     /// channel) or else over the shared connection; `commit` is what the
-    /// worker said it committed.
+    /// worker said it committed. Everything it takes is the node's, so it
+    /// takes it guarded (`from_node`).
     pub async fn fetch_branch(
         &self,
         project: &ProjectId,
@@ -400,52 +401,36 @@ impl RemoteNode {
         commit: &str,
         bundle: Option<&Path>,
     ) -> Result<(), String> {
-        let git_ssh = git_ssh_command(&self.node, &self.control_dir);
-        let source: OsString = match bundle {
-            Some(b) => b.into(),
-            None => self
-                .git_url(
+        let url = match bundle {
+            Some(_) => None,
+            None => Some(
+                self.git_url(
                     &self
                         .repo_for(project)
                         .ok_or_else(|| format!("node {} is not up", self.node.name))?,
-                )
-                .into(),
+                ),
+            ),
         };
-        let argv: Vec<OsString> = vec![
-            "-C".into(),
-            repo_root.into(),
-            "fetch".into(),
-            "--quiet".into(),
-            "--no-tags".into(),
-            "--no-write-fetch-head".into(),
-            source,
-            format!("+refs/heads/{branch}:refs/heads/{branch}").into(),
-        ];
-        run_quiet(
-            "git",
-            &argv,
-            &[("GIT_SSH_COMMAND", git_ssh.as_str())],
-            "cannot fetch the attempt's commit from the node",
-        )
-        .await?;
-        let check: Vec<OsString> = vec![
-            "-C".into(),
-            repo_root.into(),
-            "rev-parse".into(),
-            "--verify".into(),
-            "--quiet".into(),
-            format!("refs/heads/{branch}^{{commit}}").into(),
-        ];
-        let got = run_quiet("git", &check, &[], "cannot read the fetched branch")
-            .await?
-            .trim()
-            .to_owned();
-        if got != commit {
-            return Err(format!(
-                "the node's branch {branch} is at {got:?}, not at the commit its worker reported ({commit})"
-            ));
-        }
-        Ok(())
+        let git_ssh = git_ssh_command(&self.node, &self.control_dir);
+        let (repo_root, branch, commit) =
+            (repo_root.to_owned(), branch.to_owned(), commit.to_owned());
+        let bundle = bundle.map(Path::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let source = match (&bundle, url) {
+                (Some(b), _) => crate::from_node::Source::Bundle(b),
+                (None, Some(url)) => crate::from_node::Source::Ssh { url, git_ssh },
+                (None, None) => return Err("no source for the attempt's commits".to_owned()),
+            };
+            crate::from_node::fetch_commits(
+                &repo_root,
+                &source,
+                &branch,
+                &commit,
+                crate::from_node::Guards::ALL,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// One probe: makes the master connection if there is none, then asks
@@ -564,7 +549,7 @@ pub fn ssh_env() -> Vec<(OsString, OsString)> {
 }
 
 /// A transfer or a command on a node takes at most this long.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `program argv` to its end (a registered child of this process, with
 /// the allow-listed environment plus `env`); its stdout, or `Err(what:
@@ -709,6 +694,15 @@ impl NodeSet {
     /// Slots over all nodes.
     pub fn total_slots(&self) -> u32 {
         self.entries.iter().map(|e| e.slots).sum()
+    }
+
+    /// The nodes over SSH that answered their last probe.
+    pub fn up_remotes(&self) -> Vec<Arc<RemoteNode>> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.remote.clone())
+            .filter(|r| r.info().is_some())
+            .collect()
     }
 
     pub fn has_remote(&self) -> bool {

@@ -431,6 +431,11 @@ async fn run_inner(
     // The nodes' first probes, so that the first tasks can go there too.
     if engine.nodes.has_remote() {
         engine.nodes.probe_all().await;
+        // Their spare sessions and `main`, while the run starts.
+        let r = repo.clone();
+        if let Ok(Ok(head)) = tokio::task::spawn_blocking(move || r.head()).await {
+            runner.prepare_nodes(&engine.nodes, head);
+        }
     }
     let baseline_sandbox = sandbox.clone();
     let baseline_limits = limits.clone();

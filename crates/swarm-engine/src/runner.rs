@@ -37,6 +37,33 @@ impl std::fmt::Display for RunnerKind {
     }
 }
 
+/// What an attempt holds while it runs: its node's slot and a worker
+/// permit. The scheduler gives them back when the runner reports; a runner
+/// may give them back earlier, once the attempt no longer uses its node (a
+/// node's attempt whose worker has reported and whose commits are in hand:
+/// what is left, fetching them, runs on the supervisor).
+#[derive(Clone, Default)]
+pub struct Slot(Arc<std::sync::Mutex<Option<Box<dyn Send>>>>);
+
+impl Slot {
+    pub fn new(held: impl Send + 'static) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(held)))))
+    }
+
+    /// Gives the slot back (once; later calls do nothing).
+    pub fn free(&self) {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Dropped outside the lock: a node lease wakes the scheduler.
+        drop(held);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
 /// One attempt of one code task, as the scheduler hands it to a runner.
 #[derive(Debug)]
 pub struct AttemptJob {
@@ -64,6 +91,8 @@ pub struct AttemptJob {
     /// The merge commits of the task's dependencies: the attempt may start
     /// from any `main` that holds them (a node's cached one; docs/scale-out.md).
     pub needs: Vec<String>,
+    /// Its slot, which the runner may give back before it reports.
+    pub slot: Slot,
 }
 
 /// How an attempt ended without a commit to merge.

@@ -521,6 +521,8 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     });
                 }
                 TaskKind::Code => {
+                    let node = lease.remote().cloned();
+                    let slot = crate::runner::Slot::new((permit, lease));
                     let job = AttemptJob {
                         project: self.id.clone(),
                         task: id.clone(),
@@ -532,7 +534,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                         command_timeout_secs: self.limits.command_timeout_secs,
                         output_cap_bytes: self.limits.output_cap_bytes,
                         live,
-                        node: lease.remote().cloned(),
+                        node,
                         // A retry (after a conflict, say) starts from the
                         // newest main wherever it runs.
                         needs: if t.attempt > 0 {
@@ -543,6 +545,7 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                                 .filter_map(|d| self.tasks.get(d)?.merge_commit.clone())
                                 .collect()
                         },
+                        slot: slot.clone(),
                     };
                     let runner = self.runner.clone();
                     let tx = self.tx.clone();
@@ -550,9 +553,9 @@ impl<'e, I: Integration> Scheduler<'e, I> {
                     self.attempts += 1;
                     tokio::spawn(async move {
                         let report = runner.run(job, cancel).await;
-                        // The slot is free once the attempt is over, before its merge.
-                        drop(permit);
-                        drop(lease);
+                        // The slot is free once the attempt is over, before
+                        // its merge (if the runner has not freed it yet).
+                        slot.free();
                         let _ = tx.send(Event::Attempt {
                             task: id,
                             attempt,

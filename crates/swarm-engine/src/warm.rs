@@ -1,11 +1,14 @@
-//! Warm workers: one spare `agentswarm worker` process, started and put in
+//! Warm workers: spare `agentswarm worker` processes, started and put in
 //! its memory enclosure before an attempt needs it, so that a dispatch does
 //! not wait for a process to start (a 20 MB binary's `exec` and start-up)
 //! or for its cgroup to be made and joined (one join waited 11 ms for an RCU
 //! grace period here: docs/benchmarks.md).
 //!
-//! The same serves a worker node: the spare is an `ssh` session to the
-//! node's `agentswarm node worker`, connected and waiting (docs/scale-out.md).
+//! The same serves a worker node: a spare is an `ssh` session to the node's
+//! `agentswarm node worker`, connected and waiting (docs/scale-out.md). Here
+//! one spare is enough (starting a process takes milliseconds); a node keeps
+//! as many as it has slots, since a session takes 0.1–0.6 s to set up and
+//! a node's attempts end in waves.
 //!
 //! Isolation does not change: a worker still serves one attempt and exits.
 //! The spare waits for its start message with nothing else: no task, no
@@ -66,7 +69,7 @@ impl WorkerLaunch {
     }
 }
 
-/// The spare worker of one runner (see the module's documentation).
+/// The spare workers of one runner (see the module's documentation).
 #[derive(Debug)]
 pub struct WarmWorkers {
     inner: Arc<Inner>,
@@ -75,16 +78,19 @@ pub struct WarmWorkers {
 #[derive(Debug)]
 struct Inner {
     launch: WorkerLaunch,
-    /// The spare; `closed` once the runner is gone (a spare started after
+    /// How many spares are kept.
+    spares: usize,
+    /// The spares; `closed` once the runner is gone (a spare started after
     /// that is killed at once).
     slot: Mutex<Slot>,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
-    spare: Option<Spare>,
-    /// A spare is being started.
-    refilling: bool,
+    /// Oldest first (the likeliest to be connected).
+    spares: std::collections::VecDeque<Spare>,
+    /// Spares being started.
+    refilling: usize,
     closed: bool,
 }
 
@@ -107,27 +113,44 @@ impl WarmWorkers {
         &self.inner.launch
     }
 
+    /// Keeps one spare.
     pub fn new(launch: WorkerLaunch) -> Self {
+        Self::with_spares(launch, 1)
+    }
+
+    /// Keeps `spares` spares (at least one), started on the first
+    /// [`take`](Self::take) or [`fill`](Self::fill).
+    pub fn with_spares(launch: WorkerLaunch, spares: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 launch,
+                spares: spares.max(1),
                 slot: Mutex::new(Slot::default()),
             }),
         }
     }
 
-    /// A started worker: the spare when one is ready and alive, else a new
-    /// one; either way a new spare is then started in the background.
+    /// A started worker: a spare when one is ready and alive, else a new
+    /// one; either way the spares are then refilled in the background.
     pub async fn take(&self) -> Result<Started, String> {
-        let spare = self.inner.lock().spare.take();
-        let ready = spare.and_then(|mut s| {
-            let (child, _) = s.0.as_mut()?;
-            // Ended meanwhile (killed from outside): not used.
-            match child.try_wait() {
-                Ok(None) => s.0.take(),
-                Ok(Some(_)) | Err(_) => None,
+        let mut ready = None;
+        let mut dead = Vec::new();
+        {
+            let mut slot = self.inner.lock();
+            while let Some(mut s) = slot.spares.pop_front() {
+                let alive =
+                    s.0.as_mut()
+                        .is_some_and(|(child, _)| matches!(child.try_wait(), Ok(None)));
+                if alive {
+                    ready = s.0.take();
+                    break;
+                }
+                // Ended meanwhile (killed from outside, a session refused):
+                // not used, dropped outside the lock.
+                dead.push(s);
             }
-        });
+        }
+        drop(dead);
         let started = match ready {
             Some(started) => Ok(started),
             None => {
@@ -143,25 +166,42 @@ impl WarmWorkers {
 }
 
 impl WarmWorkers {
-    /// Starts the next spare in the background unless there is one, one is
-    /// being started, or the runner is gone.
+    /// Starts the spares in the background (at the start of a run, so that
+    /// the first attempts find them ready).
+    pub fn fill(&self) {
+        self.refill();
+    }
+
+    /// Starts spares in the background until there are as many, ready or
+    /// being started, as are kept; none once the runner is gone.
     fn refill(&self) {
-        {
+        let missing = {
             let mut slot = self.inner.lock();
-            if slot.closed || slot.refilling || slot.spare.is_some() {
+            if slot.closed {
                 return;
             }
-            slot.refilling = true;
+            let missing = self
+                .inner
+                .spares
+                .saturating_sub(slot.spares.len() + slot.refilling);
+            slot.refilling += missing;
+            missing
+        };
+        for _ in 0..missing {
+            self.start_spare();
         }
+    }
+
+    fn start_spare(&self) {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let started = inner.launch.start();
             let unused = {
                 let mut slot = inner.lock();
-                slot.refilling = false;
+                slot.refilling -= 1;
                 match started {
                     Ok(started) if !slot.closed => {
-                        slot.spare = Some(Spare(Some(started)));
+                        slot.spares.push_back(Spare(Some(started)));
                         None
                     }
                     Ok(started) => Some(Spare(Some(started))),
@@ -186,11 +226,11 @@ impl Inner {
 
 impl Drop for WarmWorkers {
     fn drop(&mut self) {
-        let spare = {
+        let spares = {
             let mut slot = self.inner.lock();
             slot.closed = true;
-            slot.spare.take()
+            std::mem::take(&mut slot.spares)
         };
-        drop(spare);
+        drop(spares);
     }
 }

@@ -36,6 +36,11 @@ pub const HEARTBEAT_SECS: u64 = 2;
 /// parsing the line.
 pub const HEARTBEAT_LINE: &str = r#"{"type":"heartbeat"}"#;
 
+/// The largest bundle a node sends on an attempt's channel (and the
+/// supervisor takes from one); bigger ones are fetched over a connection of
+/// their own.
+pub const BUNDLE_MAX_BYTES: usize = 64 << 20;
+
 /// Everything a worker needs for one attempt of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStart {
