@@ -85,6 +85,7 @@ known_hosts_file = "$work/known_hosts"
 agentswarm = "$d/bin/agentswarm"
 work_dir = "$d/work"
 max_workers = 4
+max_sessions = 64
 CONF
 done
 for i in 0 1; do

@@ -35,6 +35,12 @@ pub struct FileNode {
     /// Seconds without a heartbeat after which the node counts as lost and
     /// its attempts run elsewhere (default 10; heartbeats go every 2 s).
     pub lost_after_secs: Option<u64>,
+    /// The sessions the node's sshd accepts on one connection (its
+    /// `MaxSessions`, default 10). The supervisor opens up to two per slot
+    /// (an attempt, and the next one while the first closes), one probe and
+    /// one push, and keeps what is left, up to one per slot, as spare
+    /// sessions ready for the next attempts.
+    pub max_sessions: Option<u32>,
 }
 
 /// A node, resolved.
@@ -52,7 +58,28 @@ pub struct Node {
     /// Absolute, on the node; `None`: under the login's home.
     pub work_dir: Option<String>,
     pub lost_after_secs: u64,
+    /// Sessions sshd accepts on one connection there (`MaxSessions`).
+    pub max_sessions: u32,
 }
+
+impl Node {
+    /// Sessions kept ready for the next attempts: what `max_sessions`
+    /// leaves after two a slot, a probe and a push, at most one a slot.
+    pub fn spare_sessions(&self) -> u32 {
+        self.max_sessions
+            .saturating_sub(sessions_needed(self.max_workers))
+            .min(self.max_workers)
+    }
+}
+
+/// Sessions a node with `max_workers` slots may have open at once besides
+/// its spares: two a slot, a probe, a push.
+fn sessions_needed(max_workers: u32) -> u32 {
+    2 * max_workers + 2
+}
+
+/// sshd's default `MaxSessions`.
+pub const DEFAULT_MAX_SESSIONS: u32 = 10;
 
 /// Seconds between heartbeats on a node's channel (the worker protocol's
 /// `HEARTBEAT_SECS`).
@@ -77,6 +104,7 @@ pub fn local_labels(file: Option<&BTreeMap<String, FileNode>>) -> Result<Vec<Str
         ("max_workers", n.max_workers.is_some()),
         ("work_dir", n.work_dir.is_some()),
         ("lost_after_secs", n.lost_after_secs.is_some()),
+        ("max_sessions", n.max_sessions.is_some()),
     ];
     if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
         return Err(format!(
@@ -149,6 +177,16 @@ pub fn resolve(
                 2 * HEARTBEAT_FLOOR_SECS
             )));
         }
+        let max_sessions = n.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        if max_sessions < sessions_needed(max_workers) {
+            return Err(bad(format!(
+                "max_workers = {max_workers} needs up to {} ssh sessions on one connection, and \
+                 the node's sshd accepts {max_sessions} (max_sessions; sshd's MaxSessions, 10 by \
+                 default): lower max_workers, or raise MaxSessions in the node's sshd_config and \
+                 set max_sessions to match",
+                sessions_needed(max_workers)
+            )));
+        }
         out.push(Node {
             name: name.clone(),
             ssh: target.to_owned(),
@@ -160,6 +198,7 @@ pub fn resolve(
             labels: n.labels.clone().unwrap_or_default(),
             work_dir,
             lost_after_secs,
+            max_sessions,
         });
     }
     Ok(out)
@@ -202,6 +241,15 @@ mod tests {
         assert!(e.contains("is not `user@host`"), "{e}");
         let e = nodes("[x]\nssh = \"h\"\nmax_workers = 0\n").unwrap_err();
         assert!(e.contains("max_workers"), "{e}");
+        // Five slots need twelve sessions; sshd's default is ten.
+        let e = nodes("[x]\nssh = \"h\"\nmax_workers = 5\n").unwrap_err();
+        assert!(e.contains("MaxSessions") && e.contains("12"), "{e}");
+        let n = nodes("[x]\nssh = \"h\"\nmax_workers = 5\nmax_sessions = 16\n").unwrap();
+        assert_eq!(n[0].spare_sessions(), 4);
+        let n = nodes("[x]\nssh = \"h\"\nmax_workers = 4\n").unwrap();
+        assert_eq!(n[0].spare_sessions(), 0);
+        let n = nodes("[x]\nssh = \"h\"\nmax_workers = 2\n").unwrap();
+        assert_eq!(n[0].spare_sessions(), 2);
         let unknown =
             toml::from_str::<BTreeMap<String, FileNode>>("[x]\nssh = \"h\"\nhostname = \"y\"\n");
         assert!(unknown.is_err(), "an unknown key in a node is refused");

@@ -214,9 +214,9 @@ impl AttemptRunner for BuiltinRunner {
 }
 
 impl BuiltinRunner {
-    /// The sessions to `node`, with as many spares kept ready as it has
-    /// slots (each `ssh` connected, `agentswarm node worker` waiting for its
-    /// start message).
+    /// The sessions to `node`, with spares kept ready (each `ssh`
+    /// connected, `agentswarm node worker` waiting for its start message):
+    /// one a slot where the node's `max_sessions` leaves room.
     fn remote_workers(
         &self,
         node: &Arc<crate::nodes::RemoteNode>,
@@ -236,7 +236,9 @@ impl BuiltinRunner {
                     memory_limit: here.memory_limit,
                     env: crate::nodes::ssh_env(),
                 };
-                let spares = usize::try_from(node.node.max_workers).unwrap_or(1);
+                // As many as the node's sshd accepts besides the attempts'
+                // own sessions (`max_sessions`), at most one a slot.
+                let spares = usize::try_from(node.node.spare_sessions()).unwrap_or(0);
                 Arc::new(crate::warm::WarmWorkers::with_spares(launch, spares))
             })
             .clone()

@@ -410,14 +410,21 @@ async fn run_inner(
         project: id.clone(),
         pool: pool.clone(),
         transcripts_dir: crate::operator::transcripts_dir(&engine.config, id),
-        workers: crate::warm::WarmWorkers::new(crate::warm::WorkerLaunch {
-            program: engine.settings.worker_program.clone(),
-            args: engine.settings.worker_args.clone(),
-            cwd: worktrees_dir.clone(),
-            limiter: engine.limiter.clone(),
-            memory_limit,
-            env: Vec::new(),
-        }),
+        // A spare a local slot, up to four: when the model's latency is
+        // steady, attempts end in waves, and one spare served one attempt of
+        // each wave while the others waited for a process to start and join
+        // its cgroup (docs/benchmarks.md). An idle spare holds about 6 MB.
+        workers: crate::warm::WarmWorkers::with_spares(
+            crate::warm::WorkerLaunch {
+                program: engine.settings.worker_program.clone(),
+                args: engine.settings.worker_args.clone(),
+                cwd: worktrees_dir.clone(),
+                limiter: engine.limiter.clone(),
+                memory_limit,
+                env: Vec::new(),
+            },
+            usize::try_from(engine.config.max_concurrent_workers.min(4)).unwrap_or(1),
+        ),
         remote_workers: Default::default(),
         worker_timeout: Duration::from_secs(engine.config.worker_timeout_secs),
         shutdown_grace: engine.settings.shutdown_grace,
@@ -428,6 +435,9 @@ async fn run_inner(
         prepare,
         agents,
     });
+    // This machine's spares, started while the run sets up, so that the
+    // first wave of attempts finds them ready.
+    runner.workers.fill();
     // The nodes' first probes, so that the first tasks can go there too.
     if engine.nodes.has_remote() {
         engine.nodes.probe_all().await;

@@ -5,10 +5,12 @@
 //! grace period here: docs/benchmarks.md).
 //!
 //! The same serves a worker node: a spare is an `ssh` session to the node's
-//! `agentswarm node worker`, connected and waiting (docs/scale-out.md). Here
-//! one spare is enough (starting a process takes milliseconds); a node keeps
-//! as many as it has slots, since a session takes 0.1–0.6 s to set up and
-//! a node's attempts end in waves.
+//! `agentswarm node worker`, connected and waiting (docs/scale-out.md).
+//! Either keeps up to one spare a slot: when the model's latency is steady,
+//! attempts end in waves, and a single spare served one attempt of each
+//! wave. A node's count is bounded by the sessions its sshd accepts
+//! (`max_sessions`), this machine's by four (an idle spare holds about
+//! 6 MB).
 //!
 //! Isolation does not change: a worker still serves one attempt and exits.
 //! The spare waits for its start message with nothing else: no task, no
@@ -113,18 +115,13 @@ impl WarmWorkers {
         &self.inner.launch
     }
 
-    /// Keeps one spare.
-    pub fn new(launch: WorkerLaunch) -> Self {
-        Self::with_spares(launch, 1)
-    }
-
-    /// Keeps `spares` spares (at least one), started on the first
-    /// [`take`](Self::take) or [`fill`](Self::fill).
+    /// Keeps `spares` spares (none: every worker is started when taken),
+    /// started on the first [`take`](Self::take) or [`fill`](Self::fill).
     pub fn with_spares(launch: WorkerLaunch, spares: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 launch,
-                spares: spares.max(1),
+                spares,
                 slot: Mutex::new(Slot::default()),
             }),
         }
