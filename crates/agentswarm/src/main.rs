@@ -5,6 +5,7 @@
 mod bench;
 mod bench_nodes;
 mod bench_repo;
+mod bench_soak;
 mod cli;
 mod client;
 mod commands;
