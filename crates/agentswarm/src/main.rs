@@ -23,6 +23,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     malloc::limit_arenas();
+    // A worker is started for every task, always as `<exe> worker`: it
+    // skips clap, whose command tree (every subcommand's flags and help)
+    // would bring in pages of the binary for nothing.
+    if is_worker_invocation(std::env::args_os()) {
+        return commands::worker();
+    }
     let cli = cli::Cli::parse();
     if matches!(cli.command, cli::Command::Worker) {
         return commands::worker();
@@ -92,6 +98,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Exactly `<exe> worker`, as the engine starts workers.
+fn is_worker_invocation(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.nth(1).is_some_and(|a| a == "worker") && args.next().is_none()
+}
+
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -148,6 +159,25 @@ fn disk_full(e: &anyhow::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_bare_worker_command_skips_clap() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(super::is_worker_invocation(
+            args(&["/usr/bin/agentswarm", "worker"]).into_iter()
+        ));
+        for other in [
+            &["agentswarm"][..],
+            &["agentswarm", "worker", "--help"],
+            &["agentswarm", "-v", "worker"],
+            &["agentswarm", "node", "worker"],
+        ] {
+            assert!(
+                !super::is_worker_invocation(args(other).into_iter()),
+                "{other:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_full_disk_is_recognised() {
         let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
