@@ -45,6 +45,10 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     if let Some(nodes) = &args.nodes {
         return crate::bench_nodes::nodes_case(&exe, home.path(), nodes, args).await;
     }
+    if let Some(tasks) = args.soak {
+        return crate::bench_soak::soak_case(&exe, home.path(), tasks, args.workers, args.json)
+            .await;
+    }
     println!(
         "agentswarm bench — scripted model on loopback, data in {}",
         home.path().display()
@@ -202,6 +206,7 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         "max_in_flight": wide.max_in_flight,
         "supervisor_peak_rss_mb": wide.supervisor_rss_kb as f64 / 1024.0,
         "worker_peak_rss_mb": wide.worker_rss_kb as f64 / 1024.0,
+        "helper_peak_rss_mb": wide.helper_rss_kb as f64 / 1024.0,
         "rate_limit": {
             "limit": rate.limit, "window_ms": rate.window_ms, "requests": limited.requests,
             "max_in_window": limited.max_in_window,
@@ -257,9 +262,10 @@ pub async fn bench(_cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         wide.span_ms, lower_ms, ratio, wide.max_in_flight
     );
     println!(
-        "memory (peak RSS): supervisor {:.1} MB, worker {:.1} MB",
+        "memory (peak RSS): supervisor {:.1} MB, worker {:.1} MB, worker's git helper {:.1} MB",
         wide.supervisor_rss_kb as f64 / 1024.0,
-        wide.worker_rss_kb as f64 / 1024.0
+        wide.worker_rss_kb as f64 / 1024.0,
+        wide.helper_rss_kb as f64 / 1024.0
     );
     println!(
         "rate limit, {} requests in any {} ms, {} requests waiting: at most {} in one window ({} over the limit), {:.1} % of the limit used",
@@ -360,7 +366,11 @@ pub(crate) struct CaseResult {
     spawned_per_task: f64,
     pub(crate) max_in_flight: usize,
     pub(crate) supervisor_rss_kb: u64,
+    /// Peak RSS of any `agentswarm worker` child of the supervisor.
     worker_rss_kb: u64,
+    /// Peak RSS of any process a worker started (its git helper: the
+    /// bench's workers run no commands).
+    helper_rss_kb: u64,
     /// CPU time (user and system) of the supervisor process itself, last
     /// read before it exited.
     pub(crate) supervisor_cpu_ms: f64,
@@ -502,12 +512,18 @@ pub(crate) async fn run_case(
     );
     let mut sup_peak = 0u64;
     let mut worker_peak = 0u64;
+    let mut helper_peak = 0u64;
     let mut sup_cpu_ms = 0.0f64;
     let output = loop {
         sup_peak = sup_peak.max(rss_kb(pid));
         sup_cpu_ms = cpu_ms(pid).unwrap_or(sup_cpu_ms);
-        for c in children_of(pid) {
+        // The supervisor's children are its workers, but also the git it
+        // runs and verify's command: only workers count as workers.
+        for c in children_of(pid).into_iter().filter(|c| is_worker(*c)) {
             worker_peak = worker_peak.max(rss_kb(c));
+            for h in children_of(c) {
+                helper_peak = helper_peak.max(rss_kb(h));
+            }
         }
         tokio::select! {
             out = child.wait() => break out?,
@@ -552,6 +568,7 @@ pub(crate) async fn run_case(
         max_in_flight,
         supervisor_rss_kb: sup_peak,
         worker_rss_kb: worker_peak,
+        helper_rss_kb: helper_peak,
         supervisor_cpu_ms: sup_cpu_ms,
         rate,
     })
@@ -624,7 +641,6 @@ fn task_span_ms(store: &dyn Store, project: &ProjectId) -> Result<f64> {
     Ok((last - first) as f64)
 }
 
-/// VmRSS of a process in kB (0 if gone).
 /// User plus system CPU time of `pid` so far, in ms (`/proc/PID/stat`).
 fn cpu_ms(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -640,7 +656,8 @@ fn cpu_ms(pid: u32) -> Option<f64> {
     Some(ticks * 1000.0 / hz)
 }
 
-fn rss_kb(pid: u32) -> u64 {
+/// VmRSS of a process in kB (0 if gone).
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -651,8 +668,14 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `pid` is an `agentswarm worker` (its first argument `worker`).
+fn is_worker(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()))
+}
+
 /// Direct children of `pid` (workers of the supervisor).
-fn children_of(pid: u32) -> Vec<u32> {
+pub(crate) fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -759,7 +782,7 @@ fn strace_available() -> bool {
 
 /// A progress line on stderr (stdout's last line stays the JSON), with the
 /// time since the bench began.
-fn progress(line: &str) {
+pub(crate) fn progress(line: &str) {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
     eprintln!("[bench {t:6.1} s] {line}");

@@ -507,6 +507,11 @@ pub struct BenchArgs {
     /// and memory per task in both (benches/nodes.sh makes two hosts).
     #[arg(long, value_name = "FILE")]
     pub nodes: Option<std::path::PathBuf>,
+    /// Instead of the runs above: `agentswarm serve` at --workers runs TASKS
+    /// one-turn tasks as projects of 100 submitted one after the other,
+    /// and reports its RSS after each project (docs/benchmarks.md).
+    #[arg(long, value_name = "TASKS")]
+    pub soak: Option<u32>,
 }
 
 fn parse_review(s: &str) -> Result<swarm_protocol::ReviewMode, String> {

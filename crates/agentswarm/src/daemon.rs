@@ -123,7 +123,10 @@ pub async fn serve(
         }
         ServeEvent::ProjectStarted(id) => tracing::info!(project = %id, "project started"),
         ServeEvent::ProjectEnded { project, outcome } => {
-            tracing::info!(project = %project, outcome = %outcome, "project ended")
+            tracing::info!(project = %project, outcome = %outcome, "project ended");
+            // What the project allocated is free now: give its pages back,
+            // or the daemon's RSS creeps up project after project.
+            crate::malloc::release_free_memory();
         }
         ServeEvent::Stopping => {
             phase.set_stopping();

@@ -175,6 +175,12 @@ impl SqliteStore {
         // accounting, submissions, operator changes) use `write_durable`.
         // docs/store.md, "Durability".
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // A page cache of 512 KiB instead of SQLite's 2 MiB: the daemon's
+        // one connection lives for months and its cache fills as the
+        // store grows, a steady climb of serve's RSS over a soak
+        // (docs/benchmarks.md); a page it misses is read from the WAL or
+        // the file, which the kernel's cache holds.
+        conn.execute_batch("PRAGMA cache_size = -512;")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
