@@ -451,18 +451,9 @@ pub(crate) async fn run_case(
         .args(["--max-tasks", &(n + 1).to_string(), "--plan"])
         .arg(&plan_path)
         .arg("bench goal")
-        .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &dir)
-        .env("AGENTSWARM_HOME", &data)
-        .env("OPENAI_BASE_URL", server.base_url())
-        .env("AGENTSWARM_MODEL", "scripted-bench")
-        // The resource gate off: a load average over MAX_LOAD_AVERAGE (3 by
-        // default: a 2-core machine doing anything else) would hold the
-        // measured runs back for seconds at a time.
-        .env("MAX_LOAD_AVERAGE", "0")
-        .env("MIN_FREE_MEMORY_MB", "0")
+        .current_dir(&dir);
+    scripted_env(&mut command, &dir, &data, &server);
+    command
         .env(
             "API_RATE_LIMIT_RPM",
             rate.map_or(0, |r| r.limit).to_string(),
@@ -572,6 +563,30 @@ pub(crate) async fn run_case(
         supervisor_cpu_ms: sup_cpu_ms,
         rate,
     })
+}
+
+/// The environment of a measured `agentswarm`: nothing of the bench's own
+/// but `PATH`; `dir` as its home, `data` as its data directory; the scripted
+/// model; the resource gate off (a load average over `MAX_LOAD_AVERAGE`, 3
+/// by default, which a 2-core machine doing anything else reaches, would
+/// hold the measured runs back for seconds at a time) and no rate limit
+/// (a caller may set one after).
+pub(crate) fn scripted_env(
+    command: &mut tokio::process::Command,
+    dir: &Path,
+    data: &Path,
+    server: &swarm_testkit::ScriptedServer,
+) {
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("AGENTSWARM_HOME", data)
+        .env("OPENAI_BASE_URL", server.base_url())
+        .env("AGENTSWARM_MODEL", "scripted-bench")
+        .env("MAX_LOAD_AVERAGE", "0")
+        .env("MIN_FREE_MEMORY_MB", "0")
+        .env("API_RATE_LIMIT_RPM", "0");
 }
 
 /// A rate limit for a bench case: `limit` requests in any `window_ms`.

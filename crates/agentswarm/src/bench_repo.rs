@@ -142,20 +142,14 @@ pub async fn repo_case(exe: &Path, home: &Path, files: u32) -> Result<Value> {
     let dir = home.join("repo-run");
     std::fs::create_dir_all(&dir)?;
     let t = Instant::now();
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(exe);
+    child
         .args(["run", "--json", "--max-fix-rounds", "0", "--repo"])
         .arg(&src)
         .arg("bench goal")
-        .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &dir)
-        .env("AGENTSWARM_HOME", dir.join("data"))
-        .env("OPENAI_BASE_URL", server.base_url())
-        .env("AGENTSWARM_MODEL", "scripted-bench")
-        .env("MAX_LOAD_AVERAGE", "0")
-        .env("MIN_FREE_MEMORY_MB", "0")
-        .env("API_RATE_LIMIT_RPM", "0")
+        .current_dir(&dir);
+    crate::bench::scripted_env(&mut child, &dir, &dir.join("data"), &server);
+    let mut child = child
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -69,20 +69,13 @@ pub async fn soak_case(
     );
 
     let log = std::fs::File::create(dir.join("serve.log"))?;
-    let mut serve = tokio::process::Command::new(exe)
+    let mut serve = tokio::process::Command::new(exe);
+    serve
         .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &dir)
-        .env("AGENTSWARM_HOME", &data)
-        .env("OPENAI_BASE_URL", server.base_url())
-        .env("AGENTSWARM_MODEL", "scripted-bench")
+        .current_dir(&dir);
+    crate::bench::scripted_env(&mut serve, &dir, &data, &server);
+    let mut serve = serve
         .env("MAX_CONCURRENT_WORKERS", workers.to_string())
-        // The gate off, as in the other cases.
-        .env("MAX_LOAD_AVERAGE", "0")
-        .env("MIN_FREE_MEMORY_MB", "0")
-        .env("API_RATE_LIMIT_RPM", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

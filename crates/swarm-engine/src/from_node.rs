@@ -254,16 +254,7 @@ fn git(argv: &[OsString], env: &[(OsString, OsString)], what: &str) -> Result<St
         ..Default::default()
     };
     let out = swarm_exec::run("git", argv, &opts).map_err(|e| format!("{what}: {e}"))?;
-    if out.exit.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let last = err
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("no message");
-    Err(format!("{what}: {last}"))
+    crate::nodes::stdout_or_last_error(&out, what)
 }
 
 #[cfg(test)]

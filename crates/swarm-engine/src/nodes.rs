@@ -574,6 +574,15 @@ async fn run_quiet(
         .await
         .map_err(|e| format!("{what}: {e}"))?
         .map_err(|e| format!("{what}: {e}"))?;
+    stdout_or_last_error(&out, what)
+}
+
+/// A finished command's stdout, or `Err(what: the last line of its
+/// stderr)` when it failed.
+pub(crate) fn stdout_or_last_error(
+    out: &swarm_exec::Captured,
+    what: &str,
+) -> Result<String, String> {
     if out.exit.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
