@@ -673,14 +673,29 @@ fn cpu_ms(pid: u32) -> Option<f64> {
 
 /// VmRSS of a process in kB (0 if gone).
 pub(crate) fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    let [rss] = status_kb(pid, ["VmRSS:"]);
+    rss
+}
+
+/// `kB` fields of `/proc/PID/status`, in the order asked, from one read (0
+/// for a field that is absent, all 0 if the process is gone).
+pub(crate) fn status_kb<const N: usize>(pid: u32, fields: [&str; N]) -> [u64; N] {
+    let mut out = [0; N];
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return out;
+    };
+    for line in text.lines() {
+        for (field, value) in fields.iter().zip(out.iter_mut()) {
+            if let Some(rest) = line.strip_prefix(field) {
+                *value = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    out
 }
 
 /// Whether `pid` is an `agentswarm worker` (its first argument `worker`).

@@ -5,7 +5,7 @@
 //! for every process below the daemon to be gone, and reads the daemon's
 //! RSS from /proc after each (docs/benchmarks.md).
 
-use crate::bench::{children_of, progress, rss_kb};
+use crate::bench::{children_of, progress, rss_kb, status_kb};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -245,8 +245,7 @@ async fn drive(data: &Path, ids: &[String], tasks: u32) -> Result<Soak> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         done += n as u32;
         k += 1;
-        let (anon_kb, file_kb) = rss_parts_kb(pid);
-        let rss = rss_kb(pid);
+        let [rss, anon_kb, file_kb] = status_kb(pid, ["VmRSS:", "RssAnon:", "RssFile:"]);
         soak.peak_kb = soak.peak_kb.max(rss);
         soak.samples.push(Sample {
             tasks_so_far: done,
@@ -260,7 +259,8 @@ async fn drive(data: &Path, ids: &[String], tasks: u32) -> Result<Soak> {
             mb(rss)
         ));
     }
-    soak.peak_kb = soak.peak_kb.max(status_kb(pid, "VmHWM:"));
+    let [hwm] = status_kb(pid, ["VmHWM:"]);
+    soak.peak_kb = soak.peak_kb.max(hwm);
     Ok(soak)
 }
 
@@ -269,21 +269,15 @@ async fn drive(data: &Path, ids: &[String], tasks: u32) -> Result<Soak> {
 /// so the advertisement is this serve's, and its pid is the one to sample
 /// even when `--exe` is a wrapper that runs serve as its child (heaptrack).
 async fn wait_for_address(data: &Path) -> Result<(String, u32)> {
-    let path = data.join("serve.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let advert = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        if let Some(a) = advert {
-            if let (Some(url), Some(pid)) = (a["url"].as_str(), a["pid"].as_u64()) {
-                return Ok((url.to_owned(), u32::try_from(pid)?));
-            }
+        if let Some(advert) = crate::client::advertised(data) {
+            return Ok(advert);
         }
         if Instant::now() > deadline {
             bail!(
                 "serve did not advertise its address in {} within 60 s",
-                path.display()
+                data.join("serve.json").display()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -325,22 +319,6 @@ fn descendants(pid: u32) -> Vec<u32> {
         out.push(p);
     }
     out
-}
-
-fn rss_parts_kb(pid: u32) -> (u64, u64) {
-    (status_kb(pid, "RssAnon:"), status_kb(pid, "RssFile:"))
-}
-
-/// A `kB` field of `/proc/PID/status` (0 if absent).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn mb(kb: u64) -> f64 {

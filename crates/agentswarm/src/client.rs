@@ -225,7 +225,7 @@ pub fn project_path(id: &str) -> Result<String> {
 }
 
 /// The URL and pid a live daemon advertised for this data directory.
-fn advertised(data_dir: &Path) -> Option<(String, u32)> {
+pub(crate) fn advertised(data_dir: &Path) -> Option<(String, u32)> {
     let text = std::fs::read_to_string(data_dir.join(ADVERT)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let pid = i32::try_from(v["pid"].as_u64()?).ok()?;

@@ -413,7 +413,7 @@ async fn run_inner(
         // A spare a local slot, up to four: when the model's latency is
         // steady, attempts end in waves, and one spare served one attempt of
         // each wave while the others waited for a process to start and join
-        // its cgroup (docs/benchmarks.md). An idle spare holds about 6 MB.
+        // its cgroup (docs/benchmarks.md). An idle spare holds about 4.5 MB.
         workers: crate::warm::WarmWorkers::with_spares(
             crate::warm::WorkerLaunch {
                 program: engine.settings.worker_program.clone(),

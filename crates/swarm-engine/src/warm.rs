@@ -10,7 +10,7 @@
 //! attempts end in waves, and a single spare served one attempt of each
 //! wave. A node's count is bounded by the sessions its sshd accepts
 //! (`max_sessions`), this machine's by four (an idle spare holds about
-//! 6 MB).
+//! 4.5 MB).
 //!
 //! Isolation does not change: a worker still serves one attempt and exits.
 //! The spare waits for its start message with nothing else: no task, no
@@ -84,11 +84,11 @@ struct Inner {
     spares: usize,
     /// The spares; `closed` once the runner is gone (a spare started after
     /// that is killed at once).
-    slot: Mutex<Slot>,
+    slot: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
-struct Slot {
+struct State {
     /// Oldest first (the likeliest to be connected).
     spares: std::collections::VecDeque<Spare>,
     /// Spares being started.
@@ -122,13 +122,14 @@ impl WarmWorkers {
             inner: Arc::new(Inner {
                 launch,
                 spares,
-                slot: Mutex::new(Slot::default()),
+                slot: Mutex::new(State::default()),
             }),
         }
     }
 
     /// A started worker: a spare when one is ready and alive, else a new
-    /// one; either way the spares are then refilled in the background.
+    /// one; either way the spares are then refilled in the background
+    /// ([`fill`](Self::fill)).
     pub async fn take(&self) -> Result<Started, String> {
         let mut ready = None;
         let mut dead = Vec::new();
@@ -157,21 +158,15 @@ impl WarmWorkers {
                     .map_err(|e| format!("cannot start the worker process: {e}"))?
             }
         };
-        self.refill();
+        self.fill();
         started
-    }
-}
-
-impl WarmWorkers {
-    /// Starts the spares in the background (at the start of a run, so that
-    /// the first attempts find them ready).
-    pub fn fill(&self) {
-        self.refill();
     }
 
     /// Starts spares in the background until there are as many, ready or
-    /// being started, as are kept; none once the runner is gone.
-    fn refill(&self) {
+    /// being started, as are kept; none once the runner is gone. At the
+    /// start of a run, so that the first attempts find them ready, and after
+    /// each one taken.
+    pub fn fill(&self) {
         let missing = {
             let mut slot = self.inner.lock();
             if slot.closed {
@@ -215,7 +210,7 @@ impl WarmWorkers {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while it was held leaves a usable slot.
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -272,8 +272,9 @@ impl SqliteStore {
 
 /// `execute` and `query_row` through the connection's statement cache:
 /// parsing and planning a statement cost more than running most of these
-/// (SQLite's parser was 2 % of the supervisor's CPU in `bench`, the
-/// `synchronous` switches of durable writes another 2 %).
+/// (preparing statements, most of it the `synchronous` switches of durable
+/// writes, was a tenth of the supervisor's CPU samples in a profile of 150
+/// tasks; docs/benchmarks.md).
 trait Cached {
     fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
     fn row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
@@ -458,17 +459,9 @@ fn load_tasks(conn: &Connection, id: &ProjectId, only: Option<&TaskId>) -> Resul
     // One task is looked up by its key (`id = ?2`): a `?2 IS NULL OR id =
     // ?2` in one statement for both cases made SQLite scan every task of the
     // project for each, which a 1,000-task plan paid on every transition.
-    let (one, all);
-    let filter = match only {
-        Some(t) => {
-            one = [id.as_str(), t.as_str()];
-            &one[..]
-        }
-        None => {
-            all = [id.as_str()];
-            &all[..]
-        }
-    };
+    let filter: Vec<&str> = std::iter::once(id.as_str())
+        .chain(only.map(TaskId::as_str))
+        .collect();
     let mut raws = Vec::new();
     {
         let sql = format!(
@@ -476,7 +469,7 @@ fn load_tasks(conn: &Connection, id: &ProjectId, only: Option<&TaskId>) -> Resul
             if only.is_some() { " AND id = ?2" } else { "" }
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(filter), task_from_row)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(&filter), task_from_row)?;
         for r in rows {
             raws.push(r?);
         }
@@ -489,7 +482,7 @@ fn load_tasks(conn: &Connection, id: &ProjectId, only: Option<&TaskId>) -> Resul
             if only.is_some() { " AND d.task_id = ?2" } else { "" }
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(filter), |r| {
+        let rows = stmt.query_map(rusqlite::params_from_iter(&filter), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })?;
         for r in rows {
