@@ -505,13 +505,7 @@ async fn drive_remote(
 ) -> Outcome {
     let live = job.live;
     let name = node.node.name.clone();
-    let lost = |why: &str| {
-        node.mark_down(why);
-        let reason = format!(
-            "interrupted: node {name}: {why} (not counted; the task runs again on another node)"
-        );
-        Outcome::ended(Ended::Interrupted, reason, 0)
-    };
+    let lost = |why: &str| node_lost(&node, why, 0);
     let repo_root = ctx.pool.repo().root().to_owned();
     let began = std::time::Instant::now();
     let (remote_repo, base) = match node
@@ -579,7 +573,7 @@ async fn drive_remote(
             ..
         } => {
             let bundle = bundle_path(ctx, &task, attempt);
-            let bundled = bundle.exists();
+            let bundled = tokio::fs::try_exists(&bundle).await.unwrap_or(false);
             let fetched = node
                 .fetch_branch(
                     &job.project,
@@ -590,7 +584,7 @@ async fn drive_remote(
                 )
                 .await;
             if bundled {
-                let _ = std::fs::remove_file(&bundle);
+                let _ = tokio::fs::remove_file(&bundle).await;
             }
             tracing::debug!(node = %name, task = %task, attempt, bundled, fetched_ms = (began.elapsed() - ran).as_millis(), "remote attempt's commits fetched");
             match fetched {
@@ -661,17 +655,22 @@ impl Stop {
             Stop::Memory(reason) => over_memory(reason, turns),
             Stop::Cancelled => interrupted(turns),
             Stop::NodeLost(node) => {
-                let secs = node.node.lost_after_secs;
-                let why = format!("no heartbeat for {secs} s");
-                node.mark_down(&why);
-                let reason = format!(
-                    "interrupted: node {}: {why} (not counted; the task runs again on another node)",
-                    node.node.name
-                );
-                ended(Ended::Interrupted, reason, turns)
+                let why = format!("no heartbeat for {} s", node.node.lost_after_secs);
+                node_lost(&node, &why, turns)
             }
         }
     }
+}
+
+/// `node` is taken out of placement until a probe answers, and the attempt
+/// it ran ends `interrupted`, not counted.
+fn node_lost(node: &crate::nodes::RemoteNode, why: &str, turns: u32) -> Outcome {
+    node.mark_down(why);
+    let reason = format!(
+        "interrupted: node {}: {why} (not counted; the task runs again on another node)",
+        node.node.name
+    );
+    ended(Ended::Interrupted, reason, turns)
 }
 
 /// When the last line came from the worker's channel, for heartbeats.
@@ -835,17 +834,21 @@ async fn talk(
     // Lines are read apart from the conversation, so that a node's
     // heartbeats count while a model call is in flight.
     let heard = LastHeard::new();
-    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
+    // Bounded in lines and, with the caps below, in bytes: one bundle and
+    // eight small lines at most wait here.
+    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(8);
     let reader = {
         let heard = heard.clone();
         tokio::spawn(async move {
             let mut from = BufReader::new(stdout);
+            // Capped: a node's channel is not this program's to trust.
+            let mut max = crate::from_node::LINE_MAX;
             loop {
-                // Capped: a node's channel is not this program's to trust.
-                let l = match crate::from_node::read_line(&mut from, crate::from_node::LINE_MAX)
-                    .await
-                {
-                    Ok(Some(l)) => l,
+                let l = match crate::from_node::read_line(&mut from, max).await {
+                    Ok(Some(l)) => {
+                        max = crate::from_node::next_line_max(max, l.len());
+                        l
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "the worker's channel sent what is not a line of the protocol; reading no more of it");
@@ -1047,14 +1050,21 @@ async fn talk(
             // Only for this attempt's branch and up to the cap; the fetch
             // takes nothing but that branch either way (`from_node`).
             FromWorker::Commits { branch, bundle } if remote.is_some() => {
-                let saved =
-                    crate::from_node::bundle_to_keep(&branch, &branch_name(task, attempt), &bundle)
-                        .and_then(|bytes| {
-                            let path = bundle_path(ctx, task, attempt);
-                            std::fs::create_dir_all(path.parent().unwrap_or(&path))
-                                .and_then(|()| std::fs::write(&path, bytes))
-                                .map_err(|e| e.to_string())
-                        });
+                let path = bundle_path(ctx, task, attempt);
+                let saved = match crate::from_node::bundle_to_keep(
+                    &branch,
+                    &branch_name(task, attempt),
+                    &bundle,
+                ) {
+                    // Up to 64 MB: written off the runtime's threads.
+                    Ok(bytes) => async {
+                        tokio::fs::create_dir_all(path.parent().unwrap_or(&path)).await?;
+                        tokio::fs::write(&path, bytes).await
+                    }
+                    .await
+                    .map_err(|e: std::io::Error| e.to_string()),
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = saved {
                     tracing::warn!(task = %task, attempt, branch = ?branch, error = %e, "cannot keep the node's bundle; fetching the commit instead");
                 }

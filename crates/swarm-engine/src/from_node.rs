@@ -38,6 +38,21 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 /// request's whole conversation is far smaller.
 pub(crate) const LINE_MAX: usize = 96 << 20;
 
+/// The longest line after one longer than it: only the `commits` message
+/// carries a bundle, once an attempt, and a model request's conversation
+/// stays well under this. Lines wait in a queue while the conversation is
+/// busy; this bounds what the queue can hold to one bundle and small lines.
+pub(crate) const SMALL_LINE_MAX: usize = 8 << 20;
+
+/// The cap on the line after one of `len` bytes read under `max`.
+pub(crate) fn next_line_max(max: usize, len: usize) -> usize {
+    if len > SMALL_LINE_MAX {
+        SMALL_LINE_MAX
+    } else {
+        max
+    }
+}
+
 /// One line of `from` without its newline, of at most `max` bytes; `None`
 /// at the end. A longer line is an error, read no further than `max`.
 pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
@@ -389,6 +404,32 @@ mod tests {
         for want in [Some("ab"), Some(""), Some("cd"), None] {
             assert_eq!(read_line(&mut ok, 2).await.unwrap().as_deref(), want);
         }
+    }
+
+    /// Only one line may be bundle-sized: after it, the cap is the small
+    /// one, so that the lines waiting for the conversation hold at most one
+    /// bundle (before, each of 64 queued lines could be 96 MB).
+    #[tokio::test]
+    async fn only_one_line_may_be_bundle_sized() {
+        let big = SMALL_LINE_MAX + 1;
+        let mut text = vec![b'x'; big];
+        text.push(b'\n');
+        text.extend_from_slice(&text.clone());
+        // Without the lowered cap, both lines are read whole.
+        let mut off = tokio::io::BufReader::new(&text[..]);
+        for _ in 0..2 {
+            let l = read_line(&mut off, LINE_MAX).await.unwrap().unwrap();
+            assert_eq!(l.len(), big, "the attack did not work");
+        }
+        let mut on = tokio::io::BufReader::new(&text[..]);
+        let mut max = LINE_MAX;
+        let first = read_line(&mut on, max).await.unwrap().unwrap();
+        max = next_line_max(max, first.len());
+        assert_eq!(max, SMALL_LINE_MAX);
+        let e = read_line(&mut on, max).await.unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        // Small lines leave the cap as it is.
+        assert_eq!(next_line_max(LINE_MAX, 100), LINE_MAX);
     }
 
     /// A `commits` message for another branch, or over the cap, is not

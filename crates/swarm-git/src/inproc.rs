@@ -85,7 +85,9 @@ pub(crate) fn settings() {
         // made the merge queue the bottleneck of a large plan
         // (docs/benchmarks.md). Every tree written here is made of entries
         // read from existing trees (a merge) or of blobs just written from
-        // the worktree (a commit), so the check finds nothing missing.
+        // the worktree (a commit). What a branch brings to a merge comes
+        // from a confined attempt and is checked before it can reach `main`,
+        // once an entry (`objects_present`).
         git2::opts::strict_object_creation(false);
     });
 }
@@ -165,6 +167,7 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     if theirs_id == ours_id || merged {
         return Ok(Merged::Commit(ours_id.to_string()));
     }
+    objects_present(&repo, &ours.tree()?, &theirs.tree()?)?;
     let simple = if shallow {
         None
     } else {
@@ -196,6 +199,55 @@ pub(crate) fn merge_into_main(root: &Path, branch: &str, message: &str) -> Resul
     let commit = repo.commit(None, &sig, &sig, &message, &tree, &[&ours, &theirs])?;
     repo.reference_matching(&main_ref, commit, true, ours_id, "merge")?;
     Ok(Merged::Commit(commit.to_string()))
+}
+
+/// Checks that every object the branch's tree names where it differs from
+/// `main`'s is in the object store, of the kind its entry says: what
+/// libgit2's strict object creation checked for every entry of every tree
+/// written (off here, see [`settings`]), for the entries that can be new.
+/// The branch's objects were written by an attempt's confined git, so they
+/// are not trusted; `main`'s were checked when they came in.
+fn objects_present(
+    repo: &git2::Repository,
+    ours: &git2::Tree<'_>,
+    theirs: &git2::Tree<'_>,
+) -> Result<()> {
+    let odb = repo.odb()?;
+    let mut opts = git2::DiffOptions::new();
+    opts.include_typechange(true).ignore_submodules(true);
+    let diff = repo.diff_tree_to_tree(Some(ours), Some(theirs), Some(&mut opts))?;
+    for d in diff.deltas() {
+        let file = d.new_file();
+        let want = match file.mode() {
+            git2::FileMode::Blob | git2::FileMode::BlobExecutable | git2::FileMode::Link => {
+                git2::ObjectType::Blob
+            }
+            // Deleted on the branch, or a gitlink (a commit of another
+            // repository, not in this store).
+            _ => continue,
+        };
+        let path = file
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match odb.read_header(file.id()) {
+            Ok((_, kind)) if kind == want => {}
+            Ok((_, kind)) => {
+                return Err(Error::Lib(format!(
+                    "the branch's tree names {path} as a {want} but {} is a {kind}",
+                    file.id()
+                )))
+            }
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                return Err(Error::Lib(format!(
+                    "the branch's tree names {path} as {}, which is not in the object store",
+                    file.id()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A merge's tree, or its conflicting paths.
@@ -426,13 +478,12 @@ fn checked_out_branches(git_dir: &Path) -> Result<std::collections::HashSet<Vec<
     }
     let mut names = std::collections::HashSet::new();
     for head in heads {
-        let text = match std::fs::read(&head) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
+        // A worktree's `HEAD` is writable from the workers' git domain.
+        let Some(text) = crate::read_admin_file(&head) else {
+            continue;
         };
-        if let Some(target) = text.strip_prefix(b"ref: ") {
-            names.insert(target.trim_ascii_end().to_vec());
+        if let Some(target) = text.strip_prefix("ref: ") {
+            names.insert(target.trim_end().as_bytes().to_vec());
         }
     }
     Ok(names)
@@ -513,4 +564,61 @@ fn list_tree(
         prefix.truncate(len);
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A task branch whose tree names an object that is not there (or one
+    /// of another kind): with strict object creation off, libgit2 would
+    /// write the merged tree and `main` would name it.
+    #[test]
+    fn a_branch_naming_missing_or_mistyped_objects_does_not_reach_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::Repo::init(dir.path().join("repo"), "p").unwrap();
+        let root = repo.root().to_owned();
+        let git = open(&root.join(".git")).unwrap();
+        let main = git.refname_to_id("refs/heads/main").unwrap();
+        let main_commit = git.find_commit(main).unwrap();
+        let missing = git2::Oid::from_str("1234567890123456789012345678901234567890").unwrap();
+        let a_tree = main_commit.tree().unwrap().id();
+        for (branch, target) in [("task/missing/1", missing), ("task/mistyped/1", a_tree)] {
+            let mut tb = git.treebuilder(Some(&main_commit.tree().unwrap())).unwrap();
+            tb.insert("planted.txt", target, 0o100644).unwrap();
+            let tree = git.find_tree(tb.write().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+            let commit = git
+                .commit(None, &sig, &sig, "t", &tree, &[&main_commit])
+                .unwrap();
+            git.reference(&format!("refs/heads/{branch}"), commit, true, "")
+                .unwrap();
+
+            // The merge without the check: a tree naming `target` as a file.
+            let theirs = git.find_commit(commit).unwrap();
+            let bases = [main];
+            let decided = simple_merge(&git, &root, &bases, &main_commit, &theirs).unwrap();
+            let Some(Ok(merged)) = decided else {
+                panic!("the attack did not work: {branch}")
+            };
+            let entry = git
+                .find_tree(merged)
+                .unwrap()
+                .get_name("planted.txt")
+                .map(|e| e.id());
+            assert_eq!(entry, Some(target));
+
+            // With it: refused, and `main` untouched.
+            let e = merge_into_main(&root, branch, "m")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("not in the object store") || e.contains("is a tree"),
+                "{branch}: {e}"
+            );
+            assert_eq!(git.refname_to_id("refs/heads/main").unwrap(), main);
+        }
+    }
 }

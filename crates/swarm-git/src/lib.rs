@@ -422,6 +422,28 @@ impl WorktreeGit {
     }
 }
 
+/// A small file of a worktree's administrative directory (`gitdir`,
+/// `HEAD`), read as the supervisor reads it: `.git/worktrees` is writable
+/// from the workers' git domain, so a symlink there is not followed (to
+/// `/dev/zero`, say), a FIFO does not block (`O_NONBLOCK`), anything but a
+/// regular file is refused, and at most 4 KiB is read. `None` for any of
+/// these, or a file that is not there.
+pub(crate) fn read_admin_file(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Removes every entry of `work_tree` but its `.git` link, never following
 /// a symlink.
 fn empty_worktree(work_tree: &Path) -> Result<()> {
@@ -1089,7 +1111,7 @@ impl Repo {
             return Ok(());
         };
         for entry in entries.flatten() {
-            let Ok(named) = std::fs::read_to_string(entry.path().join("gitdir")) else {
+            let Some(named) = read_admin_file(&entry.path().join("gitdir")) else {
                 continue;
             };
             if Path::new(named.trim()) == dot_git {
@@ -2086,6 +2108,37 @@ mod tests {
                 t.join().unwrap().unwrap();
             }
         }
+    }
+
+    #[test]
+    fn admin_files_are_read_without_following_links_or_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a worker's git domain could plant in `.git/worktrees/<w>/`:
+        // a `HEAD` that is a link to a file elsewhere, which names a branch.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "ref: refs/heads/task/kept/1\n").unwrap();
+        let head = dir.path().join("HEAD");
+        std::os::unix::fs::symlink(&elsewhere, &head).unwrap();
+        // Read as before, the link is followed.
+        assert_eq!(
+            std::fs::read_to_string(&head).unwrap(),
+            "ref: refs/heads/task/kept/1\n"
+        );
+        assert_eq!(read_admin_file(&head), None);
+        // A FIFO, which a plain read would wait on for ever.
+        let fifo = dir.path().join("gitdir");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string for the call's duration.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_admin_file(&fifo), None);
+        // A file that never ends is read 4 KiB at most.
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(100_000)).unwrap();
+        assert_eq!(read_admin_file(&big).map(|t| t.len()), Some(4096));
+        assert_eq!(
+            read_admin_file(&elsewhere).as_deref(),
+            Some("ref: refs/heads/task/kept/1\n")
+        );
     }
 
     #[test]

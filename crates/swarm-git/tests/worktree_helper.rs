@@ -37,6 +37,21 @@ fn write(wt: &Path, rel: &str, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// What the nested repository's trap touches: beside the worktrees.
+fn marker(wt: &Path) -> PathBuf {
+    wt.parent().unwrap().join("trap-ran")
+}
+
+/// The trap of `edit`'s round 0 is live: git working in the nested
+/// repository runs it.
+fn trap_fires(wt: &Path) -> bool {
+    let _ = std::fs::remove_file(marker(wt));
+    git(&wt.join("nested"), &["status", "--porcelain"]);
+    let fired = marker(wt).exists();
+    let _ = std::fs::remove_file(marker(wt));
+    fired
+}
+
 /// The same edits in both worktrees, one round at a time.
 fn edit(wt: &Path, round: u32) {
     match round {
@@ -61,14 +76,12 @@ fn edit(wt: &Path, round: u32) {
             std::fs::create_dir_all(wt.join("empty/dir")).unwrap();
             write(wt, "crlf.txt", "one\r\ntwo\r\n");
             write(wt, "empty.txt", "");
-            // A nested repository whose configuration would run a program.
+            // A nested repository whose configuration runs a program when
+            // git works in it (`trap_fires` shows that it does).
             write(wt, "nested/file.txt", "plain\n");
-            write(
-                wt,
-                "nested/.git/config",
-                "[core]\n\tfsmonitor = sh -c 'touch /tmp/swarm-helper-pwned'\n",
-            );
-            write(wt, "nested/.git/HEAD", "ref: refs/heads/main\n");
+            git(&wt.join("nested"), &["init", "-q"]);
+            let trap = format!("sh -c 'touch {}'", marker(wt).display());
+            git(&wt.join("nested"), &["config", "core.fsmonitor", &trap]);
         }
         1 => {
             std::fs::remove_file(wt.join("a.txt")).unwrap();
@@ -164,6 +177,9 @@ fn commits_and_resets_match_git() {
     for round in 0..3 {
         edit(&wh, round);
         edit(&wg, round);
+        if round == 0 {
+            assert!(trap_fires(&wh) && trap_fires(&wg), "the trap does not work");
+        }
         let body = "  did things  \n\n\n\nand more\t\n";
         let h = helper
             .commit(&wh, "t: title ", body, &trailers("t", 1))
@@ -183,7 +199,10 @@ fn commits_and_resets_match_git() {
         assert_eq!(git(&wh, &["status", "--porcelain"]), "");
         assert_eq!(listing(&wh), listing(&wg), "round {round}");
     }
-    assert!(!Path::new("/tmp/swarm-helper-pwned").exists());
+    assert!(
+        !marker(&wh).exists(),
+        "git ran the nested repository's program"
+    );
     assert!(!root.join(".git/logs").exists(), "a reflog was written");
     // Merged into main, then both worktrees move to the new main: the files,
     // the index and the branch are git's, untracked files stay.
